@@ -1,0 +1,227 @@
+"""The multi-layer perceptron: the course's ``forward``/``backward`` contract plus a fused ``train_step``.
+
+Shapes: B batch, D n_inputs, H_l hidden widths, C n_classes, L linear layers.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastmlp import _kernels as K
+from fastmlp._validation import as_float_2d, as_labels, check_dtype, check_positive_int
+from fastmlp.modules import INITS, LinearModule, ReLUModule, SoftMaxModule
+
+__all__ = ["MLP"]
+
+# Buffer sets kept for this many distinct batch sizes (training batch, eval chunk, last chunk...).
+_MAX_BUFFER_SETS = 4
+
+
+class MLP:
+    """Linear+ReLU hidden layers, a linear output layer and a softmax.
+
+    Parameters
+    ----------
+    n_inputs : int
+        Width D of the input rows.
+    n_hidden : sequence of int
+        Hidden layer widths; ``[]`` gives multinomial logistic regression.
+    n_classes : int
+        Number of classes C.
+    dtype : float32 or float64, default float64
+        Every parameter, gradient and buffer uses it; inputs are converted to it once.
+    seed : int, numpy Generator or None
+        Seeds the weight initialisation.
+    init : {"normal", "kaiming", "xavier"}, default "normal"
+        Weight initialisation (``normal`` is the course's N(0, 0.0001^2)); biases start at zero.
+
+    Attributes
+    ----------
+    layers : list
+        ``[LinearModule, ReLUModule, ..., LinearModule, SoftMaxModule]`` (the course's order).
+    linears : list of LinearModule
+        The parameterised layers, input to output.
+
+    Notes
+    -----
+    ``forward``/``backward`` follow the course (probabilities out, module by
+    module). ``train_step`` is the fast path: forward with fused bias+ReLU, the
+    fused softmax-cross-entropy, backward with the ReLU mask folded into each
+    dX GEMM, and the optimizer update; it allocates nothing after its first
+    call for a given batch size.
+    """
+
+    def __init__(self, n_inputs, n_hidden, n_classes, *, dtype=np.float64, seed=None, init="normal"):
+        self.n_inputs = check_positive_int("n_inputs", n_inputs)
+        self.n_classes = check_positive_int("n_classes", n_classes)
+        if isinstance(n_hidden, (int, np.integer)) or n_hidden is None:
+            raise TypeError(f"n_hidden: expected a sequence of layer widths (e.g. [100] or []), got {n_hidden!r}")
+        self.n_hidden = [check_positive_int(f"n_hidden[{i}]", h) for i, h in enumerate(n_hidden)]
+        self.dtype = check_dtype(dtype)
+        if init not in INITS:
+            raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+        self.init = init
+        rng = np.random.default_rng(seed)
+        sizes = [self.n_inputs, *self.n_hidden, self.n_classes]
+        self.linears = [
+            LinearModule(i, o, dtype=self.dtype, seed=rng, init=init) for i, o in zip(sizes[:-1], sizes[1:])
+        ]
+        self.layers = []
+        for lin in self.linears[:-1]:
+            self.layers += [lin, ReLUModule()]
+        self.layers += [self.linears[-1], SoftMaxModule()]
+        self._buffers: dict[int, tuple[list, list]] = {}
+        self.last_batch_correct = None
+
+    def __repr__(self):
+        return f"MLP({self.n_inputs}, {self.n_hidden}, {self.n_classes}, dtype={self.dtype.name})"
+
+    # -- parameters -------------------------------------------------------
+
+    def named_parameters(self):
+        """Yield (name, module, key) for every parameter, e.g. ("layers.0.weight", linear, "weight")."""
+        for idx, layer in enumerate(self.layers):
+            if isinstance(layer, LinearModule):
+                yield f"layers.{idx}.weight", layer, "weight"
+                yield f"layers.{idx}.bias", layer, "bias"
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter, keyed by :meth:`named_parameters` names."""
+        return {name: module.params[key].copy() for name, module, key in self.named_parameters()}
+
+    def load_state_dict(self, state) -> None:
+        """Copy parameters from ``state`` (same keys and shapes) into the live ``params`` arrays."""
+        expected = {name: (module, key) for name, module, key in self.named_parameters()}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise KeyError(f"state: missing keys {missing}, unexpected keys {unexpected}")
+        for name, (module, key) in expected.items():
+            value = np.asarray(state[name])
+            target = module.params[key]
+            if value.shape != target.shape:
+                raise ValueError(f"state[{name!r}]: expected shape {target.shape}, got {value.shape}")
+            target[...] = value
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_buffers"] = {}  # scratch space, rebuilt on demand
+        return state
+
+    # -- the course's contract ---------------------------------------------
+
+    def forward(self, x):
+        """x (B, D) -> class probabilities (B, C), keeping what ``backward`` needs."""
+        out = as_float_2d("x", x, self.dtype, self.n_inputs)
+        for layer in self.layers:
+            out = layer.forward(out)
+        return out
+
+    def backward(self, dout):
+        """dout (B, C) = dL/dprobs -> dL/dx (B, D); fills every LinearModule's ``grads``."""
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return dout
+
+    # -- fast paths -----------------------------------------------------------
+
+    def _get_buffers(self, batch):
+        bufs = self._buffers.get(batch)
+        if bufs is None:
+            if len(self._buffers) >= _MAX_BUFFER_SETS:
+                self._buffers.pop(next(iter(self._buffers)))
+            widths = [lin.out_features for lin in self.linears]
+            acts = [np.empty((batch, w), dtype=self.dtype) for w in widths]
+            grads = [np.empty((batch, w), dtype=self.dtype) for w in widths[:-1]]
+            bufs = self._buffers[batch] = (acts, grads)
+        return bufs
+
+    def _logits_into(self, x, acts):
+        """Forward pass of x (B, D) into the activation buffers; returns the logits buffer (B, C)."""
+        last = len(self.linears) - 1
+        h = x
+        for l, lin in enumerate(self.linears):
+            w, b = lin.weight_and_bias()
+            K.linear_forward(acts[l], h, w, b, l < last)
+            h = acts[l]
+        return h
+
+    def train_step(self, x, y, optimizer) -> float:
+        """One optimisation step on the batch (x, y); returns its mean loss before the update.
+
+        Parameters
+        ----------
+        x : array (B, D)
+            Converted once to the model's dtype if needed.
+        y : array (B,) of int class indices, or one-hot (B, C)
+        optimizer : fastmlp.optim.SGD or Adam built on this model
+            Plain SGD is folded into the backward GEMMs (``grads`` are then not
+            written); other optimizers get ``grads`` filled and ``step()`` called.
+
+        Modifies in place: every parameter, the optimizer state, and (for
+        non-fused optimizers) every ``grads`` array. ``last_batch_correct``
+        holds how many rows of the batch were classified right (before the update).
+        """
+        if getattr(optimizer, "model", None) is not self:
+            raise ValueError("optimizer: it was built for a different model; pass an optimizer built on this MLP")
+        x = as_float_2d("x", x, self.dtype, self.n_inputs)
+        batch = x.shape[0]
+        labels = as_labels("y", y, batch, self.n_classes)
+        acts, grads = self._get_buffers(batch)
+
+        logits = self._logits_into(x, acts)
+        # dL/dlogits overwrites the logits buffer: the logits are not needed again.
+        loss, correct = K.softmax_cross_entropy_forward_backward(logits, logits, labels)
+        self.last_batch_correct = correct
+        if not np.isfinite(loss):
+            return float(loss)  # leave the parameters as they were; the caller decides
+
+        fused = optimizer.fused
+        dout = logits
+        for l in range(len(self.linears) - 1, -1, -1):
+            lin = self.linears[l]
+            w, b = lin.weight_and_bias()
+            x_in = acts[l - 1] if l > 0 else x
+            dx = grads[l - 1] if l > 0 else None  # no gradient for the input itself
+            if fused:
+                K.linear_backward_sgd(w, b, dx, dout, x_in, optimizer.lr, optimizer.weight_decay, l > 0)
+            else:
+                dw, db = lin.grad_buffers()
+                K.linear_backward(dw, db, dx, dout, x_in, w, l > 0)
+            dout = dx
+        if not fused:
+            optimizer.step()
+        return float(loss)
+
+    def evaluate(self, x, y, batch_size=1000):
+        """Mean cross-entropy loss and accuracy of the model on (x, y), in chunks of ``batch_size``.
+
+        x (N, D); y (N,) int class indices or one-hot (N, C). Returns (loss, accuracy) as floats.
+        """
+        x = as_float_2d("x", x, self.dtype, self.n_inputs)
+        n = x.shape[0]
+        labels = as_labels("y", y, n, self.n_classes)
+        batch_size = check_positive_int("batch_size", batch_size)
+        total_loss, total_correct = 0.0, 0
+        for start in range(0, n, batch_size):
+            xb = x[start : start + batch_size]
+            acts, _ = self._get_buffers(xb.shape[0])
+            logits = self._logits_into(xb, acts)
+            loss, correct = K.softmax_cross_entropy_forward(logits, labels[start : start + batch_size])
+            total_loss += loss * xb.shape[0]
+            total_correct += correct
+        return total_loss / n, total_correct / n
+
+    def predict_proba(self, x, batch_size=1000):
+        """Class probabilities (N, C) for x (N, D), without keeping anything for backward."""
+        x = as_float_2d("x", x, self.dtype, self.n_inputs)
+        batch_size = check_positive_int("batch_size", batch_size)
+        out = np.empty((x.shape[0], self.n_classes), dtype=self.dtype)
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size]
+            acts, _ = self._get_buffers(xb.shape[0])
+            K.softmax_forward(out[start : start + xb.shape[0]], self._logits_into(xb, acts))
+        return out
+
+    def predict(self, x, batch_size=1000):
+        """Predicted class indices (N,) int64."""
+        return self.predict_proba(x, batch_size).argmax(axis=1).astype(np.int64)

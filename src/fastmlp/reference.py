@@ -1,0 +1,155 @@
+"""Plain-NumPy reference of every fastmlp kernel: the tests' oracle and the benchmark baseline.
+
+Each function mirrors a hook of ``fastmlp._kernels`` with the same maths, written
+for clarity (whole-array NumPy expressions, new arrays returned). Shapes:
+B batch, I in_features, O out_features, C classes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "ReferenceMLP",
+    "adam_update",
+    "cross_entropy_backward",
+    "cross_entropy_forward",
+    "linear_backward",
+    "linear_forward",
+    "relu_backward",
+    "relu_forward",
+    "sgd_update",
+    "softmax_backward",
+    "softmax_cross_entropy",
+    "softmax_forward",
+]
+
+
+def linear_forward(x, weight, bias):
+    """y (B, O) = x (B, I) @ weight (O, I)^T + bias (O,)."""
+    return x @ weight.T + bias
+
+
+def linear_backward(dout, x, weight):
+    """Return (dx (B, I), dweight (O, I), dbias (O,)) for dout (B, O)."""
+    return dout @ weight, dout.T @ x, dout.sum(axis=0)
+
+
+def relu_forward(x):
+    """max(x, 0)."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(dout, out):
+    """dout * (out > 0), ``out`` being the ReLU's output."""
+    return dout * (out > 0)
+
+
+def softmax_forward(z):
+    """Row-wise softmax of z (B, C) with the row max subtracted first."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_backward(dp, p):
+    """dz = p * (dp - sum_c dp p): the softmax Jacobian applied to each row."""
+    return p * (dp - (dp * p).sum(axis=1, keepdims=True))
+
+
+def _floor(dtype):
+    return np.finfo(dtype).tiny
+
+
+def cross_entropy_forward(p, t):
+    """Mean over the batch of -sum_c t log p (p floored at the dtype's tiny)."""
+    return float(-(t * np.log(np.maximum(p, _floor(p.dtype)))).sum() / p.shape[0])
+
+
+def cross_entropy_backward(p, t):
+    """dL/dp = -t / (B p)."""
+    return -t / np.maximum(p, _floor(p.dtype)) / p.shape[0]
+
+
+def softmax_cross_entropy(z, labels):
+    """Fused softmax + cross-entropy on logits z (B, C) and int labels (B,).
+
+    Returns (mean loss, dz (B, C) = (softmax(z) - onehot) / B).
+    """
+    b = z.shape[0]
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = shifted - log_norm
+    loss = float(-log_p[np.arange(b), labels].mean())
+    dz = np.exp(log_p)
+    dz[np.arange(b), labels] -= 1
+    return loss, dz / b
+
+
+def sgd_update(w, g, v=None, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """One SGD step (PyTorch's convention); updates w and v in place, returns w."""
+    g = g + weight_decay * w
+    if v is not None:
+        v *= momentum
+        v += g
+        g = g + momentum * v if nesterov else v
+    w -= lr * g
+    return w
+
+
+def adam_update(w, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
+    """One Adam step with bias correction; updates w, m, v in place, returns w."""
+    g = g + weight_decay * w
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    m_hat = m / (1 - beta1**step)
+    v_hat = v / (1 - beta2**step)
+    w -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    return w
+
+
+class ReferenceMLP:
+    """A straightforward NumPy MLP (Linear+ReLU hidden layers, softmax cross-entropy, SGD).
+
+    This is the benchmark baseline: what a careful student writes with NumPy,
+    with no fusion and new arrays on every step. ``weights[l]`` (O, I) and
+    ``biases[l]`` (O,) may be set from a ``fastmlp.MLP`` to compare the two.
+    """
+
+    def __init__(self, n_inputs, n_hidden, n_classes, *, dtype=np.float64, seed=None, std=1e-4):
+        rng = np.random.default_rng(seed)
+        sizes = [n_inputs, *n_hidden, n_classes]
+        self.weights = [(std * rng.standard_normal((o, i))).astype(dtype) for i, o in zip(sizes[:-1], sizes[1:])]
+        self.biases = [np.zeros(o, dtype=dtype) for o in sizes[1:]]
+
+    def logits(self, x):
+        """Forward pass to the logits (B, C); keeps the activations for ``backward``."""
+        self._acts = [x]
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = linear_forward(x, w, b)
+            if l < len(self.weights) - 1:
+                x = relu_forward(x)
+            self._acts.append(x)
+        return x
+
+    def gradients(self, dz):
+        """Backpropagate dz (B, C); return a list of (dW, db) per layer."""
+        grads = []
+        for l in reversed(range(len(self.weights))):
+            x_in = self._acts[l]
+            dx, dw, db = linear_backward(dz, x_in, self.weights[l])
+            grads.append((dw, db))
+            if l > 0:
+                dz = relu_backward(dx, x_in)
+        return grads[::-1]
+
+    def train_step(self, x, labels, lr, weight_decay=0.0):
+        """Forward, loss, backward and a plain SGD update; returns the loss before the update."""
+        loss, dz = softmax_cross_entropy(self.logits(x), labels)
+        for (dw, db), w, b in zip(self.gradients(dz), self.weights, self.biases):
+            w -= lr * (dw + weight_decay * w)
+            b -= lr * db
+        return loss
+
+    def predict_proba(self, x):
+        return softmax_forward(self.logits(x))

@@ -1,0 +1,250 @@
+"""Run outputs shared by every trainer (fastmlp.train, torch_models.train_*).
+
+One place writes ``metrics.json``, ``curves.csv``, ``curves.png`` and checkpoints,
+always atomically: a file is written next to its target under a temporary name,
+flushed to disk, then renamed over the target, so a crash never leaves a
+half-written file and a reader sees either the old or the new version.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+__all__ = [
+    "CURVE_COLUMNS",
+    "DivergenceError",
+    "RunLog",
+    "atomic_path",
+    "atomic_savez",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_finite",
+    "default_out_dir",
+    "progress_bar",
+]
+
+# Columns of curves.csv; a value that was not measured at a step is left blank.
+CURVE_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "validation_loss",
+    "validation_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "learning_rate",
+)
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(
+            f"training diverged at step {step}: loss is {loss!r}. The last good "
+            "checkpoint (if any) was kept; try a smaller --learning_rate."
+        )
+        self.step = step
+        self.loss = loss
+
+
+def check_finite(loss: float, step: int) -> float:
+    """Return ``loss`` as a float, or raise :class:`DivergenceError` naming ``step``."""
+    loss = float(loss)
+    if not math.isfinite(loss):
+        raise DivergenceError(step, loss)
+    return loss
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+
+    The caller writes the whole file to the yielded path (any writer that takes a
+    file name: ``torch.save``, ``np.savez``...). On an exception the temporary
+    file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (Path, np.dtype, type)):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (NumPy scalars allowed)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def atomic_savez(path: str | os.PathLike, **arrays: Any) -> None:
+    """``np.savez`` to ``path`` atomically (``path`` should end in ``.npz``)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object stops np.savez appending '.npz'
+            np.savez(f, **arrays)
+
+
+def default_out_dir(root: str | os.PathLike = "runs", prefix: str = "") -> Path:
+    """``runs/<prefix><YYYYmmdd-HHMMSS>``, made unique with a suffix if it exists."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{prefix}{stamp}"
+    candidate, n = base, 1
+    while candidate.exists():
+        candidate = base.with_name(f"{base.name}-{n}")
+        n += 1
+    return candidate
+
+
+def progress_bar(total: int, *, initial: int = 0, disable: bool = False, desc: str = "train"):
+    """A tqdm bar over optimisation steps (``disable=True`` for --quiet or non-zero ranks)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=disable, desc=desc, unit="step", dynamic_ncols=True)
+
+
+class RunLog:
+    """The curves and final metrics of one training run, kept in ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path
+        Folder for ``curves.csv``, ``curves.png`` and ``metrics.json`` (created).
+    flags : mapping
+        The run's configuration; stored under ``"flags"`` in ``metrics.json``.
+    enabled : bool
+        ``False`` on non-zero distributed ranks: nothing is written.
+
+    ``record`` appends a row (and rewrites ``curves.csv`` atomically: the file
+    is small); ``finish`` writes ``metrics.json`` and the plot. On ``--resume``
+    the rows already in ``curves.csv`` up to the checkpoint's step are reloaded.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, flags: Mapping[str, Any], *, enabled: bool = True):
+        self.out_dir = Path(out_dir)
+        self.flags = dict(flags)
+        self.enabled = enabled
+        self.rows: list[dict[str, float]] = []
+        if enabled:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def curves_path(self) -> Path:
+        return self.out_dir / "curves.csv"
+
+    def reload(self, up_to_step: int) -> None:
+        """Load the rows of an existing ``curves.csv`` with ``step <= up_to_step``."""
+        self.rows = []
+        if not self.curves_path.exists():
+            return
+        with open(self.curves_path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                parsed = {k: float(v) for k, v in row.items() if k in CURVE_COLUMNS and v not in ("", None)}
+                if parsed.get("step", math.inf) <= up_to_step:
+                    parsed["step"] = int(parsed["step"])
+                    self.rows.append(parsed)
+
+    def record(self, step: int, **values: float) -> None:
+        """Append the values measured at ``step`` (names from :data:`CURVE_COLUMNS`)."""
+        unknown = set(values) - set(CURVE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown curve column(s) {sorted(unknown)}; expected names from {CURVE_COLUMNS}")
+        row = {"step": int(step)}
+        row.update({k: float(v) for k, v in values.items() if v is not None})
+        self.rows.append(row)
+        if self.enabled:
+            self._write_csv()
+
+    def _write_csv(self) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CURVE_COLUMNS, restval="", lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+        atomic_write_text(self.curves_path, buf.getvalue())
+
+    def best(self, column: str) -> float | None:
+        """Largest value recorded in ``column`` (``None`` if never recorded)."""
+        values = [row[column] for row in self.rows if column in row]
+        return max(values) if values else None
+
+    def finish(self, **metrics: Any) -> dict[str, Any]:
+        """Write ``metrics.json`` (flags, version, ``metrics``) and ``curves.png``; return the dict."""
+        from fastmlp import __version__
+
+        out = {"flags": self.flags, "fastmlp_version": __version__}
+        for column in ("test_accuracy", "validation_accuracy"):
+            best = self.best(column)
+            if best is not None:
+                out[f"best_{column}"] = best
+        out.update(metrics)
+        if self.enabled:
+            atomic_write_json(self.out_dir / "metrics.json", out)
+            self.plot()
+        return out
+
+    def plot(self) -> Path | None:
+        """Draw loss and accuracy curves (train on the batch, validation and test) to ``curves.png``.
+
+        Returns the path, or ``None`` when matplotlib is not installed (the
+        ``plot`` extra); the numbers are in ``curves.csv`` either way.
+        """
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg", force=False)
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, metric in zip(axes, ("loss", "accuracy")):
+            for split, style in (("train", "-"), ("validation", "--"), ("test", "-o")):
+                pts = [(r["step"], r[f"{split}_{metric}"]) for r in self.rows if f"{split}_{metric}" in r]
+                if pts:
+                    xs, ys = zip(*pts)
+                    label = "train (batch)" if split == "train" else f"{split} (whole set)"
+                    ax.plot(xs, ys, style, label=label, markersize=3, alpha=0.6 if split == "train" else 1.0)
+            ax.set_xlabel("step")
+            ax.set_ylabel(metric)
+            ax.set_title(metric.capitalize())
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.tight_layout()
+        path = self.out_dir / "curves.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        return path
