@@ -1,0 +1,62 @@
+"""Shared fixtures: synthetic CIFAR-10 (folder and archive) and the real archive.
+
+Fixtures only. The writers live in ``tests/_cifar_synth.py`` so a test can build
+its own variants (a truncated archive, a tarball with a ``../evil`` member...).
+Nothing here imports fastmlp: collection works even before the core is built.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from _cifar_synth import ARCHIVE_NAME, FOLDER_NAME, make_synthetic_cifar, write_cifar_archive, write_cifar_folder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synthetic_cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding ``cifar-10-batches-py/`` in the official python format.
+
+    Five training batches of 200 images and a test batch of 200 (uint8,
+    classes balanced and learnable: per-class template plus noise); the arrays
+    are ``_cifar_synth.make_synthetic_cifar()``. Pass it as ``data_dir``.
+    Session-scoped: do not modify it (build a variant with ``write_cifar_folder``).
+    """
+    return write_cifar_folder(tmp_path_factory.mktemp("synthetic_cifar"), make_synthetic_cifar())
+
+
+@pytest.fixture(scope="session")
+def synthetic_cifar_archive(tmp_path_factory: pytest.TempPathFactory, synthetic_cifar_dir: Path) -> Path:
+    """The same data as ``synthetic_cifar_dir``, as ``<tmp>/cifar-10-python.tar.gz`` (the file's path).
+
+    ``data_dir`` may be this file or its folder (``.parent``). Loading it unpacks
+    it into the cache folder: pass ``cache_dir=tmp_path`` (or set
+    ``FASTMLP_CACHE``) to keep ``~/.cache/fastmlp`` clean.
+    """
+    archive = tmp_path_factory.mktemp("synthetic_cifar_archive") / ARCHIVE_NAME
+    return write_cifar_archive(archive, synthetic_cifar_dir)
+
+
+@pytest.fixture(scope="session")
+def real_cifar_dir() -> Path:
+    """The folder holding the real CIFAR-10 (``cifar-10-python.tar.gz`` or ``cifar-10-batches-py/``).
+
+    Looks at ``$FASTMLP_DATA`` (relative to the working folder, then to the
+    repository root), then at ``<repo root>/../shared/data``; skips the test
+    when none of them holds the data.
+    """
+    candidates = []
+    env = os.environ.get("FASTMLP_DATA")
+    if env:
+        candidates += [Path(env).expanduser(), REPO_ROOT / env]
+    candidates.append(REPO_ROOT.parent / "shared" / "data")
+    for candidate in candidates:
+        if (candidate / ARCHIVE_NAME).is_file() or (candidate / FOLDER_NAME).is_dir():
+            return candidate.resolve()
+    pytest.skip(
+        f"real CIFAR-10 not found: none of {[str(c) for c in candidates]} holds {ARCHIVE_NAME} or {FOLDER_NAME}/; "
+        "set FASTMLP_DATA to the folder that does"
+    )

@@ -1,0 +1,621 @@
+"""fastmlp.data: reading, safety, source resolution, download, batching, resume, preprocessing."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _cifar_synth import (
+    make_synthetic_cifar,
+    py2_pickle_dict,
+    tar_member,
+    truncate_file,
+    write_cifar_archive,
+    write_cifar_folder,
+)
+from fastmlp import data as D
+
+ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def assert_same_data(loaded: dict, expected: dict) -> None:
+    for key in ARRAY_KEYS:
+        assert loaded[key].dtype == expected[key].dtype, key
+        np.testing.assert_array_equal(loaded[key], expected[key], err_msg=key)
+    assert loaded["label_names"] == list(D.LABEL_NAMES)
+
+
+def cache_leftovers(cache: Path) -> list[str]:
+    """Everything under cache/extracted (must be empty after a failed unpacking)."""
+    extracted = cache / "extracted"
+    return sorted(p.name for p in extracted.iterdir()) if extracted.exists() else []
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test if anything tries to open a URL."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"unexpected download attempt: {args}")
+
+    monkeypatch.setattr(D.urllib.request, "urlopen", refuse)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_reads_synthetic_folder(synthetic_cifar_dir, no_network):
+    loaded = D.load_cifar10(synthetic_cifar_dir)
+    assert loaded["x_train"].shape == (1000, 3, 32, 32)
+    assert loaded["x_test"].shape == (200, 3, 32, 32)
+    assert_same_data(loaded, make_synthetic_cifar())
+    # The batches folder itself is accepted as data_dir too.
+    assert_same_data(D.load_cifar10(synthetic_cifar_dir / D.FOLDER_NAME), make_synthetic_cifar())
+
+
+def test_batch_pickles_read_like_python2_originals(synthetic_cifar_dir):
+    # The synthetic files must exercise the real format: str keys with latin1, bytes keys with bytes.
+    path = synthetic_cifar_dir / D.FOLDER_NAME / "data_batch_1"
+    with open(path, "rb") as f:
+        assert "data" in pickle.load(f, encoding="latin1")
+    with open(path, "rb") as f:
+        assert b"data" in pickle.load(f, encoding="bytes")
+
+
+def test_archive_is_unpacked_once_into_the_cache(synthetic_cifar_archive, tmp_path, monkeypatch, no_network):
+    cache = tmp_path / "cache"
+    expected = make_synthetic_cifar()
+    # The archive's md5 differs from the official one: only downloads are checked.
+    assert hashlib.md5(synthetic_cifar_archive.read_bytes()).hexdigest() != D.CIFAR10_MD5
+    assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), expected)
+    (unpacked,) = cache_leftovers(cache)
+    assert not unpacked.startswith(".")  # renamed into place, no temporary folder left
+    assert (cache / "extracted" / unpacked / D.FOLDER_NAME / "test_batch").is_file()
+
+    def no_tar(*args, **kwargs):
+        raise AssertionError("the archive was unpacked a second time")
+
+    monkeypatch.setattr(D.tarfile, "open", no_tar)
+    # Second load, through the folder that holds the archive: from the cache.
+    assert_same_data(D.load_cifar10(synthetic_cifar_archive.parent, cache_dir=cache), expected)
+    assert cache_leftovers(cache) == [unpacked]
+
+
+def test_replaced_archive_is_unpacked_again(tmp_path):
+    cache, archive = tmp_path / "cache", tmp_path / "src" / D.ARCHIVE_NAME
+    write_cifar_archive(archive, write_cifar_folder(tmp_path / "a", make_synthetic_cifar(20, 20, seed=1)))
+    D.load_cifar10(archive, cache_dir=cache)
+    newer = make_synthetic_cifar(20, 20, seed=2)
+    write_cifar_archive(archive, write_cifar_folder(tmp_path / "b", newer))
+    os.utime(archive, ns=(1, 1))  # a different mtime even on coarse clocks
+    assert_same_data(D.load_cifar10(archive, cache_dir=cache), newer)
+    assert len(cache_leftovers(cache)) == 1  # the stale unpacking was removed
+
+
+def test_folder_wins_over_archive(tmp_path, no_network):
+    folder_data = make_synthetic_cifar(10, 10, seed=3)
+    write_cifar_folder(tmp_path, folder_data)
+    write_cifar_archive(tmp_path / D.ARCHIVE_NAME, write_cifar_folder(tmp_path / "other", make_synthetic_cifar(10, 10, seed=4)))
+    assert_same_data(D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache"), folder_data)
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+# --------------------------------------------------------------------------- corrupt and hostile input
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory):
+    return write_cifar_folder(tmp_path_factory.mktemp("small"), make_synthetic_cifar(10, 10, seed=5))
+
+
+def test_truncated_archive(small_folder, tmp_path):
+    archive = truncate_file(write_cifar_archive(tmp_path / D.ARCHIVE_NAME, small_folder), 0.6)
+    with pytest.raises(D.DataError, match=D.ARCHIVE_NAME):
+        D.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+def test_garbage_archive(tmp_path):
+    archive = tmp_path / D.ARCHIVE_NAME
+    archive.write_bytes(b"this is not a gzip file" * 100)
+    with pytest.raises(D.DataError, match="not a readable CIFAR-10 archive"):
+        D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+def test_archive_with_truncated_batch_leaves_no_cache(small_folder, tmp_path):
+    broken = write_cifar_folder(tmp_path / "broken", make_synthetic_cifar(10, 10, seed=5))
+    truncate_file(broken / D.FOLDER_NAME / "data_batch_3", 0.5)
+    archive = write_cifar_archive(tmp_path / D.ARCHIVE_NAME, broken)
+    with pytest.raises(D.DataError, match=r"cifar-10-batches-py/data_batch_3.*truncated or corrupt"):
+        D.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+def test_archive_missing_a_batch(small_folder, tmp_path):
+    archive = write_cifar_archive(tmp_path / D.ARCHIVE_NAME, small_folder, skip=["test_batch"])
+    with pytest.raises(D.DataError, match="test_batch"):
+        D.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        tar_member("../evil", b"owned"),
+        tar_member("cifar-10-batches-py/../../evil", b"owned"),
+        tar_member("/tmp/fastmlp-test-evil-absolute", b"owned"),
+        tar_member("cifar-10-batches-py/evil", kind=tarfile.SYMTYPE, linkname="../../evil"),
+        tar_member("cifar-10-batches-py/passwd", kind=tarfile.SYMTYPE, linkname="/etc/passwd"),
+        tar_member("cifar-10-batches-py/hard", kind=tarfile.LNKTYPE, linkname="/etc/passwd"),
+        tar_member("cifar-10-batches-py/fifo", kind=tarfile.FIFOTYPE),
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink-out", "symlink-abs", "hardlink", "fifo"],
+)
+def test_unsafe_archive_members_are_refused(small_folder, tmp_path, member):
+    work = tmp_path / "a" / "b"
+    archive = write_cifar_archive(work / D.ARCHIVE_NAME, small_folder, extra_members=[member])
+    cache = work / "cache"
+    with pytest.raises(D.DataError, match="refusing to unpack"):
+        D.load_cifar10(archive, cache_dir=cache)
+    assert cache_leftovers(cache) == []
+    assert not any(p.name == "evil" for p in tmp_path.rglob("evil"))
+    assert not Path("/tmp/fastmlp-test-evil-absolute").exists()
+
+
+def _folder_with_batch(tmp_path: Path, content: bytes, name: str = "data_batch_2") -> Path:
+    root = write_cifar_folder(tmp_path, make_synthetic_cifar(10, 10, seed=6))
+    (root / D.FOLDER_NAME / name).write_bytes(content)
+    return root
+
+
+def _py3_pickle(obj) -> bytes:
+    return pickle.dumps(obj, protocol=2)
+
+
+LABELS10 = list(range(10))
+BAD_BATCHES = {
+    "truncated": (py2_pickle_dict({"data": np.zeros((10, 3072), np.uint8), "labels": LABELS10})[:500], "truncated or corrupt"),
+    "empty-file": (b"", "truncated or corrupt"),
+    "not-a-dict": (_py3_pickle([1, 2, 3]), "should hold a dict"),
+    "no-labels": (py2_pickle_dict({"data": np.zeros((10, 3072), np.uint8)}), r"lacks the key\(s\) \['labels'\]"),
+    "wrong-width": (py2_pickle_dict({"data": np.zeros((10, 3000), np.uint8), "labels": LABELS10}), r"shape \(n, 3072\)"),
+    "wrong-dtype": (_py3_pickle({"data": np.zeros((10, 3072), np.float32), "labels": LABELS10}), "uint8"),
+    "label-10": (py2_pickle_dict({"data": np.zeros((10, 3072), np.uint8), "labels": [10] * 10}), r"0\.\.9"),
+    "label-negative": (_py3_pickle({"data": np.zeros((10, 3072), np.uint8), "labels": [-1] * 10}), r"0\.\.9"),
+    "label-text": (_py3_pickle({"data": np.zeros((10, 3072), np.uint8), "labels": ["cat"] * 10}), "list of ints"),
+    "length-mismatch": (py2_pickle_dict({"data": np.zeros((10, 3072), np.uint8), "labels": LABELS10[:9]}), "10 images but 9 labels"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BATCHES))
+def test_invalid_batch_files_name_the_file(tmp_path, case):
+    content, message = BAD_BATCHES[case]
+    root = _folder_with_batch(tmp_path, content)
+    with pytest.raises(D.DataError, match=message) as info:
+        D.load_cifar10(root)
+    assert "data_batch_2" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_py3_pickled_batch_is_accepted(tmp_path):
+    # Batches re-saved by Python 3 (protocol 2, bytes via _codecs.encode) load too.
+    images = np.arange(10 * 3072, dtype=np.int64).astype(np.uint8).reshape(10, 3072)
+    root = _folder_with_batch(tmp_path, _py3_pickle({"data": images, "labels": LABELS10}))
+    loaded = D.load_cifar10(root)
+    np.testing.assert_array_equal(loaded["x_train"][10:20].reshape(10, -1), images)
+
+
+class _Hostile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.remove, (self.path,)
+
+
+def test_hostile_pickle_runs_no_code(tmp_path):
+    marker = tmp_path / "marker"
+    marker.write_text("still here")
+    root = _folder_with_batch(tmp_path / "d", _py3_pickle({"data": _Hostile(str(marker)), "labels": LABELS10}))
+    with pytest.raises(D.DataError, match="refusing to load global"):
+        D.load_cifar10(root)
+    assert marker.exists()
+
+
+def test_incomplete_folder(tmp_path):
+    root = write_cifar_folder(tmp_path, make_synthetic_cifar(10, 10))
+    (root / D.FOLDER_NAME / "batches.meta").unlink()
+    with pytest.raises(D.DataError, match="batches.meta"):
+        D.load_cifar10(root)
+
+
+def test_read_batch_returns_nchw(small_folder):
+    x, y = D.read_batch(small_folder / D.FOLDER_NAME / "data_batch_1")
+    expected = make_synthetic_cifar(10, 10, seed=5)
+    assert x.shape == (10, 3, 32, 32) and x.dtype == np.uint8 and y.dtype == np.int64
+    np.testing.assert_array_equal(x, expected["x_train"][:10])
+
+
+# --------------------------------------------------------------------------- where the data comes from
+
+
+def test_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FASTMLP_CACHE", raising=False)
+    monkeypatch.delenv("FASTMLP_DATA", raising=False)
+    assert D.resolve_data_dir() == tmp_path / "home" / ".cache" / "fastmlp"
+    monkeypatch.setenv("FASTMLP_CACHE", str(tmp_path / "cache"))
+    assert D.resolve_data_dir() == tmp_path / "cache"
+    monkeypatch.setenv("FASTMLP_DATA", str(tmp_path / "env"))
+    assert D.resolve_data_dir() == tmp_path / "env"
+    assert D.resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert D.resolve_data_dir("~/x") == tmp_path / "home" / "x"
+    with pytest.raises(TypeError, match="data_dir"):
+        D.resolve_data_dir(42)
+
+
+def test_loader_follows_resolution(monkeypatch, tmp_path, no_network):
+    arg_data, env_data, cache_data = (make_synthetic_cifar(10, 10, seed=s) for s in (10, 11, 12))
+    arg_dir = write_cifar_folder(tmp_path / "arg", arg_data)
+    env_dir = write_cifar_folder(tmp_path / "env", env_data)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FASTMLP_CACHE", raising=False)
+    write_cifar_folder(tmp_path / "home" / ".cache" / "fastmlp", cache_data)
+    monkeypatch.delenv("FASTMLP_DATA", raising=False)
+    assert_same_data(D.load_cifar10(), cache_data)
+    monkeypatch.setenv("FASTMLP_DATA", str(env_dir))
+    assert_same_data(D.load_cifar10(), env_data)
+    assert_same_data(D.load_cifar10(arg_dir), arg_data)
+
+
+# --------------------------------------------------------------------------- download
+
+
+@pytest.fixture
+def fake_server(small_folder, tmp_path, monkeypatch):
+    """CIFAR10_URL/CIFAR10_MD5 pointing at a local file:// archive; returns the archive."""
+    archive = write_cifar_archive(tmp_path / "server" / D.ARCHIVE_NAME, small_folder)
+    monkeypatch.setattr(D, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(D, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    return archive
+
+
+def test_download_when_nothing_is_there(fake_server, tmp_path):
+    target = tmp_path / "fresh" / "data"
+    loaded = D.load_cifar10(target, cache_dir=tmp_path / "cache")
+    assert_same_data(loaded, make_synthetic_cifar(10, 10, seed=5))
+    assert sorted(p.name for p in target.iterdir()) == [D.ARCHIVE_NAME]
+    assert (target / D.ARCHIVE_NAME).read_bytes() == fake_server.read_bytes()
+
+
+def test_download_md5_mismatch_keeps_nothing(fake_server, tmp_path, monkeypatch):
+    monkeypatch.setattr(D, "CIFAR10_MD5", "0" * 32)
+    target = tmp_path / "fresh"
+    with pytest.raises(D.DataError, match="md5"):
+        D.load_cifar10(target, cache_dir=tmp_path / "cache")
+    assert list(target.iterdir()) == []  # neither the archive nor a temporary file
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+def _assert_helpful(message: str, where: Path) -> None:
+    for part in (str(where), D.ARCHIVE_NAME, D.FOLDER_NAME, "FASTMLP_DATA"):
+        assert part in message
+
+
+def test_offline_fails_at_once_with_instructions(tmp_path, monkeypatch):
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(D.urllib.request, "urlopen", offline)
+    with pytest.raises(D.DataNotFoundError, match="name resolution") as info:
+        D.load_cifar10(tmp_path / "nothing", cache_dir=tmp_path / "cache")
+    assert isinstance(info.value, FileNotFoundError)
+    _assert_helpful(str(info.value), tmp_path / "nothing")
+
+
+def test_interrupted_download_keeps_nothing(tmp_path, monkeypatch):
+    class Dropping(io.BytesIO):
+        headers = {"Content-Length": "1000000"}
+
+        def read(self, size=-1):
+            raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(D.urllib.request, "urlopen", lambda url, timeout=None: Dropping())
+    with pytest.raises(D.DataNotFoundError, match="interrupted"):
+        D.load_cifar10(tmp_path / "d", cache_dir=tmp_path / "cache")
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_download_false_raises_file_not_found(tmp_path, no_network):
+    with pytest.raises(FileNotFoundError) as info:
+        D.load_cifar10(tmp_path / "nothing", download=False)
+    _assert_helpful(str(info.value), tmp_path / "nothing")
+
+
+# --------------------------------------------------------------------------- DataSet batching
+
+
+def id_dataset(n: int, seed=0, **kwargs) -> D.DataSet:
+    """Example i has image value i and label i, so batches reveal which examples they hold."""
+    return D.DataSet(np.arange(n, dtype=np.float64).reshape(n, 1), np.arange(n), seed=seed, **kwargs)
+
+
+def draw(ds: D.DataSet, sizes) -> np.ndarray:
+    out = []
+    for size in sizes:
+        x, y = ds.next_batch(size)
+        assert x.shape[0] == y.shape[0] == size
+        np.testing.assert_array_equal(x[:, 0], y)  # images and labels stay paired
+        out.append(y)
+    return np.concatenate(out)
+
+
+def test_every_example_once_per_epoch():
+    n = 10
+    ds = id_dataset(n)
+    assert len(ds) == ds.num_examples == n
+    served = draw(ds, [3] * 10)  # 30 examples: three epochs
+    for epoch in range(3):
+        assert sorted(served[epoch * n : (epoch + 1) * n]) == list(range(n))
+    assert ds.epochs_completed == 3 and ds.index_in_epoch == 0
+    draw(ds, [3])
+    assert ds.epochs_completed == 3 and ds.index_in_epoch == 3
+
+
+def test_batch_larger_than_remainder_spans_two_epochs():
+    ds = id_dataset(10, seed=1)
+    first, second = draw(ds, [4, 4]), draw(ds, [4])
+    assert ds.epochs_completed == 1 and ds.index_in_epoch == 2
+    # The 2 left over from epoch 0 come first, then 2 from the reshuffled epoch 1.
+    assert sorted(np.concatenate([first, second[:2]])) == list(range(10))
+    rest = draw(ds, [8])
+    assert sorted(np.concatenate([second[2:], rest])) == list(range(10))
+
+
+def test_batch_larger_than_the_data_set():
+    ds = id_dataset(10)
+    served = draw(ds, [25])
+    assert ds.epochs_completed == 2 and ds.index_in_epoch == 5
+    assert sorted(served[:10]) == sorted(served[10:20]) == list(range(10))
+
+
+def test_shuffling_is_seeded():
+    order = lambda seed: draw(id_dataset(50, seed=seed), [7] * 20)  # noqa: E731
+    np.testing.assert_array_equal(order(3), order(3))
+    assert not np.array_equal(order(3), order(4))
+    assert not np.array_equal(order(3)[:50], np.arange(50))  # the first epoch is shuffled too
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "8"])
+def test_bad_batch_size(bad):
+    with pytest.raises(ValueError, match="batch_size"):
+        id_dataset(10).next_batch(bad)
+
+
+def test_dataset_checks_its_arguments():
+    with pytest.raises(ValueError, match="same length"):
+        D.DataSet(np.zeros((5, 3, 32, 32)), np.zeros(4, np.int64))
+    with pytest.raises(TypeError, match="images"):
+        D.DataSet([[1.0]], np.zeros(1, np.int64))
+    with pytest.raises(ValueError, match="augment"):
+        D.DataSet(np.zeros((5, 3072)), np.zeros(5, np.int64), augment=True)
+
+
+def test_as_arrays_and_flatten():
+    images = np.random.default_rng(0).random((6, 3, 32, 32)).astype(np.float32)
+    ds = D.DataSet(images, np.arange(6), seed=0, flatten=True)
+    x, y = ds.next_batch(4)
+    assert x.shape == (4, 3072) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, images[y].reshape(4, -1))
+    x_all, y_all = ds.as_arrays()
+    assert x_all.shape == (6, 3072)
+    np.testing.assert_array_equal(y_all, np.arange(6))
+    assert ds.as_arrays(flatten=False)[0].shape == (6, 3, 32, 32)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _augmenting_dataset(seed):
+    images = np.random.default_rng(1).random((23, 3, 32, 32))
+    return D.DataSet(images, np.arange(23), seed=seed, augment=True)
+
+
+@pytest.mark.parametrize("transport", ["memory", "npz", "json"])
+def test_resume_is_exact(transport, tmp_path):
+    sizes = [5, 9, 4, 11, 5, 7, 3, 10]
+    original = _augmenting_dataset(seed=7)
+    for size in sizes[:3]:
+        original.next_batch(size)
+    state = original.get_state()
+    expected = [original.next_batch(size) for size in sizes[3:]]
+
+    if transport == "npz":
+        np.savez(tmp_path / "state.npz", **state)
+        with np.load(tmp_path / "state.npz") as f:  # no pickle needed
+            state = {k: f[k] for k in f.files}
+    elif transport == "json":
+        state = json.loads(json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in state.items()}))
+    resumed = _augmenting_dataset(seed=99)  # a different seed: the state must override it
+    resumed.set_state(state)
+    assert resumed.index_in_epoch == int(state["index_in_epoch"])
+    for (x, y), size in zip(expected, sizes[3:]):
+        x2, y2 = resumed.next_batch(size)
+        np.testing.assert_array_equal(y2, y)
+        np.testing.assert_array_equal(x2, x)  # augmentation replayed too
+    assert resumed.get_state()["rng_state"] == original.get_state()["rng_state"]
+    assert resumed.epochs_completed == original.epochs_completed
+
+
+def test_state_is_a_copy_and_plain():
+    ds = id_dataset(10)
+    state = ds.get_state()
+    assert set(state) == {"format", "num_examples", "permutation", "index_in_epoch", "epochs_completed", "rng_state"}
+    assert all(isinstance(v, (np.ndarray, int, str)) for v in state.values())
+    before = state["permutation"].copy()
+    draw(ds, [10, 10])
+    np.testing.assert_array_equal(state["permutation"], before)
+
+
+def test_bad_state_is_refused():
+    state = id_dataset(10).get_state()
+    with pytest.raises(ValueError, match="10 examples"):
+        id_dataset(11).set_state(state)
+    with pytest.raises(ValueError, match="not a permutation"):
+        id_dataset(10).set_state({**state, "permutation": np.zeros(10, np.int64)})
+    with pytest.raises(ValueError, match="lacks"):
+        id_dataset(10).set_state({k: v for k, v in state.items() if k != "rng_state"})
+    with pytest.raises(ValueError, match="rng_state"):
+        id_dataset(10).set_state({**state, "rng_state": "{}"})
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def test_validation_split_is_disjoint_and_excluded_from_statistics(synthetic_cifar_dir):
+    raw = make_synthetic_cifar()
+    data = D.get_cifar10(synthetic_cifar_dir, one_hot=False, validation_size=100, seed=0, dtype=np.float64)
+    train, validation, test = data["train"], data["validation"], data["test"]
+    assert (len(train), len(validation), len(test)) == (900, 100, 200)
+    np.testing.assert_array_equal(train.labels, raw["y_train"][:900])
+    np.testing.assert_array_equal(validation.labels, raw["y_train"][900:])  # carved from the end
+    mean_image = raw["x_train"][:900].mean(axis=0)  # statistics of the training part only
+    np.testing.assert_allclose(train.images, raw["x_train"][:900] - mean_image, atol=1e-9)
+    np.testing.assert_allclose(validation.images, raw["x_train"][900:] - mean_image, atol=1e-9)
+    np.testing.assert_allclose(test.images, raw["x_test"] - mean_image, atol=1e-9)
+    assert np.abs(raw["x_train"].mean(axis=0) - mean_image).max() > 0.5  # including validation would differ
+    assert D.get_cifar10(synthetic_cifar_dir, seed=0)["validation"] is None
+
+
+def test_mean_image_centering(synthetic_cifar_dir):
+    data = D.get_cifar10(synthetic_cifar_dir, seed=0)
+    train = data["train"]
+    assert train.images.dtype == np.float32 and train.images.shape == (1000, 3, 32, 32)
+    assert np.abs(train.images.mean(axis=0, dtype=np.float64)).max() < 1e-3  # ~zero mean per pixel
+    assert np.abs(train.images).max() > 50  # still on the 0..255 scale
+    assert train.labels.shape == (1000, 10) and train.labels.dtype == np.float32
+    np.testing.assert_array_equal(train.labels.argmax(1), make_synthetic_cifar()["y_train"])
+    assert np.all(train.labels.sum(1) == 1)
+
+
+def test_standardize(synthetic_cifar_dir):
+    data = D.get_cifar10(synthetic_cifar_dir, preprocessing="standardize", dtype=np.float64, seed=0)
+    images = data["train"].images
+    np.testing.assert_allclose(images.mean(axis=(0, 2, 3)), 0.0, atol=1e-9)
+    np.testing.assert_allclose(images.std(axis=(0, 2, 3)), 1.0, atol=1e-9)
+    raw = make_synthetic_cifar()["x_train"] / 255.0
+    mean, std = raw.mean(axis=(0, 2, 3)), raw.std(axis=(0, 2, 3))
+    expected_test = (make_synthetic_cifar()["x_test"] / 255.0 - mean[:, None, None]) / std[:, None, None]
+    np.testing.assert_allclose(data["test"].images, expected_test, atol=1e-9)
+
+
+def test_get_cifar10_options(synthetic_cifar_dir):
+    data = D.get_cifar10(synthetic_cifar_dir, one_hot=False, flatten=True, dtype=np.float64, augment=True, seed=1)
+    x, y = data["train"].next_batch(8)
+    assert x.shape == (8, 3072) and x.dtype == np.float64 and y.dtype == np.int64
+    assert data["train"].augment and not data["test"].augment
+    x_test, _ = data["test"].as_arrays()
+    assert x_test.shape == (200, 3072)
+    again = D.get_cifar10(synthetic_cifar_dir, one_hot=False, flatten=True, dtype=np.float64, augment=True, seed=1)
+    np.testing.assert_array_equal(again["train"].next_batch(8)[0], x)  # seeded end to end
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"preprocessing": "zca"}, ValueError, "preprocessing"),
+        ({"validation_size": 1000}, ValueError, "validation_size"),
+        ({"validation_size": -1}, ValueError, "validation_size"),
+        ({"validation_size": 0.5}, TypeError, "validation_size"),
+        ({"dtype": np.int32}, ValueError, "dtype"),
+    ],
+)
+def test_get_cifar10_rejects_bad_arguments(synthetic_cifar_dir, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        D.get_cifar10(synthetic_cifar_dir, **kwargs)
+
+
+def test_synthetic_classes_are_learnable(synthetic_cifar_dir):
+    # 200 SGD steps of softmax regression must clearly beat chance (0.1) on the test split.
+    data = D.get_cifar10(synthetic_cifar_dir, preprocessing="standardize", flatten=True, seed=0)
+    weights = np.zeros((3072, 10), np.float32)
+    for _ in range(200):
+        x, y = data["train"].next_batch(50)
+        logits = x @ weights
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        weights -= 1e-3 * x.T @ (p - y) / len(x)
+    x_test, y_test = data["test"].as_arrays()
+    accuracy = np.mean((x_test @ weights).argmax(1) == y_test.argmax(1))
+    assert accuracy > 0.5, accuracy
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_augment_keeps_shape_dtype_and_is_seeded():
+    images = np.random.default_rng(0).random((16, 3, 32, 32)).astype(np.float32)
+    out = D.augment_batch(images, np.random.default_rng(5))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    np.testing.assert_array_equal(out, D.augment_batch(images, np.random.default_rng(5)))
+    assert not np.array_equal(out, D.augment_batch(images, np.random.default_rng(6)))
+    assert not np.shares_memory(out, images)
+
+
+def test_flip_really_flips():
+    images = np.random.default_rng(1).random((64, 3, 32, 32))
+    out = D.augment_batch(images, np.random.default_rng(2), pad=0, flip=True)
+    mirrored = np.array([np.array_equal(o, x[:, :, ::-1]) for o, x in zip(out, images)])
+    unchanged = np.array([np.array_equal(o, x) for o, x in zip(out, images)])
+    assert np.all(mirrored ^ unchanged)  # each image is either mirrored left-right or untouched
+    assert 10 < mirrored.sum() < 54  # about half are mirrored
+    assert not np.array_equal(images[0], images[0][:, :, ::-1])  # the check above is not vacuous
+
+
+def test_crop_is_a_shifted_window_with_zero_padding():
+    images = np.random.default_rng(3).random((20, 3, 32, 32)) + 1.0  # no zeros in the images
+    out = D.augment_batch(images, np.random.default_rng(4), pad=4, flip=False)
+    padded = np.pad(images, ((0, 0), (0, 0), (4, 4), (4, 4)))
+    found = []
+    for o, p in zip(out, padded):
+        offsets = [(dy, dx) for dy in range(9) for dx in range(9) if np.array_equal(o, p[:, dy : dy + 32, dx : dx + 32])]
+        assert len(offsets) == 1  # exactly one window of the padded image
+        found += offsets
+    rows, cols = zip(*found)
+    assert len(set(rows)) > 3 and len(set(cols)) > 3  # both axes are shifted, independently
+
+
+def test_dataset_augmentation_changes_batches_reproducibly():
+    plain = D.DataSet(np.random.default_rng(0).random((30, 3, 32, 32)), np.arange(30), seed=3)
+    augmented = D.DataSet(plain.images, plain.labels, seed=3, augment=True)
+    again = D.DataSet(plain.images, plain.labels, seed=3, augment=True)
+    (x1, y1), (x2, y2), (x3, y3) = plain.next_batch(10), augmented.next_batch(10), again.next_batch(10)
+    np.testing.assert_array_equal(y1, y2)  # same shuffling stream for the order
+    assert not np.array_equal(x1, x2)
+    np.testing.assert_array_equal(x2, x3)
+
+
+# --------------------------------------------------------------------------- the real archive
+
+
+@pytest.mark.cifar
+def test_real_cifar10(real_cifar_dir):
+    data = D.load_cifar10(real_cifar_dir, download=False)
+    assert data["x_train"].shape == (50000, 3, 32, 32) and data["x_train"].dtype == np.uint8
+    assert data["x_test"].shape == (10000, 3, 32, 32) and data["x_test"].dtype == np.uint8
+    assert data["y_train"].dtype == data["y_test"].dtype == np.int64
+    assert data["y_train"].min() == 0 and data["y_train"].max() == 9
+    np.testing.assert_array_equal(np.bincount(data["y_train"], minlength=10), [5000] * 10)
+    np.testing.assert_array_equal(np.bincount(data["y_test"], minlength=10), [1000] * 10)
+    assert data["label_names"] == list(D.LABEL_NAMES)
+    channel_mean = data["x_train"].mean(axis=(0, 2, 3), dtype=np.float64) / 255.0
+    np.testing.assert_allclose(channel_mean, [0.4913, 0.4821, 0.4465], atol=5e-4)  # data README, 3 decimals
