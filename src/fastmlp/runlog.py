@@ -83,6 +83,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename
             os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would have.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -150,7 +154,7 @@ class RunLog:
 
     ``record`` appends a row (and rewrites ``curves.csv`` atomically: the file
     is small); ``finish`` writes ``metrics.json`` and the plot. On ``--resume``
-    the rows already in ``curves.csv`` up to the checkpoint's step are reloaded.
+    the checkpoint's rows are put back with :meth:`restore`.
     """
 
     def __init__(self, out_dir: str | os.PathLike, flags: Mapping[str, Any], *, enabled: bool = True):
@@ -165,17 +169,15 @@ class RunLog:
     def curves_path(self) -> Path:
         return self.out_dir / "curves.csv"
 
-    def reload(self, up_to_step: int) -> None:
-        """Load the rows of an existing ``curves.csv`` with ``step <= up_to_step``."""
-        self.rows = []
-        if not self.curves_path.exists():
-            return
-        with open(self.curves_path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                parsed = {k: float(v) for k, v in row.items() if k in CURVE_COLUMNS and v not in ("", None)}
-                if parsed.get("step", math.inf) <= up_to_step:
-                    parsed["step"] = int(parsed["step"])
-                    self.rows.append(parsed)
+    def restore(self, rows: list[dict], up_to_step: int | None = None) -> None:
+        """Replace the rows (e.g. from a checkpoint on ``--resume``) and rewrite ``curves.csv``.
+
+        Rows after ``up_to_step`` are dropped: they belong to the part of the run
+        that is about to be redone.
+        """
+        self.rows = [dict(row) for row in rows if up_to_step is None or row["step"] <= up_to_step]
+        if self.enabled:
+            self._write_csv()
 
     def record(self, step: int, **values: float) -> None:
         """Append the values measured at ``step`` (names from :data:`CURVE_COLUMNS`)."""

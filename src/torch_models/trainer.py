@@ -1,0 +1,744 @@
+"""Training machinery shared by ``torch_models.train_mlp`` and ``torch_models.train_convnet``.
+
+What lives here, so that each trainer module only says *which* model, optimizer,
+schedule and input layout it uses:
+
+- device choice (``--device {auto,cpu,cuda}``) and CPU thread count (``--num_threads``);
+- distributed setup/teardown under ``torchrun`` (:func:`distributed_context`);
+- checkpoints written atomically through :func:`fastmlp.runlog.atomic_path` + ``torch.save``
+  and read back for ``--resume`` (:func:`save_checkpoint`, :func:`load_checkpoint`);
+- whole-split evaluation (:func:`evaluate`);
+- the step loop (:func:`fit`): tqdm bar with the running loss, NaN/inf check
+  (:class:`fastmlp.runlog.DivergenceError`), evaluation + checkpoint every
+  ``--eval_freq`` steps and at the end, curves and metrics through
+  :class:`fastmlp.runlog.RunLog`.
+
+Distributed data parallel (torchrun)
+------------------------------------
+When ``WORLD_SIZE`` > 1 (torchrun sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``) the
+process group is initialised with NCCL on CUDA and gloo on CPU and the model is
+wrapped in ``DistributedDataParallel``. Batches are sharded by **slicing the global
+batch**: every rank keeps an identical, identically seeded training ``DataSet``,
+draws the same global batch of ``--batch_size`` examples and trains on its own
+contiguous slice of ``batch_size / world_size`` rows (``--batch_size`` must be a
+multiple of the world size). So the sequence of global batches, the epoch
+bookkeeping and the checkpointed data state are those of a single-process run,
+and DDP's gradient averaging gives the gradient of the global batch mean loss
+(BatchNorm layers still see only their rank's slice: no SyncBatchNorm).
+Dropout/augmentation randomness differs per rank (torch seed ``seed + rank``);
+every rank's RNG state is gathered into the checkpoint.
+
+Evaluation is sharded too: each rank evaluates a contiguous slice of the split
+and the loss/correct counts are all-reduced (BatchNorm running statistics are
+first broadcast from rank 0, whose state is what the checkpoint stores), so all
+ranks hold the same metrics and call ``on_eval`` with them (an exception raised
+by ``on_eval`` therefore stops every rank). Only rank 0 writes files and shows
+the progress bar; the per-step loss shown and checked for NaN is all-reduced.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from fastmlp.runlog import DivergenceError, RunLog, atomic_path, check_finite, default_out_dir, progress_bar
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "DRY_RUN_EVAL_EXAMPLES",
+    "DRY_RUN_EVAL_FREQ",
+    "DRY_RUN_STEPS",
+    "INVOCATION_FLAGS",
+    "DistContext",
+    "EvalSet",
+    "add_common_arguments",
+    "check_common_args",
+    "class_indices",
+    "distributed_context",
+    "evaluate",
+    "explicit_flags",
+    "fit",
+    "load_checkpoint",
+    "resolve_checkpoint_path",
+    "resolve_device",
+    "run_main",
+    "save_checkpoint",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "torch_models.checkpoint/1"
+# --dry_run (as in fastmlp.train): enough steps to exercise every code path (an
+# evaluation in the middle and one at the end), evaluated on a slice of each split
+# (smaller than fastmlp's 500: a ConvNet evaluation is slow on a CPU).
+DRY_RUN_STEPS = 4
+DRY_RUN_EVAL_FREQ = 2
+DRY_RUN_EVAL_EXAMPLES = 200
+
+#: Flags that describe this invocation rather than the run: ``main`` never takes them
+#: from the checkpoint on ``--resume`` (all others not given again are taken from it).
+INVOCATION_FLAGS = ("resume", "out_dir", "dry_run", "quiet", "num_threads", "data_dir", "device")
+
+
+# --------------------------------------------------------------------------- CLI pieces
+def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, max_steps: int,
+                         batch_size: int, eval_freq: int) -> None:
+    """Add the flags both torch trainers share, with the given course defaults."""
+    parser.add_argument("--learning_rate", type=float, default=learning_rate, help="learning rate")
+    parser.add_argument("--max_steps", type=int, default=max_steps, help="number of optimisation steps")
+    parser.add_argument("--batch_size", type=int, default=batch_size,
+                        help="global mini-batch size (split across ranks under torchrun)")
+    parser.add_argument("--eval_freq", type=int, default=eval_freq,
+                        help="evaluate on the whole test (and validation) set and checkpoint every N steps")
+    parser.add_argument("--eval_batch_size", type=int, default=1000, help="batch size for evaluation")
+    parser.add_argument("--data_dir", default=None,
+                        help="folder holding CIFAR-10 (default: $FASTMLP_DATA, else ~/.cache/fastmlp)")
+    parser.add_argument("--validation_size", type=int, default=0,
+                        help="training images held out (from the end of the training set) for validation")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the model init, batch order and dropout")
+    parser.add_argument("--out_dir", default=None,
+                        help="output folder (default: runs/<timestamp>, or the --resume run's folder)")
+    parser.add_argument("--resume", default=None, metavar="PATH",
+                        help="continue from a checkpoint.pt file or a run folder holding one")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto = cuda when available, else cpu")
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own choice)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--dry_run", action="store_true",
+                        help=f"print the plan, then train {DRY_RUN_STEPS} steps, evaluating every "
+                             f"{DRY_RUN_EVAL_FREQ} on {DRY_RUN_EVAL_EXAMPLES} examples per split "
+                             "(outputs default to runs/dryrun-<timestamp>)")
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` naming the flag when a shared flag is out of range."""
+    for name in ("max_steps", "batch_size", "eval_freq", "eval_batch_size"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--{name} must be a positive int, got {value!r}")
+    if not (isinstance(args.validation_size, int) and args.validation_size >= 0):
+        raise ValueError(f"--validation_size must be an int >= 0, got {args.validation_size!r}")
+    if not (isinstance(args.learning_rate, (int, float)) and args.learning_rate > 0):
+        raise ValueError(f"--learning_rate must be a positive float, got {args.learning_rate!r}")
+    if not isinstance(args.seed, int) or isinstance(args.seed, bool):
+        raise ValueError(f"--seed must be an int, got {args.seed!r}")
+    if args.num_threads is not None and (not isinstance(args.num_threads, int) or args.num_threads < 1):
+        raise ValueError(f"--num_threads must be a positive int, got {args.num_threads!r}")
+    if args.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be one of auto, cpu, cuda, got {args.device!r}")
+
+
+def explicit_flags(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> set[str]:
+    """Names of the flags actually written in ``argv`` (not left at their defaults)."""
+    probe = build_parser()
+    unset = object()  # not a str, so argparse does not run it through the flags' type=
+    probe.set_defaults(**{name: unset for name in vars(probe.parse_args([]))})
+    return {name for name, value in vars(probe.parse_args(argv)).items() if value is not unset}
+
+
+def run_main(train: Callable[..., dict], build_parser: Callable[[], argparse.ArgumentParser],
+             argv: list[str] | None = None) -> int:
+    """Body of each trainer's ``main``: parse, train, print a summary, map errors to exit codes.
+
+    With ``--resume``, every flag not written in ``argv`` (except :data:`INVOCATION_FLAGS`)
+    is taken from the checkpoint, so ``--resume RUN`` alone continues the run as it was
+    started (``--max_steps`` may be raised to train longer). Under torchrun each rank
+    reads the checkpoint's flags here, so on several machines the path must be readable
+    on each of them.
+
+    Returns 0 on success, 1 when training diverged (the message names the step), 2 for
+    bad input (a flag out of range, a missing or mismatched checkpoint, missing data).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume is not None:
+        try:
+            saved = load_checkpoint(args.resume)["flags"]
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
+        given = explicit_flags(build_parser, argv)
+        for name, value in saved.items():
+            if name in vars(args) and name not in given and name not in INVOCATION_FLAGS:
+                setattr(args, name, value)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    try:
+        metrics = train(args)
+    except DivergenceError as err:
+        if is_main:
+            print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        if is_main:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    if is_main and not args.quiet:
+        parts = [f"test accuracy {metrics['test_accuracy']:.4f} (best {metrics['best_test_accuracy']:.4f})"]
+        if "validation_accuracy" in metrics:
+            parts.append(f"validation accuracy {metrics['validation_accuracy']:.4f}")
+        parts.append(f"after {metrics['steps']} steps, {metrics['wall_seconds']:.1f} s "
+                     f"({metrics['seconds_per_step'] * 1e3:.1f} ms per training step)")
+        where = f"; outputs in {metrics['out_dir']}" if metrics.get("out_dir") else ""
+        print(", ".join(parts) + where)
+    return 0
+
+
+# --------------------------------------------------------------------------- devices
+@dataclasses.dataclass(frozen=True)
+class DistContext:
+    """Where this process runs: its device and its place among the torchrun ranks.
+
+    ``owns_group`` is True when :func:`distributed_context` created the process
+    group (and must destroy it).
+    """
+
+    device: torch.device
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """Turn ``--device`` into a ``torch.device`` (``cuda:<local_rank>`` for CUDA).
+
+    Raises ``ValueError`` when ``name`` is not auto/cpu/cuda or CUDA was asked for
+    but is not available.
+    """
+    if name not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be one of auto, cpu, cuda, got {name!r}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but torch.cuda.is_available() is False")
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK {local_rank} has no GPU: only {torch.cuda.device_count()} visible")
+    return torch.device("cuda", local_rank)
+
+
+@contextlib.contextmanager
+def distributed_context(device_name: str, num_threads: int | None = None) -> Iterator[DistContext]:
+    """Set up device, CPU threads and (under torchrun) the process group; undo on exit.
+
+    The world is read from ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; with a world of
+    one nothing distributed happens. A process group that already exists (made by
+    the caller) is used and left alone. ``torch.set_num_threads`` is restored on exit.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    device = resolve_device(device_name, local_rank if world_size > 1 else 0)
+    owns_group = False
+    try:
+        if world_size > 1:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # NCCL collectives use the current device
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                        init_method="env://")
+                owns_group = True
+            world_size, rank = dist.get_world_size(), dist.get_rank()
+        yield DistContext(device, world_size, rank, local_rank, owns_group)
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+        torch.set_num_threads(previous_threads)
+
+
+def _broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank (identity without a process group)."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather_objects(obj: Any, ctx: DistContext) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
+    if not ctx.distributed:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
+    """``torch.save(state)`` to ``path`` atomically (a crash leaves the previous file intact)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+    return path
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a run folder.
+
+    Raises ``FileNotFoundError`` naming ``--resume`` when there is no such file.
+    """
+    path = Path(path)
+    candidate = path / CHECKPOINT_NAME if path.is_dir() else path
+    if not candidate.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {candidate} (expected a {CHECKPOINT_NAME} "
+                                "file or a run folder holding one)")
+    return candidate
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
+
+    Checkpoints hold NumPy/Python objects (data-order and RNG states) besides
+    tensors, so they are unpickled with ``weights_only=False``: resume only from
+    checkpoints you (or this code) wrote.
+    """
+    path = resolve_checkpoint_path(path)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"--resume: {path} is not a torch_models checkpoint "
+                         f"(expected format {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def _rng_state(ctx: DistContext) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None,
+    }
+
+
+def _restore_rng_state(checkpoint: Mapping[str, Any], ctx: DistContext, seed: int) -> None:
+    per_rank = checkpoint["rng"]["per_rank"]
+    if len(per_rank) != ctx.world_size:
+        # Still a valid continuation, just not bit-identical: the ranks' streams changed.
+        warnings.warn(f"checkpoint was written by {len(per_rank)} process(es), this run has "
+                      f"{ctx.world_size}: dropout/augmentation streams are reseeded", stacklevel=3)
+        torch.manual_seed(seed + ctx.rank + 7919 * int(checkpoint["step"]))
+        return
+    mine = per_rank[ctx.rank]
+    torch.set_rng_state(mine["torch"])
+    if mine["cuda"] is not None and ctx.device.type == "cuda":
+        torch.cuda.set_rng_state(mine["cuda"], ctx.device)
+    np.random.set_state(checkpoint["rng"]["numpy"])
+    random.setstate(checkpoint["rng"]["python"])
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclasses.dataclass
+class EvalSet:
+    """This rank's slice of an evaluation split, ready for :func:`evaluate`.
+
+    Attributes
+    ----------
+    images : torch.Tensor, shape (n_local, *input_shape), float32
+        On the training device (moved once, not per evaluation).
+    labels : torch.Tensor, shape (n_local,), int64
+        Class indices, on the same device.
+    total : int
+        Examples in the whole split (all ranks together).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    total: int
+
+    @classmethod
+    def from_dataset(cls, dataset, *, input_shape: tuple[int, ...], ctx: DistContext,
+                     limit: int | None = None) -> "EvalSet":
+        """Slice ``dataset`` (a ``fastmlp.data.DataSet``) for this rank; ``limit`` keeps the first N."""
+        x, y = dataset.as_arrays(flatten=False)
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        n = len(x)
+        lo, hi = n * ctx.rank // ctx.world_size, n * (ctx.rank + 1) // ctx.world_size
+        images = _images_to_tensor(x[lo:hi], input_shape).to(ctx.device)
+        labels = torch.from_numpy(class_indices(y[lo:hi])).to(ctx.device)
+        return cls(images, labels, n)
+
+
+def class_indices(labels: np.ndarray) -> np.ndarray:
+    """Class indices, shape (n,) int64, from indices (n,) or one-hot rows (n, n_classes)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        labels = labels.argmax(axis=1)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must have shape (n,) or (n, n_classes), got {labels.shape}")
+    return labels.astype(np.int64, copy=False)
+
+
+def _images_to_tensor(x: np.ndarray, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Float32 CPU tensor of shape (n, *input_shape) sharing memory with ``x`` when possible."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    expected = math.prod(input_shape)
+    if x.ndim < 2 or math.prod(x.shape[1:]) != expected:
+        raise ValueError(f"images must have {expected} values per example (model input {input_shape}), "
+                         f"got array of shape {x.shape}")
+    return torch.from_numpy(x).reshape(len(x), *input_shape)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, eval_set: EvalSet, *, batch_size: int, ctx: DistContext,
+             autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over a whole split (all ranks together).
+
+    ``model`` is put in eval mode for the pass and restored to its previous mode.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        stats = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, count
+        for start in range(0, len(eval_set.labels), batch_size):
+            x = eval_set.images[start:start + batch_size]
+            y = eval_set.labels[start:start + batch_size]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(ctx.device.type, dtype=autocast_dtype or torch.bfloat16,
+                                enabled=autocast_dtype is not None):
+                logits = model(x)
+            stats[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+            stats[1] += (logits.argmax(dim=1) == y).sum()
+            stats[2] += len(y)
+        if ctx.distributed:
+            dist.all_reduce(stats)
+        loss_sum, correct, count = stats.tolist()
+    finally:
+        model.train(was_training)
+    return loss_sum / count, correct / count
+
+
+# --------------------------------------------------------------------------- the loop
+def _flags_of(args: argparse.Namespace) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(vars(args).items())}
+
+
+def _check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], path: str,
+                     architecture_flags: tuple[str, ...], trajectory_flags: tuple[str, ...], *,
+                     warn: bool = True) -> None:
+    for name in architecture_flags:
+        if name in saved and saved[name] != current.get(name):
+            raise ValueError(f"cannot resume from {path!r}: it was trained with --{name} {saved[name]!r}, "
+                             f"this run asks for {current.get(name)!r}")
+    if not warn:
+        return
+    changed = [f"--{name} {saved[name]!r} -> {current.get(name)!r}" for name in trajectory_flags
+               if name in saved and saved[name] != current.get(name)]
+    if changed:
+        warnings.warn("resuming with changed flags (" + ", ".join(changed) + "): the result will differ "
+                      "from an uninterrupted run", stacklevel=3)
+    if (saved.get("max_steps") != current.get("max_steps")
+            and current.get("lr_schedule") not in (None, "constant")):
+        warnings.warn("--max_steps differs from the checkpoint's: the learning-rate schedule keeps the "
+                      "horizon it was created with", stacklevel=3)
+
+
+def _format_report(step: int, row: Mapping[str, float]) -> str:
+    parts = [f"step {step:6d}"]
+    for split in ("train", "validation", "test"):
+        if f"{split}_accuracy" in row:
+            parts.append(f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_accuracy']:.4f}")
+    return "  ".join(parts)
+
+
+def _describe_plan(*, trainer_name, ctx, model, optimizer, scheduler, data_sizes, args, max_steps,
+                   out_dir, extra) -> str:
+    n_params = sum(p.numel() for p in model.parameters())
+    lines = [
+        f"{trainer_name} --dry_run: the full run would train {args.max_steps} steps of global batch "
+        f"{args.batch_size} on {ctx.device} (world size {ctx.world_size}), evaluating on the whole "
+        f"test/validation sets and checkpointing every {args.eval_freq} steps;",
+        f"  this dry run trains {max_steps} steps, evaluating every {DRY_RUN_EVAL_FREQ} on at most "
+        f"{DRY_RUN_EVAL_EXAMPLES} examples per split",
+        "  data: " + ", ".join(f"{k} {v} examples" for k, v in data_sizes.items()),
+        f"  model: {n_params:,} parameters\n" + "\n".join("    " + line for line in repr(model).splitlines()),
+        f"  optimizer: {type(optimizer).__name__} lr={args.learning_rate}"
+        + (f", schedule {type(scheduler).__name__}" if scheduler is not None else ", constant lr"),
+        *(f"  {line}" for line in extra),
+        f"  outputs: {out_dir}",
+        f"  resume: {args.resume or 'no'}",
+    ]
+    return "\n".join(lines)
+
+
+def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: Mapping[str, Any],
+        input_shape: tuple[int, ...], build_model: Callable[[], nn.Module],
+        build_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+        build_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        channels_last: bool = False, compile_model: bool = False, amp: bool = False,
+        on_eval: Callable[[int, dict], None] | None = None,
+        architecture_flags: tuple[str, ...] = (), trajectory_flags: tuple[str, ...] = (),
+        plan_notes: tuple[str, ...] = ()) -> dict:
+    """Train, evaluate, checkpoint and log one run; return the metrics written to metrics.json.
+
+    The untrained model is evaluated at step 0 (the start of the curves, as in
+    ``fastmlp.train``), then every ``args.eval_freq`` steps and after the last step;
+    each evaluation records a ``curves.csv`` row (``train_loss``/``train_accuracy`` of
+    that step's batch, before the update; the whole test/validation splits; the
+    step's learning rate), rewrites ``checkpoint.pt`` and calls ``on_eval``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Checked flags of :func:`add_common_arguments` plus the trainer's own (all are
+        stored in the outputs). Not modified.
+    trainer_name : str
+        Stored in the checkpoint; a checkpoint of another trainer is refused on resume.
+    ctx : DistContext
+        From :func:`distributed_context`.
+    data : mapping
+        ``fastmlp.data.get_cifar10`` output: ``"train"``, ``"test"``, optional
+        ``"validation"`` ``DataSet``\\ s (labels as indices or one-hot, images in any
+        layout with ``prod(input_shape)`` values each). Not modified: batches are drawn
+        from a fresh ``DataSet`` over the same arrays, seeded with ``args.seed``.
+    input_shape : tuple of int
+        Shape of one model input, e.g. ``(3072,)`` or ``(3, 32, 32)``; images are reshaped to it.
+    build_model, build_optimizer, build_scheduler : callables
+        Make the model (on the CPU, right after ``torch.manual_seed(args.seed)``), the
+        optimizer over its parameters, and an optional LR scheduler stepped every step.
+    augment : callable, optional
+        ``(local_batch, *input_shape) -> same`` transform of training batches, on the device.
+    channels_last, compile_model, amp : bool
+        Channels-last memory format; ``torch.compile``; bf16 autocast (the caller makes
+        sure the device is CUDA).
+    on_eval : callable, optional
+        ``on_eval(step, metrics)`` after each evaluation and checkpoint, ``metrics`` holding
+        ``step`` and the ``curves.csv`` row; may raise to stop the run (it propagates).
+    architecture_flags, trajectory_flags : tuple of str
+        On ``--resume``: flags whose change makes the checkpoint unloadable (``ValueError``)
+        and flags whose change makes the result differ from an uninterrupted run (warning).
+    plan_notes : tuple of str
+        Extra lines for the ``--dry_run`` plan.
+
+    Raises
+    ------
+    fastmlp.runlog.DivergenceError
+        On a NaN/inf training loss, before that step's update; the checkpoint of the
+        last evaluation is kept.
+    """
+    from fastmlp.data import DataSet
+
+    dry_run = bool(args.dry_run)
+    max_steps = min(args.max_steps, DRY_RUN_STEPS) if dry_run else args.max_steps
+    eval_freq = DRY_RUN_EVAL_FREQ if dry_run else args.eval_freq
+    eval_limit = DRY_RUN_EVAL_EXAMPLES if dry_run else None
+    if args.batch_size % ctx.world_size:
+        raise ValueError(f"--batch_size {args.batch_size} must be a multiple of the world size "
+                         f"{ctx.world_size} (each rank trains on an equal slice of the global batch)")
+    local_batch = args.batch_size // ctx.world_size
+    flags = {**_flags_of(args), "max_steps": max_steps, "eval_freq": eval_freq}
+
+    # ---- checkpoint to resume from (read by rank 0 and sent to the others, so a bad
+    # path fails on every rank instead of leaving the others waiting in a collective)
+    checkpoint = None
+    if args.resume:
+        loaded: Any = None
+        if ctx.is_main:
+            try:
+                loaded = load_checkpoint(args.resume)
+            except (OSError, ValueError) as err:
+                loaded = err
+        loaded = _broadcast_object(loaded, ctx)
+        if isinstance(loaded, BaseException):
+            raise loaded
+        checkpoint = loaded
+        if checkpoint["trainer"] != trainer_name:
+            raise ValueError(f"--resume: {args.resume} is a {checkpoint['trainer']} checkpoint, "
+                             f"not a {trainer_name} one")
+        _check_resumable(checkpoint["flags"], flags, str(args.resume), architecture_flags,
+                         trajectory_flags, warn=ctx.is_main)
+
+    # ---- where outputs go (decided on rank 0, which alone writes)
+    out_dir = None
+    if ctx.is_main:
+        if args.out_dir is not None:
+            out_dir = str(args.out_dir)
+        elif args.resume:
+            out_dir = str(resolve_checkpoint_path(args.resume).parent)
+        else:
+            out_dir = str(default_out_dir(prefix="dryrun-" if dry_run else ""))
+    out_dir = Path(_broadcast_object(out_dir, ctx))
+
+    # ---- data: a private, seeded batch order; evaluation splits moved to the device once
+    source = data["train"]
+    train_set = DataSet(source.images, source.labels, seed=args.seed, flatten=False)
+    eval_sets = {"test": EvalSet.from_dataset(data["test"], input_shape=input_shape, ctx=ctx, limit=eval_limit)}
+    validation = data.get("validation")
+    if validation is not None and validation.num_examples > 0:
+        eval_sets["validation"] = EvalSet.from_dataset(validation, input_shape=input_shape, ctx=ctx,
+                                                       limit=eval_limit)
+
+    # ---- model, optimizer, schedule (same init on every rank; DDP also broadcasts rank 0's)
+    torch.manual_seed(args.seed)
+    raw_model = build_model()
+    if checkpoint is not None:
+        try:
+            raw_model.load_state_dict(checkpoint["model"])
+        except RuntimeError as err:
+            raise ValueError(f"--resume: the checkpoint's model does not match the one the flags "
+                             f"build: {err}") from None
+    raw_model.to(ctx.device)
+    if channels_last:
+        raw_model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(raw_model)
+    scheduler = build_scheduler(optimizer) if build_scheduler is not None else None
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None and checkpoint.get("scheduler") is not None:
+            scheduler.load_state_dict(checkpoint["scheduler"])
+    train_model: nn.Module = raw_model
+    if ctx.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            raw_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    eval_model: nn.Module = raw_model
+    if compile_model:
+        train_model = torch.compile(train_model)
+        eval_model = torch.compile(raw_model)
+    autocast_dtype = torch.bfloat16 if amp else None
+
+    # ---- run state
+    runlog = RunLog(out_dir, flags, enabled=ctx.is_main)
+    step, prior_wall, train_seconds = 0, 0.0, 0.0
+    if checkpoint is not None:
+        step = int(checkpoint["step"])
+        if step > max_steps:
+            raise ValueError(f"cannot resume: the checkpoint is at step {step}, past --max_steps {max_steps}")
+        prior_wall = float(checkpoint["wall_seconds"])
+        train_seconds = float(checkpoint["train_seconds"])
+        train_set.set_state(checkpoint["train_data"])
+        # The checkpoint carries its curve rows, so resuming into another --out_dir keeps them.
+        runlog.restore(checkpoint["curves"], up_to_step=step)
+        _restore_rng_state(checkpoint, ctx, args.seed)
+    elif ctx.rank:
+        torch.manual_seed(args.seed + ctx.rank)  # rank 0 keeps the single-process stream
+
+    if dry_run and ctx.is_main:
+        sizes = {"train": source.num_examples, **{k: v.total for k, v in eval_sets.items()}}
+        print(_describe_plan(trainer_name=trainer_name, ctx=ctx, model=raw_model, optimizer=optimizer,
+                             scheduler=scheduler, data_sizes=sizes, args=args, max_steps=max_steps,
+                             out_dir=out_dir, extra=plan_notes), flush=True)
+
+    started = time.perf_counter()
+    bar = progress_bar(max_steps, initial=step, disable=args.quiet or not ctx.is_main, desc=trainer_name)
+
+    def evaluate_and_checkpoint(step: int, row: dict[str, float]) -> None:
+        """Whole-split evaluation, curves row, checkpoint, report, ``on_eval``: on every rank."""
+        if ctx.distributed:  # evaluate with rank 0's BatchNorm statistics, as checkpointed
+            for buffer in raw_model.buffers():
+                dist.broadcast(buffer, src=0)
+        for split, eval_set in eval_sets.items():
+            row[f"{split}_loss"], row[f"{split}_accuracy"] = evaluate(
+                eval_model, eval_set, batch_size=args.eval_batch_size, ctx=ctx,
+                autocast_dtype=autocast_dtype, channels_last=channels_last)
+        runlog.record(step, **row)
+        rng = _gather_objects(_rng_state(ctx), ctx)  # a collective: before the rank-0-only write
+        if ctx.is_main:
+            save_checkpoint(out_dir / CHECKPOINT_NAME, {
+                "format": CHECKPOINT_FORMAT,
+                "trainer": trainer_name,
+                "step": step,
+                "flags": flags,
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "train_data": train_set.get_state(),
+                "rng": {"per_rank": rng, "numpy": np.random.get_state(), "python": random.getstate()},
+                "curves": [dict(r) for r in runlog.rows],
+                "wall_seconds": prior_wall + time.perf_counter() - started,
+                "train_seconds": train_seconds,
+                "world_size": ctx.world_size,
+            })
+            if not args.quiet:
+                bar.write(_format_report(step, row))
+        if on_eval is not None:
+            on_eval(step, {"step": step, **row})
+
+    try:
+        if step == 0:  # the untrained model: chance level, the start of the curves
+            evaluate_and_checkpoint(0, {})
+        running_loss, running_steps = 0.0, 0
+        lo, hi = ctx.rank * local_batch, (ctx.rank + 1) * local_batch
+        raw_model.train()
+        while step < max_steps:
+            tick = time.perf_counter()
+            step += 1
+            x_np, y_np = train_set.next_batch(args.batch_size)  # the global batch; this rank's slice:
+            x = _images_to_tensor(x_np[lo:hi], input_shape).to(ctx.device, non_blocking=True)
+            y = torch.from_numpy(class_indices(y_np[lo:hi])).to(ctx.device, non_blocking=True)
+            if augment is not None:
+                x = augment(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = train_model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            at_eval = step % eval_freq == 0 or step == max_steps
+            stats = torch.stack([loss.detach().double(),
+                                 (logits.detach().argmax(dim=1) == y).sum().double()])
+            if ctx.distributed:
+                dist.all_reduce(stats)
+                stats[0] /= ctx.world_size
+            batch_loss, batch_correct = stats.tolist()
+            # Checked before the update: a diverged step never reaches the parameters or a checkpoint.
+            batch_loss = check_finite(batch_loss, step)
+            learning_rate = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            train_seconds += time.perf_counter() - tick
+            running_loss += batch_loss
+            running_steps += 1
+            bar.set_postfix(loss=f"{running_loss / running_steps:.4f}", refresh=False)
+            bar.update(1)
+            if at_eval:
+                evaluate_and_checkpoint(step, {"train_loss": batch_loss,
+                                               "train_accuracy": batch_correct / args.batch_size,
+                                               "learning_rate": learning_rate})
+                running_loss, running_steps = 0.0, 0
+    finally:
+        bar.close()
+
+    last = runlog.rows[-1]
+    final = {k: last[k] for k in ("test_loss", "test_accuracy", "validation_loss", "validation_accuracy")
+             if k in last}
+    trained = step - (int(checkpoint["step"]) if checkpoint is not None else 0)
+    return runlog.finish(
+        **final,
+        trainer=trainer_name,
+        steps=step,
+        wall_seconds=prior_wall + time.perf_counter() - started,
+        train_seconds=train_seconds,
+        seconds_per_step=train_seconds / step if step else float("nan"),
+        steps_this_session=trained,
+        n_parameters=sum(p.numel() for p in raw_model.parameters()),
+        device=str(ctx.device),
+        world_size=ctx.world_size,
+        amp=amp,
+        dry_run=dry_run,
+        out_dir=str(out_dir) if ctx.is_main else None,
+    )

@@ -1,0 +1,333 @@
+"""End-to-end tests of the torch trainers (torch_models.train_mlp / train_convnet) on the CPU.
+
+Everything runs on the tiny synthetic CIFAR-10 of ``tests/conftest.py`` (1000 training,
+200 test images); ConvNet runs use batches of 4 and a few test images, since the
+network is heavy for a 2-core machine.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from fastmlp.data import DataSet, get_cifar10  # noqa: E402
+from fastmlp.runlog import DivergenceError  # noqa: E402
+from torch_models import train_convnet, train_mlp, trainer  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {"test_accuracy", "test_loss", "best_test_accuracy", "steps", "wall_seconds", "flags",
+               "seconds_per_step", "out_dir", "fastmlp_version"}
+
+
+class Interrupted(Exception):
+    """Raised from on_eval to simulate a run killed right after a checkpoint."""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Identical thread counts make CPU results bit-reproducible; one thread suits a 2-core CI box.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def mlp_data(synthetic_cifar_dir):
+    """Synthetic CIFAR-10, flattened, with a 100-image validation split (900 train, 200 test)."""
+    return get_cifar10(synthetic_cifar_dir, one_hot=False, validation_size=100, flatten=True)
+
+
+@pytest.fixture(scope="module")
+def conv_data(synthetic_cifar_dir):
+    """Synthetic CIFAR-10 as images, test split cut to 12 images to keep ConvNet evaluation cheap."""
+    data = get_cifar10(synthetic_cifar_dir, one_hot=False, flatten=False)
+    x, y = data["test"].as_arrays()
+    return {"train": data["train"], "validation": None, "test": DataSet(x[:12], y[:12])}
+
+
+@pytest.fixture(scope="module")
+def small_cifar_dir(tmp_path_factory):
+    """A smaller synthetic CIFAR-10 folder (100 training, 16 test images) for ConvNet CLI runs."""
+    from _cifar_synth import make_synthetic_cifar, write_cifar_folder
+
+    return write_cifar_folder(tmp_path_factory.mktemp("small_cifar"), make_synthetic_cifar(20, 16, seed=1))
+
+
+def read_curves(out_dir: Path) -> list[dict[str, str]]:
+    with open(out_dir / "curves.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_outputs(out_dir: Path, *, steps: int, eval_steps: list[int], validation: bool) -> dict:
+    """Check the four output files of a finished run; return metrics.json."""
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["steps"] == steps
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["test_loss"])
+    assert ("validation_accuracy" in metrics) == validation
+    rows = read_curves(out_dir)
+    assert [int(r["step"]) for r in rows] == eval_steps
+    assert all(r["test_accuracy"] != "" for r in rows)
+    assert all(r["train_loss"] != "" and r["learning_rate"] != "" for r in rows[1:])  # step 0: no batch yet
+    assert float(rows[-1]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
+    png = (out_dir / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    checkpoint = trainer.load_checkpoint(out_dir)
+    assert checkpoint["step"] == steps
+    assert {"model", "optimizer", "scheduler", "rng", "train_data", "curves"} <= set(checkpoint)
+    assert checkpoint["rng"]["per_rank"][0]["torch"].dtype == torch.uint8
+    assert not [p.name for p in out_dir.iterdir() if p.name.endswith(".tmp")]  # no half-written leftovers
+    return metrics
+
+
+def params_of(out_dir: Path) -> dict[str, torch.Tensor]:
+    return trainer.load_checkpoint(out_dir)["model"]
+
+
+# --------------------------------------------------------------------------- end to end
+def test_mlp_cli_course_defaults_writes_outputs_and_beats_chance(tmp_path, synthetic_cifar_dir, capsys):
+    out = tmp_path / "run"
+    code = train_mlp.main(["--data_dir", str(synthetic_cifar_dir), "--max_steps", "60", "--eval_freq", "20",
+                           "--validation_size", "100", "--out_dir", str(out)])
+    assert code == 0
+    metrics = assert_outputs(out, steps=60, eval_steps=[0, 20, 40, 60], validation=True)
+    assert metrics["flags"]["optimizer"] == "sgd" and metrics["flags"]["learning_rate"] == 2e-3
+    assert metrics["flags"]["dnn_hidden_units"] == [100]
+    # 10 balanced classes: chance is 0.1; the synthetic classes are easy to separate.
+    assert metrics["test_accuracy"] > 0.5 and metrics["validation_accuracy"] > 0.5
+    assert float(read_curves(out)[0]["test_accuracy"]) < 0.3  # the untrained model is near chance
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_mlp_logistic_regression_adam_batchnorm_dropout(tmp_path, mlp_data):
+    args = train_mlp.build_parser().parse_args([
+        "--dnn_hidden_units", "", "--optimizer", "adam", "--learning_rate", "1e-3", "--max_steps", "10",
+        "--eval_freq", "5", "--out_dir", str(tmp_path / "lr"), "--quiet"])
+    metrics = train_mlp.train(args, data=mlp_data)
+    assert args.dnn_hidden_units == []
+    assert metrics["n_parameters"] == 3072 * 10 + 10  # one Linear layer
+    args = train_mlp.build_parser().parse_args([
+        "--dnn_hidden_units", "64,32", "--batchnorm", "custom", "--dropout", "0.2", "--weight_decay", "1e-4",
+        "--max_steps", "10", "--eval_freq", "5", "--out_dir", str(tmp_path / "deep"), "--quiet"])
+    metrics = train_mlp.train(args, data=mlp_data)
+    assert_outputs(tmp_path / "deep", steps=10, eval_steps=[0, 5, 10], validation=True)
+
+
+def test_convnet_cli_dry_run_with_extras(tmp_path, small_cifar_dir, capsys):
+    out = tmp_path / "conv"
+    with pytest.warns(UserWarning, match="--amp"):  # bf16 autocast is CUDA-only: ignored on the CPU
+        code = train_convnet.main([
+            "--data_dir", str(small_cifar_dir), "--dry_run", "--batch_size", "4", "--eval_batch_size", "50",
+            "--augment", "--lr_schedule", "onecycle", "--channels_last", "--amp", "--preprocessing", "standardize",
+            "--num_threads", "1", "--out_dir", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "dry run" in printed and "parameters" in printed
+    metrics = assert_outputs(out, steps=trainer.DRY_RUN_STEPS, eval_steps=[0, 2, 4], validation=False)
+    assert metrics["amp"] is False and metrics["dry_run"] is True
+    checkpoint = trainer.load_checkpoint(out)
+    assert checkpoint["scheduler"]["total_steps"] == 5000  # OneCycleLR over the full --max_steps
+    assert checkpoint["trainer"] == "train_convnet"
+
+
+# --------------------------------------------------------------------------- API contract
+def test_train_api_leaves_args_and_argv_alone(tmp_path, mlp_data, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pytest", "--not-a-trainer-flag"])
+    args = train_mlp.build_parser().parse_args(["--max_steps", "6", "--eval_freq", "3", "--quiet",
+                                                "--out_dir", str(tmp_path / "a")])
+    before = vars(args).copy()
+    seen = []
+    metrics = train_mlp.train(args, data=mlp_data, on_eval=lambda step, m: seen.append((step, dict(m))))
+    assert vars(args) == before
+    assert [step for step, _ in seen] == [0, 3, 6]
+    assert {"test_accuracy", "validation_accuracy", "train_loss", "step"} <= set(seen[-1][1])
+    assert seen[-1][1]["test_accuracy"] == metrics["test_accuracy"]
+    assert mlp_data["train"].index_in_epoch == 0  # the caller's DataSet was not consumed
+
+
+def test_on_eval_exception_propagates_and_keeps_checkpoint(tmp_path, mlp_data):
+    args = train_mlp.build_parser().parse_args(["--max_steps", "20", "--eval_freq", "5", "--quiet",
+                                                "--out_dir", str(tmp_path)])
+
+    def prune(step, metrics):
+        if step == 10:
+            raise Interrupted(step)
+
+    with pytest.raises(Interrupted):
+        train_mlp.train(args, data=mlp_data, on_eval=prune)
+    assert trainer.load_checkpoint(tmp_path)["step"] == 10
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--batch_size", "0"], "--batch_size"),
+    (["--dropout", "1.5"], "--dropout"),
+    (["--num_threads", "0"], "--num_threads"),
+])
+def test_bad_flags_raise_value_error_naming_the_flag(mlp_data, flags, match):
+    args = train_mlp.build_parser().parse_args(flags + ["--quiet"])
+    with pytest.raises(ValueError, match=match):
+        train_mlp.train(args, data=mlp_data)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
+def test_device_cuda_without_gpu_is_a_clear_error(mlp_data):
+    args = train_mlp.build_parser().parse_args(["--device", "cuda", "--quiet"])
+    with pytest.raises(ValueError, match="--device cuda"):
+        train_mlp.train(args, data=mlp_data)
+
+
+def test_hidden_units_parsing():
+    assert train_mlp.parse_hidden_units("512, 256") == [512, 256]
+    assert train_mlp.parse_hidden_units("") == []
+    with pytest.raises(SystemExit):
+        train_mlp.build_parser().parse_args(["--dnn_hidden_units", "10,x"])
+    with pytest.raises(SystemExit):
+        train_mlp.build_parser().parse_args(["--dnn_hidden_units", "10,-1"])
+
+
+def test_resume_errors(tmp_path, mlp_data, conv_data, capsys):
+    with pytest.raises(SystemExit):  # main: argparse error naming --resume
+        train_mlp.main(["--resume", str(tmp_path / "nowhere"), "--quiet"])
+    assert "--resume" in capsys.readouterr().err
+    conv_args = train_convnet.build_parser().parse_args([
+        "--max_steps", "1", "--eval_freq", "1", "--batch_size", "2", "--quiet", "--out_dir", str(tmp_path / "c")])
+    train_convnet.train(conv_args, data=conv_data)
+    args = train_mlp.build_parser().parse_args(["--resume", str(tmp_path / "c"), "--quiet"])
+    with pytest.raises(ValueError, match="train_convnet checkpoint"):
+        train_mlp.train(args, data=mlp_data)
+    train_mlp.train(train_mlp.build_parser().parse_args(["--max_steps", "2", "--quiet", "--out_dir",
+                                                         str(tmp_path / "m")]), data=mlp_data)
+    args = train_mlp.build_parser().parse_args(["--resume", str(tmp_path / "m"), "--dnn_hidden_units", "7",
+                                                "--max_steps", "4", "--quiet"])
+    with pytest.raises(ValueError, match="--dnn_hidden_units"):
+        train_mlp.train(args, data=mlp_data)
+
+
+# --------------------------------------------------------------------------- divergence
+def test_nan_loss_raises_divergence_error_with_step_and_keeps_last_checkpoint(tmp_path, mlp_data, synthetic_cifar_dir,
+                                                                             capsys):
+    flags = ["--learning_rate", "1e12", "--max_steps", "50", "--eval_freq", "1", "--quiet", "--out_dir", str(tmp_path)]
+    with pytest.raises(DivergenceError) as info:
+        train_mlp.train(train_mlp.build_parser().parse_args(flags), data=mlp_data)
+    step = info.value.step
+    assert 1 <= step < 50 and not np.isfinite(info.value.loss)
+    assert f"diverged at step {step}" in str(info.value)
+    checkpoint = trainer.load_checkpoint(tmp_path)
+    assert checkpoint["step"] == step - 1  # the last evaluation before the bad step, not the bad step
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    # The CLI reports the same step and exits with status 1.
+    out = tmp_path / "cli"
+    code = train_mlp.main(["--data_dir", str(synthetic_cifar_dir), "--validation_size", "100", *flags[:-1], str(out)])
+    assert code == 1
+    assert f"diverged at step {step}" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- resume
+def test_mlp_resume_matches_uninterrupted_run(tmp_path, mlp_data):
+    # Adam + dropout + BatchNorm: optimizer state, torch RNG and buffers must all be restored;
+    # 9 steps of 200 on 900 images cross an epoch boundary after the interruption.
+    flags = ["--dnn_hidden_units", "32", "--optimizer", "adam", "--learning_rate", "1e-3", "--dropout", "0.3",
+             "--batchnorm", "torch", "--max_steps", "9", "--eval_freq", "3", "--quiet"]
+    parser = train_mlp.build_parser()
+    whole = train_mlp.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "whole")]), data=mlp_data)
+
+    def stop_at_3(step, metrics):
+        if step == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_mlp.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "cut")]), data=mlp_data,
+                        on_eval=stop_at_3)
+    resumed = train_mlp.train(parser.parse_args(flags + ["--resume", str(tmp_path / "cut")]), data=mlp_data)
+    assert resumed["out_dir"] == str(tmp_path / "cut")
+    assert resumed["test_accuracy"] == whole["test_accuracy"] and resumed["test_loss"] == whole["test_loss"]
+    a, b = params_of(tmp_path / "whole"), params_of(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "whole" / "curves.csv").read_text() == (tmp_path / "cut" / "curves.csv").read_text()
+
+
+def test_mlp_resume_via_cli_takes_flags_from_checkpoint(tmp_path, synthetic_cifar_dir):
+    common = ["--data_dir", str(synthetic_cifar_dir), "--quiet", "--eval_freq", "4"]
+    assert train_mlp.main(common + ["--dnn_hidden_units", "16", "--max_steps", "8", "--out_dir",
+                                    str(tmp_path / "whole")]) == 0
+    assert train_mlp.main(common + ["--dnn_hidden_units", "16", "--max_steps", "4", "--out_dir",
+                                    str(tmp_path / "short")]) == 0
+    # Only --resume and the new horizon: --dnn_hidden_units 16 comes from the checkpoint.
+    assert train_mlp.main(common + ["--resume", str(tmp_path / "short" / "checkpoint.pt"), "--max_steps", "8"]) == 0
+    a, b = params_of(tmp_path / "whole"), params_of(tmp_path / "short")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [int(r["step"]) for r in read_curves(tmp_path / "short")] == [0, 4, 8]
+
+
+def test_convnet_resume_matches_uninterrupted_run(tmp_path, conv_data):
+    # Augmentation (torch RNG), a cosine schedule and BatchNorm buffers must all be restored.
+    flags = ["--batch_size", "4", "--max_steps", "3", "--eval_freq", "2", "--augment", "--lr_schedule", "cosine",
+             "--learning_rate", "1e-3", "--quiet"]
+    parser = train_convnet.build_parser()
+    whole = train_convnet.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "whole")]), data=conv_data)
+
+    def stop_at_2(step, metrics):
+        if step == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_convnet.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "cut")]), data=conv_data,
+                            on_eval=stop_at_2)
+    resumed = train_convnet.train(parser.parse_args(flags + ["--resume", str(tmp_path / "cut")]), data=conv_data)
+    assert resumed["test_loss"] == whole["test_loss"]
+    a, b = trainer.load_checkpoint(tmp_path / "whole"), trainer.load_checkpoint(tmp_path / "cut")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 3
+    assert a["scheduler"]["_last_lr"] == b["scheduler"]["_last_lr"]
+
+
+# --------------------------------------------------------------------------- augmentation
+def test_augment_batch_crops_and_flips_each_image_independently():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.arange(64 * 3 * 8 * 8, dtype=torch.float32).reshape(64, 3, 8, 8) + 1.0  # no zeros
+    out = train_convnet.augment_batch(images, padding=2, generator=generator)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    found = set()
+    for i in range(len(images)):
+        matches = [(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (False, True)
+                   if torch.equal(out[i], (lambda c: c.flip(-1) if flip else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        assert matches, f"image {i} is not a (flipped) crop of its padded input"
+        found.add(matches[0])
+    assert len(found) > 10  # offsets and flips differ between images of one batch
+    assert any(flip for _, _, flip in found) and not all(flip for _, _, flip in found)
+    with pytest.raises(ValueError, match="shape"):
+        train_convnet.augment_batch(torch.zeros(3, 8, 8))
+
+
+# --------------------------------------------------------------------------- torchrun
+def test_torchrun_two_cpu_processes_write_outputs_once(tmp_path, synthetic_cifar_dir):
+    out = tmp_path / "ddp"
+    flags = ["--data_dir", str(synthetic_cifar_dir), "--max_steps", "10", "--eval_freq", "5", "--batch_size", "100",
+             "--learning_rate", "1e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "torch_models.train_mlp", *flags, "--out_dir", str(out)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("test accuracy") == 1  # rank 0 alone reports
+    metrics = assert_outputs(out, steps=10, eval_steps=[0, 5, 10], validation=False)
+    assert metrics["world_size"] == 2
+    assert len(trainer.load_checkpoint(out)["rng"]["per_rank"]) == 2
+    # Slicing the global batch: the same global batches and mean gradient as one process.
+    single = train_mlp.train(train_mlp.build_parser().parse_args(flags + ["--quiet", "--out_dir", str(tmp_path / "one")]))
+    assert metrics["test_loss"] == pytest.approx(single["test_loss"], rel=1e-4)
+    a, b = params_of(out), params_of(tmp_path / "one")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
