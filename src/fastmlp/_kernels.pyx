@@ -19,6 +19,7 @@ Layout: every 2-D operand of a GEMM may be C-ordered, Fortran-ordered or a
 strided view with unit stride along one axis (BLAS takes it as is, through its
 transpose flag and leading dimension). Outputs are C-contiguous buffers.
 """
+from libc.string cimport memset
 from libc.math cimport exp, expf, log, logf, sqrt, sqrtf, INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv, sger, dger
 cimport numpy as cnp
@@ -96,10 +97,13 @@ cdef inline void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha,
         return
     if K == 1:
         # C += alpha a b^T (GER adds, so apply beta first); C^T column-major (N, M).
-        if beta != 1:
+        if beta == 0:  # not 0 * C: C may hold NaN garbage
+            for i in range(M):
+                memset(&Cm[i * ldc], 0, N * sizeof(floating))
+        elif beta != 1:
             for i in range(M):
                 for j in range(N):
-                    Cm[i * ldc + j] = beta * Cm[i * ldc + j] if beta != 0 else 0
+                    Cm[i * ldc + j] *= beta
         inca = 1 if ta else lda
         incb = ldb if tb else 1
         if floating is float:
@@ -113,7 +117,7 @@ cdef inline void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha,
         dgemm(&transa, &transb, &N, &M, &K, &alpha, Bm, &ldb, A, &lda, &beta, Cm, &ldc)
 
 
-cdef inline bint _layout(floating[:, :] a, bint* trans, int* ld) noexcept nogil:
+cdef inline bint _layout(const floating[:, :] a, bint* trans, int* ld) noexcept nogil:
     """Describe ``a`` (r, c) as op(buffer) of a row-major buffer with leading dimension ld.
 
     C-like (unit stride along columns): trans=False, ld = row stride.
@@ -135,15 +139,16 @@ cdef inline bint _layout(floating[:, :] a, bint* trans, int* ld) noexcept nogil:
     return False
 
 
-cdef inline floating* _ptr(floating[:, :] a) noexcept nogil:
-    return &a[0, 0]
+cdef inline floating* _ptr(const floating[:, :] a) noexcept nogil:
+    # BLAS prototypes take non-const pointers; inputs are only read through them.
+    return <floating*>&a[0, 0]
 
 
 # ---------------------------------------------------------------------------
 # Linear (+ fused bias, ReLU, SGD)
 # ---------------------------------------------------------------------------
 
-cdef void _bias_act(floating[:, ::1] Y, floating[:] b, bint has_bias, bint relu) noexcept nogil:
+cdef void _bias_act(floating[:, ::1] Y, const floating[:] b, bint has_bias, bint relu) noexcept nogil:
     """Y (B, O) <- act(Y + b); one pass over Y after the GEMM."""
     cdef Py_ssize_t i, j, B = Y.shape[0], O = Y.shape[1]
     cdef floating v
@@ -157,14 +162,15 @@ cdef void _bias_act(floating[:, ::1] Y, floating[:] b, bint has_bias, bint relu)
             Y[i, j] = v
 
 
-cdef void _colsum_axpy(floating[:] db, floating[:, :] dY, floating alpha, floating beta) noexcept nogil:
+cdef void _colsum_axpy(floating[:] db, const floating[:, :] dY, floating alpha, floating beta) noexcept nogil:
     """db (O,) <- beta db + alpha * sum_b dY[b, :]."""
     cdef Py_ssize_t i, j, B = dY.shape[0], O = dY.shape[1]
     cdef floating acc
+    # beta == 0 assigns rather than scales: db may hold NaN from an earlier batch.
     if dY.strides[1] == sizeof(floating):
         # Row-wise accumulation walks dY in memory order.
         for j in range(O):
-            db[j] = beta * db[j]
+            db[j] = beta * db[j] if beta != 0 else 0
         for i in range(B):
             for j in range(O):
                 db[j] = db[j] + alpha * dY[i, j]
@@ -173,10 +179,10 @@ cdef void _colsum_axpy(floating[:] db, floating[:, :] dY, floating alpha, floati
             acc = 0
             for i in range(B):
                 acc = acc + dY[i, j]
-            db[j] = beta * db[j] + alpha * acc
+            db[j] = (beta * db[j] if beta != 0 else 0) + alpha * acc
 
 
-cdef void _relu_mask(floating[:, ::1] dX, floating[:, :] X) noexcept nogil:
+cdef void _relu_mask(floating[:, ::1] dX, const floating[:, :] X) noexcept nogil:
     """dX (B, I) <- dX * (X > 0)."""
     cdef Py_ssize_t i, j
     for i in range(dX.shape[0]):
@@ -203,7 +209,7 @@ cdef int _check_nonempty(str name, Py_ssize_t r, Py_ssize_t c) except -1:
     return 0
 
 
-cdef floating[:, :] _operand(str name, floating[:, :] a, bint* trans, int* ld):
+cdef const floating[:, :] _operand(str name, const floating[:, :] a, bint* trans, int* ld):
     """Return ``a`` itself, or a C-ordered copy when no BLAS layout fits; set trans/ld."""
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"{name}: empty array of shape ({a.shape[0]}, {a.shape[1]})")
@@ -213,21 +219,55 @@ cdef floating[:, :] _operand(str name, floating[:, :] a, bint* trans, int* ld):
     return a
 
 
-def linear_forward(floating[:, ::1] Y, floating[:, :] X, floating[:, :] W, floating[:] b=None,
-                   bint relu=False):
+cdef void _bias_act_from_t(floating[:, ::1] Y, const floating[:, ::1] T, const floating[:] b, bint has_bias,
+                           bint relu) noexcept nogil:
+    """Y (B, O) <- act(T^T + b), T (O, B): the bias/ReLU pass doubles as the transpose."""
+    cdef Py_ssize_t i, j, B = Y.shape[0], O = Y.shape[1]
+    cdef floating v
+    for i in range(B):
+        for j in range(O):
+            v = T[j, i]
+            if has_bias:
+                v = v + b[j]
+            if relu and not (v > 0):
+                v = 0 if v == v else v
+            Y[i, j] = v
+
+
+# Below this batch size OpenBLAS computes X W^T faster as W X^T (the small
+# dimension on the M side); the result is transposed back during the bias pass.
+SMALL_BATCH = 32
+
+
+def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:, :] W, const floating[:] b=None,
+                   bint relu=False, floating[:, ::1] scratch=None):
     """Y (B, O) = act(X (B, I) @ W (O, I)^T + b (O,)), act = ReLU if ``relu`` else identity.
 
     ``Y`` is overwritten. One GEMM, then one fused bias(+ReLU) pass over Y.
+    ``scratch`` (at least O * B elements, C-contiguous) lets batches of 2 to
+    SMALL_BATCH rows use the faster transposed GEMM; its contents are clobbered.
     """
     cdef Py_ssize_t B = X.shape[0], I = X.shape[1], O = W.shape[0]
-    cdef bint tx, tw
+    cdef bint tx, tw, use_t
     cdef int ldx, ldw
+    cdef floating[:, ::1] T
     _check2("W", W.shape[0], W.shape[1], O, I)
     _check2("Y", Y.shape[0], Y.shape[1], B, O)
     if b is not None:
         _check1("b", b.shape[0], O)
     X = _operand("X", X, &tx, &ldx)
     W = _operand("W", W, &tw, &ldw)
+    use_t = scratch is not None and 1 < B <= SMALL_BATCH and O > 1
+    if use_t:
+        if scratch.shape[0] * scratch.shape[1] < O * B:
+            raise ValueError(f"scratch: expected at least {O * B} elements, got {scratch.shape[0] * scratch.shape[1]}")
+        T = np.asarray(scratch).reshape(-1)[: O * B].reshape(O, B)
+        with nogil:
+            # T (O, B) = W X^T
+            _gemm(tw, not tx, <int>O, <int>B, <int>I, <floating>1, _ptr(W), ldw, _ptr(X), ldx,
+                  <floating>0, &T[0, 0], <int>B)
+            _bias_act_from_t(Y, T, b, b is not None, relu)
+        return
     with nogil:
         # op(A) = X, op(B) = W^T: flip W's own flag.
         _gemm(tx, not tw, <int>B, <int>O, <int>I, <floating>1, _ptr(X), ldx, _ptr(W), ldw,
@@ -237,7 +277,7 @@ def linear_forward(floating[:, ::1] Y, floating[:, :] X, floating[:, :] W, float
 
 
 def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
-                    floating[:, :] dY, floating[:, :] X, floating[:, :] W, bint relu_input=False):
+                    const floating[:, :] dY, const floating[:, :] X, const floating[:, :] W, bint relu_input=False):
     """dW = dY^T @ X; db = sum_b dY; dX = dY @ W.
 
     dW (O, I), db (O,), dX (B, I) are overwritten; db and dX may be None to
@@ -271,7 +311,7 @@ def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
 
 
 def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
-                        floating[:, :] dY, floating[:, :] X, double lr, double weight_decay=0.0,
+                        const floating[:, :] dY, const floating[:, :] X, double lr, double weight_decay=0.0,
                         bint relu_input=False):
     """dX = dY @ W (old W); then W <- (1 - lr wd) W - lr dY^T X; b <- b - lr sum_b dY.
 
@@ -307,7 +347,7 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
 # ReLU
 # ---------------------------------------------------------------------------
 
-def relu_forward(floating[:, ::1] Y, floating[:, :] X):
+def relu_forward(floating[:, ::1] Y, const floating[:, :] X):
     """Y (B, O) = max(X, 0); Y may be X (in place). NaN propagates."""
     cdef Py_ssize_t i, j
     cdef floating v
@@ -319,7 +359,7 @@ def relu_forward(floating[:, ::1] Y, floating[:, :] X):
                 Y[i, j] = v if (v > 0 or v != v) else 0
 
 
-def relu_backward(floating[:, ::1] dX, floating[:, :] dY, floating[:, :] Y):
+def relu_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y):
     """dX (B, O) = dY * (Y > 0), Y the ReLU's output; dX may be dY (in place)."""
     cdef Py_ssize_t i, j
     _check2("dY", dY.shape[0], dY.shape[1], Y.shape[0], Y.shape[1])
@@ -334,7 +374,7 @@ def relu_backward(floating[:, ::1] dX, floating[:, :] dY, floating[:, :] Y):
 # softmax, cross-entropy, and the fused pair
 # ---------------------------------------------------------------------------
 
-def softmax_forward(floating[:, ::1] P, floating[:, :] Z):
+def softmax_forward(floating[:, ::1] P, const floating[:, :] Z):
     """P (B, C) = exp(Z - max_c Z) / sum_c exp(Z - max_c Z), row-wise; P may be Z."""
     cdef Py_ssize_t i, j, B = Z.shape[0], C = Z.shape[1]
     cdef floating m, s, inv
@@ -355,7 +395,7 @@ def softmax_forward(floating[:, ::1] P, floating[:, :] Z):
                 P[i, j] = P[i, j] * inv
 
 
-def softmax_backward(floating[:, ::1] dZ, floating[:, :] dP, floating[:, :] P):
+def softmax_backward(floating[:, ::1] dZ, const floating[:, :] dP, const floating[:, :] P):
     """dZ (B, C) = P * (dP - sum_c dP * P): the softmax Jacobian (diag(p) - p p^T) applied row-wise."""
     cdef Py_ssize_t i, j, B = P.shape[0], C = P.shape[1]
     cdef floating dot
@@ -371,7 +411,7 @@ def softmax_backward(floating[:, ::1] dZ, floating[:, :] dP, floating[:, :] P):
                 dZ[i, j] = P[i, j] * (dP[i, j] - dot)
 
 
-def cross_entropy_forward(floating[:, :] P, floating[:, :] T, double floor):
+def cross_entropy_forward(const floating[:, :] P, const floating[:, :] T, double floor):
     """loss = -(1/B) sum_{b,c} T log(max(P, floor)); P, T (B, C). Returns a Python float."""
     cdef Py_ssize_t i, j, B = P.shape[0], C = P.shape[1]
     cdef double acc = 0
@@ -382,12 +422,12 @@ def cross_entropy_forward(floating[:, :] P, floating[:, :] T, double floor):
         for i in range(B):
             for j in range(C):
                 if T[i, j] != 0:
-                    p = P[i, j] if P[i, j] > fl else fl
+                    p = P[i, j] if (P[i, j] > fl or P[i, j] != P[i, j]) else fl  # NaN stays NaN
                     acc -= T[i, j] * _log(p)
     return acc / B
 
 
-def cross_entropy_backward(floating[:, ::1] dP, floating[:, :] P, floating[:, :] T, double floor):
+def cross_entropy_backward(floating[:, ::1] dP, const floating[:, :] P, const floating[:, :] T, double floor):
     """dP (B, C) = -T / (B max(P, floor)): the gradient of the mean cross-entropy."""
     cdef Py_ssize_t i, j, B = P.shape[0], C = P.shape[1]
     cdef floating p, fl = <floating>floor, invb
@@ -398,21 +438,22 @@ def cross_entropy_backward(floating[:, ::1] dP, floating[:, :] P, floating[:, :]
     with nogil:
         for i in range(B):
             for j in range(C):
-                p = P[i, j] if P[i, j] > fl else fl
+                p = P[i, j] if (P[i, j] > fl or P[i, j] != P[i, j]) else fl  # NaN stays NaN
                 dP[i, j] = -T[i, j] * invb / p
 
 
-cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, floating[:, :] Z,
+cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z,
                               const cnp.int64_t[:] labels, floating scale,
                               double* total, Py_ssize_t* correct) noexcept nogil:
     """Row loop shared by the two hooks below; returns the first bad label's row, or -1."""
     cdef Py_ssize_t i, j, arg, B = Z.shape[0], C = Z.shape[1]
     cdef cnp.int64_t y
     cdef floating m, s, zy, e, inv
+    for i in range(B):  # all labels first: dZ may alias Z, which must survive an error
+        if labels[i] < 0 or labels[i] >= C:
+            return i
     for i in range(B):
         y = labels[i]
-        if y < 0 or y >= C:
-            return i
         m = Z[i, 0]
         arg = 0
         for j in range(1, C):
@@ -446,7 +487,7 @@ cdef int _bad_label(const cnp.int64_t[:] labels, Py_ssize_t row, Py_ssize_t C) e
     raise ValueError(f"labels: expected class indices in [0, {C}), got {labels[row]} at position {row}")
 
 
-def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, floating[:, :] Z,
+def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:, :] Z,
                                            const cnp.int64_t[:] labels, double grad_scale=-1.0):
     """loss = (1/B) sum_b [logsumexp(Z_b) - Z_b,y_b];  dZ = (softmax(Z) - onehot(y)) * grad_scale.
 
@@ -470,7 +511,7 @@ def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, floating[:, :] Z
     return total / B, correct
 
 
-def softmax_cross_entropy_forward(floating[:, :] Z, const cnp.int64_t[:] labels):
+def softmax_cross_entropy_forward(const floating[:, :] Z, const cnp.int64_t[:] labels):
     """(loss, n_correct) of :func:`softmax_cross_entropy_forward_backward`, without the gradient."""
     cdef Py_ssize_t B = Z.shape[0], C = Z.shape[1], bad
     cdef double total = 0

@@ -69,7 +69,7 @@ class MLP:
         for lin in self.linears[:-1]:
             self.layers += [lin, ReLUModule()]
         self.layers += [self.linears[-1], SoftMaxModule()]
-        self._buffers: dict[int, tuple[list, list]] = {}
+        self._buffers: dict[int, tuple] = {}
         self.last_batch_correct = None
 
     def __repr__(self):
@@ -132,16 +132,19 @@ class MLP:
             widths = [lin.out_features for lin in self.linears]
             acts = [np.empty((batch, w), dtype=self.dtype) for w in widths]
             grads = [np.empty((batch, w), dtype=self.dtype) for w in widths[:-1]]
-            bufs = self._buffers[batch] = (acts, grads)
+            # Small batches run the forward GEMM transposed into this scratch (see K.SMALL_BATCH).
+            scratch = np.empty((max(widths), batch), dtype=self.dtype) if 1 < batch <= K.SMALL_BATCH else None
+            bufs = self._buffers[batch] = (acts, grads, scratch)
         return bufs
 
-    def _logits_into(self, x, acts):
+    def _logits_into(self, x, bufs):
         """Forward pass of x (B, D) into the activation buffers; returns the logits buffer (B, C)."""
+        acts, _, scratch = bufs
         last = len(self.linears) - 1
         h = x
         for l, lin in enumerate(self.linears):
             w, b = lin.weight_and_bias()
-            K.linear_forward(acts[l], h, w, b, l < last)
+            K.linear_forward(acts[l], h, w, b, l < last, scratch)
             h = acts[l]
         return h
 
@@ -166,9 +169,10 @@ class MLP:
         x = as_float_2d("x", x, self.dtype, self.n_inputs)
         batch = x.shape[0]
         labels = as_labels("y", y, batch, self.n_classes)
-        acts, grads = self._get_buffers(batch)
+        bufs = self._get_buffers(batch)
+        acts, grads, _ = bufs
 
-        logits = self._logits_into(x, acts)
+        logits = self._logits_into(x, bufs)
         # dL/dlogits overwrites the logits buffer: the logits are not needed again.
         loss, correct = K.softmax_cross_entropy_forward_backward(logits, logits, labels)
         self.last_batch_correct = correct
@@ -204,8 +208,7 @@ class MLP:
         total_loss, total_correct = 0.0, 0
         for start in range(0, n, batch_size):
             xb = x[start : start + batch_size]
-            acts, _ = self._get_buffers(xb.shape[0])
-            logits = self._logits_into(xb, acts)
+            logits = self._logits_into(xb, self._get_buffers(xb.shape[0]))
             loss, correct = K.softmax_cross_entropy_forward(logits, labels[start : start + batch_size])
             total_loss += loss * xb.shape[0]
             total_correct += correct
@@ -218,8 +221,7 @@ class MLP:
         out = np.empty((x.shape[0], self.n_classes), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size]
-            acts, _ = self._get_buffers(xb.shape[0])
-            K.softmax_forward(out[start : start + xb.shape[0]], self._logits_into(xb, acts))
+            K.softmax_forward(out[start : start + xb.shape[0]], self._logits_into(xb, self._get_buffers(xb.shape[0])))
         return out
 
     def predict(self, x, batch_size=1000):

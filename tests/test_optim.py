@@ -1,0 +1,240 @@
+"""fastmlp.optim: SGD (momentum, Nesterov) and Adam steps against fastmlp.reference, state round trips,
+the live ``lr``, and hyperparameter checking."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastmlp import MLP
+from fastmlp import optim
+from fastmlp import reference as R
+
+DTYPES = (np.float32, np.float64)
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-14)}
+
+
+def fill_random_grads(model, rng):
+    for lin in model.linears:
+        for key in ("weight", "bias"):
+            lin.grads[key][...] = rng.standard_normal(lin.grads[key].shape)
+
+
+def snapshot(model):
+    """float64 copies of (params, grads) per named parameter."""
+    return {name: (module.params[key].astype(np.float64), module.grads[key].astype(np.float64))
+            for name, module, key in model.named_parameters()}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.5, True)])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_sgd_step_matches_reference(dtype, momentum, nesterov, weight_decay):
+    rng = np.random.default_rng(0)
+    model = MLP(5, [4], 3, dtype=dtype, seed=0, init="kaiming")
+    opt = optim.SGD(model, 0.05, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    ref = {name: p for name, (p, _) in snapshot(model).items()}
+    velocity = {name: np.zeros_like(p) for name, p in ref.items()}
+    for _ in range(4):
+        fill_random_grads(model, rng)
+        grads = {name: g for name, (_, g) in snapshot(model).items()}
+        opt.step()
+        for name in ref:
+            R.sgd_update(ref[name], grads[name], velocity[name] if momentum else None, lr=0.05,
+                         momentum=momentum, nesterov=nesterov,
+                         weight_decay=weight_decay if name.endswith("weight") else 0.0)
+    for name, (param, _) in snapshot(model).items():
+        np.testing.assert_allclose(param, ref[name], **TOL[dtype], err_msg=name)
+    if momentum:
+        for name in ref:
+            np.testing.assert_allclose(opt.state[f"momentum.{name}"], velocity[name].ravel(), **TOL[dtype])
+    else:
+        assert opt.state == {}  # plain SGD keeps no buffers
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_step_matches_reference(dtype, weight_decay):
+    rng = np.random.default_rng(1)
+    model = MLP(5, [4], 3, dtype=dtype, seed=0, init="kaiming")
+    opt = optim.Adam(model, lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=weight_decay)
+    ref = {name: p for name, (p, _) in snapshot(model).items()}
+    m = {name: np.zeros_like(p) for name, p in ref.items()}
+    v = {name: np.zeros_like(p) for name, p in ref.items()}
+    for step in range(1, 6):
+        fill_random_grads(model, rng)
+        grads = {name: g for name, (_, g) in snapshot(model).items()}
+        opt.step()
+        assert opt.t == step
+        for name in ref:
+            R.adam_update(ref[name], grads[name], m[name], v[name], lr=0.01, beta1=0.8, beta2=0.95, eps=1e-6,
+                          weight_decay=weight_decay if name.endswith("weight") else 0.0, step=step)
+    for name, (param, _) in snapshot(model).items():
+        np.testing.assert_allclose(param, ref[name], **TOL[dtype], err_msg=name)
+        np.testing.assert_allclose(opt.state[f"exp_avg.{name}"], m[name].ravel(), **TOL[dtype])
+        np.testing.assert_allclose(opt.state[f"exp_avg_sq.{name}"], v[name].ravel(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("make", [lambda m: optim.SGD(m, 0.1, weight_decay=0.5),
+                                  lambda m: optim.SGD(m, 0.1, momentum=0.9, weight_decay=0.5),
+                                  lambda m: optim.Adam(m, 0.1, weight_decay=0.5)])
+def test_weight_decay_spares_biases(make):
+    # Zero gradients: only the decay moves anything, and only the weights.
+    model = MLP(4, [3], 2, seed=0, init="kaiming")
+    for lin in model.linears:  # |w| = 1 > lr: even Adam's sign-like first step shrinks every weight
+        weight = lin.params["weight"]
+        weight[...] = np.where(np.indices(weight.shape).sum(axis=0) % 2, 1.0, -1.0)
+        lin.params["bias"][...] = 1.0
+    before = model.state_dict()
+    opt = make(model)
+    opt.zero_grad()
+    opt.step()
+    after = model.state_dict()
+    for name in before:
+        if name.endswith("bias"):
+            np.testing.assert_array_equal(after[name], before[name])
+        else:
+            assert np.all(np.abs(after[name]) < np.abs(before[name]))
+
+
+def test_zero_grad():
+    model = MLP(4, [3], 2, seed=0)
+    fill_random_grads(model, np.random.default_rng(2))
+    grad_arrays = [lin.grads["weight"] for lin in model.linears]
+    optim.SGD(model, 0.1).zero_grad()
+    for lin, arr in zip(model.linears, grad_arrays):
+        assert lin.grads["weight"] is arr  # in place
+        assert not np.any(lin.grads["weight"]) and not np.any(lin.grads["bias"])
+
+
+def test_lr_is_read_at_every_step():
+    model = MLP(4, [3], 2, seed=0, init="kaiming")
+    opt = optim.SGD(model, 0.1, momentum=0.5)
+    fill_random_grads(model, np.random.default_rng(3))
+    before = model.state_dict()
+    opt.lr = 0.0
+    opt.step()
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+    opt.lr = 0.2
+    opt.step()
+    w = model.linears[0]
+    np.testing.assert_allclose(w.params["weight"],
+                               before["layers.0.weight"] - 0.2 * (0.5 * w.grads["weight"] + w.grads["weight"]),
+                               rtol=1e-12)
+
+
+def test_step_follows_replaced_params():
+    # Parameters and gradients are read live: a same-shape replacement is what gets updated.
+    model = MLP(4, [3], 2, seed=0, init="kaiming")
+    new_weight = np.ones((3, 4))
+    model.linears[0].params["weight"] = new_weight
+    model.linears[0].grads["weight"][...] = 1.0
+    optim.SGD(model, 0.25).step()
+    np.testing.assert_array_equal(new_weight, 0.75)
+
+
+# ----------------------------------------------------------------------------- state round trip (--resume)
+
+
+@pytest.mark.parametrize("name, kwargs", [("momentum", dict(nesterov=True)), ("momentum", {}), ("adam", {}),
+                                          ("sgd", {})])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_resume_from_savez_continues_identically(tmp_path, name, kwargs, dtype):
+    rng = np.random.default_rng(4)
+    batches = [(rng.standard_normal((6, 5)), rng.integers(0, 3, size=6)) for _ in range(6)]
+
+    def build():
+        model = MLP(5, [4], 3, dtype=dtype, seed=0, init="kaiming")
+        opt = optim.make_optimizer(name, model, 0.05, weight_decay=0.01)
+        if kwargs:
+            opt = optim.SGD(model, 0.05, momentum=0.9, weight_decay=0.01, **kwargs)
+        return model, opt
+
+    model, opt = build()
+    for x, y in batches[:3]:
+        model.train_step(x, y, opt)
+    np.savez(tmp_path / "model.npz", **model.state_dict())
+    np.savez(tmp_path / "opt.npz", **opt.state_dict())
+    uninterrupted = [model.train_step(x, y, opt) for x, y in batches[3:]]
+
+    resumed_model, resumed_opt = build()
+    resumed_model.load_state_dict(dict(np.load(tmp_path / "model.npz")))
+    resumed_opt.load_state_dict(dict(np.load(tmp_path / "opt.npz")))
+    assert type(resumed_opt.lr) is float
+    resumed = [resumed_model.train_step(x, y, resumed_opt) for x, y in batches[3:]]
+    assert resumed == uninterrupted
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(resumed_model.state_dict()[key], value)
+
+
+def test_state_dict_contents():
+    model = MLP(4, [3], 2, seed=0)
+    sgd = optim.SGD(model, 0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    fill_random_grads(model, np.random.default_rng(5))
+    sgd.step()
+    state = sgd.state_dict()
+    assert float(state["lr"]) == 0.1 and float(state["momentum"]) == 0.9 and bool(state["nesterov"])
+    assert float(state["weight_decay"]) == 1e-3
+    assert set(k for k in state if k.startswith("state.")) == {
+        f"state.momentum.{n}" for n in ("layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias")}
+    state["state.momentum.layers.0.bias"][...] = 99  # a copy
+    assert not np.any(sgd.state["momentum.layers.0.bias"] == 99)
+
+    adam = optim.Adam(model, 1e-3)
+    adam.step()
+    adam.step()
+    state = adam.state_dict()
+    assert int(state["t"]) == 2 and float(state["beta1"]) == 0.9 and float(state["beta2"]) == 0.999
+    assert "state.exp_avg.layers.2.weight" in state and "state.exp_avg_sq.layers.2.weight" in state
+
+
+def test_load_state_dict_errors():
+    model = MLP(4, [3], 2, seed=0)
+    opt = optim.SGD(model, 0.1, momentum=0.9)
+    opt.step()
+    good = opt.state_dict()
+    with pytest.raises(KeyError, match="state: missing 'momentum'"):
+        opt.load_state_dict({k: v for k, v in good.items() if k != "momentum"})
+    with pytest.raises(KeyError, match="'state.momentum.layers.9.weight' names no parameter"):
+        opt.load_state_dict({**good, "state.momentum.layers.9.weight": np.zeros(12)})
+    with pytest.raises(ValueError, match=r"state\['state.momentum.layers.0.weight'\]: expected shape \(12,\), got \(5,\)"):
+        opt.load_state_dict({**good, "state.momentum.layers.0.weight": np.zeros(5)})
+
+
+# ----------------------------------------------------------------------------- construction
+
+
+def test_make_optimizer():
+    model = MLP(4, [3], 2)
+    sgd = optim.make_optimizer("sgd", model, 0.1, weight_decay=0.01)
+    assert isinstance(sgd, optim.SGD) and sgd.momentum == 0 and sgd.fused and sgd.weight_decay == 0.01
+    mom = optim.make_optimizer("momentum", model, 0.1, momentum=0.8)
+    assert isinstance(mom, optim.SGD) and mom.momentum == 0.8 and not mom.fused
+    adam = optim.make_optimizer("adam", model, 1e-3)
+    assert isinstance(adam, optim.Adam) and not adam.fused and adam.lr == 1e-3
+    with pytest.raises(ValueError, match=r"optimizer: expected one of \('sgd', 'momentum', 'adam'\), got 'rmsprop'"):
+        optim.make_optimizer("rmsprop", model, 0.1)
+
+
+@pytest.mark.parametrize(
+    "make, exc, match",
+    [
+        (lambda m: optim.SGD(m, -0.1), ValueError, r"lr: expected a finite value in \(0.0, inf\), got -0.1"),
+        (lambda m: optim.SGD(m, 0.0), ValueError, r"lr: expected a finite value in \(0.0"),
+        (lambda m: optim.SGD(m, float("nan")), ValueError, "lr: expected a finite value"),
+        (lambda m: optim.SGD(m, "fast"), TypeError, "lr: expected a number, got 'fast'"),
+        (lambda m: optim.SGD(m, 0.1, momentum=1.0), ValueError, r"momentum: expected a finite value in \[0.0, 1.0\)"),
+        (lambda m: optim.SGD(m, 0.1, momentum=-0.5), ValueError, "momentum: expected a finite value"),
+        (lambda m: optim.SGD(m, 0.1, nesterov=True), ValueError, "nesterov: Nesterov momentum needs momentum > 0"),
+        (lambda m: optim.SGD(m, 0.1, weight_decay=-1e-4), ValueError, "weight_decay: expected a finite value"),
+        (lambda m: optim.Adam(m, -1e-3), ValueError, "lr: expected a finite value"),
+        (lambda m: optim.Adam(m, betas=(1.0, 0.999)), ValueError, r"betas\[0\]: expected a finite value"),
+        (lambda m: optim.Adam(m, betas=(0.9, 1.5)), ValueError, r"betas\[1\]: expected a finite value"),
+        (lambda m: optim.Adam(m, betas=(0.9,)), ValueError, "betas: expected two numbers"),
+        (lambda m: optim.Adam(m, eps=0.0), ValueError, "eps: expected a finite value"),
+        (lambda m: optim.SGD(object(), 0.1), TypeError, "model: expected a model with named_parameters"),
+    ],
+)
+def test_bad_hyperparameters(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make(MLP(4, [3], 2))
