@@ -160,12 +160,14 @@ class Adam(Optimizer):
         return {**super()._hyper(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps, "t": self.t}
 
 
-def make_optimizer(name, model, lr, *, weight_decay=0.0, momentum=0.9):
-    """``"sgd"`` (plain), ``"momentum"`` (SGD with ``momentum``) or ``"adam"``."""
+def make_optimizer(name, model, lr, *, weight_decay=0.0, momentum=0.9, nesterov=False):
+    """``"sgd"`` (plain), ``"momentum"`` (SGD with ``momentum``, optionally Nesterov) or ``"adam"``."""
+    if nesterov and name != "momentum":
+        raise ValueError(f"nesterov: Nesterov momentum needs optimizer 'momentum', got {name!r}")
     if name == "sgd":
         return SGD(model, lr, weight_decay=weight_decay)
     if name == "momentum":
-        return SGD(model, lr, momentum=momentum, weight_decay=weight_decay)
+        return SGD(model, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name == "adam":
         return Adam(model, lr, weight_decay=weight_decay)
     raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {name!r}")

@@ -225,13 +225,14 @@ class RunLog:
         ``plot`` extra); the numbers are in ``curves.csv`` either way.
         """
         try:
-            import matplotlib
-
-            matplotlib.use("Agg", force=False)
-            import matplotlib.pyplot as plt
+            # Figure + the Agg canvas directly: importing pyplot costs more than drawing.
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
         except ImportError:
             return None
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig = Figure(figsize=(11, 4))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 2)
         for ax, metric in zip(axes, ("loss", "accuracy")):
             for split, style in (("train", "-"), ("validation", "--"), ("test", "-o")):
                 pts = [(r["step"], r[f"{split}_{metric}"]) for r in self.rows if f"{split}_{metric}" in r]
@@ -248,5 +249,4 @@ class RunLog:
         path = self.out_dir / "curves.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
         return path

@@ -1,0 +1,82 @@
+"""Learning-rate schedules: the learning rate as a pure function of the step.
+
+Because the rate depends on nothing but the step number (no hidden state),
+``--resume`` reproduces it exactly: the trainer sets ``optimizer.lr`` from
+:meth:`LearningRateSchedule.__call__` before every update.
+
+Steps are counted from 1: step ``s`` is the ``s``-th parameter update.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["SCHEDULES", "LearningRateSchedule"]
+
+#: Names accepted by ``--lr_schedule`` / :class:`LearningRateSchedule`.
+SCHEDULES = ("constant", "cosine", "step")
+
+# The "step" schedule multiplies the rate by STEP_DECAY at these fractions of
+# the steps after warm-up (the usual 50% / 75% milestones).
+STEP_MILESTONES = (0.5, 0.75)
+STEP_DECAY = 0.1
+
+
+@dataclass(frozen=True)
+class LearningRateSchedule:
+    """The learning rate of each update.
+
+    Parameters
+    ----------
+    base_lr : float
+        Peak learning rate (> 0): reached at the end of warm-up, kept by
+        ``"constant"``, the start of the decay for ``"cosine"`` and ``"step"``.
+    total_steps : int
+        Number of updates of the whole run (>= 1); the decay schedules reach
+        their end here.
+    kind : {"constant", "cosine", "step"}
+        ``"constant"``: ``base_lr``. ``"cosine"``: half a cosine from
+        ``base_lr`` towards ``min_lr``, reached just after ``total_steps``. ``"step"``: times
+        0.1 after 50% and again after 75% of the post-warm-up steps.
+    warmup_steps : int
+        Linear warm-up from ``base_lr / warmup_steps`` to ``base_lr`` over the
+        first ``warmup_steps`` updates (0: none). Applies to every ``kind``.
+    min_lr : float
+        Floor of the cosine schedule.
+    """
+
+    base_lr: float
+    total_steps: int
+    kind: str = "constant"
+    warmup_steps: int = 0
+    min_lr: float = 0.0
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"kind must be one of {SCHEDULES}, got {self.kind!r}")
+        if not (math.isfinite(self.base_lr) and self.base_lr > 0):
+            raise ValueError(f"base_lr must be a finite number > 0, got {self.base_lr!r}")
+        if int(self.total_steps) != self.total_steps or self.total_steps < 1:
+            raise ValueError(f"total_steps must be an integer >= 1, got {self.total_steps!r}")
+        if int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        if not (0.0 <= self.min_lr <= self.base_lr):
+            raise ValueError(f"min_lr must lie in [0, base_lr={self.base_lr}], got {self.min_lr!r}")
+
+    def __call__(self, step: int) -> float:
+        """Learning rate of update number ``step`` (1-based; steps past ``total_steps`` keep the last rate)."""
+        if step < 1:
+            raise ValueError(f"step must be >= 1 (steps count updates from 1), got {step}")
+        if step <= self.warmup_steps:
+            return self.base_lr * step / self.warmup_steps
+        if self.kind == "constant":
+            return self.base_lr
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        # progress runs over [0, 1): the first post-warm-up update uses base_lr
+        # and the last one a small but non-zero rate (no wasted final step).
+        progress = min((step - self.warmup_steps - 1) / decay_steps, 1.0)
+        if self.kind == "cosine":
+            return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        # "step": count the milestones already passed.
+        passed = sum(progress >= m for m in STEP_MILESTONES)
+        return self.base_lr * STEP_DECAY**passed

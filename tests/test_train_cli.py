@@ -1,0 +1,369 @@
+"""``python -m fastmlp.train`` end to end on the tiny synthetic CIFAR-10 (fixture ``synthetic_cifar_dir``).
+
+Outputs exist and parse, accuracy beats chance, ``--resume`` reproduces an
+uninterrupted run bit for bit, divergence exits 1 with a one-line message,
+bad flags are argparse errors, ``--dry_run`` works, and the ``train()``
+contract used by the hyper-parameter search holds.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastmlp import train as fm_train
+from fastmlp.schedules import LearningRateSchedule
+
+CHANCE = 0.1  # ten balanced classes
+
+
+def run_main(argv, capsys=None):
+    """main(argv) -> (exit status, stdout, stderr)."""
+    status = fm_train.main([str(a) for a in argv])
+    out, err = capsys.readouterr() if capsys is not None else ("", "")
+    return status, out, err
+
+
+def read_curves(out_dir):
+    with open(out_dir / "curves.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def checkpoint_arrays(out_dir):
+    with np.load(out_dir / "checkpoint.npz", allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def assert_same_checkpoint(dir_a, dir_b):
+    a, b = checkpoint_arrays(dir_a), checkpoint_arrays(dir_b)
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if k != "meta" and not np.array_equal(a[k], b[k])]
+    assert different == []
+    meta_a, meta_b = json.loads(str(a["meta"])), json.loads(str(b["meta"]))
+    assert meta_a["step"] == meta_b["step"]
+    assert meta_a["data_state"] == meta_b["data_state"]
+    assert meta_a["rows"] == meta_b["rows"]
+
+
+# The numbers that must not depend on how the run was split.
+RESULT_KEYS = ("test_accuracy", "test_loss", "best_test_accuracy", "steps",
+               "validation_accuracy", "validation_loss", "best_validation_accuracy")
+
+
+def assert_same_metrics(metrics_a, metrics_b):
+    for key in RESULT_KEYS:
+        assert (key in metrics_a) == (key in metrics_b), key
+        if key in metrics_a:
+            assert metrics_a[key] == metrics_b[key], key
+
+
+# ------------------------------------------------------------------ end to end
+def test_default_run_writes_all_outputs_and_learns(synthetic_cifar_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    status, stdout, _ = run_main(["--data_dir", synthetic_cifar_dir, "--max_steps", 300, "--out_dir", out], capsys)
+    assert status == 0
+    assert "test accuracy" in stdout
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 300
+    assert metrics["flags"]["dnn_hidden_units"] == [100]
+    assert metrics["flags"]["learning_rate"] == 2e-3 and metrics["flags"]["batch_size"] == 200
+    assert isinstance(metrics["fastmlp_version"], str) and metrics["fastmlp_version"]
+    assert metrics["wall_seconds"] > 0
+    assert metrics["test_accuracy"] > CHANCE + 0.3, metrics["test_accuracy"]
+    assert metrics["best_test_accuracy"] >= metrics["test_accuracy"]
+    assert math.isfinite(metrics["test_loss"]) and metrics["test_loss"] < math.log(10)
+
+    rows = read_curves(out)
+    assert [int(r["step"]) for r in rows] == [0, 100, 200, 300]  # the untrained model, then every eval_freq
+    assert rows[0]["train_loss"] == ""  # no batch before the first update
+    assert float(rows[0]["test_loss"]) == pytest.approx(math.log(10), abs=0.01)  # tiny init: uniform output
+    for row in rows[1:]:
+        assert 0.0 <= float(row["train_accuracy"]) <= 1.0
+        assert float(row["learning_rate"]) == 2e-3
+    assert float(rows[-1]["test_accuracy"]) == metrics["test_accuracy"]
+
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    arrays = checkpoint_arrays(out)
+    assert {"model/layers.0.weight", "model/layers.0.bias", "model/layers.2.weight", "rng/keys", "meta",
+            "data/permutation"} <= set(arrays)
+    assert arrays["model/layers.0.weight"].shape == (100, 3072)
+    assert arrays["model/layers.0.weight"].dtype == np.float32
+    assert any(k.startswith("optim/") for k in arrays)
+    meta = json.loads(str(arrays["meta"]))
+    assert meta["step"] == 300 and meta["flags"]["max_steps"] == 300
+    # Only finished files: atomic writes leave no temporaries behind.
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.csv", "curves.png", "metrics.json"]
+
+
+def test_logistic_regression_and_options(synthetic_cifar_dir, tmp_path, capsys):
+    """Empty --dnn_hidden_units, Adam, kaiming, standardize, validation, cosine and float64 together."""
+    out = tmp_path / "logreg"
+    status, _, _ = run_main(
+        ["--data_dir", synthetic_cifar_dir, "--dnn_hidden_units", "", "--optimizer", "adam", "--learning_rate", 1e-3,
+         "--init", "kaiming", "--preprocessing", "standardize", "--validation_size", 200, "--lr_schedule", "cosine",
+         "--warmup_steps", 10, "--dtype", "float64", "--max_steps", 150, "--eval_freq", 50, "--batch_size", 100,
+         "--quiet", "--out_dir", out], capsys)
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["flags"]["dnn_hidden_units"] == []
+    assert metrics["validation_accuracy"] > CHANCE + 0.3
+    assert metrics["test_accuracy"] > CHANCE + 0.3
+    rows = read_curves(out)
+    assert all(r["validation_accuracy"] != "" for r in rows)
+    lrs = [float(r["learning_rate"]) for r in rows[1:]]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-3 * 0.01  # cosine decays to ~0
+    weights = checkpoint_arrays(out)
+    assert weights["model/layers.0.weight"].shape == (10, 3072)  # one linear layer
+    assert weights["model/layers.0.weight"].dtype == np.float64
+
+
+def test_module_entry_point_dry_run(synthetic_cifar_dir, tmp_path):
+    """The real ``python -m fastmlp.train`` process: --dry_run does a few steps and writes the outputs."""
+    out = tmp_path / "dry"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastmlp.train", "--dry_run", "--quiet", "--data_dir", str(synthetic_cifar_dir),
+         "--out_dir", str(out), "--dnn_hidden_units", "64,32", "--threads", "1"],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dry_run"] is True
+    assert metrics["steps"] == fm_train.DRY_RUN_STEPS < 1500
+    assert (out / "checkpoint.npz").is_file() and (out / "curves.png").is_file()
+
+
+def test_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit) as exc:
+        fm_train.main(["--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in [("--learning_rate", "0.002"), ("--max_steps", "1500"), ("--batch_size", "200"),
+                          ("--eval_freq", "100"), ("--optimizer", "sgd"), ("--init", "normal")]:
+        assert flag in text
+        assert f"(default: {default})" in text
+
+
+# ------------------------------------------------------------------ resume
+COMMON = ["--eval_freq", 40, "--batch_size", 50, "--quiet"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])  # Adam: next test
+def test_resume_matches_uninterrupted_run(synthetic_cifar_dir, tmp_path, capsys, optimizer):
+    """2N steps in one go == N steps, then --resume to 2N (augmentation and validation exercise every RNG)."""
+    flags = ["--data_dir", synthetic_cifar_dir, "--optimizer", optimizer, "--augment", "--validation_size", 100,
+             "--learning_rate", 1e-3 if optimizer == "adam" else 5e-3, *COMMON]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run_main([*flags, "--max_steps", 160, "--out_dir", whole], capsys)[0] == 0
+    assert run_main([*flags, "--max_steps", 80, "--out_dir", split], capsys)[0] == 0
+    # Only --resume and the new --max_steps: every other flag comes from the checkpoint.
+    assert run_main(["--resume", split, "--max_steps", 160, "--quiet"], capsys)[0] == 0
+
+    assert_same_checkpoint(whole, split)
+    metrics_whole = json.loads((whole / "metrics.json").read_text())
+    metrics_split = json.loads((split / "metrics.json").read_text())
+    assert_same_metrics(metrics_whole, metrics_split)
+    assert read_curves(whole) == read_curves(split)
+    assert metrics_split["flags"]["augment"] is True and metrics_split["flags"]["optimizer"] == optimizer
+
+
+def test_resume_after_interruption_with_schedule(synthetic_cifar_dir, tmp_path):
+    """A run stopped mid-way (on_eval raises, as a kill would) and resumed from its checkpoint file."""
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(step, metrics):
+        if step == 80:
+            raise Interrupted
+
+    parser = fm_train.build_parser()
+    flags = ["--data_dir", str(synthetic_cifar_dir), "--optimizer", "adam", "--learning_rate", "1e-3",
+             "--lr_schedule", "cosine", "--warmup_steps", "20", "--max_steps", "160", "--eval_freq", "40",
+             "--batch_size", "50", "--quiet"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    metrics_whole = fm_train.train(parser.parse_args([*flags, "--out_dir", str(whole)]))
+    with pytest.raises(Interrupted):
+        fm_train.train(parser.parse_args([*flags, "--out_dir", str(split)]), on_eval=interrupt)
+    assert not (split / "metrics.json").exists()
+    assert json.loads(str(checkpoint_arrays(split)["meta"]))["step"] == 80
+
+    metrics_split = fm_train.train(parser.parse_args([*flags, "--resume", str(split / "checkpoint.npz")]))
+    assert metrics_split["out_dir"] == str(split)  # --resume writes into the checkpoint's folder
+    assert_same_checkpoint(whole, split)
+    assert_same_metrics(metrics_whole, metrics_split)
+    assert read_curves(whole) == read_curves(split)
+
+
+def test_resume_errors(synthetic_cifar_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        fm_train.main(["--resume", str(tmp_path / "nowhere")])
+    assert exc.value.code == 2
+    assert "cannot resume" in capsys.readouterr().err
+
+    run = tmp_path / "run"
+    assert run_main(["--data_dir", synthetic_cifar_dir, "--max_steps", 10, "--eval_freq", 5, "--quiet",
+                     "--out_dir", run], capsys)[0] == 0
+    status, _, err = run_main(["--resume", run, "--dnn_hidden_units", "50", "--quiet"], capsys)
+    assert status == 2
+    assert "cannot resume" in err and "--dnn_hidden_units" in err and "Traceback" not in err
+
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(SystemExit):
+        fm_train.main(["--resume", str(tmp_path / "junk.npz")])
+    assert "not a readable .npz checkpoint" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ divergence
+def test_divergence_stops_with_message_and_keeps_checkpoint(synthetic_cifar_dir, tmp_path, capsys):
+    out = tmp_path / "diverge"
+    status, _, err = run_main(["--data_dir", synthetic_cifar_dir, "--learning_rate", 1e30, "--max_steps", 50,
+                               "--eval_freq", 1, "--quiet", "--out_dir", out], capsys)
+    assert status == 1
+    assert "diverged at step" in err and "Traceback" not in err
+    step = int(err.split("diverged at step")[1].split(":")[0])
+    assert 1 <= step < 50
+    # The last good checkpoint is the evaluation just before the diverging step.
+    meta = json.loads(str(checkpoint_arrays(out)["meta"]))
+    assert meta["step"] == step - 1
+    assert all(np.isfinite(v).all() for k, v in checkpoint_arrays(out).items() if k.startswith("model/"))
+    assert not (out / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------ bad flags
+@pytest.mark.parametrize("argv,flag,words", [
+    (["--dnn_hidden_units", "10,abc"], "--dnn_hidden_units", ["'abc' is not a positive integer"]),
+    (["--dnn_hidden_units", "10,0"], "--dnn_hidden_units", ["'0' is not a positive integer"]),
+    (["--batch_size", "-5"], "--batch_size", ["integer > 0", "'-5'"]),
+    (["--max_steps", "1.5"], "--max_steps", ["integer > 0", "'1.5'"]),
+    (["--learning_rate", "nan"], "--learning_rate", ["finite number > 0"]),
+    (["--learning_rate", "0"], "--learning_rate", ["finite number > 0"]),
+    (["--momentum", "1.5"], "--momentum", ["< 1.0"]),
+    (["--optimizer", "rmsprop"], "--optimizer", ["invalid choice", "'rmsprop'"]),
+    (["--dtype", "float16"], "--dtype", ["invalid choice"]),
+    (["--seed", "-1"], "--seed", [">= 0"]),
+])
+def test_bad_flags_are_usage_errors(argv, flag, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        fm_train.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err
+    for word in words:
+        assert word in err
+
+
+def test_train_checks_a_hand_made_namespace():
+    with pytest.raises(ValueError, match="--batch_size: expected an integer > 0, got -1"):
+        fm_train.train(argparse.Namespace(batch_size=-1))
+    with pytest.raises(ValueError, match="--dnn_hidden_units"):
+        fm_train.train(argparse.Namespace(dnn_hidden_units=[100, 2.5]))
+    with pytest.raises(ValueError, match="unknown flag"):
+        fm_train.train(argparse.Namespace(learning_rat=0.1))
+
+
+def test_parse_hidden_units():
+    assert fm_train.parse_hidden_units("") == []
+    assert fm_train.parse_hidden_units(" 512, 256 ") == [512, 256]
+    assert fm_train.parse_hidden_units((64,)) == [64]
+    for bad in ("10,", "abc", "-3", "1e3", [True], [0]):
+        with pytest.raises(ValueError):
+            fm_train.parse_hidden_units(bad)
+
+
+# ------------------------------------------------------------------ train() contract
+def test_train_contract_preloaded_data_and_on_eval(synthetic_cifar_dir, tmp_path):
+    from fastmlp.data import get_cifar10
+
+    data = get_cifar10(synthetic_cifar_dir, one_hot=False, flatten=True, validation_size=100, seed=0)
+    state_before = data["train"].get_state()
+    seen = []
+    args = argparse.Namespace(max_steps=60, eval_freq=30, batch_size=50, quiet=True, out_dir=str(tmp_path / "a"),
+                              learning_rate=1e-2, init="kaiming", optimizer="momentum")
+    metrics = fm_train.train(args, data=data, on_eval=lambda step, m: seen.append((step, m)))
+
+    assert [step for step, _ in seen] == [0, 30, 60]
+    last = seen[-1][1]
+    assert {"step", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "validation_loss",
+            "validation_accuracy", "learning_rate"} <= set(last)
+    assert metrics["test_accuracy"] == last["test_accuracy"]
+    assert metrics["validation_accuracy"] == last["validation_accuracy"]
+    assert metrics == json.loads((tmp_path / "a" / "metrics.json").read_text())
+    # The caller's DataSet is handed back as it came: a second trial sees the same batches.
+    state_after = data["train"].get_state()
+    assert np.array_equal(state_before["permutation"], state_after["permutation"])
+    assert state_before["rng_state"] == state_after["rng_state"]
+    again = fm_train.train(argparse.Namespace(**{**vars(args), "out_dir": str(tmp_path / "b")}), data=data)
+    assert again["test_accuracy"] == metrics["test_accuracy"]
+
+    # Pre-loaded data of the wrong dtype is refused with a clear message.
+    with pytest.raises(ValueError, match="float32.*float64"):
+        fm_train.train(argparse.Namespace(**{**vars(args), "dtype": "float64"}), data=data)
+
+
+# ------------------------------------------------------------------ schedules
+def test_learning_rate_schedules():
+    constant = LearningRateSchedule(0.1, 100)
+    assert [constant(s) for s in (1, 50, 100, 500)] == [0.1] * 4
+
+    warm = LearningRateSchedule(0.1, 100, "constant", warmup_steps=10)
+    assert warm(1) == pytest.approx(0.01) and warm(5) == pytest.approx(0.05) and warm(10) == 0.1 and warm(11) == 0.1
+
+    cosine = LearningRateSchedule(0.1, 100, "cosine", warmup_steps=10)
+    values = [cosine(s) for s in range(11, 101)]
+    assert values[0] == 0.1
+    assert all(a > b for a, b in zip(values, values[1:]))
+    assert 0 < values[-1] < 0.001
+    assert cosine(56) == pytest.approx(0.05)  # half-way: 45 of the 90 post-warm-up steps done
+
+    step = LearningRateSchedule(1.0, 100, "step")
+    assert step(1) == step(50) == 1.0
+    assert step(51) == pytest.approx(0.1) and step(76) == pytest.approx(0.01)
+
+    for bad in (dict(base_lr=0.0, total_steps=10), dict(base_lr=0.1, total_steps=0),
+                dict(base_lr=0.1, total_steps=10, kind="linear"), dict(base_lr=0.1, total_steps=10, warmup_steps=-1)):
+        with pytest.raises(ValueError):
+            LearningRateSchedule(**bad)
+    with pytest.raises(ValueError):
+        constant(0)
+
+
+def test_package_main_points_to_the_commands(capsys):
+    from fastmlp.__main__ import main as package_main
+
+    assert package_main([]) == 0
+    out = capsys.readouterr().out
+    assert "python -m fastmlp.train" in out and "--help" in out
+    assert package_main(["train"]) == 2
+    assert "takes no arguments" in capsys.readouterr().err
+
+
+def test_resume_with_changed_hyperparameters_uses_the_new_flags(synthetic_cifar_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert run_main(["--data_dir", synthetic_cifar_dir, "--optimizer", "momentum", "--max_steps", 10,
+                     "--eval_freq", 5, "--quiet", "--out_dir", run], capsys)[0] == 0
+    with pytest.warns(UserWarning, match=r"--weight_decay 0.0 -> 0.01.*differ from an uninterrupted run"):
+        status, _, _ = run_main(["--resume", run, "--max_steps", 20, "--weight_decay", 0.01, "--momentum", 0.5,
+                                 "--quiet"], capsys)
+    assert status == 0
+    arrays = checkpoint_arrays(run)
+    # Saved optimizer hyper-parameters are this run's, not the checkpoint's.
+    assert float(arrays["optim/weight_decay"]) == 0.01 and float(arrays["optim/momentum"]) == 0.5
+    assert json.loads(str(arrays["meta"]))["flags"]["weight_decay"] == 0.01
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, tmp_path, capsys):
+    def interrupted(args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fm_train, "train", interrupted)
+    status, _, err = run_main(["--out_dir", tmp_path / "x"], capsys)
+    assert status == 130
+    assert f"--resume {tmp_path / 'x'}" in err
