@@ -60,3 +60,13 @@ def real_cifar_dir() -> Path:
         f"real CIFAR-10 not found: none of {[str(c) for c in candidates]} holds {ARCHIVE_NAME} or {FOLDER_NAME}/; "
         "set FASTMLP_DATA to the folder that does"
     )
+
+
+@pytest.fixture
+def torch_single_thread():
+    """Run a test with one torch thread: small tensors only pay threading overhead on 2 cores."""
+    torch = pytest.importorskip("torch")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

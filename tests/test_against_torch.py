@@ -17,18 +17,13 @@ from fastmlp import (  # noqa: E402
 )
 from fastmlp import optim  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 DTYPES = (np.float32, np.float64)
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors: threads only add overhead on the shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def leaf(a):

@@ -12,6 +12,8 @@ from torch_models.batchnorm import (
     CustomBatchNormManualModule,
 )
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 CUSTOM_MODULES = [CustomBatchNormAutograd, CustomBatchNormManualModule]
 DTYPES = [torch.float32, torch.float64]
 # float32 differences come from a different summation order; float64 is near exact.
@@ -21,13 +23,6 @@ TOLERANCES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors: threading only adds overhead on the shared 2-core CI machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _shifted_batch(batch, n_neurons, dtype):

@@ -7,14 +7,9 @@ from torch_models.batchnorm import CustomBatchNormManualModule
 from torch_models.convnet import ConvNet
 from torch_models.mlp import MLP
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Small models: threading only adds overhead on the shared 2-core CI machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+
 
 
 # ------------------------------------------------------------------------------ MLP

@@ -121,58 +121,54 @@ class LinearModule:
         return dx
 
 
-class ReLUModule:
-    """out = max(x, 0); the gradient passes where the output is positive."""
+class _ElementwiseModule:
+    """A parameter-free module y = f(x) over (B, D) arrays whose backward needs only its output.
+
+    Subclasses name the kernel pair: ``forward_kernel(out, x)`` and
+    ``backward_kernel(dx, dout, out)``. Float32 and float64 inputs keep their
+    dtype; other numeric inputs are computed in float64.
+    """
+
+    forward_kernel = None
+    backward_kernel = None
 
     def __init__(self):
         self._out = None
 
     def forward(self, x):
-        """x (B, D) -> out (B, D)."""
         x = np.asarray(x)
         dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
         x = as_float_2d("x", x, dtype)
         out = np.empty(x.shape, dtype=dtype)
-        K.relu_forward(out, x)
+        type(self).forward_kernel(out, x)
         self._out = out
         return out
 
     def backward(self, dout):
-        """dout (B, D) -> dx (B, D) = dout * (out > 0)."""
         out = _need_forward(self, "_out")
         dout = as_float_2d("dout", dout, out.dtype, out.shape[1])
         if dout.shape != out.shape:
             raise ValueError(f"dout: expected shape {out.shape} (the forward output's), got {dout.shape}")
         dx = np.empty_like(out)
-        K.relu_backward(dx, dout, out)
+        type(self).backward_kernel(dx, dout, out)
         return dx
 
 
-class SoftMaxModule:
-    """Row-wise softmax with the row max subtracted (exact, and no overflow)."""
+class ReLUModule(_ElementwiseModule):
+    """out = max(x, 0) on x (B, D); backward: dx = dout * (out > 0)."""
 
-    def __init__(self):
-        self._out = None
+    forward_kernel = K.relu_forward
+    backward_kernel = K.relu_backward
 
-    def forward(self, x):
-        """x (B, C) logits -> probabilities (B, C)."""
-        x = np.asarray(x)
-        dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
-        x = as_float_2d("x", x, dtype)
-        out = np.empty(x.shape, dtype=dtype)
-        K.softmax_forward(out, x)
-        self._out = out
-        return out
 
-    def backward(self, dout):
-        """dout (B, C) = dL/dprobs -> dx (B, C) = p * (dout - sum_c dout p)."""
-        out = _need_forward(self, "_out")
-        dout = as_float_2d("dout", dout, out.dtype, out.shape[1])
-        if dout.shape != out.shape:
-            raise ValueError(f"dout: expected shape {out.shape} (the forward output's), got {dout.shape}")
-        dx = np.empty_like(out)
-        K.softmax_backward(dx, dout, out)
-        return dx
+class SoftMaxModule(_ElementwiseModule):
+    """Row-wise softmax of logits x (B, C), the row max subtracted first (exact, and no overflow).
+
+    backward: dx = p * (dout - sum_c dout p), dout = dL/dprobs (B, C).
+    """
+
+    forward_kernel = K.softmax_forward
+    backward_kernel = K.softmax_backward
 
 
 def _probs_and_targets(x, y):
