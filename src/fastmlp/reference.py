@@ -137,10 +137,12 @@ class ReferenceMLP:
         grads = []
         for l in reversed(range(len(self.weights))):
             x_in = self._acts[l]
+            if l == 0:  # nothing needs the gradient of the input itself: skip that GEMM
+                grads.append((dz.T @ x_in, dz.sum(axis=0)))
+                break
             dx, dw, db = linear_backward(dz, x_in, self.weights[l])
             grads.append((dw, db))
-            if l > 0:
-                dz = relu_backward(dx, x_in)
+            dz = relu_backward(dx, x_in)
         return grads[::-1]
 
     def train_step(self, x, labels, lr, weight_decay=0.0):

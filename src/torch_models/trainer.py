@@ -488,6 +488,7 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
         build_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
         build_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        dataset_augment: bool = False,
         channels_last: bool = False, compile_model: bool = False, amp: bool = False,
         on_eval: Callable[[int, dict], None] | None = None,
         architecture_flags: tuple[str, ...] = (), trajectory_flags: tuple[str, ...] = (),
@@ -521,6 +522,10 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
         optimizer over its parameters, and an optional LR scheduler stepped every step.
     augment : callable, optional
         ``(local_batch, *input_shape) -> same`` transform of training batches, on the device.
+    dataset_augment : bool
+        Crop and flip training batches in NumPy (``fastmlp.data.DataSet(augment=True)``)
+        before they reach the device; the draws come from the batch-order generator, so
+        the checkpointed data state keeps ``--resume`` exact.
     channels_last, compile_model, amp : bool
         Channels-last memory format; ``torch.compile``; bf16 autocast (the caller makes
         sure the device is CUDA).
@@ -584,7 +589,7 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
 
     # ---- data: a private, seeded batch order; evaluation splits moved to the device once
     source = data["train"]
-    train_set = DataSet(source.images, source.labels, seed=args.seed, flatten=False)
+    train_set = DataSet(source.images, source.labels, seed=args.seed, augment=dataset_augment, flatten=False)
     eval_sets = {"test": EvalSet.from_dataset(data["test"], input_shape=input_shape, ctx=ctx, limit=eval_limit)}
     validation = data.get("validation")
     if validation is not None and validation.num_examples > 0:
