@@ -331,3 +331,184 @@ def test_torchrun_two_cpu_processes_write_outputs_once(tmp_path, synthetic_cifar
     assert metrics["test_loss"] == pytest.approx(single["test_loss"], rel=1e-4)
     a, b = params_of(out), params_of(tmp_path / "one")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+# --------------------------------------------------------------------------- fastmlp.train's flags
+def test_mlp_defaults_are_fastmlp_train_defaults():
+    from fastmlp import train as fm_train
+
+    numpy_defaults = vars(fm_train.build_parser().parse_args([]))
+    torch_defaults = vars(train_mlp.build_parser().parse_args([]))
+    shared = set(numpy_defaults) & set(torch_defaults)
+    # Every optimisation and data flag of fastmlp.train exists here, with the same default.
+    assert {"init", "optimizer", "momentum", "nesterov", "weight_decay", "lr_schedule", "warmup_steps",
+            "preprocessing", "augment", "learning_rate", "max_steps", "batch_size", "dnn_hidden_units"} <= shared
+    assert {k: torch_defaults[k] for k in shared} == {k: numpy_defaults[k] for k in shared}
+    assert train_mlp.parse_hidden_units is fm_train.parse_hidden_units
+
+
+def test_mlp_init_normal_is_the_course_init_and_others_differ(tmp_path, mlp_data):
+    # The checkpoint written at step 0 (before any update) holds the initial weights of the default run.
+    def stop_at_0(step, metrics):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_mlp.train(train_mlp.build_parser().parse_args(["--dnn_hidden_units", "100,50", "--quiet",
+                                                             "--out_dir", str(tmp_path)]),
+                        data=mlp_data, on_eval=stop_at_0)
+    params = params_of(tmp_path)
+    weights = [params[k] for k in params if k.endswith("weight")]
+    biases = [params[k] for k in params if k.endswith("bias")]
+    assert len(weights) == len(biases) == 3
+    for w in weights:
+        assert w.std().item() == pytest.approx(1e-4, rel=0.1) and abs(w.mean().item()) < 1e-5
+    assert all(torch.count_nonzero(b) == 0 for b in biases)
+
+    from torch_models.mlp import MLP
+
+    torch.manual_seed(0)
+    model = MLP(3072, [200], 10)
+    train_mlp.initialize_parameters(model, "kaiming")
+    first, last = model.layers[0], model.layers[-1]
+    assert first.weight.std().item() == pytest.approx((2 / 3072) ** 0.5, rel=0.05)
+    assert last.weight.std().item() == pytest.approx((2 / 200) ** 0.5, rel=0.1)
+    assert torch.count_nonzero(first.bias) == 0
+    train_mlp.initialize_parameters(model, "xavier")
+    assert first.weight.std().item() == pytest.approx((2 / (3072 + 200)) ** 0.5, rel=0.05)
+    torch.manual_seed(0)
+    default = MLP(3072, [200], 10)
+    train_mlp.initialize_parameters(default, "torch")  # PyTorch's own: uniform(+-1/sqrt(fan_in)), biases too
+    assert default.layers[0].weight.abs().max().item() <= 3072 ** -0.5
+    assert torch.count_nonzero(default.layers[0].bias) > 0
+    with pytest.raises(ValueError, match="--init"):
+        train_mlp.initialize_parameters(default, "uniform")
+
+
+def test_weight_decay_shrinks_weights_but_not_biases_or_batchnorm():
+    from torch_models.mlp import MLP
+
+    torch.manual_seed(0)
+    model = MLP(12, [8], 3, batchnorm="torch")
+    for p in model.parameters():
+        torch.nn.init.constant_(p, 0.5)
+    lr, decay = 0.1, 0.2
+    optimizer = train_mlp.make_optimizer("momentum", train_mlp.parameter_groups(model, decay), lr,
+                                         momentum=0.9, nesterov=True)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no loss gradient: only the decay can move a parameter
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if p.ndim == 2:  # Linear weights: w - lr * (1 + momentum) * decay * w with Nesterov
+            expected = 0.5 - lr * (1 + 0.9) * decay * 0.5
+            assert torch.allclose(p, torch.full_like(p, expected)), name
+        else:  # biases, BatchNorm scale and shift
+            assert torch.equal(p, torch.full_like(p, 0.5)), name
+    assert len([p for p in model.parameters() if p.ndim == 2]) == 2
+
+
+def test_mlp_fastmlp_flags_end_to_end(tmp_path, synthetic_cifar_dir):
+    from fastmlp.schedules import LearningRateSchedule
+
+    out = tmp_path / "run"
+    flags = ["--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "64", "--init", "kaiming",
+             "--optimizer", "momentum", "--momentum", "0.8", "--nesterov", "--learning_rate", "0.02",
+             "--weight_decay", "1e-3", "--lr_schedule", "cosine", "--warmup_steps", "4",
+             "--preprocessing", "standardize", "--max_steps", "30", "--eval_freq", "5", "--quiet"]
+    assert train_mlp.main(flags + ["--out_dir", str(out)]) == 0
+    metrics = assert_outputs(out, steps=30, eval_steps=[0, 5, 10, 15, 20, 25, 30], validation=False)
+    assert metrics["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert metrics["flags"]["preprocessing"] == "standardize" and metrics["flags"]["init"] == "kaiming"
+    # The learning rate of each step is fastmlp's schedule, in every parameter group.
+    schedule = LearningRateSchedule(0.02, 30, "cosine", warmup_steps=4)
+    assert [float(r["learning_rate"]) for r in read_curves(out)[1:]] == pytest.approx(
+        [schedule(s) for s in range(5, 31, 5)], rel=1e-12)
+    checkpoint = trainer.load_checkpoint(out)
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [1e-3, 0.0]
+    assert all(g["momentum"] == 0.8 and g["nesterov"] for g in groups)
+    assert groups[0]["lr"] == groups[1]["lr"] == pytest.approx(schedule(31))  # set for the next update
+    assert checkpoint["scheduler"]["updates_done"] == 30
+
+    # --augment: the DataSet crops and flips the training batches. The synthetic classes are
+    # per-pixel noise templates, which a shift of even one pixel scrambles, so only the
+    # outputs and the changed trajectory are checked here (real-data runs show the gain).
+    augmented = tmp_path / "augmented"
+    assert train_mlp.main(flags + ["--augment", "--out_dir", str(augmented)]) == 0
+    metrics = assert_outputs(augmented, steps=30, eval_steps=[0, 5, 10, 15, 20, 25, 30], validation=False)
+    assert metrics["flags"]["augment"] is True
+    a, b = params_of(out), params_of(augmented)
+    assert not torch.equal(a["layers.0.weight"], b["layers.0.weight"])
+    assert float(read_curves(augmented)[0]["test_loss"]) == float(read_curves(out)[0]["test_loss"])  # same init
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--nesterov"], "--nesterov"),  # needs --optimizer momentum
+    (["--optimizer", "momentum", "--momentum", "0", "--nesterov"], "--nesterov"),
+])
+def test_bad_fastmlp_flags_raise_value_error_naming_the_flag(mlp_data, flags, match):
+    args = train_mlp.build_parser().parse_args(flags + ["--quiet"])
+    with pytest.raises(ValueError, match=match):
+        train_mlp.train(args, data=mlp_data)
+
+
+def test_hand_built_namespace_is_checked_and_completed(tmp_path, mlp_data):
+    args = train_mlp.build_parser().parse_args(["--max_steps", "2", "--eval_freq", "2", "--quiet",
+                                                "--out_dir", str(tmp_path)])
+    for name, value, match in [("momentum", 1.5, "--momentum"), ("init", "uniform", "--init"),
+                               ("lr_schedule", "linear", "--lr_schedule"), ("warmup_steps", -1, "--warmup_steps"),
+                               ("dnn_hidden_units", "10,x", "--dnn_hidden_units")]:
+        bad = argparse_copy(args, **{name: value})
+        with pytest.raises(ValueError, match=match):
+            train_mlp.train(bad, data=mlp_data)
+    with pytest.raises(SystemExit):  # the same check at the command line
+        train_mlp.build_parser().parse_args(["--momentum", "1.5"])
+    # A Namespace from before these flags existed (e.g. a search's) gets their defaults.
+    old = argparse_copy(args)
+    for name in ("init", "momentum", "nesterov", "lr_schedule", "warmup_steps", "preprocessing", "augment"):
+        delattr(old, name)
+    metrics = train_mlp.train(old, data=mlp_data)
+    assert metrics["flags"]["init"] == "normal" and metrics["flags"]["lr_schedule"] == "constant"
+
+
+def argparse_copy(args, **changes):
+    import argparse
+
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def test_mlp_resume_matches_uninterrupted_run_with_fastmlp_flags(tmp_path, mlp_data):
+    # Nesterov buffers, the warm-up + cosine schedule and the NumPy crop/flip draws must all
+    # continue exactly; 9 steps of 200 on 900 images cross an epoch boundary after the cut.
+    flags = ["--dnn_hidden_units", "32", "--init", "kaiming", "--optimizer", "momentum", "--nesterov",
+             "--learning_rate", "0.01", "--weight_decay", "1e-3", "--lr_schedule", "cosine",
+             "--warmup_steps", "4", "--augment", "--max_steps", "9", "--eval_freq", "3", "--quiet"]
+    parser = train_mlp.build_parser()
+    whole = train_mlp.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "whole")]), data=mlp_data)
+
+    def stop_at_3(step, metrics):
+        if step == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_mlp.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "cut")]), data=mlp_data,
+                        on_eval=stop_at_3)
+    resumed = train_mlp.train(parser.parse_args(flags + ["--resume", str(tmp_path / "cut")]), data=mlp_data)
+    assert resumed["test_loss"] == whole["test_loss"] and resumed["test_accuracy"] == whole["test_accuracy"]
+    a, b = trainer.load_checkpoint(tmp_path / "whole"), trainer.load_checkpoint(tmp_path / "cut")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    momentum_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    momentum_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert len(momentum_a) == 4 and all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
+    assert (tmp_path / "whole" / "curves.csv").read_text() == (tmp_path / "cut" / "curves.csv").read_text()
+
+    # Resuming with another --weight_decay: warned about, and it is this run's value that applies.
+    with pytest.warns(UserWarning) as warned:
+        train_mlp.train(parser.parse_args(flags[:-5] + ["--max_steps", "12", "--eval_freq", "3", "--quiet",
+                                                        "--weight_decay", "0.05", "--resume",
+                                                        str(tmp_path / "whole")]), data=mlp_data)
+    messages = " ".join(str(w.message) for w in warned)
+    assert "--weight_decay 0.001 -> 0.05" in messages and "keeps the horizon" in messages
+    extended = trainer.load_checkpoint(tmp_path / "whole")
+    assert [g["weight_decay"] for g in extended["optimizer"]["param_groups"]] == [0.05, 0.0]
+    # The cosine keeps the horizon the run was started with (the trainer's warning says so).
+    assert extended["scheduler"]["total_steps"] == 9 and extended["scheduler"]["updates_done"] == 12

@@ -363,7 +363,7 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
                                        f"{args.optimizer} (momentum {args.momentum}, nesterov {args.nesterov}), "
                                        f"weight decay {args.weight_decay} on weights only, lr schedule "
                                        f"{args.lr_schedule} with {args.warmup_steps} warm-up steps",
-                                       f"preprocessing {args.preprocessing}, augment {args.augment}")))
+                                       f"preprocessing {args.preprocessing}, augment {args.augment}"))
 
 
 def main(argv: list[str] | None = None) -> int:
