@@ -1,0 +1,260 @@
+"""What ``fastmlp.search`` searches: the grid of the reports and the evolutionary space.
+
+A *configuration* is a plain dict with the keys of :data:`CONFIG_KEYS`::
+
+    {"hidden_units": [1024, 512, 256, 128], "learning_rate": 2e-05, "batch_size": 600,
+     "max_steps": 5000, "optimizer": "adam", "weight_decay": 0.0, "dropout": 0.0}
+
+:func:`suggest_config` draws one from an Optuna trial (the grid, or the space searched by
+the evolution / TPE / random samplers); applied to ``optuna.trial.FixedTrial(params)`` it
+rebuilds the configuration of a finished trial from its stored parameters, so the search
+and the final retrain decode parameters in one place.
+
+This module needs no Optuna import of its own: it only calls ``trial.suggest_*``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "CONFIG_KEYS",
+    "DEFAULT_GRID",
+    "EVOLUTION_SPACE",
+    "MAX_LAYERS",
+    "OPTIMIZERS",
+    "format_hidden_units",
+    "grid_size",
+    "parse_grid",
+    "parse_hidden_units",
+    "suggest_config",
+]
+
+CONFIG_KEYS = ("hidden_units", "learning_rate", "batch_size", "max_steps", "optimizer",
+               "weight_decay", "dropout")
+
+#: Optimizer names understood by both trainers (``fastmlp.optim.make_optimizer`` and the
+#: torch MLP trainer); "momentum" is SGD with momentum 0.9.
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+#: The grid of the reports' Table 1 (PyTorch MLP, Adam, learning rate 2e-5): 3 layouts x
+#: 3 batch sizes x 2 step counts = 18 configurations. Hidden layouts are stored as
+#: comma-separated strings because Optuna's GridSampler only persists scalar values.
+DEFAULT_GRID: dict[str, list] = {
+    "hidden_units": ["256,256,256", "512,256,128,64", "1024,512,256,128"],
+    "batch_size": [200, 600, 1000],
+    "max_steps": [2000, 5000],
+    "learning_rate": [2e-5],
+    "optimizer": ["adam"],
+    "weight_decay": [0.0],
+    "dropout": [0.0],
+}
+
+#: Most hidden layers the evolutionary space builds.
+MAX_LAYERS = 4
+
+#: Ranges of the space searched by the evolution, TPE and random samplers. The genome
+#: always holds MAX_LAYERS widths ("units_l0".."units_l3") and ``n_layers`` says how many
+#: are expressed: a fixed set of genes lets NSGA-II cross over and mutate every width,
+#: where a conditional space would leave the deeper widths to its random fallback.
+EVOLUTION_SPACE: dict[str, Any] = {
+    "n_layers": (1, MAX_LAYERS),
+    "units": (64, 2048),          # log scale
+    "learning_rate": (1e-5, 1e-2),  # log scale
+    "batch_size": (32, 2048),     # log scale
+    "max_steps": (500, 5000, 500),  # low, high, step
+    "optimizer": OPTIMIZERS,
+    "weight_decay": (1e-7, 1e-2),  # log scale
+    "dropout": (0.0, 0.5),        # torch model only
+}
+
+
+def format_hidden_units(units) -> str:
+    """``[1024, 512]`` -> ``"1024,512"`` (the form stored in a study); ``[]`` -> ``""``."""
+    return ",".join(str(int(u)) for u in units)
+
+
+def parse_hidden_units(text: str) -> list[int]:
+    """``"1024,512"`` -> ``[1024, 512]``; ``""`` -> ``[]`` (no hidden layer).
+
+    Raises
+    ------
+    ValueError
+        If an entry is not a positive integer.
+    """
+    text = str(text).strip()
+    if not text:
+        return []
+    units = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) <= 0:
+            raise ValueError(f"hidden_units must be comma-separated positive integers like "
+                             f"'1024,512', got {text!r}")
+        units.append(int(part))
+    return units
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _canonical_grid_value(key: str, value, *, model: str):
+    """Check one grid value and return it in the scalar form stored in the study."""
+    where = f"grid[{key!r}]"
+    if key == "hidden_units":
+        if isinstance(value, str):
+            return format_hidden_units(parse_hidden_units(value))
+        if isinstance(value, (list, tuple)) and all(_is_int(u) and u > 0 for u in value):
+            return format_hidden_units(value)
+        raise ValueError(f"{where} entries must be lists of positive ints like [1024, 512] "
+                         f"(or strings '1024,512'), got {value!r}")
+    if key in ("batch_size", "max_steps"):
+        if _is_int(value) and value > 0:
+            return int(value)
+        raise ValueError(f"{where} entries must be positive ints, got {value!r}")
+    if key == "learning_rate":
+        if _is_real(value) and value > 0:
+            return float(value)
+        raise ValueError(f"{where} entries must be positive numbers, got {value!r}")
+    if key == "weight_decay":
+        if _is_real(value) and value >= 0:
+            return float(value)
+        raise ValueError(f"{where} entries must be numbers >= 0, got {value!r}")
+    if key == "dropout":
+        if _is_real(value) and 0 <= value < 1:
+            if value and model != "torch":
+                raise ValueError(f"{where}: dropout is only available with --model torch "
+                                 f"(the NumPy MLP has no dropout), got {value!r}")
+            return float(value)
+        raise ValueError(f"{where} entries must be numbers in [0, 1), got {value!r}")
+    if key == "optimizer":
+        if value in OPTIMIZERS:
+            return value
+        raise ValueError(f"{where} entries must be one of {list(OPTIMIZERS)}, got {value!r}")
+    raise AssertionError(key)  # keys are checked by parse_grid
+
+
+def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
+    """Build the grid to search from ``--grid`` (JSON text, a JSON file, or a dict).
+
+    The axes named in ``spec`` replace those of :data:`DEFAULT_GRID`; the other axes keep
+    the reports' values, so ``{"batch_size": [200, 600], "max_steps": [2000]}`` searches the
+    three layouts of the reports at two batch sizes and 2000 steps (6 configurations).
+
+    Parameters
+    ----------
+    spec : str, mapping or None
+        ``None``: the reports' grid. A string starting with ``{`` or ``[`` is parsed as JSON; any
+        other string is the path of a JSON file holding such an object.
+    model : {"numpy", "torch"}
+        Dropout is only allowed (non-zero) for the torch model.
+
+    Returns
+    -------
+    dict
+        ``{axis: [values...]}`` for every key of :data:`DEFAULT_GRID`, in canonical form
+        (hidden layouts as ``"1024,512"`` strings, duplicates removed, order kept).
+
+    Raises
+    ------
+    ValueError
+        For malformed JSON, a missing file, an empty grid or axis, an unknown key, or a
+        value of the wrong type / out of range; the message names the offending entry.
+    """
+    grid = {key: list(values) for key, values in DEFAULT_GRID.items()}
+    if spec is None:
+        return grid
+    if isinstance(spec, str):
+        text = spec.strip()
+        if not text.startswith(("{", "[")):
+            path = Path(text).expanduser()
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"--grid: {spec!r} is neither a JSON object nor a readable "
+                                 f"JSON file ({exc.strerror or exc})") from None
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--grid: malformed JSON ({exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno})") from None
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"--grid must be a JSON object mapping parameter names to lists of "
+                         f"values, got {type(spec).__name__}")
+    if not spec:
+        raise ValueError(f"--grid is empty: give at least one axis, e.g. "
+                         f"'{{\"batch_size\": [200, 600]}}' (axes: {list(DEFAULT_GRID)})")
+    for key, values in spec.items():
+        if key not in DEFAULT_GRID:
+            raise ValueError(f"--grid: unknown parameter {key!r}; expected some of "
+                             f"{list(DEFAULT_GRID)}")
+        if not isinstance(values, (list, tuple)):
+            raise ValueError(f"--grid[{key!r}] must be a list of values, got {values!r}")
+        if not values:
+            raise ValueError(f"--grid[{key!r}] is an empty list: the grid would have no point")
+        canonical = []
+        for value in values:
+            value = _canonical_grid_value(key, value, model=model)
+            if value not in canonical:
+                canonical.append(value)
+        grid[key] = canonical
+    return grid
+
+
+def grid_size(grid: Mapping[str, list]) -> int:
+    """Number of configurations in ``grid`` (product of the axis lengths)."""
+    return math.prod(len(values) for values in grid.values())
+
+
+def suggest_config(trial, *, model: str, grid: Mapping[str, list] | None = None,
+                   max_steps_cap: int | None = None) -> dict[str, Any]:
+    """Draw a configuration from ``trial`` (an ``optuna.Trial`` or ``optuna.trial.FixedTrial``).
+
+    Parameters
+    ----------
+    trial
+        Anything with Optuna's ``suggest_int``/``suggest_float``/``suggest_categorical``.
+    model : {"numpy", "torch"}
+        ``dropout`` is searched for the torch model only (0.0 otherwise).
+    grid : mapping, optional
+        The grid from :func:`parse_grid` (every axis suggested as a categorical, as
+        Optuna's GridSampler requires); ``None`` for the evolutionary space.
+    max_steps_cap : int, optional
+        Train at most this many steps (quick runs); the suggested ``max_steps`` is what the
+        study stores, the returned ``max_steps`` is the number actually trained.
+
+    Returns
+    -------
+    dict
+        The configuration (keys of :data:`CONFIG_KEYS`).
+    """
+    if grid is not None:
+        config = {key: trial.suggest_categorical(key, list(grid[key])) for key in DEFAULT_GRID}
+        config["hidden_units"] = parse_hidden_units(config["hidden_units"])
+    else:
+        space = EVOLUTION_SPACE
+        n_layers = trial.suggest_int("n_layers", *space["n_layers"])
+        widths = [trial.suggest_int(f"units_l{i}", *space["units"], log=True)
+                  for i in range(MAX_LAYERS)]
+        config = {
+            "hidden_units": widths[:n_layers],
+            "learning_rate": trial.suggest_float("learning_rate", *space["learning_rate"], log=True),
+            "batch_size": trial.suggest_int("batch_size", *space["batch_size"], log=True),
+            "max_steps": trial.suggest_int("max_steps", space["max_steps"][0],
+                                           space["max_steps"][1], step=space["max_steps"][2]),
+            "optimizer": trial.suggest_categorical("optimizer", list(space["optimizer"])),
+            "weight_decay": trial.suggest_float("weight_decay", *space["weight_decay"], log=True),
+            "dropout": (trial.suggest_float("dropout", *space["dropout"])
+                        if model == "torch" else 0.0),
+        }
+    if max_steps_cap is not None:
+        config["max_steps"] = min(int(config["max_steps"]), int(max_steps_cap))
+    return config

@@ -1,0 +1,315 @@
+"""Tests of ``fastmlp.search`` (Optuna search over the MLP trainers) on tiny synthetic CIFAR-10.
+
+Budgets are a few steps of networks a few units wide: the tests check the search
+machinery (grid coverage, shared storage, dead workers, resuming, outputs, errors),
+not accuracies.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from fastmlp import search  # noqa: E402
+from fastmlp.search_space import (  # noqa: E402
+    DEFAULT_GRID,
+    EVOLUTION_SPACE,
+    grid_size,
+    parse_grid,
+    suggest_config,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_GRID = {"hidden_units": [[8], [16]], "batch_size": [20, 40], "max_steps": [10], "learning_rate": [1e-3]}
+
+
+def _flags(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
+    return ["--model", "numpy", "--data_dir", str(data_dir), "--out_dir", str(out_dir),
+            "--validation_size", "200", "--eval_freq", "5", "--heartbeat_interval", "1",
+            "--quiet", *extra]
+
+
+def _load(out_dir: Path, name: str):
+    storage = search.open_storage(None, out_dir, heartbeat_interval=0)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+# --------------------------------------------------------------------------- search space
+def test_default_grid_is_the_reports_table_1():
+    grid = parse_grid(None, model="torch")
+    assert grid_size(grid) == 18
+    assert grid["hidden_units"] == ["256,256,256", "512,256,128,64", "1024,512,256,128"]
+    assert grid["batch_size"] == [200, 600, 1000] and grid["max_steps"] == [2000, 5000]
+    assert grid["learning_rate"] == [2e-5] and grid["optimizer"] == ["adam"]
+
+
+def test_user_grid_replaces_the_axes_it_names(tmp_path):
+    grid = parse_grid('{"batch_size": [200, 600], "max_steps": [2000], "hidden_units": [[64, 32], "16"]}',
+                      model="numpy")
+    assert grid["batch_size"] == [200, 600] and grid["max_steps"] == [2000]
+    assert grid["hidden_units"] == ["64,32", "16"]
+    assert grid["learning_rate"] == DEFAULT_GRID["learning_rate"]  # kept from the reports' grid
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"batch_size": [7]}))
+    assert parse_grid(str(path), model="numpy")["batch_size"] == [7]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("{}", "empty"),
+    ("{bad", "malformed JSON"),
+    ('{"batch_size": []}', "empty list"),
+    ('{"batch_size": [0]}', "positive ints"),
+    ('{"hidden_units": [[0]]}', "positive ints"),
+    ('{"colour": [1]}', "unknown parameter"),
+    ('{"dropout": [0.5]}', "only available with --model torch"),
+    ("[1, 2]", "must be a JSON object"),
+    ("no_such_grid.json", "nor a readable JSON file"),
+])
+def test_bad_grids_are_rejected_with_the_reason(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_grid(spec, model="numpy")
+
+
+def test_evolution_space_round_trips_through_fixed_trial():
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
+    trial = study.ask()
+    config = suggest_config(trial, model="torch")
+    assert 1 <= len(config["hidden_units"]) <= EVOLUTION_SPACE["n_layers"][1]
+    assert 0.0 <= config["dropout"] <= 0.5
+    again = suggest_config(optuna.trial.FixedTrial(trial.params), model="torch", max_steps_cap=7)
+    assert again == {**config, "max_steps": min(config["max_steps"], 7)}
+    assert suggest_config(optuna.trial.FixedTrial(trial.params), model="numpy")["dropout"] == 0.0
+
+
+# --------------------------------------------------------------------------- a whole search
+def test_grid_runs_each_point_once_selects_on_validation_and_writes_outputs(
+        synthetic_cifar_dir, tmp_path, monkeypatch):
+    import fastmlp.train
+
+    calls = []
+    real_train = fastmlp.train.train
+
+    def spy(args, *, data=None, on_eval=None):
+        calls.append(data)
+        return real_train(args, data=data, on_eval=on_eval)
+
+    monkeypatch.setattr(fastmlp.train, "train", spy)
+    out = tmp_path / "grid"
+    argv = _flags(synthetic_cifar_dir, out, "--grid", json.dumps(TINY_GRID), "--study_name", "g")
+    assert search.main(argv) == 0
+
+    study = _load(out, "g")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    points = {(t.params["hidden_units"], t.params["batch_size"]) for t in trials}
+    assert points == {(h, b) for h in ("8", "16") for b in (20, 40)}
+    # Trials are scored on validation: the trainer got the validation split in its "test" slot,
+    # never the test set, and nothing about a test set is stored in the study.
+    trial_data, final_data = calls[:4], calls[4:]
+    assert all(d["test"] is d["validation"] for d in trial_data)
+    assert all(d["validation"].num_examples == 200 and d["train"].num_examples == 800 for d in trial_data)
+    assert final_data == [None]  # the retrain loads the data itself, test set included
+    for t in trials:
+        assert not any("test" in key for key in t.user_attrs)
+        assert t.intermediate_values  # the validation curve, what the pruners read
+        assert t.value == pytest.approx(t.intermediate_values[max(t.intermediate_values)])
+
+    # Outputs: trials.csv, results.md, final.json, plots.
+    with open(out / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["number"]) for r in rows] == [0, 1, 2, 3]
+    assert {r["state"] for r in rows} == {"COMPLETE"}
+    assert [float(r["value"]) for r in rows] == [t.value for t in trials]
+    final = json.loads((out / "final.json").read_text())
+    assert final["trial_number"] == study.best_trial.number
+    assert 0.0 <= final["test_accuracy"] <= 1.0
+    assert final["validation_accuracy"] == pytest.approx(study.best_value)  # the retrain reproduces the trial
+    results = (out / "results.md").read_text()
+    assert "Test accuracy" in results and f"{final['test_accuracy']:.4f}" in results
+    assert results.count("| complete |") == 4
+    for png in ("optimization_history.png", "param_importances.png", "intermediate_values.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob("trials/*/checkpoint.npz"))  # per-trial checkpoints are removed
+
+    # A grid that is done runs nothing more.
+    assert search.main(argv) == 0
+    assert len(_load(out, "g").get_trials()) == 4
+
+
+def test_resume_counts_n_trials_over_all_runs(synthetic_cifar_dir, tmp_path):
+    out = tmp_path / "resume"
+    base = _flags(synthetic_cifar_dir, out, "--sampler", "random", "--max_steps_cap", "5", "--skip_final",
+                  "--pruner", "none", "--study_name", "r")
+    assert search.main(base + ["--n_trials", "2"]) == 0
+    assert len(_load(out, "r").get_trials()) == 2
+    assert search.main(base + ["--n_trials", "4"]) == 0
+    trials = _load(out, "r").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    # The resumed run does not replay the first run's random draws.
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4
+    assert search.main(base + ["--n_trials", "4"]) == 0
+    assert len(_load(out, "r").get_trials()) == 4
+
+
+def test_resume_with_other_settings_is_refused(synthetic_cifar_dir, tmp_path, capsys):
+    out = tmp_path / "mismatch"
+    base = _flags(synthetic_cifar_dir, out, "--grid", json.dumps({**TINY_GRID, "hidden_units": [[8]],
+                                                                  "batch_size": [20]}),
+                  "--study_name", "m", "--skip_final")
+    assert search.main(base) == 0
+    assert search.main(base + ["--seed", "7"]) == 2
+    assert "created with other settings" in capsys.readouterr().err
+
+
+def test_two_worker_processes_share_the_study_without_duplicates(synthetic_cifar_dir, tmp_path):
+    out = tmp_path / "workers"
+    argv = _flags(synthetic_cifar_dir, out, "--grid", json.dumps(TINY_GRID), "--study_name", "w",
+                  "--n_workers", "2", "--skip_final")
+    result = subprocess.run([sys.executable, "-m", "fastmlp.search", *argv], env=_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    trials = _load(out, "w").get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert sorted(t.system_attrs["grid_id"] for t in trials) == [0, 1, 2, 3]
+    assert len({(t.params["hidden_units"], t.params["batch_size"]) for t in trials}) == 4
+    assert (out / "results.md").is_file() and (out / "trials.csv").is_file()
+
+
+def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_path):
+    out = tmp_path / "killed"
+    grid = {**TINY_GRID, "batch_size": [20]}
+    argv = _flags(synthetic_cifar_dir, out, "--grid", json.dumps(grid), "--study_name", "k",
+                  "--grace_period", "2", "--skip_final")
+    # Each evaluation of the victim sleeps, so it is surely in the middle of a trial when killed.
+    env = dict(_env(), **{search._EVAL_SLEEP_ENV: "60"})
+    victim = subprocess.Popen([sys.executable, "-m", "fastmlp.search", *argv], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        running = []
+        while time.monotonic() < deadline and not running:
+            time.sleep(0.3)
+            if (out / "study.journal").is_file() and victim.poll() is None:
+                try:
+                    running = [t for t in _load(out, "k").get_trials()
+                               if t.state.name == "RUNNING" and search.HEARTBEAT_ATTR in t.system_attrs
+                               and t.params]
+                except KeyError:  # the study is not created yet
+                    running = []
+        assert running, "the worker never started a trial: " + (victim.stderr.read().decode()
+                                                                if victim.poll() is not None else "")
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+    killed = running[0].number
+
+    # The next run waits out the grace period, fails the dead trial, runs it again, finishes the grid
+    # (--timeout: a run that never noticed the dead trial would wait for it for ever).
+    assert search.main(argv + ["--timeout", "60"]) == 0
+    trials = _load(out, "k").get_trials()
+    by_state = {}
+    for t in trials:
+        by_state.setdefault(t.state.name, []).append(t)
+    assert [t.number for t in by_state["FAIL"]] == [killed]
+    assert len(by_state["COMPLETE"]) == 2 and "RUNNING" not in by_state and "WAITING" not in by_state
+    assert {t.params["hidden_units"] for t in by_state["COMPLETE"]} == {"8", "16"}
+    retried = [t for t in by_state["COMPLETE"] if t.system_attrs.get("failed_trial") == killed]
+    assert len(retried) == 1 and retried[0].params == running[0].params
+
+
+def test_torch_model_search_and_final_retrain(synthetic_cifar_dir, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "torch"
+    grid = {"hidden_units": [[16]], "batch_size": [40], "max_steps": [10], "learning_rate": [1e-3],
+            "dropout": [0.0, 0.1]}
+    argv = _flags(synthetic_cifar_dir, out, "--grid", json.dumps(grid), "--study_name", "t")
+    argv[argv.index("numpy")] = "torch"
+    assert search.main(argv + ["--trainer_flags=--init kaiming", "--device", "cpu", "--threads", "1"]) == 0
+    trials = _load(out, "t").get_trials()
+    assert sorted(t.params["dropout"] for t in trials) == [0.0, 0.1]
+    final = json.loads((out / "final.json").read_text())
+    assert 0.0 <= final["test_accuracy"] <= 1.0
+    assert final["command"].startswith("python -m torch_models.train_mlp ")
+    assert "--init kaiming" in final["command"]
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("extra, message", [
+    (["--grid", "{}"], "--grid is empty"),
+    (["--grid", "{bad json"], "malformed JSON"),
+    (["--grid", '{"batch_size": []}'], "empty list"),
+    (["--sampler", "tpe", "--grid", '{"batch_size": [2]}'], "only used by --sampler grid"),
+    (["--storage", "postgresql://nobody@127.0.0.1:1/x"], "cannot open --storage"),
+    (["--storage", "/dev/null/sub/study.journal"], "cannot open journal storage"),
+    (["--out_dir", "/dev/null/sub"], "cannot create --out_dir"),
+    (["--trainer_flags=--max_steps 3"], "may not set --max_steps"),
+    (["--trainer_flags=--no_such_flag"], "unrecognized arguments"),
+    (["--heartbeat_interval", "5", "--grace_period", "5"], "must exceed --heartbeat_interval"),
+    (["--validation_size", "5000"], "cannot load CIFAR-10"),
+])
+def test_bad_flags_give_one_line_and_exit_code_2(synthetic_cifar_dir, tmp_path, capsys, extra, message):
+    argv = ["--model", "numpy", "--data_dir", str(synthetic_cifar_dir), "--out_dir", str(tmp_path / "o"),
+            "--max_steps_cap", "2", "--skip_final", "--quiet", *extra]
+    assert search.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [["--sampler", "annealing"], ["--pruner", "always"], ["--n_trials", "0"],
+                                   ["--model", "jax"]])
+def test_bad_choices_are_argparse_errors(extra, capsys):
+    with pytest.raises(SystemExit) as exc:
+        search.main(extra)
+    assert exc.value.code == 2
+    assert f"error: argument {extra[0]}" in capsys.readouterr().err
+
+
+def test_missing_optuna_gives_the_install_hint(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` raise ImportError
+    assert search.main(["--model", "numpy", "--out_dir", str(tmp_path)]) == 2
+    assert "pip install 'fastmlp[search]'" in capsys.readouterr().err
+
+
+def test_dry_run_trains_nothing(synthetic_cifar_dir, tmp_path, capsys):
+    out = tmp_path / "dry"
+    assert search.main(_flags(synthetic_cifar_dir, out, "--dry_run")) == 0
+    printed = capsys.readouterr().out
+    assert "grid of 18 points" in printed and "new" in printed
+    assert not (out / "trials").exists() and not (out / "results.md").exists()
+
+
+def test_heartbeat_journal_storage_marks_stale_trials(tmp_path):
+    storage = search.open_storage(None, tmp_path, heartbeat_interval=1, grace_period=2, max_retry=1)
+    assert isinstance(storage, search.HeartbeatJournalStorage)
+    study = optuna.create_study(storage=storage, study_name="s")
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's hint: heartbeats come from optimize()
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(trial._trial_id)
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    storage.set_trial_system_attr(trial._trial_id, search.HEARTBEAT_ATTR, time.time() - 10)
+    # The start of the attempt counts too: still fresh right after it started.
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    time.sleep(2.2)
+    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
+    with search._quiet_optuna_warnings():
+        optuna.storages.fail_stale_trials(study)
+    states = [t.state.name for t in study.get_trials()]
+    assert states == ["FAIL", "WAITING"]  # failed, and queued again by the retry callback
+    assert study.get_trials()[1].params == trial.params
