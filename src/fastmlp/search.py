@@ -101,6 +101,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from fastmlp import runlog
+from fastmlp.train import _argparse_type
+from fastmlp.train import _nonnegative_int as _check_nonnegative_int
+from fastmlp.train import _positive_float as _check_positive_float
+from fastmlp.train import _positive_int as _check_positive_int
 from fastmlp.search_space import (
     DEFAULT_GRID,
     format_hidden_units,
@@ -327,34 +331,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- flags
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+# The flag checks are fastmlp.train's, so both command lines word their errors alike.
+_positive_int = _argparse_type(_check_positive_int, "positive integer")
+_nonnegative_int = _argparse_type(_check_nonnegative_int, "non-negative integer")
+_positive_float = _argparse_type(_check_positive_float, "positive number")
 
 
 def build_parser() -> argparse.ArgumentParser:
