@@ -88,7 +88,6 @@ import functools
 import importlib
 import io
 import json
-import math
 import multiprocessing
 import os
 import shlex
