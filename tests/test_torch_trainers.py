@@ -32,6 +32,23 @@ class Interrupted(Exception):
     """Raised from on_eval to simulate a run killed right after a checkpoint."""
 
 
+def run_cut_and_resume(module, flags, data, tmp_path, stop_step):
+    """Train ``flags`` whole into tmp_path/whole, and again into tmp_path/cut stopped after the
+    evaluation at ``stop_step`` and resumed from its checkpoint; return (whole, resumed) metrics."""
+    parser = module.build_parser()
+    whole = module.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "whole")]), data=data)
+
+    def stop(step, metrics):
+        if step == stop_step:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        module.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "cut")]), data=data, on_eval=stop)
+    resumed = module.train(parser.parse_args(flags + ["--resume", str(tmp_path / "cut")]), data=data)
+    assert resumed["out_dir"] == str(tmp_path / "cut")
+    return whole, resumed
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     # Identical thread counts make CPU results bit-reproducible; one thread suits a 2-core CI box.
@@ -239,18 +256,7 @@ def test_mlp_resume_matches_uninterrupted_run(tmp_path, mlp_data):
     # 9 steps of 200 on 900 images cross an epoch boundary after the interruption.
     flags = ["--dnn_hidden_units", "32", "--optimizer", "adam", "--learning_rate", "1e-3", "--dropout", "0.3",
              "--batchnorm", "torch", "--max_steps", "9", "--eval_freq", "3", "--quiet"]
-    parser = train_mlp.build_parser()
-    whole = train_mlp.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "whole")]), data=mlp_data)
-
-    def stop_at_3(step, metrics):
-        if step == 3:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        train_mlp.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "cut")]), data=mlp_data,
-                        on_eval=stop_at_3)
-    resumed = train_mlp.train(parser.parse_args(flags + ["--resume", str(tmp_path / "cut")]), data=mlp_data)
-    assert resumed["out_dir"] == str(tmp_path / "cut")
+    whole, resumed = run_cut_and_resume(train_mlp, flags, mlp_data, tmp_path, stop_step=3)
     assert resumed["test_accuracy"] == whole["test_accuracy"] and resumed["test_loss"] == whole["test_loss"]
     a, b = params_of(tmp_path / "whole"), params_of(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -274,17 +280,7 @@ def test_convnet_resume_matches_uninterrupted_run(tmp_path, conv_data):
     # Augmentation (torch RNG), a cosine schedule and BatchNorm buffers must all be restored.
     flags = ["--batch_size", "4", "--max_steps", "3", "--eval_freq", "2", "--augment", "--lr_schedule", "cosine",
              "--learning_rate", "1e-3", "--quiet"]
-    parser = train_convnet.build_parser()
-    whole = train_convnet.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "whole")]), data=conv_data)
-
-    def stop_at_2(step, metrics):
-        if step == 2:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        train_convnet.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "cut")]), data=conv_data,
-                            on_eval=stop_at_2)
-    resumed = train_convnet.train(parser.parse_args(flags + ["--resume", str(tmp_path / "cut")]), data=conv_data)
+    whole, resumed = run_cut_and_resume(train_convnet, flags, conv_data, tmp_path, stop_step=2)
     assert resumed["test_loss"] == whole["test_loss"]
     a, b = trainer.load_checkpoint(tmp_path / "whole"), trainer.load_checkpoint(tmp_path / "cut")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -482,17 +478,7 @@ def test_mlp_resume_matches_uninterrupted_run_with_fastmlp_flags(tmp_path, mlp_d
     flags = ["--dnn_hidden_units", "32", "--init", "kaiming", "--optimizer", "momentum", "--nesterov",
              "--learning_rate", "0.01", "--weight_decay", "1e-3", "--lr_schedule", "cosine",
              "--warmup_steps", "4", "--augment", "--max_steps", "9", "--eval_freq", "3", "--quiet"]
-    parser = train_mlp.build_parser()
-    whole = train_mlp.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "whole")]), data=mlp_data)
-
-    def stop_at_3(step, metrics):
-        if step == 3:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        train_mlp.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "cut")]), data=mlp_data,
-                        on_eval=stop_at_3)
-    resumed = train_mlp.train(parser.parse_args(flags + ["--resume", str(tmp_path / "cut")]), data=mlp_data)
+    whole, resumed = run_cut_and_resume(train_mlp, flags, mlp_data, tmp_path, stop_step=3)
     assert resumed["test_loss"] == whole["test_loss"] and resumed["test_accuracy"] == whole["test_accuracy"]
     a, b = trainer.load_checkpoint(tmp_path / "whole"), trainer.load_checkpoint(tmp_path / "cut")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -503,9 +489,9 @@ def test_mlp_resume_matches_uninterrupted_run_with_fastmlp_flags(tmp_path, mlp_d
 
     # Resuming with another --weight_decay: warned about, and it is this run's value that applies.
     with pytest.warns(UserWarning) as warned:
-        train_mlp.train(parser.parse_args(flags[:-5] + ["--max_steps", "12", "--eval_freq", "3", "--quiet",
-                                                        "--weight_decay", "0.05", "--resume",
-                                                        str(tmp_path / "whole")]), data=mlp_data)
+        extend = flags[:-5] + ["--max_steps", "12", "--eval_freq", "3", "--quiet", "--weight_decay", "0.05",
+                               "--resume", str(tmp_path / "whole")]
+        train_mlp.train(train_mlp.build_parser().parse_args(extend), data=mlp_data)
     messages = " ".join(str(w.message) for w in warned)
     assert "--weight_decay 0.001 -> 0.05" in messages and "keeps the horizon" in messages
     extended = trainer.load_checkpoint(tmp_path / "whole")
