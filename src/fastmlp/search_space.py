@@ -20,6 +20,9 @@ import numbers
 from pathlib import Path
 from typing import Any, Mapping
 
+from fastmlp.optim import OPTIMIZERS  # names both trainers understand ("momentum": SGD, momentum 0.9)
+from fastmlp.train import parse_hidden_units
+
 __all__ = [
     "CONFIG_KEYS",
     "DEFAULT_GRID",
@@ -35,10 +38,6 @@ __all__ = [
 
 CONFIG_KEYS = ("hidden_units", "learning_rate", "batch_size", "max_steps", "optimizer",
                "weight_decay", "dropout")
-
-#: Optimizer names understood by both trainers (``fastmlp.optim.make_optimizer`` and the
-#: torch MLP trainer); "momentum" is SGD with momentum 0.9.
-OPTIMIZERS = ("sgd", "momentum", "adam")
 
 #: The grid of the reports' Table 1 (PyTorch MLP, Adam, learning rate 2e-5): 3 layouts x
 #: 3 batch sizes x 2 step counts = 18 configurations. Hidden layouts are stored as
@@ -75,27 +74,6 @@ EVOLUTION_SPACE: dict[str, Any] = {
 def format_hidden_units(units) -> str:
     """``[1024, 512]`` -> ``"1024,512"`` (the form stored in a study); ``[]`` -> ``""``."""
     return ",".join(str(int(u)) for u in units)
-
-
-def parse_hidden_units(text: str) -> list[int]:
-    """``"1024,512"`` -> ``[1024, 512]``; ``""`` -> ``[]`` (no hidden layer).
-
-    Raises
-    ------
-    ValueError
-        If an entry is not a positive integer.
-    """
-    text = str(text).strip()
-    if not text:
-        return []
-    units = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) <= 0:
-            raise ValueError(f"hidden_units must be comma-separated positive integers like "
-                             f"'1024,512', got {text!r}")
-        units.append(int(part))
-    return units
 
 
 def _is_int(value) -> bool:
