@@ -328,9 +328,9 @@ class MLPClassifier:
         return hasattr(self, "model_")
 
     def _initialize(self, n_features: int, classes: np.ndarray, params: dict[str, Any]) -> None:
-        from fastmlp.train import _derive_seeds, build_model_and_optimizer
+        from fastmlp.train import derive_seeds, build_model_and_optimizer
 
-        model_seed, data_seed = _derive_seeds(params["seed"])
+        model_seed, data_seed = derive_seeds(params["seed"])
         self.classes_ = classes
         # What build_model_and_optimizer needs to rebuild the network when unpickling.
         self._network_config = {

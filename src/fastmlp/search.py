@@ -569,7 +569,7 @@ class _Trainer:
         dtype = np.float64 if getattr(self.base, "dtype", "float32") == "float64" else np.float32
         data_seed = int(args.seed)
         if self.model == "numpy":  # fastmlp.train seeds the batch order with a seed derived from --seed
-            data_seed = self.module._derive_seeds(int(args.seed))[1]
+            data_seed = self.module.derive_seeds(int(args.seed))[1]
         try:
             data = get_cifar10(args.data_dir, one_hot=False, validation_size=int(args.validation_size),
                                preprocessing=getattr(self.base, "preprocessing", "mean_image"),

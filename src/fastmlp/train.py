@@ -75,6 +75,7 @@ __all__ = [
     "CHECKPOINT_NAME",
     "build_model_and_optimizer",
     "build_parser",
+    "derive_seeds",
     "load_checkpoint",
     "main",
     "parse_hidden_units",
@@ -506,7 +507,7 @@ def _blas_threads(threads: int | None):
         yield
 
 
-def _derive_seeds(seed: int) -> tuple[int, int]:
+def derive_seeds(seed: int) -> tuple[int, int]:
     """Independent seeds for the weights and for the data order from one ``--seed``."""
     model_seed, data_seed = np.random.SeedSequence(seed).generate_state(2)
     return int(model_seed), int(data_seed)
@@ -586,7 +587,7 @@ def train(args: argparse.Namespace, *, data: Mapping[str, Any] | None = None,
     max_steps = min(args.max_steps, DRY_RUN_STEPS) if args.dry_run else args.max_steps
     eval_freq = DRY_RUN_EVAL_FREQ if args.dry_run else args.eval_freq
     eval_limit = DRY_RUN_EVAL_EXAMPLES if args.dry_run else None
-    model_seed, data_seed = _derive_seeds(args.seed)
+    model_seed, data_seed = derive_seeds(args.seed)
 
     with _blas_threads(args.threads):
         if data is None:
