@@ -47,14 +47,10 @@ class Optimizer:
     def _slots(self):
         """(name, flat param, flat grad, decay) for every parameter, read live from the modules."""
         for name, module, key in self.model.named_parameters():
-            shape = module.params[key].shape
-            if key == "weight":
-                w, _ = module.weight_and_bias()
-                g, _ = module.grad_buffers()
-            else:
-                _, w = module.weight_and_bias()
-                _, g = module.grad_buffers()
-            yield name, w.reshape(-1), g.reshape(-1), (self.weight_decay if key == "weight" else 0.0), shape
+            index = 0 if key == "weight" else 1  # the order of weight_and_bias() / grad_buffers()
+            w = module.weight_and_bias()[index]
+            g = module.grad_buffers()[index]
+            yield name, w.reshape(-1), g.reshape(-1), (self.weight_decay if key == "weight" else 0.0)
 
     def _buffer(self, kind, name, like):
         key = f"{kind}.{name}"
@@ -126,7 +122,7 @@ class SGD(Optimizer):
 
     def step(self):
         """Update every parameter in place from its ``grads``."""
-        for name, w, g, wd, _ in self._slots():
+        for name, w, g, wd in self._slots():
             v = self._buffer("momentum", name, w) if self.momentum else None
             K.sgd_update(w, g, v, self.lr, self.momentum, self.nesterov, wd)
 
@@ -151,7 +147,7 @@ class Adam(Optimizer):
     def step(self):
         """Update every parameter in place from its ``grads``."""
         self.t += 1
-        for name, w, g, wd, _ in self._slots():
+        for name, w, g, wd in self._slots():
             m = self._buffer("exp_avg", name, w)
             v = self._buffer("exp_avg_sq", name, w)
             K.adam_update(w, g, m, v, self.lr, self.beta1, self.beta2, self.eps, wd, self.t)
