@@ -76,6 +76,7 @@ __all__ = [
     "build_model_and_optimizer",
     "build_parser",
     "derive_seeds",
+    "explicit_flags",
     "load_checkpoint",
     "main",
     "parse_hidden_units",
@@ -694,9 +695,12 @@ def _format_report(report: Mapping[str, float]) -> str:
 
 
 # -------------------------------------------------------------------- command line
-def _explicit_flags(argv: list[str] | None) -> set[str]:
-    """Names of the flags actually given on the command line."""
-    probe = build_parser()
+def explicit_flags(probe: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """Names of the flags actually given in ``argv`` to ``probe`` (a fresh parser, modified here).
+
+    Shared with the torch trainers, whose ``--resume`` also takes the flags not given
+    from the checkpoint.
+    """
     # (set_defaults would not do: argparse would run SUPPRESS through the flags' type checks)
     for action in probe._actions:
         action.default = argparse.SUPPRESS
@@ -717,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
             saved = load_checkpoint(args.resume)["meta"].get("flags", {})
         except (FileNotFoundError, ValueError) as exc:
             parser.error(str(exc))
-        explicit = _explicit_flags(argv)
+        explicit = explicit_flags(build_parser(), argv)
         for name, value in saved.items():
             if name in vars(args) and name not in explicit and name not in _INVOCATION_FLAGS:
                 setattr(args, name, value)

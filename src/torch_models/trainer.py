@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmlp.runlog import DivergenceError, RunLog, atomic_path, check_finite, default_out_dir, progress_bar
+from fastmlp.train import explicit_flags
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -142,14 +143,6 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--device must be one of auto, cpu, cuda, got {args.device!r}")
 
 
-def explicit_flags(build_parser: Callable[[], argparse.ArgumentParser], argv: list[str] | None) -> set[str]:
-    """Names of the flags actually written in ``argv`` (not left at their defaults)."""
-    probe = build_parser()
-    unset = object()  # not a str, so argparse does not run it through the flags' type=
-    probe.set_defaults(**{name: unset for name in vars(probe.parse_args([]))})
-    return {name for name, value in vars(probe.parse_args(argv)).items() if value is not unset}
-
-
 def run_main(train: Callable[..., dict], build_parser: Callable[[], argparse.ArgumentParser],
              argv: list[str] | None = None) -> int:
     """Body of each trainer's ``main``: parse, train, print a summary, map errors to exit codes.
@@ -170,7 +163,7 @@ def run_main(train: Callable[..., dict], build_parser: Callable[[], argparse.Arg
             saved = load_checkpoint(args.resume)["flags"]
         except (FileNotFoundError, ValueError) as err:
             parser.error(str(err))
-        given = explicit_flags(build_parser, argv)
+        given = explicit_flags(build_parser(), argv)
         for name, value in saved.items():
             if name in vars(args) and name not in given and name not in INVOCATION_FLAGS:
                 setattr(args, name, value)
