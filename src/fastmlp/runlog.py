@@ -31,6 +31,7 @@ __all__ = [
     "check_finite",
     "default_out_dir",
     "progress_bar",
+    "resolve_checkpoint",
 ]
 
 # Columns of curves.csv; a value that was not measured at a step is left blank.
@@ -130,6 +131,19 @@ def default_out_dir(root: str | os.PathLike = "runs", prefix: str = "") -> Path:
     while candidate.exists():
         candidate = base.with_name(f"{base.name}-{n}")
         n += 1
+    return candidate
+
+
+def resolve_checkpoint(path: str | os.PathLike, name: str) -> Path:
+    """``path`` itself if it is a file, ``path/<name>`` if it is a run folder (for ``--resume``).
+
+    Raises ``FileNotFoundError`` naming ``--resume`` when neither exists.
+    """
+    path = Path(path)
+    candidate = path / name if path.is_dir() else path
+    if not candidate.is_file():
+        where = f"run folder {str(path)!r} holds no {name}" if path.is_dir() else f"{str(path)!r} does not exist"
+        raise FileNotFoundError(f"--resume: cannot resume: {where} (give a {name} file or a run folder holding one)")
     return candidate
 
 

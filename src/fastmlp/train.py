@@ -360,19 +360,8 @@ def training_step(model, optimizer, x: np.ndarray, y: np.ndarray, step: int,
 
 # ------------------------------------------------------------------ checkpoints
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """``path`` itself if it is a file, ``path/checkpoint.npz`` if it is a run folder.
-
-    Raises
-    ------
-    FileNotFoundError
-        If neither exists.
-    """
-    path = Path(path)
-    candidate = path / CHECKPOINT_NAME if path.is_dir() else path
-    if not candidate.is_file():
-        where = f"run folder {str(path)!r} holds no {CHECKPOINT_NAME}" if path.is_dir() else f"{str(path)!r} does not exist"
-        raise FileNotFoundError(f"cannot resume: {where} (give a checkpoint.npz file or a run folder)")
-    return candidate
+    """``path`` itself if it is a file, ``path/checkpoint.npz`` if it is a run folder (FileNotFoundError if neither)."""
+    return runlog.resolve_checkpoint(path, CHECKPOINT_NAME)
 
 
 def _split_state(state: Any, prefix: str, arrays: dict[str, np.ndarray]) -> Any:

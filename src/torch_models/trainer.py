@@ -55,7 +55,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from fastmlp.runlog import DivergenceError, RunLog, atomic_path, check_finite, default_out_dir, progress_bar
+from fastmlp.runlog import (
+    DivergenceError,
+    RunLog,
+    atomic_path,
+    check_finite,
+    default_out_dir,
+    progress_bar,
+    resolve_checkpoint,
+)
 from fastmlp.train import explicit_flags
 
 __all__ = [
@@ -290,16 +298,8 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a run folder.
-
-    Raises ``FileNotFoundError`` naming ``--resume`` when there is no such file.
-    """
-    path = Path(path)
-    candidate = path / CHECKPOINT_NAME if path.is_dir() else path
-    if not candidate.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {candidate} (expected a {CHECKPOINT_NAME} "
-                                "file or a run folder holding one)")
-    return candidate
+    """``path`` itself, or ``path/checkpoint.pt`` when ``path`` is a run folder (FileNotFoundError naming ``--resume`` if neither)."""
+    return resolve_checkpoint(path, CHECKPOINT_NAME)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
