@@ -25,6 +25,7 @@ from fastmlp.search_space import (  # noqa: E402
     EVOLUTION_SPACE,
     grid_size,
     parse_grid,
+    parse_space,
     suggest_config,
 )
 
@@ -94,6 +95,63 @@ def test_evolution_space_round_trips_through_fixed_trial():
     again = suggest_config(optuna.trial.FixedTrial(trial.params), model="torch", max_steps_cap=7)
     assert again == {**config, "max_steps": min(config["max_steps"], 7)}
     assert suggest_config(optuna.trial.FixedTrial(trial.params), model="numpy")["dropout"] == 0.0
+
+
+def test_space_replaces_the_ranges_it_names(tmp_path):
+    assert parse_space(None, model="torch") == {k: list(v) for k, v in EVOLUTION_SPACE.items()}
+    space = parse_space('{"units": [128, 1024], "max_steps": [2000, 5000], "optimizer": ["adam", "adam"]}',
+                        model="numpy")
+    assert space["units"] == [128, 1024]
+    assert space["max_steps"] == [2000, 5000, EVOLUTION_SPACE["max_steps"][2]]  # default step kept
+    assert space["optimizer"] == ["adam"]
+    assert space["batch_size"] == list(EVOLUTION_SPACE["batch_size"])
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({"learning_rate": [1e-3, 1e-1], "dropout": [0.1, 0.2]}))
+    space = parse_space(str(path), model="torch")
+    assert space["learning_rate"] == [1e-3, 1e-1] and space["dropout"] == [0.1, 0.2]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("{}", "empty"),
+    ("{bad", "malformed JSON"),
+    ('{"colour": [1, 2]}', "unknown parameter"),
+    ('{"units": [128]}', r"\[low, high\]"),
+    ('{"units": [1024, 128]}', "low <= high"),
+    ('{"units": [0, 128]}', "1 <= low"),
+    ('{"n_layers": [1, 9]}', "<= 4"),
+    ('{"batch_size": [32.5, 64]}', "of ints"),
+    ('{"learning_rate": [0, 0.1]}', "log scale"),
+    ('{"max_steps": [100, 250, 100]}', "divide high - low"),
+    ('{"optimizer": []}', "non-empty list"),
+    ('{"optimizer": ["lbfgs"]}', "non-empty list"),
+    ('{"dropout": [0.1, 0.2]}', "only available with --model torch"),
+    ("[1, 2]", "must be a JSON object"),
+    ("no_such_space.json", "nor a readable JSON file"),
+])
+def test_bad_spaces_are_rejected_with_the_reason(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_space(spec, model="numpy")
+
+
+def test_torch_dropout_range_must_stay_below_one():
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        parse_space('{"dropout": [0.0, 1.0]}', model="torch")
+
+
+def test_suggest_config_draws_inside_a_narrowed_space():
+    space = parse_space({"n_layers": [2, 2], "units": [30, 40], "batch_size": [50, 60],
+                         "max_steps": [100, 300, 100], "optimizer": ["momentum"],
+                         "learning_rate": [1e-3, 2e-3], "weight_decay": [1e-5, 1e-4]}, model="numpy")
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        config = suggest_config(trial, model="numpy", space=space)
+        assert len(config["hidden_units"]) == 2 and all(30 <= u <= 40 for u in config["hidden_units"])
+        assert 50 <= config["batch_size"] <= 60 and config["max_steps"] in (100, 200, 300)
+        assert config["optimizer"] == "momentum"
+        assert 1e-3 <= config["learning_rate"] <= 2e-3 and 1e-5 <= config["weight_decay"] <= 1e-4
+        assert suggest_config(optuna.trial.FixedTrial(trial.params), model="numpy", space=space) == config
+        study.tell(trial, 0.0)
 
 
 # --------------------------------------------------------------------------- a whole search
@@ -174,6 +232,33 @@ def test_resume_with_other_settings_is_refused(synthetic_cifar_dir, tmp_path, ca
     assert search.main(base) == 0
     assert search.main(base + ["--seed", "7"]) == 2
     assert "created with other settings" in capsys.readouterr().err
+
+
+def test_space_is_part_of_the_study_settings(synthetic_cifar_dir, tmp_path, capsys):
+    out = tmp_path / "space"
+    space = {"n_layers": [1, 1], "units": [8, 16], "batch_size": [20, 40], "max_steps": [6, 10, 2]}
+    base = _flags(synthetic_cifar_dir, out, "--sampler", "random", "--n_trials", "2", "--study_name", "s",
+                  "--skip_final")
+    assert search.main(base + ["--space", json.dumps(space)]) == 0
+    trials = _load(out, "s").trials
+    assert len(trials) == 2
+    for trial in trials:
+        assert 8 <= trial.params["units_l0"] <= 16 and 20 <= trial.params["batch_size"] <= 40
+    assert search.main(base + ["--space", json.dumps({**space, "units": [8, 32]})]) == 2
+    assert "created with other settings" in capsys.readouterr().err
+
+
+def test_a_study_stored_before_a_setting_existed_still_resumes(synthetic_cifar_dir, tmp_path):
+    out = tmp_path / "old"
+    argv = _flags(synthetic_cifar_dir, out, "--grid", json.dumps({**TINY_GRID, "hidden_units": [[8]]}),
+                  "--study_name", "o", "--skip_final", "--n_trials", "1")
+    assert search.main(argv) == 0
+    study = _load(out, "o")
+    settings = dict(study.user_attrs[search.SETTINGS_ATTR])
+    del settings["space"]  # as stored by a version without --space
+    study.set_user_attr(search.SETTINGS_ATTR, settings)
+    assert search.main(argv[:-2]) == 0  # the whole grid: resumes and runs the second point
+    assert len(_load(out, "o").trials) == 2
 
 
 def test_two_worker_processes_share_the_study_without_duplicates(synthetic_cifar_dir, tmp_path):
@@ -262,6 +347,10 @@ def test_torch_model_search_and_final_retrain(synthetic_cifar_dir, tmp_path):
     (["--trainer_flags=--no_such_flag"], "unrecognized arguments"),
     (["--heartbeat_interval", "5", "--grace_period", "5"], "must exceed --heartbeat_interval"),
     (["--validation_size", "5000"], "cannot load CIFAR-10"),
+    (["--space", '{"units": [8, 16]}'], "--space is used by --sampler evolution"),
+    (["--sampler", "evolution", "--space", '{"units": [16, 8]}'], "low <= high"),
+    (["--trainer_flags=--nesterov"], "not available with --trainer_flags --nesterov"),
+    (["--sampler", "random", "--trainer_flags=--nesterov"], "['sgd', 'adam']"),
 ])
 def test_bad_flags_give_one_line_and_exit_code_2(synthetic_cifar_dir, tmp_path, capsys, extra, message):
     argv = ["--model", "numpy", "--data_dir", str(synthetic_cifar_dir), "--out_dir", str(tmp_path / "o"),

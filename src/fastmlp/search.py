@@ -109,6 +109,7 @@ from fastmlp.search_space import (
     format_hidden_units,
     grid_size,
     parse_grid,
+    parse_space,
     suggest_config,
 )
 
@@ -355,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="grid axes as a JSON object or the path of a JSON file, e.g. "
                            "'{\"batch_size\": [200, 600], \"max_steps\": [2000]}'; named axes replace the "
                            f"reports' ones, others keep them. Axes: {', '.join(DEFAULT_GRID)}")
+    what.add_argument("--space", default=None, metavar="JSON",
+                      help="narrow the space of --sampler evolution/tpe/random: ranges as a JSON object "
+                           "or the path of a JSON file, e.g. '{\"units\": [128, 1024], \"batch_size\": "
+                           "[64, 512], \"max_steps\": [2000, 5000, 500]}'; named keys replace the default "
+                           "ranges. Keys: n_layers, units, learning_rate, batch_size, max_steps, optimizer, "
+                           "weight_decay, dropout")
     what.add_argument("--pruner", choices=PRUNERS, default=None,
                       help="stop hopeless trials on their validation curve (when unset: none for the grid, "
                            "so that every grid point gets its full result; median otherwise)")
@@ -441,6 +448,7 @@ def _normalize(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Namespa
     """Fill missing flags with defaults and check the combinations argparse cannot."""
     given = dict(args) if isinstance(args, Mapping) else dict(vars(args))
     given.pop("grid_values", None)  # derived from --grid below
+    given.pop("space_values", None)  # derived from --space below
     unknown = sorted(set(given) - set(_defaults()))
     if unknown:
         raise SearchError(f"unknown flag(s) {unknown}; see `python -m fastmlp.search --help`")
@@ -453,6 +461,8 @@ def _normalize(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Namespa
         raise SearchError(f"--pruner must be one of {list(PRUNERS)}, got {args.pruner!r}")
     if args.grid is not None and args.sampler != "grid":
         raise SearchError(f"--grid is only used by --sampler grid (got --sampler {args.sampler})")
+    if args.space is not None and args.sampler == "grid":
+        raise SearchError("--space is used by --sampler evolution, tpe and random; the grid takes --grid")
     if args.model == "numpy" and args.device == "cuda":
         raise SearchError("--device cuda needs --model torch (the NumPy MLP runs on the CPU)")
     if args.heartbeat_interval and args.grace_period is not None and args.grace_period <= args.heartbeat_interval:
@@ -462,6 +472,7 @@ def _normalize(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Namespa
         args.grace_period = 4 * args.heartbeat_interval
     try:
         args.grid_values = parse_grid(args.grid, model=args.model) if args.sampler == "grid" else None
+        args.space_values = parse_space(args.space, model=args.model) if args.sampler != "grid" else None
     except ValueError as exc:
         raise SearchError(str(exc)) from None
     if args.study_name is None:
@@ -502,15 +513,26 @@ class _Trainer:
             self.base = parser.parse_args(self.base_argv)
         actions = {a.dest: a for a in self.module.build_parser()._actions}
         self.optimizers = tuple(actions["optimizer"].choices)
+        self.optimizer_note = f"with --model {model}"
+        if getattr(self.base, "nesterov", False):
+            # Both trainers refuse --nesterov with any optimizer but SGD with momentum.
+            self.optimizers = tuple(o for o in self.optimizers if o == "momentum")
+            self.optimizer_note = "with --trainer_flags --nesterov"
         self.has_dropout = "dropout" in actions
         self.threads_flag = "num_threads" if "num_threads" in actions else "threads"
+
+    def check_optimizers(self, choices) -> None:
+        """Refuse a grid or space whose optimizers this trainer, with its fixed flags, cannot run."""
+        unavailable = [name for name in choices if name not in self.optimizers]
+        if unavailable:
+            raise SearchError(f"optimizer(s) {unavailable} of the grid/space are not available "
+                              f"{self.optimizer_note} (choices: {list(self.optimizers)}); narrow the "
+                              "optimizers with --grid or --space")
 
     def namespace(self, config: Mapping[str, Any], args: argparse.Namespace, *, out_dir: Path,
                   eval_freq: int | None = None) -> argparse.Namespace:
         """The trainer's flags for ``config`` (a configuration of :mod:`fastmlp.search_space`)."""
-        if config["optimizer"] not in self.optimizers:
-            raise SearchError(f"optimizer {config['optimizer']!r} is not available with --model "
-                              f"{self.model} (choices: {list(self.optimizers)})")
+        self.check_optimizers([config["optimizer"]])
         if config.get("dropout") and not self.has_dropout:
             raise SearchError(f"dropout is not available with --model {self.model}")
         ns = copy.copy(self.base)
@@ -598,6 +620,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "sampler": args.sampler,
         "grid": args.grid_values,
+        "space": args.space_values,
         "validation_size": int(args.validation_size),
         "seed": int(args.seed),
         "max_steps_cap": args.max_steps_cap,
@@ -659,12 +682,15 @@ def _open_study(args: argparse.Namespace, storage, *, create: bool = True):
             raise SearchError(f"study {args.study_name!r} exists in the storage and minimises; "
                               "choose another --study_name")
         study.set_user_attr(SETTINGS_ATTR, settings)
-    elif stored != settings:
+    else:
+        # .get on both sides: a setting added by a later version ("space") reads as None in a
+        # study stored before it, which is its value when the flag is not given.
         diffs = [f"{k}: stored {stored.get(k)!r}, now {settings.get(k)!r}"
                  for k in sorted(set(stored) | set(settings)) if stored.get(k) != settings.get(k)]
-        raise SearchError(f"study {args.study_name!r} in this storage was created with other settings "
-                          f"({'; '.join(diffs)}); resume it with the same flags or choose another "
-                          "--study_name")
+        if diffs:
+            raise SearchError(f"study {args.study_name!r} in this storage was created with other "
+                              f"settings ({'; '.join(diffs)}); resume it with the same flags or choose "
+                              "another --study_name")
     return study
 
 
@@ -679,7 +705,7 @@ def _make_objective(args: argparse.Namespace, trainer: _Trainer, data: dict) -> 
 
     def objective(trial) -> float:
         config = suggest_config(trial, model=args.model, grid=args.grid_values,
-                                max_steps_cap=args.max_steps_cap)
+                                space=args.space_values, max_steps_cap=args.max_steps_cap)
         out_dir = _trial_dir(args, trial.number)
         ns = trainer.namespace(config, args, out_dir=out_dir)
         trial.set_user_attr("hidden_units", format_hidden_units(config["hidden_units"]))
@@ -817,7 +843,8 @@ def _run_worker(args: argparse.Namespace, *, trainer: _Trainer | None = None) ->
 
     def report(study, trial) -> None:
         config = suggest_config(optuna.trial.FixedTrial(trial.params), model=args.model,
-                                grid=args.grid_values, max_steps_cap=args.max_steps_cap)
+                                grid=args.grid_values, space=args.space_values,
+                            max_steps_cap=args.max_steps_cap)
         config["hidden_units"] = format_hidden_units(config["hidden_units"])
         if trial.state == TrialState.COMPLETE:
             value = f"validation {trial.value:.4f}"
@@ -934,7 +961,8 @@ def _final_retrain(study, args: argparse.Namespace, trainer: _Trainer) -> dict |
                     and cached.get("params") == params):
                 return cached
     config = suggest_config(optuna.trial.FixedTrial(best.params), model=args.model,
-                            grid=args.grid_values, max_steps_cap=args.max_steps_cap)
+                            grid=args.grid_values, space=args.space_values,
+                            max_steps_cap=args.max_steps_cap)
     run_dir = Path(args.out_dir) / "final"
     # One evaluation, after the last step: the test set is used once.
     ns = trainer.namespace(config, args, out_dir=run_dir, eval_freq=int(config["max_steps"]))
@@ -995,7 +1023,8 @@ def _trial_row_config(trial, args: argparse.Namespace) -> dict | None:
     optuna = _optuna()
     try:
         return suggest_config(optuna.trial.FixedTrial(trial.params), model=args.model,
-                              grid=args.grid_values, max_steps_cap=args.max_steps_cap)
+                              grid=args.grid_values, space=args.space_values,
+                            max_steps_cap=args.max_steps_cap)
     except (ValueError, KeyError):  # a trial killed before all its parameters were drawn
         return None
 
@@ -1166,6 +1195,7 @@ def run_search(args: argparse.Namespace | Mapping[str, Any]) -> "optuna.Study":
     optuna = _optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trainer = _Trainer(args.model, args.trainer_flags)
+    trainer.check_optimizers((args.grid_values or args.space_values)["optimizer"])
     try:
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -1184,6 +1214,8 @@ def run_search(args: argparse.Namespace | Mapping[str, Any]) -> "optuna.Study":
         ]
         if args.grid_values is not None:
             plan.append(f"grid of {grid_size(args.grid_values)} points: {json.dumps(args.grid_values)}")
+        if args.space_values is not None:
+            plan.append(f"space: {json.dumps(args.space_values)}")
         print("\n".join(plan))
         return study
     study = _open_study(args, storage)

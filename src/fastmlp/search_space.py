@@ -33,6 +33,7 @@ __all__ = [
     "grid_size",
     "parse_grid",
     "parse_hidden_units",
+    "parse_space",
     "suggest_config",
 ]
 
@@ -151,19 +152,7 @@ def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
     if spec is None:
         return grid
     if isinstance(spec, str):
-        text = spec.strip()
-        if not text.startswith(("{", "[")):
-            path = Path(text).expanduser()
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ValueError(f"--grid: {spec!r} is neither a JSON object nor a readable "
-                                 f"JSON file ({exc.strerror or exc})") from None
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--grid: malformed JSON ({exc.msg} at line {exc.lineno} "
-                             f"column {exc.colno})") from None
+        spec = _load_json_object(spec, "--grid")
     if not isinstance(spec, Mapping):
         raise ValueError(f"--grid must be a JSON object mapping parameter names to lists of "
                          f"values, got {type(spec).__name__}")
@@ -187,12 +176,122 @@ def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
     return grid
 
 
+def _load_json_object(spec: str, flag: str):
+    """``spec`` is JSON text (starting with ``{`` or ``[``) or the path of a JSON file."""
+    text = spec.strip()
+    if not text.startswith(("{", "[")):
+        try:
+            text = Path(text).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"{flag}: {spec!r} is neither a JSON object nor a readable "
+                             f"JSON file ({exc.strerror or exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{flag}: malformed JSON ({exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno})") from None
+
+
+def _space_range(key: str, value, *, integer: bool, low_min: float, high_max: float | None = None,
+                 with_step: bool = False) -> list:
+    """Check one ``--space`` range ``[low, high]`` (``[low, high, step]`` when ``with_step``)."""
+    where = f"--space[{key!r}]"
+    lengths = (2, 3) if with_step else (2,)
+    form = "[low, high] or [low, high, step]" if with_step else "[low, high]"
+    kind = _is_int if integer else _is_real
+    if (not isinstance(value, (list, tuple)) or len(value) not in lengths
+            or not all(kind(v) for v in value)):
+        raise ValueError(f"{where} must be {form} of {'ints' if integer else 'numbers'}, got {value!r}")
+    low, high = value[0], value[1]
+    if low < low_min or (high_max is not None and high > high_max) or low > high:
+        bound = f"{low_min} <= low <= high" + (f" <= {high_max}" if high_max is not None else "")
+        raise ValueError(f"{where} needs {bound}, got {value!r}")
+    if with_step:
+        step = value[2] if len(value) == 3 else EVOLUTION_SPACE[key][2]
+        if step <= 0 or (high - low) % step:
+            raise ValueError(f"{where}: the step must be > 0 and divide high - low, got {value!r}")
+        return [int(low), int(high), int(step)]
+    return [int(v) for v in value] if integer else [float(v) for v in value]
+
+
+def parse_space(spec: str | Mapping | None, *, model: str) -> dict[str, Any]:
+    """Build the space searched by the evolution / TPE / random samplers from ``--space``.
+
+    The keys named in ``spec`` replace the ranges of :data:`EVOLUTION_SPACE`; the others
+    keep theirs. ``{"units": [128, 1024], "batch_size": [64, 512]}`` narrows the widths and
+    batch sizes, e.g. to keep every trial within a CPU budget.
+
+    Parameters
+    ----------
+    spec : str, mapping or None
+        ``None``: :data:`EVOLUTION_SPACE`. A string starting with ``{`` is parsed as JSON;
+        any other string is the path of a JSON file holding such an object. Ranges are
+        ``[low, high]`` (``n_layers``, ``units``, ``batch_size``: ints; ``learning_rate``,
+        ``weight_decay``: numbers > 0, searched on a log scale; ``dropout``: numbers in
+        [0, 1)), ``max_steps`` is ``[low, high]`` or ``[low, high, step]`` and
+        ``optimizer`` a non-empty list of optimizer names.
+    model : {"numpy", "torch"}
+        ``dropout`` may only be given for the torch model.
+
+    Returns
+    -------
+    dict
+        Every key of :data:`EVOLUTION_SPACE`, ranges as lists (the JSON form a study stores).
+
+    Raises
+    ------
+    ValueError
+        For malformed JSON, a missing file, an unknown key, or a range of the wrong form or
+        out of bounds; the message names the offending entry.
+    """
+    space = {key: list(value) for key, value in EVOLUTION_SPACE.items()}
+    if spec is None:
+        return space
+    if isinstance(spec, str):
+        spec = _load_json_object(spec, "--space")
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"--space must be a JSON object mapping parameter names to ranges, "
+                         f"got {type(spec).__name__}")
+    if not spec:
+        raise ValueError(f"--space is empty: give at least one range, e.g. "
+                         f"'{{\"units\": [128, 1024]}}' (keys: {list(EVOLUTION_SPACE)})")
+    for key, value in spec.items():
+        if key not in EVOLUTION_SPACE:
+            raise ValueError(f"--space: unknown parameter {key!r}; expected some of {list(EVOLUTION_SPACE)}")
+        if key == "n_layers":
+            space[key] = _space_range(key, value, integer=True, low_min=1, high_max=MAX_LAYERS)
+        elif key in ("units", "batch_size"):
+            space[key] = _space_range(key, value, integer=True, low_min=1)
+        elif key == "max_steps":
+            space[key] = _space_range(key, value, integer=True, low_min=1, with_step=True)
+        elif key in ("learning_rate", "weight_decay"):
+            space[key] = _space_range(key, value, integer=False, low_min=0)
+            if space[key][0] <= 0:
+                raise ValueError(f"--space[{key!r}] is searched on a log scale: low must be > 0, "
+                                 f"got {value!r}")
+        elif key == "dropout":
+            if model != "torch":
+                raise ValueError("--space['dropout']: dropout is only available with --model torch "
+                                 "(the NumPy MLP has no dropout)")
+            space[key] = _space_range(key, value, integer=False, low_min=0)
+            if space[key][1] >= 1:
+                raise ValueError(f"--space['dropout'] must lie in [0, 1), got {value!r}")
+        else:  # optimizer
+            if (not isinstance(value, (list, tuple)) or not value
+                    or not all(isinstance(v, str) and v in OPTIMIZERS for v in value)):
+                raise ValueError(f"--space['optimizer'] must be a non-empty list of {list(OPTIMIZERS)}, "
+                                 f"got {value!r}")
+            space[key] = list(dict.fromkeys(value))
+    return space
+
+
 def grid_size(grid: Mapping[str, list]) -> int:
     """Number of configurations in ``grid`` (product of the axis lengths)."""
     return math.prod(len(values) for values in grid.values())
 
 
 def suggest_config(trial, *, model: str, grid: Mapping[str, list] | None = None,
+                   space: Mapping[str, Any] | None = None,
                    max_steps_cap: int | None = None) -> dict[str, Any]:
     """Draw a configuration from ``trial`` (an ``optuna.Trial`` or ``optuna.trial.FixedTrial``).
 
@@ -205,6 +304,9 @@ def suggest_config(trial, *, model: str, grid: Mapping[str, list] | None = None,
     grid : mapping, optional
         The grid from :func:`parse_grid` (every axis suggested as a categorical, as
         Optuna's GridSampler requires); ``None`` for the evolutionary space.
+    space : mapping, optional
+        The space from :func:`parse_space` when ``grid`` is None (default
+        :data:`EVOLUTION_SPACE`).
     max_steps_cap : int, optional
         Train at most this many steps (quick runs); the suggested ``max_steps`` is what the
         study stores, the returned ``max_steps`` is the number actually trained.
@@ -218,7 +320,7 @@ def suggest_config(trial, *, model: str, grid: Mapping[str, list] | None = None,
         config = {key: trial.suggest_categorical(key, list(grid[key])) for key in DEFAULT_GRID}
         config["hidden_units"] = parse_hidden_units(config["hidden_units"])
     else:
-        space = EVOLUTION_SPACE
+        space = EVOLUTION_SPACE if space is None else space
         n_layers = trial.suggest_int("n_layers", *space["n_layers"])
         widths = [trial.suggest_int(f"units_l{i}", *space["units"], log=True)
                   for i in range(MAX_LAYERS)]
