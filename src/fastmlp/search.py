@@ -967,6 +967,8 @@ def _final_retrain(study, args: argparse.Namespace, trainer: _Trainer) -> dict |
     # One evaluation, after the last step: the test set is used once.
     ns = trainer.namespace(config, args, out_dir=run_dir, eval_freq=int(config["max_steps"]))
     ns.quiet = bool(args.quiet)
+    # The workers are done: the retrain may use every core (--threads when given).
+    setattr(ns, trainer.threads_flag, args.threads)
     shown = {**config, "hidden_units": format_hidden_units(config["hidden_units"])}
     _say(args, f"retraining the best trial ({best.number}: {_describe(shown)}, validation "
                f"{best.value:.4f}) and testing it once")
