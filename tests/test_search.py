@@ -154,6 +154,21 @@ def test_suggest_config_draws_inside_a_narrowed_space():
         study.tell(trial, 0.0)
 
 
+def test_median_pruner_gives_no_verdict_at_the_first_evaluation():
+    args = search._normalize({"model": "numpy", "sampler": "tpe", "eval_freq": 250})
+    study = optuna.create_study(direction="maximize", pruner=search._make_pruner(args))
+    for _ in range(5):  # five finished trials that were good at every evaluation
+        trial = study.ask()
+        for step in (250, 500):
+            trial.report(0.9, step)
+        study.tell(trial, 0.9)
+    trial = study.ask()
+    trial.report(0.1, 250)
+    assert not trial.should_prune()  # first evaluation: no verdict
+    trial.report(0.1, 500)
+    assert trial.should_prune()  # second evaluation, far below the median
+
+
 # --------------------------------------------------------------------------- a whole search
 def test_grid_runs_each_point_once_selects_on_validation_and_writes_outputs(
         synthetic_cifar_dir, tmp_path, monkeypatch):

@@ -651,8 +651,10 @@ def _make_sampler(args: argparse.Namespace, n_existing: int):
 def _make_pruner(args: argparse.Namespace):
     optuna = _optuna()
     if args.pruner == "median":
-        # No verdict before 5 finished trials, nor at a trial's first evaluation.
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=args.eval_freq)
+        # No verdict before 5 finished trials, nor at a trial's first evaluation (step
+        # eval_freq): Optuna may prune from step == n_warmup_steps on, hence the + 1. The first
+        # evaluation says more about the warm-up and the schedule's length than the configuration.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=args.eval_freq + 1)
     if args.pruner == "halving":
         return optuna.pruners.SuccessiveHalvingPruner()
     return optuna.pruners.NopPruner()
