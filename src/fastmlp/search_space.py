@@ -151,18 +151,9 @@ def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
     grid = {key: list(values) for key, values in DEFAULT_GRID.items()}
     if spec is None:
         return grid
-    if isinstance(spec, str):
-        spec = _load_json_object(spec, "--grid")
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"--grid must be a JSON object mapping parameter names to lists of "
-                         f"values, got {type(spec).__name__}")
-    if not spec:
-        raise ValueError(f"--grid is empty: give at least one axis, e.g. "
-                         f"'{{\"batch_size\": [200, 600]}}' (axes: {list(DEFAULT_GRID)})")
+    spec = _user_spec(spec, "--grid", DEFAULT_GRID, holds="lists of values",
+                      example='{"batch_size": [200, 600]}')
     for key, values in spec.items():
-        if key not in DEFAULT_GRID:
-            raise ValueError(f"--grid: unknown parameter {key!r}; expected some of "
-                             f"{list(DEFAULT_GRID)}")
         if not isinstance(values, (list, tuple)):
             raise ValueError(f"--grid[{key!r}] must be a list of values, got {values!r}")
         if not values:
@@ -176,20 +167,35 @@ def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
     return grid
 
 
-def _load_json_object(spec: str, flag: str):
-    """``spec`` is JSON text (starting with ``{`` or ``[``) or the path of a JSON file."""
-    text = spec.strip()
-    if not text.startswith(("{", "[")):
+def _user_spec(spec, flag: str, known: Mapping, *, holds: str, example: str) -> Mapping:
+    """The mapping of a ``--grid`` / ``--space`` value, checked to be non-empty with known keys.
+
+    ``spec`` is a mapping, JSON text (starting with ``{`` or ``[``) or the path of a JSON
+    file; ``holds`` says what the values are ("lists of values"), ``example`` is shown
+    when the mapping is empty.
+    """
+    if isinstance(spec, str):
+        text = spec.strip()
+        if not text.startswith(("{", "[")):
+            try:
+                text = Path(text).expanduser().read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"{flag}: {spec!r} is neither a JSON object nor a readable "
+                                 f"JSON file ({exc.strerror or exc})") from None
         try:
-            text = Path(text).expanduser().read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"{flag}: {spec!r} is neither a JSON object nor a readable "
-                             f"JSON file ({exc.strerror or exc})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{flag}: malformed JSON ({exc.msg} at line {exc.lineno} "
-                         f"column {exc.colno})") from None
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{flag}: malformed JSON ({exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno})") from None
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{flag} must be a JSON object mapping parameter names to {holds}, "
+                         f"got {type(spec).__name__}")
+    if not spec:
+        raise ValueError(f"{flag} is empty: give at least one, e.g. '{example}' (keys: {list(known)})")
+    for key in spec:
+        if key not in known:
+            raise ValueError(f"{flag}: unknown parameter {key!r}; expected some of {list(known)}")
+    return spec
 
 
 def _space_range(key: str, value, *, integer: bool, low_min: float, high_max: float | None = None,
@@ -247,17 +253,9 @@ def parse_space(spec: str | Mapping | None, *, model: str) -> dict[str, Any]:
     space = {key: list(value) for key, value in EVOLUTION_SPACE.items()}
     if spec is None:
         return space
-    if isinstance(spec, str):
-        spec = _load_json_object(spec, "--space")
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"--space must be a JSON object mapping parameter names to ranges, "
-                         f"got {type(spec).__name__}")
-    if not spec:
-        raise ValueError(f"--space is empty: give at least one range, e.g. "
-                         f"'{{\"units\": [128, 1024]}}' (keys: {list(EVOLUTION_SPACE)})")
+    spec = _user_spec(spec, "--space", EVOLUTION_SPACE, holds="ranges",
+                      example='{"units": [128, 1024]}')
     for key, value in spec.items():
-        if key not in EVOLUTION_SPACE:
-            raise ValueError(f"--space: unknown parameter {key!r}; expected some of {list(EVOLUTION_SPACE)}")
         if key == "n_layers":
             space[key] = _space_range(key, value, integer=True, low_min=1, high_max=MAX_LAYERS)
         elif key in ("units", "batch_size"):
