@@ -846,7 +846,7 @@ def _run_worker(args: argparse.Namespace, *, trainer: _Trainer | None = None) ->
     def report(study, trial) -> None:
         config = suggest_config(optuna.trial.FixedTrial(trial.params), model=args.model,
                                 grid=args.grid_values, space=args.space_values,
-                            max_steps_cap=args.max_steps_cap)
+                                max_steps_cap=args.max_steps_cap)
         config["hidden_units"] = format_hidden_units(config["hidden_units"])
         if trial.state == TrialState.COMPLETE:
             value = f"validation {trial.value:.4f}"
@@ -1028,7 +1028,7 @@ def _trial_row_config(trial, args: argparse.Namespace) -> dict | None:
     try:
         return suggest_config(optuna.trial.FixedTrial(trial.params), model=args.model,
                               grid=args.grid_values, space=args.space_values,
-                            max_steps_cap=args.max_steps_cap)
+                              max_steps_cap=args.max_steps_cap)
     except (ValueError, KeyError):  # a trial killed before all its parameters were drawn
         return None
 
