@@ -1,21 +1,34 @@
-"""Declares fastmlp's Cython extension; all metadata lives in pyproject.toml."""
+"""Declares fastmlp's Cython extension; all metadata lives in pyproject.toml.
+
+The kernels call OpenBLAS from the ``scipy-openblas32`` package (headers and
+library; the same package at run time). The extension is linked against it by
+name without an rpath: at build time the package sits in pip's temporary build
+environment, so an rpath would dangle. At run time ``fastmlp._blas`` imports
+``scipy_openblas32`` first, which loads the library with RTLD_GLOBAL, and the
+loader then resolves the extension's dependency to that loaded copy (NumPy's and
+SciPy's wheels load their OpenBLAS the same way).
+"""
 import os
 
 import numpy as np
+import scipy_openblas32
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 # -O3 lets gcc vectorise the elementwise loops; -march is left at the default so
-# the wheel runs on any x86-64 (BLAS does its own CPU dispatch).
+# the build runs on any x86-64 (OpenBLAS does its own CPU dispatch).
 extra_compile_args = ["-O3"] if os.name != "nt" else ["/O2"]
 
 extensions = [
     Extension(
         "fastmlp._kernels",
         ["src/fastmlp/_kernels.pyx"],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), scipy_openblas32.get_include_dir(), "src/fastmlp"],
+        library_dirs=[scipy_openblas32.get_lib_dir()],
+        libraries=[scipy_openblas32.get_library()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
         extra_compile_args=extra_compile_args,
+        depends=["src/fastmlp/_pool.h"],
     ),
 ]
 

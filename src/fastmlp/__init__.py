@@ -12,6 +12,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
+from fastmlp._blas import blas_info, get_num_threads, set_num_threads, threads  # noqa: E402
 from fastmlp.modules import (  # noqa: E402
     CrossEntropyModule,
     LinearModule,
@@ -30,8 +31,12 @@ __all__ = [
     "ReLUModule",
     "SoftMaxModule",
     "SoftmaxCrossEntropyModule",
+    "blas_info",
+    "get_num_threads",
     "optim",
     "reference",
+    "set_num_threads",
+    "threads",
     "__version__",
 ]
 

@@ -1,11 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Hot kernels of fastmlp: Cython over BLAS (scipy.linalg.cython_blas).
+"""Hot kernels of fastmlp: Cython over OpenBLAS (the ``scipy-openblas32`` package) and a small thread pool.
 
 Kernels come in forward/backward pairs, outputs first then inputs. Every
 ``cdef`` kernel is ``nogil`` and trusts its arguments; the ``def`` hooks below
-check shapes once (raising ``ValueError``) and are what ``fastmlp.modules``,
-``fastmlp.mlp``, ``fastmlp.optim`` and the tests call. ``fastmlp.reference``
-holds a plain-NumPy twin of each hook.
+check shapes and sizes once (raising ``ValueError``) and are what
+``fastmlp.modules``, ``fastmlp.mlp``, ``fastmlp.optim``, ``fastmlp.data`` and the
+tests call. ``fastmlp.reference`` holds a plain-NumPy twin of each hook.
 
 Shape legend
 ------------
@@ -13,24 +13,81 @@ B   batch size (rows)
 I   input features of a linear layer
 O   output features of a linear layer
 C   number of classes
+D   values per image (3072 for CIFAR-10)
 N   number of elements of a flat parameter buffer
 
 Layout: every 2-D operand of a GEMM may be C-ordered, Fortran-ordered or a
 strided view with unit stride along one axis (BLAS takes it as is, through its
 transpose flag and leading dimension). Outputs are C-contiguous buffers.
+
+Threads: a GEMM is cut into chunks, each an independent single-threaded BLAS
+call, and the chunks run on fastmlp's own pool (``_pool.h``): along the batch
+or the output features (the larger; packing the other operand is then done once
+per chunk), or, for the skinny forward GEMMs of small layers, along the inner
+dimension into two halves whose partial sums the bias pass adds. The cut depends
+only on the shapes, never on the thread count, so results are bit-identical
+whatever the number of threads. The number of threads is OpenBLAS's own setting
+(``scipy_openblas_set_num_threads``, which threadpoolctl sees and limits); while
+a kernel runs, OpenBLAS is told to use one thread per call so that its own pool
+never wakes.
 """
-from libc.string cimport memset
+from libc.limits cimport INT_MAX
 from libc.math cimport exp, expf, log, logf, sqrt, sqrtf, INFINITY
-from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv, sger, dger
+from libc.string cimport memset
 cimport numpy as cnp
 
 import numpy as np
 
 cnp.import_array()
 
+cdef extern from "cblas.h" nogil:
+    ctypedef enum CBLAS_ORDER:
+        CblasRowMajor
+    ctypedef enum CBLAS_TRANSPOSE:
+        CblasNoTrans
+        CblasTrans
+    void scipy_cblas_sgemm(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, int, int, int, float,
+                           const float*, int, const float*, int, float, float*, int)
+    void scipy_cblas_dgemm(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, int, int, int, double,
+                           const double*, int, const double*, int, double, double*, int)
+    void scipy_cblas_sgemv(CBLAS_ORDER, CBLAS_TRANSPOSE, int, int, float, const float*, int,
+                           const float*, int, float, float*, int)
+    void scipy_cblas_dgemv(CBLAS_ORDER, CBLAS_TRANSPOSE, int, int, double, const double*, int,
+                           const double*, int, double, double*, int)
+    void scipy_cblas_sger(CBLAS_ORDER, int, int, float, const float*, int, const float*, int, float*, int)
+    void scipy_cblas_dger(CBLAS_ORDER, int, int, double, const double*, int, const double*, int, double*, int)
+    void scipy_openblas_set_num_threads(int)
+    int scipy_openblas_get_num_threads()
+    char* scipy_openblas_get_config()
+
+cdef extern from "_pool.h" nogil:
+    ctypedef void (*fm_task)(void* ctx, int chunk) noexcept nogil
+    int fm_parallel_for(int n_chunks, int n_threads, fm_task fn, void* ctx)
+    int FM_MAX_THREADS
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    pthread_t pthread_self()
+
+cdef extern from "<dlfcn.h>" nogil:
+    ctypedef struct Dl_info:
+        const char* dli_fname
+    int dladdr(const void* addr, Dl_info* info)
+
 ctypedef fused floating:
     float
     double
+
+cdef enum:
+    # GEMMs below this many multiply-adds run as one BLAS call: ~20 us on one core, the
+    # scale at which waking a worker stops paying for itself.
+    PARALLEL_MIN_MACS = 1 << 20
+    # Elementwise passes below this many elements run on the calling thread.
+    PARALLEL_MIN_ELEMENTS = 1 << 16
+    # Chunk edges along M or N fall on multiples of this (a register tile of the micro-kernels).
+    TILE = 16
+    # A K-split cuts the inner dimension into this many parts, whatever the thread count.
+    K_PARTS = 2
 
 
 # ---------------------------------------------------------------------------
@@ -58,66 +115,263 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
+cdef inline Py_ssize_t _span(Py_ssize_t n, int part, int parts) noexcept nogil:
+    """Start of ``part`` of ``parts`` nearly equal pieces of 0..n, on a TILE boundary (n at the end)."""
+    if part >= parts:
+        return n
+    return (n * part // parts) // TILE * TILE
+
+
 # ---------------------------------------------------------------------------
-# BLAS, row-major
+# threads
 # ---------------------------------------------------------------------------
 
-cdef inline void _gemv(bint trans, int m, int n, floating alpha, floating* A, int lda,
-                       floating* x, int incx, floating beta, floating* y, int incy) noexcept nogil:
-    """y = alpha op(A) x + beta y, A column-major (m, n) (BLAS's own convention)."""
-    cdef char t = b'T' if trans else b'N'
-    if floating is float:
-        sgemv(&t, &m, &n, &alpha, A, &lda, x, &incx, &beta, y, &incy)
-    else:
-        dgemv(&t, &m, &n, &alpha, A, &lda, x, &incx, &beta, y, &incy)
+cdef inline int _begin_threads() noexcept nogil:
+    """fastmlp's thread count (OpenBLAS's setting); OpenBLAS itself goes single-threaded until _end_threads."""
+    cdef int n = scipy_openblas_get_num_threads()
+    if n > 1:
+        scipy_openblas_set_num_threads(1)
+    return n if n < FM_MAX_THREADS else FM_MAX_THREADS
 
 
-cdef inline void _gemm(bint ta, bint tb, int M, int N, int K, floating alpha,
-                       floating* A, int lda, floating* Bm, int ldb,
-                       floating beta, floating* Cm, int ldc) noexcept nogil:
-    """C (M, N) = alpha op(A) (M, K) @ op(B) (K, N) + beta C, all row-major.
+cdef inline void _end_threads(int n) noexcept nogil:
+    if n > 1:
+        scipy_openblas_set_num_threads(n)
 
-    BLAS is column-major, and a row-major matrix is its transpose in column
-    order, so we ask BLAS for C^T = op(B)^T op(A)^T: swap operands, keep flags.
+
+def get_num_threads():
+    """Threads fastmlp's kernels use: OpenBLAS's setting, which threadpoolctl also reads and limits."""
+    return scipy_openblas_get_num_threads()
+
+
+def set_num_threads(int n):
+    """Use ``n`` threads (>= 1) in every later kernel call; sets OpenBLAS's own count."""
+    if n < 1:
+        raise ValueError(f"n: expected a positive number of threads, got {n}")
+    scipy_openblas_set_num_threads(n)
+
+
+cdef void _probe_chunk(void* ctx, int chunk) noexcept nogil:
+    cdef unsigned long* owners = <unsigned long*>ctx
+    cdef double x = 0
+    cdef int i
+    for i in range(200000):  # long enough (~0.1 ms) for a sleeping worker to wake and claim chunks
+        x = x * 0.5 + 1.0
+    owners[chunk] = <unsigned long>pthread_self() + <unsigned long>(x == -1.0)
+
+
+def pool_probe(int n_chunks, int n_threads):
+    """Run ``n_chunks`` busy chunks on the pool; return (threads offered chunks, thread ids that ran each chunk).
+
+    A test hook: it shows that chunks really run on several threads and that each runs once.
+    """
+    if n_chunks < 1 or n_threads < 1:
+        raise ValueError(f"n_chunks, n_threads: expected positive ints, got {n_chunks}, {n_threads}")
+    owners = np.zeros(n_chunks, dtype=np.uint64)
+    cdef unsigned long[::1] view = owners.view(np.uint64)
+    cdef int used
+    with nogil:
+        used = fm_parallel_for(n_chunks, n_threads, _probe_chunk, &view[0])
+    return used, owners.tolist()
+
+
+def blas_library():
+    """Path of the shared library that holds the ``sgemm`` these kernels call, and its build string."""
+    cdef Dl_info info
+    path = None
+    if dladdr(<const void*>scipy_cblas_sgemm, &info) and info.dli_fname != NULL:
+        path = info.dli_fname.decode()
+    return path, scipy_openblas_get_config().decode()
+
+
+# ---------------------------------------------------------------------------
+# BLAS, row-major, one call on the calling thread
+# ---------------------------------------------------------------------------
+
+cdef inline CBLAS_TRANSPOSE _t(bint trans) noexcept nogil:
+    return CblasTrans if trans else CblasNoTrans
+
+
+cdef void _blas_gemm(bint is_double, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, double alpha,
+                     const char* A, Py_ssize_t lda, const char* Bm, Py_ssize_t ldb, double beta,
+                     char* Cm, Py_ssize_t ldc) noexcept nogil:
+    """C (M, N) = alpha op(A) (M, K) @ op(B) (K, N) + beta C, all row-major, element pointers as char*.
+
     A single row, column or rank-1 product (batch 1) goes to GEMV/GER instead:
     GEMM would pack the whole weight matrix to use it once.
     """
-    cdef char transa = b'T' if tb else b'N'
-    cdef char transb = b'T' if ta else b'N'
-    cdef int i, j, inca, incb, one = 1
-    if M == 1:
-        # c (N,) = op(B)^T a: op(B) row-major (K, N) is column-major (N, K) unless tb.
-        inca = lda if ta else 1
-        _gemv(tb, (K if tb else N), (N if tb else K), alpha, Bm, ldb, A, inca, beta, Cm, 1)
+    cdef Py_ssize_t i, j, item = 8 if is_double else 4
+    cdef int inca, incb
+    if M == 0 or N == 0:
         return
-    if N == 1:
-        # c (M,) = op(A) b
-        incb = 1 if tb else ldb
-        _gemv(not ta, (K if not ta else M), (M if not ta else K), alpha, A, lda, Bm, incb, beta, Cm, ldc)
+    if M == 1 and K > 1:
+        # c (N,) = alpha op(B)^T a + beta c; row-major op(B) (K, N) is stored (N, K) when tb.
+        inca = <int>(lda if ta else 1)
+        if is_double:
+            scipy_cblas_dgemv(CblasRowMajor, _t(not tb), <int>(N if tb else K), <int>(K if tb else N), alpha,
+                              <const double*>Bm, <int>ldb, <const double*>A, inca, beta, <double*>Cm, 1)
+        else:
+            scipy_cblas_sgemv(CblasRowMajor, _t(not tb), <int>(N if tb else K), <int>(K if tb else N), <float>alpha,
+                              <const float*>Bm, <int>ldb, <const float*>A, inca, <float>beta, <float*>Cm, 1)
+        return
+    if N == 1 and K > 1:
+        # c (M,) = alpha op(A) b + beta c; c is a column of C (stride ldc).
+        incb = <int>(1 if tb else ldb)
+        if is_double:
+            scipy_cblas_dgemv(CblasRowMajor, _t(ta), <int>(K if ta else M), <int>(M if ta else K), alpha,
+                              <const double*>A, <int>lda, <const double*>Bm, incb, beta, <double*>Cm, <int>ldc)
+        else:
+            scipy_cblas_sgemv(CblasRowMajor, _t(ta), <int>(K if ta else M), <int>(M if ta else K), <float>alpha,
+                              <const float*>A, <int>lda, <const float*>Bm, incb, <float>beta, <float*>Cm, <int>ldc)
         return
     if K == 1:
-        # C += alpha a b^T (GER adds, so apply beta first); C^T column-major (N, M).
-        if beta == 0:  # not 0 * C: C may hold NaN garbage
-            for i in range(M):
-                memset(&Cm[i * ldc], 0, N * sizeof(floating))
-        elif beta != 1:
-            for i in range(M):
+        # C <- beta C + alpha a b^T (GER only adds, so beta comes first; 0 * C would keep NaN garbage).
+        for i in range(M):
+            if beta == 0:
+                memset(Cm + i * ldc * item, 0, N * item)
+            elif beta != 1:
                 for j in range(N):
-                    Cm[i * ldc + j] *= beta
-        inca = 1 if ta else lda
-        incb = ldb if tb else 1
-        if floating is float:
-            sger(&N, &M, &alpha, Bm, &incb, A, &inca, Cm, &ldc)
+                    if is_double:
+                        (<double*>Cm)[i * ldc + j] *= beta
+                    else:
+                        (<float*>Cm)[i * ldc + j] *= <float>beta
+        inca = <int>(1 if ta else lda)
+        incb = <int>(ldb if tb else 1)
+        if is_double:
+            scipy_cblas_dger(CblasRowMajor, <int>M, <int>N, alpha, <const double*>A, inca, <const double*>Bm, incb,
+                             <double*>Cm, <int>ldc)
         else:
-            dger(&N, &M, &alpha, Bm, &incb, A, &inca, Cm, &ldc)
+            scipy_cblas_sger(CblasRowMajor, <int>M, <int>N, <float>alpha, <const float*>A, inca, <const float*>Bm,
+                             incb, <float*>Cm, <int>ldc)
         return
-    if floating is float:
-        sgemm(&transa, &transb, &N, &M, &K, &alpha, Bm, &ldb, A, &lda, &beta, Cm, &ldc)
+    if is_double:
+        scipy_cblas_dgemm(CblasRowMajor, _t(ta), _t(tb), <int>M, <int>N, <int>K, alpha, <const double*>A, <int>lda,
+                          <const double*>Bm, <int>ldb, beta, <double*>Cm, <int>ldc)
     else:
-        dgemm(&transa, &transb, &N, &M, &K, &alpha, Bm, &ldb, A, &lda, &beta, Cm, &ldc)
+        scipy_cblas_sgemm(CblasRowMajor, _t(ta), _t(tb), <int>M, <int>N, <int>K, <float>alpha, <const float*>A,
+                          <int>lda, <const float*>Bm, <int>ldb, <float>beta, <float*>Cm, <int>ldc)
 
 
-cdef inline bint _layout(const floating[:, :] a, bint* trans, int* ld) noexcept nogil:
+# ---------------------------------------------------------------------------
+# parallel GEMM: a plan, and one chunk of it per pool task
+# ---------------------------------------------------------------------------
+
+cdef enum Split:
+    SPLIT_NONE = 0
+    SPLIT_M = 1
+    SPLIT_N = 2
+    SPLIT_K = 3
+
+
+ctypedef struct Gemm:
+    bint is_double
+    bint ta, tb
+    Py_ssize_t M, N, K
+    const char* A
+    Py_ssize_t lda
+    const char* Bm
+    Py_ssize_t ldb
+    char* Cm
+    Py_ssize_t ldc
+    double alpha, beta
+    Split split
+    int parts           # pieces along the split dimension
+    char* partial       # SPLIT_K: parts - 1 row-major (M, N) buffers for parts 1.. (part 0 writes C)
+    const char* mask    # optional post-op: C[i, j] = 0 where not mask[i, j] > 0 (a ReLU's output)
+    Py_ssize_t ms0, ms1  # element strides of mask
+
+
+cdef Split _plan(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint allow_k) noexcept nogil:
+    """How to cut C (M, N) = A (M, K) B (K, N): depends on the shapes only, so results do not depend on threads.
+
+    Cutting M packs B once per chunk, cutting N packs A once per chunk, cutting K
+    packs nothing twice but costs a partial (M, N) sum: pick the cheapest.
+    """
+    if M * N * K < PARALLEL_MIN_MACS or M == 1 or N == 1 or K == 1:
+        return SPLIT_NONE
+    if allow_k and K >= 2 * TILE and 3 * M * N < K * (M if M < N else N):
+        return SPLIT_K
+    return SPLIT_M if M >= N else SPLIT_N
+
+
+cdef void _gemm_mask(Gemm* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """C[r0:r1, c0:c1] *= (mask > 0), a ReLU's derivative folded into the dX GEMM."""
+    cdef Py_ssize_t i, j
+    cdef const float* mf = <const float*>g.mask
+    cdef const double* md = <const double*>g.mask
+    for i in range(r0, r1):
+        for j in range(c0, c1):
+            if g.is_double:
+                if not (md[i * g.ms0 + j * g.ms1] > 0):
+                    (<double*>g.Cm)[i * g.ldc + j] = 0
+            else:
+                if not (mf[i * g.ms0 + j * g.ms1] > 0):
+                    (<float*>g.Cm)[i * g.ldc + j] = 0
+
+
+cdef void _gemm_chunk(void* ctx, int chunk) noexcept nogil:
+    """Pool task: chunk ``chunk`` of the planned GEMM, then its part of the mask post-op."""
+    cdef Gemm* g = <Gemm*>ctx
+    cdef Py_ssize_t item = 8 if g.is_double else 4
+    cdef Py_ssize_t lo, hi
+    cdef const char* A = g.A
+    cdef const char* Bm = g.Bm
+    cdef char* Cm = g.Cm
+    cdef Py_ssize_t ldc = g.ldc
+    cdef double beta = g.beta
+    if g.split == SPLIT_M:
+        lo, hi = _span(g.M, chunk, g.parts), _span(g.M, chunk + 1, g.parts)
+        A = A + (lo if g.ta else lo * g.lda) * item
+        _blas_gemm(g.is_double, g.ta, g.tb, hi - lo, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta,
+                   Cm + lo * ldc * item, ldc)
+        if g.mask != NULL:
+            _gemm_mask(g, lo, hi, 0, g.N)
+    elif g.split == SPLIT_N:
+        lo, hi = _span(g.N, chunk, g.parts), _span(g.N, chunk + 1, g.parts)
+        Bm = Bm + (lo * g.ldb if g.tb else lo) * item
+        _blas_gemm(g.is_double, g.ta, g.tb, g.M, hi - lo, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta,
+                   Cm + lo * item, ldc)
+        if g.mask != NULL:
+            _gemm_mask(g, 0, g.M, lo, hi)
+    elif g.split == SPLIT_K:
+        lo, hi = _span(g.K, chunk, g.parts), _span(g.K, chunk + 1, g.parts)
+        A = A + (lo * g.lda if g.ta else lo) * item
+        Bm = Bm + (lo if g.tb else lo * g.ldb) * item
+        if chunk > 0:  # parts 1.. go to their own buffer; the caller adds them up
+            Cm, ldc, beta = g.partial + (chunk - 1) * g.M * g.N * item, g.N, 0.0
+        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, hi - lo, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc)
+    else:
+        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc)
+        if g.mask != NULL:
+            _gemm_mask(g, 0, g.M, 0, g.N)
+
+
+cdef void _run_gemm(Gemm* g, int threads) noexcept nogil:
+    """Run a planned GEMM: its chunks on the pool (one call when the plan is SPLIT_NONE)."""
+    cdef int chunks = 1
+    if g.split == SPLIT_K:
+        g.parts = K_PARTS
+        chunks = K_PARTS
+    elif g.split == SPLIT_M or g.split == SPLIT_N:
+        g.parts = threads
+        chunks = threads
+    fm_parallel_for(chunks, threads, _gemm_chunk, g)
+
+
+cdef inline void _gemm_init(Gemm* g, bint is_double, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+                            double alpha, const void* A, Py_ssize_t lda, const void* Bm, Py_ssize_t ldb, double beta,
+                            void* Cm, Py_ssize_t ldc) noexcept nogil:
+    g.is_double, g.ta, g.tb, g.M, g.N, g.K = is_double, ta, tb, M, N, K
+    g.alpha, g.beta = alpha, beta
+    g.A, g.lda, g.Bm, g.ldb, g.Cm, g.ldc = <const char*>A, lda, <const char*>Bm, ldb, <char*>Cm, ldc
+    g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1 = SPLIT_NONE, 1, NULL, NULL, 0, 0
+
+
+# ---------------------------------------------------------------------------
+# operands
+# ---------------------------------------------------------------------------
+
+cdef inline bint _layout(const floating[:, :] a, bint* trans, Py_ssize_t* ld) noexcept nogil:
     """Describe ``a`` (r, c) as op(buffer) of a row-major buffer with leading dimension ld.
 
     C-like (unit stride along columns): trans=False, ld = row stride.
@@ -130,36 +384,193 @@ cdef inline bint _layout(const floating[:, :] a, bint* trans, int* ld) noexcept 
     cdef Py_ssize_t s0 = a.strides[0], s1 = a.strides[1]
     if (c == 1 or s1 == it) and (r == 1 or (s0 > 0 and s0 % it == 0 and s0 // it >= c)):
         trans[0] = False
-        ld[0] = <int>(s0 // it if r > 1 else (c if c > 1 else 1))
+        ld[0] = s0 // it if r > 1 else (c if c > 1 else 1)
         return True
     if (r == 1 or s0 == it) and (c == 1 or (s1 > 0 and s1 % it == 0 and s1 // it >= r)):
         trans[0] = True
-        ld[0] = <int>(s1 // it if c > 1 else (r if r > 1 else 1))
+        ld[0] = s1 // it if c > 1 else (r if r > 1 else 1)
         return True
     return False
 
 
-cdef inline floating* _ptr(const floating[:, :] a) noexcept nogil:
-    # BLAS prototypes take non-const pointers; inputs are only read through them.
-    return <floating*>&a[0, 0]
+cdef int _check_blas_size(str name, Py_ssize_t r, Py_ssize_t c, Py_ssize_t ld) except -1:
+    # OpenBLAS's interface takes 32-bit ints: a larger size would wrap around silently.
+    if r > INT_MAX or c > INT_MAX or ld > INT_MAX:
+        raise ValueError(f"{name}: shape ({r}, {c}) with leading dimension {ld} exceeds what BLAS takes "
+                         f"(each at most {INT_MAX}); split the array into smaller batches")
+    return 0
+
+
+cdef const floating[:, :] _operand(str name, const floating[:, :] a, bint* trans, Py_ssize_t* ld):
+    """Return ``a`` itself, or a C-ordered copy when no BLAS layout fits; set trans/ld."""
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name}: empty array of shape ({a.shape[0]}, {a.shape[1]})")
+    if not _layout(a, trans, ld):
+        a = np.ascontiguousarray(a)
+        _layout(a, trans, ld)
+    _check_blas_size(name, a.shape[0], a.shape[1], ld[0])
+    return a
+
+
+cdef int _check2(str name, Py_ssize_t r, Py_ssize_t c, Py_ssize_t er, Py_ssize_t ec) except -1:
+    if r != er or c != ec:
+        raise ValueError(f"{name}: expected shape ({er}, {ec}), got ({r}, {c})")
+    return 0
+
+
+cdef int _check1(str name, Py_ssize_t n, Py_ssize_t en) except -1:
+    if n != en:
+        raise ValueError(f"{name}: expected shape ({en},), got ({n},)")
+    return 0
+
+
+cdef int _check_nonempty(str name, Py_ssize_t r, Py_ssize_t c) except -1:
+    if r < 1 or c < 1:
+        raise ValueError(f"{name}: expected a non-empty 2-D array, got shape ({r}, {c})")
+    return 0
+
+
+cdef int _check_output(str name, floating[:, ::1] Y) except -1:
+    _check_blas_size(name, Y.shape[0], Y.shape[1], Y.shape[1])
+    return 0
+
+
+cdef inline const char* _ptr(const floating[:, :] a) noexcept nogil:
+    return <const char*>&a[0, 0]
 
 
 # ---------------------------------------------------------------------------
 # Linear (+ fused bias, ReLU, SGD)
 # ---------------------------------------------------------------------------
 
-cdef void _bias_act(floating[:, ::1] Y, const floating[:] b, bint has_bias, bint relu) noexcept nogil:
-    """Y (B, O) <- act(Y + b); one pass over Y after the GEMM."""
-    cdef Py_ssize_t i, j, B = Y.shape[0], O = Y.shape[1]
+ctypedef struct Epilogue:
+    bint is_double
+    char* Y            # (B, O) row-major, ld O
+    const char* S      # first summand: Y itself, or T (O, B) when transposed
+    bint transposed
+    const char* P      # parts - 1 more summands shaped like S, contiguous, or NULL
+    int n_partial
+    const char* b      # bias (O,) with element stride b_stride, or NULL
+    Py_ssize_t b_stride
+    bint relu
+    Py_ssize_t B, O
+    int chunks
+
+
+cdef inline floating _act(floating v, bint relu) noexcept nogil:
+    if relu and not (v > 0):  # NaN stays visible: max(NaN, 0) would hide it
+        return 0 if v == v else v
+    return v
+
+
+cdef void _epilogue_rows(Epilogue* e, floating* Y, const floating* S, const floating* P, const floating* b,
+                         Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """Y[r0:r1] <- act(S + P_1 + ... + b), S read as (B, O) or, transposed, as (O, B)."""
+    cdef Py_ssize_t i, j, p, B = e.B, O = e.O, plane = e.B * e.O
     cdef floating v
-    for i in range(B):
+    for i in range(r0, r1):
         for j in range(O):
-            v = Y[i, j]
-            if has_bias:
-                v = v + b[j]
-            if relu and not (v > 0):  # NaN stays visible: max(NaN, 0) would hide it
-                v = 0 if v == v else v
-            Y[i, j] = v
+            v = S[j * B + i] if e.transposed else S[i * O + j]
+            for p in range(e.n_partial):
+                v = v + (P[p * plane + j * B + i] if e.transposed else P[p * plane + i * O + j])
+            if b != NULL:
+                v = v + b[j * e.b_stride]
+            Y[i * O + j] = _act(v, e.relu)
+
+
+cdef void _epilogue_chunk(void* ctx, int chunk) noexcept nogil:
+    cdef Epilogue* e = <Epilogue*>ctx
+    cdef Py_ssize_t r0 = e.B * chunk // e.chunks, r1 = e.B * (chunk + 1) // e.chunks
+    if e.is_double:
+        _epilogue_rows(e, <double*>e.Y, <const double*>e.S, <const double*>e.P, <const double*>e.b, r0, r1)
+    else:
+        _epilogue_rows(e, <float*>e.Y, <const float*>e.S, <const float*>e.P, <const float*>e.b, r0, r1)
+
+
+cdef void _run_epilogue(Epilogue* e, int threads) noexcept nogil:
+    e.chunks = threads if e.B * e.O * (1 + e.n_partial) >= PARALLEL_MIN_ELEMENTS else 1
+    if e.chunks > e.B:
+        e.chunks = <int>e.B
+    fm_parallel_for(e.chunks, threads, _epilogue_chunk, e)
+
+
+# Below this batch size OpenBLAS computes X W^T faster as W X^T (the small
+# dimension on the N side); the result is transposed back during the bias pass.
+cdef enum:
+    SMALL_BATCH_ROWS = 32
+SMALL_BATCH = SMALL_BATCH_ROWS
+
+
+cdef inline bint _transposed_forward(Py_ssize_t B, Py_ssize_t O) noexcept nogil:
+    return 1 < B <= SMALL_BATCH_ROWS and O > 1
+
+
+cdef Py_ssize_t _forward_work(Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, bint t) noexcept nogil:
+    """Scratch elements of a forward pass: T (O, B) when transposed, plus the partial sums of a K-split."""
+    cdef Split split = _plan(O, B, I, True) if t else _plan(B, O, I, True)
+    return ((1 if t else 0) + (K_PARTS - 1 if split == SPLIT_K else 0)) * B * O
+
+
+def forward_scratch_size(Py_ssize_t B, Py_ssize_t I, Py_ssize_t O):
+    """Elements of ``scratch`` that ``linear_forward`` needs for X (B, I) and W (O, I); 0 when none."""
+    return _forward_work(B, I, O, _transposed_forward(B, O))
+
+
+def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:, :] W, const floating[:] b=None,
+                   bint relu=False, floating[:, ::1] scratch=None):
+    """Y (B, O) = act(X (B, I) @ W (O, I)^T + b (O,)), act = ReLU if ``relu`` else identity.
+
+    ``Y`` is overwritten. One GEMM (in parallel chunks), then one fused
+    bias(+ReLU) pass over Y that also adds the partial sums of a K-split.
+    ``scratch`` (C-contiguous, at least :func:`forward_scratch_size` elements,
+    contents clobbered) lets batches of 2 to SMALL_BATCH rows use the faster
+    transposed GEMM (W X^T) and holds partial sums; without it a K-split
+    allocates its buffer and small batches take the plain GEMM.
+    """
+    cdef Py_ssize_t B = X.shape[0], I = X.shape[1], O = W.shape[0]
+    cdef bint tx, tw, t
+    cdef Py_ssize_t ldx, ldw, need
+    cdef Gemm g
+    cdef Epilogue e
+    cdef int threads
+    cdef floating[::1] work = None
+    _check2("W", W.shape[0], W.shape[1], O, I)
+    _check2("Y", Y.shape[0], Y.shape[1], B, O)
+    _check_output("Y", Y)
+    if b is not None:
+        _check1("b", b.shape[0], O)
+    X = _operand("X", X, &tx, &ldx)
+    W = _operand("W", W, &tw, &ldw)
+    if scratch is not None:
+        need = forward_scratch_size(B, I, O)
+        if scratch.shape[0] * scratch.shape[1] < need:
+            raise ValueError(f"scratch: expected at least {need} elements, got {scratch.shape[0] * scratch.shape[1]}")
+    t = _transposed_forward(B, O) and scratch is not None
+    need = _forward_work(B, I, O, t)
+    if need > 0:
+        work = np.asarray(scratch).reshape(-1) if scratch is not None else np.empty(need, np.asarray(Y).dtype)
+    e.b = <const char*>&b[0] if b is not None else NULL
+    e.b_stride = b.strides[0] // sizeof(floating) if b is not None else 0
+    with nogil:
+        threads = _begin_threads()
+        if t:  # T (O, B) = W X^T
+            _gemm_init(&g, floating is double, tw, not tx, O, B, I, 1.0, _ptr(W), ldw, _ptr(X), ldx, 0.0,
+                       &work[0], B)
+            g.split = _plan(O, B, I, True)
+        else:  # Y (B, O) = X W^T: flip W's own flag
+            _gemm_init(&g, floating is double, tx, not tw, B, O, I, 1.0, _ptr(X), ldx, _ptr(W), ldw, 0.0,
+                       &Y[0, 0], O)
+            g.split = _plan(B, O, I, True)
+        if g.split == SPLIT_K:
+            g.partial = <char*>&work[B * O] if t else <char*>&work[0]
+        _run_gemm(&g, threads)
+        e.is_double, e.Y, e.transposed, e.relu, e.B, e.O = floating is double, <char*>&Y[0, 0], t, relu, B, O
+        e.S = <const char*>&work[0] if t else <const char*>&Y[0, 0]
+        e.n_partial = K_PARTS - 1 if g.split == SPLIT_K else 0
+        e.P = g.partial
+        if t or e.n_partial or e.b != NULL or relu:
+            _run_epilogue(&e, threads)
+        _end_threads(threads)
 
 
 cdef void _colsum_axpy(floating[:] db, const floating[:, :] dY, floating alpha, floating beta) noexcept nogil:
@@ -182,98 +593,16 @@ cdef void _colsum_axpy(floating[:] db, const floating[:, :] dY, floating alpha, 
             db[j] = (beta * db[j] if beta != 0 else 0) + alpha * acc
 
 
-cdef void _relu_mask(floating[:, ::1] dX, const floating[:, :] X) noexcept nogil:
-    """dX (B, I) <- dX * (X > 0)."""
-    cdef Py_ssize_t i, j
-    for i in range(dX.shape[0]):
-        for j in range(dX.shape[1]):
-            if not (X[i, j] > 0):
-                dX[i, j] = 0
-
-
-cdef int _check2(str name, Py_ssize_t r, Py_ssize_t c, Py_ssize_t er, Py_ssize_t ec) except -1:
-    if r != er or c != ec:
-        raise ValueError(f"{name}: expected shape ({er}, {ec}), got ({r}, {c})")
-    return 0
-
-
-cdef int _check1(str name, Py_ssize_t n, Py_ssize_t en) except -1:
-    if n != en:
-        raise ValueError(f"{name}: expected shape ({en},), got ({n},)")
-    return 0
-
-
-cdef int _check_nonempty(str name, Py_ssize_t r, Py_ssize_t c) except -1:
-    if r < 1 or c < 1:
-        raise ValueError(f"{name}: expected a non-empty 2-D array, got shape ({r}, {c})")
-    return 0
-
-
-cdef const floating[:, :] _operand(str name, const floating[:, :] a, bint* trans, int* ld):
-    """Return ``a`` itself, or a C-ordered copy when no BLAS layout fits; set trans/ld."""
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"{name}: empty array of shape ({a.shape[0]}, {a.shape[1]})")
-    if not _layout(a, trans, ld):
-        a = np.ascontiguousarray(a)
-        _layout(a, trans, ld)
-    return a
-
-
-cdef void _bias_act_from_t(floating[:, ::1] Y, const floating[:, ::1] T, const floating[:] b, bint has_bias,
-                           bint relu) noexcept nogil:
-    """Y (B, O) <- act(T^T + b), T (O, B): the bias/ReLU pass doubles as the transpose."""
-    cdef Py_ssize_t i, j, B = Y.shape[0], O = Y.shape[1]
-    cdef floating v
-    for i in range(B):
-        for j in range(O):
-            v = T[j, i]
-            if has_bias:
-                v = v + b[j]
-            if relu and not (v > 0):
-                v = 0 if v == v else v
-            Y[i, j] = v
-
-
-# Below this batch size OpenBLAS computes X W^T faster as W X^T (the small
-# dimension on the M side); the result is transposed back during the bias pass.
-SMALL_BATCH = 32
-
-
-def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:, :] W, const floating[:] b=None,
-                   bint relu=False, floating[:, ::1] scratch=None):
-    """Y (B, O) = act(X (B, I) @ W (O, I)^T + b (O,)), act = ReLU if ``relu`` else identity.
-
-    ``Y`` is overwritten. One GEMM, then one fused bias(+ReLU) pass over Y.
-    ``scratch`` (at least O * B elements, C-contiguous) lets batches of 2 to
-    SMALL_BATCH rows use the faster transposed GEMM; its contents are clobbered.
-    """
-    cdef Py_ssize_t B = X.shape[0], I = X.shape[1], O = W.shape[0]
-    cdef bint tx, tw, use_t
-    cdef int ldx, ldw
-    cdef floating[:, ::1] T
-    _check2("W", W.shape[0], W.shape[1], O, I)
-    _check2("Y", Y.shape[0], Y.shape[1], B, O)
-    if b is not None:
-        _check1("b", b.shape[0], O)
-    X = _operand("X", X, &tx, &ldx)
-    W = _operand("W", W, &tw, &ldw)
-    use_t = scratch is not None and 1 < B <= SMALL_BATCH and O > 1
-    if use_t:
-        if scratch.shape[0] * scratch.shape[1] < O * B:
-            raise ValueError(f"scratch: expected at least {O * B} elements, got {scratch.shape[0] * scratch.shape[1]}")
-        T = np.asarray(scratch).reshape(-1)[: O * B].reshape(O, B)
-        with nogil:
-            # T (O, B) = W X^T
-            _gemm(tw, not tx, <int>O, <int>B, <int>I, <floating>1, _ptr(W), ldw, _ptr(X), ldx,
-                  <floating>0, &T[0, 0], <int>B)
-            _bias_act_from_t(Y, T, b, b is not None, relu)
-        return
-    with nogil:
-        # op(A) = X, op(B) = W^T: flip W's own flag.
-        _gemm(tx, not tw, <int>B, <int>O, <int>I, <floating>1, _ptr(X), ldx, _ptr(W), ldw,
-              <floating>0, &Y[0, 0], <int>O)
-        if b is not None or relu:
-            _bias_act(Y, b, b is not None, relu)
+cdef inline void _dx_gemm(Gemm* g, bint is_double, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, bint tdy,
+                          const char* dY, Py_ssize_t lddy, bint tw, const char* W, Py_ssize_t ldw, char* dX,
+                          bint relu_input, bint tx, const char* X, Py_ssize_t ldx) noexcept nogil:
+    """Plan dX (B, I) = dY (B, O) @ W (O, I), masked by (X > 0) when ``relu_input``."""
+    _gemm_init(g, is_double, tdy, tw, B, I, O, 1.0, dY, lddy, W, ldw, 0.0, dX, I)
+    g.split = _plan(B, I, O, False)
+    if relu_input:
+        g.mask = X
+        g.ms0 = 1 if tx else ldx
+        g.ms1 = ldx if tx else 1
 
 
 def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
@@ -287,25 +616,32 @@ def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
     """
     cdef Py_ssize_t B = dY.shape[0], O = dY.shape[1], I = X.shape[1]
     cdef bint tdy, tx, tw
-    cdef int lddy, ldx, ldw
+    cdef Py_ssize_t lddy, ldx, ldw
+    cdef Gemm g
+    cdef int threads
     _check2("X", X.shape[0], X.shape[1], B, I)
     _check2("W", W.shape[0], W.shape[1], O, I)
     if dX is not None:
         _check2("dX", dX.shape[0], dX.shape[1], B, I)
+        _check_output("dX", dX)
     _check2("dW", dW.shape[0], dW.shape[1], O, I)
+    _check_output("dW", dW)
     if db is not None:
         _check1("db", db.shape[0], O)
     dY = _operand("dY", dY, &tdy, &lddy)
     X = _operand("X", X, &tx, &ldx)
     W = _operand("W", W, &tw, &ldw)
     with nogil:
+        threads = _begin_threads()
         if dX is not None:
-            _gemm(tdy, tw, <int>B, <int>I, <int>O, <floating>1, _ptr(dY), lddy, _ptr(W), ldw,
-                  <floating>0, &dX[0, 0], <int>I)
-            if relu_input:
-                _relu_mask(dX, X)
-        _gemm(not tdy, tx, <int>O, <int>I, <int>B, <floating>1, _ptr(dY), lddy, _ptr(X), ldx,
-              <floating>0, &dW[0, 0], <int>I)
+            _dx_gemm(&g, floating is double, B, I, O, tdy, _ptr(dY), lddy, tw, _ptr(W), ldw, <char*>&dX[0, 0],
+                     relu_input, tx, _ptr(X), ldx)
+            _run_gemm(&g, threads)
+        _gemm_init(&g, floating is double, not tdy, tx, O, I, B, 1.0, _ptr(dY), lddy, _ptr(X), ldx, 0.0,
+                   &dW[0, 0], I)
+        g.split = _plan(O, I, B, False)
+        _run_gemm(&g, threads)
+        _end_threads(threads)
         if db is not None:
             _colsum_axpy(db, dY, <floating>1, <floating>0)
 
@@ -322,25 +658,120 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
     """
     cdef Py_ssize_t B = dY.shape[0], O = dY.shape[1], I = X.shape[1]
     cdef bint tdy, tx
-    cdef int lddy, ldx
+    cdef Py_ssize_t lddy, ldx
+    cdef Gemm g
+    cdef int threads
     _check2("X", X.shape[0], X.shape[1], B, I)
     _check2("W", W.shape[0], W.shape[1], O, I)
+    _check_output("W", W)
     _check1("b", b.shape[0], O)
     if dX is not None:
         _check2("dX", dX.shape[0], dX.shape[1], B, I)
+        _check_output("dX", dX)
     dY = _operand("dY", dY, &tdy, &lddy)
     X = _operand("X", X, &tx, &ldx)
     cdef floating alpha = <floating>(-lr)
     cdef floating beta = <floating>(1.0 - lr * weight_decay)
     with nogil:
+        threads = _begin_threads()
         if dX is not None:  # must read W before the update below
-            _gemm(tdy, False, <int>B, <int>I, <int>O, <floating>1, _ptr(dY), lddy, &W[0, 0], <int>I,
-                  <floating>0, &dX[0, 0], <int>I)
-            if relu_input:
-                _relu_mask(dX, X)
-        _gemm(not tdy, tx, <int>O, <int>I, <int>B, alpha, _ptr(dY), lddy, _ptr(X), ldx,
-              beta, &W[0, 0], <int>I)
+            _dx_gemm(&g, floating is double, B, I, O, tdy, _ptr(dY), lddy, False, <const char*>&W[0, 0], I,
+                     <char*>&dX[0, 0], relu_input, tx, _ptr(X), ldx)
+            _run_gemm(&g, threads)
+        _gemm_init(&g, floating is double, not tdy, tx, O, I, B, alpha, _ptr(dY), lddy, _ptr(X), ldx, beta,
+                   &W[0, 0], I)
+        g.split = _plan(O, I, B, False)
+        _run_gemm(&g, threads)
+        _end_threads(threads)
         _colsum_axpy(b, dY, alpha, <floating>1)
+
+
+# ---------------------------------------------------------------------------
+# images: stored uint8 pixels -> model inputs
+# ---------------------------------------------------------------------------
+
+ctypedef struct Convert:
+    char* out                   # (n, D) row-major
+    const cnp.uint8_t* src      # rows of D pixels, ``src_stride`` bytes apart
+    Py_ssize_t src_stride
+    const cnp.int64_t* index    # which source row makes each output row, or NULL for rows 0..n-1
+    const char* offset          # (D,)
+    const char* scale           # (D,) divisors, or NULL
+    Py_ssize_t n, D
+    bint is_double
+    int chunks
+
+
+cdef void _convert_rows(Convert* c, floating* out, const floating* offset, const floating* scale,
+                        Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    cdef Py_ssize_t i, j, D = c.D
+    cdef const cnp.uint8_t* row
+    cdef floating* o
+    for i in range(r0, r1):
+        row = c.src + (c.index[i] if c.index != NULL else i) * c.src_stride
+        o = out + i * D
+        if scale == NULL:
+            for j in range(D):
+                o[j] = <floating>row[j] - offset[j]
+        else:
+            for j in range(D):
+                o[j] = (<floating>row[j] - offset[j]) / scale[j]
+
+
+cdef void _convert_chunk(void* ctx, int chunk) noexcept nogil:
+    cdef Convert* c = <Convert*>ctx
+    cdef Py_ssize_t r0 = c.n * chunk // c.chunks, r1 = c.n * (chunk + 1) // c.chunks
+    if c.is_double:
+        _convert_rows(c, <double*>c.out, <const double*>c.offset, <const double*>c.scale, r0, r1)
+    else:
+        _convert_rows(c, <float*>c.out, <const float*>c.offset, <const float*>c.scale, r0, r1)
+
+
+def convert_images(floating[:, ::1] out, const cnp.uint8_t[:, :] src, const cnp.int64_t[:] index,
+                   const floating[::1] offset, const floating[::1] scale=None):
+    """out (n, D) = (src[index] - offset) / scale, row by row: gather, cast and centre in one pass.
+
+    src (N, D) uint8 pixels (rows with unit stride along D); index (n,) int64 row
+    numbers in [0, N), or None for rows 0..n-1 (then n <= N); offset (D,) and
+    scale (D,) of out's dtype, scale None for no division. The arithmetic is
+    float(pixel) - offset, then / scale, in out's dtype: exactly what NumPy's
+    ``np.subtract(src, offset, dtype=...)`` then ``/= scale`` computes.
+    """
+    cdef Py_ssize_t n = out.shape[0], D = out.shape[1], i, bad = -1
+    cdef Convert c
+    cdef int threads
+    _check1("offset", offset.shape[0], D)
+    if scale is not None:
+        _check1("scale", scale.shape[0], D)
+    if src.shape[1] != D:
+        raise ValueError(f"src: expected shape (N, {D}), got ({src.shape[0]}, {src.shape[1]})")
+    if D > 1 and src.strides[1] != 1:
+        src = np.ascontiguousarray(src)
+    if index is None:
+        if n > src.shape[0]:
+            raise ValueError(f"out: expected at most {src.shape[0]} rows (src has that many), got {n}")
+    else:
+        _check1("index", index.shape[0], n)
+        for i in range(n):
+            if index[i] < 0 or index[i] >= src.shape[0]:
+                bad = i
+                break
+        if bad >= 0:
+            raise ValueError(f"index: expected row numbers in [0, {src.shape[0]}), got {index[bad]} at position {bad}")
+        if n and index.strides[0] != sizeof(cnp.int64_t):
+            index = np.ascontiguousarray(index)
+    if n == 0 or D == 0:
+        return
+    c.out, c.src, c.src_stride = <char*>&out[0, 0], &src[0, 0], src.strides[0]
+    c.index = &index[0] if index is not None else NULL
+    c.offset = <const char*>&offset[0]
+    c.scale = <const char*>&scale[0] if scale is not None else NULL
+    c.n, c.D, c.is_double = n, D, floating is double
+    with nogil:
+        threads = _begin_threads()
+        c.chunks = threads if n * D >= PARALLEL_MIN_ELEMENTS and n >= threads else 1
+        fm_parallel_for(c.chunks, threads, _convert_chunk, &c)
+        _end_threads(threads)
 
 
 # ---------------------------------------------------------------------------

@@ -132,8 +132,10 @@ class MLP:
             widths = [lin.out_features for lin in self.linears]
             acts = [np.empty((batch, w), dtype=self.dtype) for w in widths]
             grads = [np.empty((batch, w), dtype=self.dtype) for w in widths[:-1]]
-            # Small batches run the forward GEMM transposed into this scratch (see K.SMALL_BATCH).
-            scratch = np.empty((max(widths), batch), dtype=self.dtype) if 1 < batch <= K.SMALL_BATCH else None
+            # Forward scratch: the transposed GEMM of small batches and the partial sums of a K-split.
+            sizes = [self.n_inputs, *widths]
+            need = max(K.forward_scratch_size(batch, i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+            scratch = np.empty((1, need), dtype=self.dtype) if need else None
             bufs = self._buffers[batch] = (acts, grads, scratch)
         return bufs
 
@@ -202,16 +204,28 @@ class MLP:
         x (N, D); y (N,) int class indices or one-hot (N, C). Returns (loss, accuracy) as floats.
         """
         x = as_float_2d("x", x, self.dtype, self.n_inputs)
-        n = x.shape[0]
-        labels = as_labels("y", y, n, self.n_classes)
+        labels = as_labels("y", y, x.shape[0], self.n_classes)
         batch_size = check_positive_int("batch_size", batch_size)
-        total_loss, total_correct = 0.0, 0
-        for start in range(0, n, batch_size):
-            xb = x[start : start + batch_size]
+        chunks = ((x[s : s + batch_size], labels[s : s + batch_size]) for s in range(0, x.shape[0], batch_size))
+        return self.evaluate_batches(chunks)
+
+    def evaluate_batches(self, batches):
+        """Mean cross-entropy loss and accuracy over an iterable of (x (b, D), y (b,)) batches.
+
+        For data that is converted batch by batch (``fastmlp.data.DataSet.batches``):
+        each x is used before the next is asked for. Returns (loss, accuracy) as floats.
+        """
+        total_loss, total_correct, n = 0.0, 0, 0
+        for xb, yb in batches:
+            xb = as_float_2d("x", xb, self.dtype, self.n_inputs)
+            labels = as_labels("y", yb, xb.shape[0], self.n_classes)
             logits = self._logits_into(xb, self._get_buffers(xb.shape[0]))
-            loss, correct = K.softmax_cross_entropy_forward(logits, labels[start : start + batch_size])
+            loss, correct = K.softmax_cross_entropy_forward(logits, labels)
             total_loss += loss * xb.shape[0]
             total_correct += correct
+            n += xb.shape[0]
+        if n == 0:
+            raise ValueError("batches: expected at least one batch, got none")
         return total_loss / n, total_correct / n
 
     def predict_proba(self, x, batch_size=1000):
