@@ -16,6 +16,22 @@ from _cifar_synth import ARCHIVE_NAME, FOLDER_NAME, make_synthetic_cifar, write_
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Point FASTMLP_CACHE (where decoded arrays are kept) at a session folder, not ~/.cache/fastmlp.
+
+    Every source a test loads, synthetic ones included, gets a decoded-array entry; they
+    must not pile up in the user's cache. Subprocesses inherit the variable.
+    """
+    previous = os.environ.get("FASTMLP_CACHE")
+    os.environ["FASTMLP_CACHE"] = str(tmp_path_factory.mktemp("fastmlp-cache"))
+    yield Path(os.environ["FASTMLP_CACHE"])
+    if previous is None:
+        os.environ.pop("FASTMLP_CACHE", None)
+    else:
+        os.environ["FASTMLP_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def synthetic_cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding ``cifar-10-batches-py/`` in the official python format.

@@ -22,6 +22,8 @@ from _cifar_synth import (
     write_cifar_folder,
 )
 from fastmlp import data as D
+from fastmlp.data import cache as C
+from fastmlp.data import files as F
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -34,9 +36,9 @@ def assert_same_data(loaded: dict, expected: dict) -> None:
 
 
 def cache_leftovers(cache: Path) -> list[str]:
-    """Everything under cache/extracted (must be empty after a failed unpacking)."""
-    extracted = cache / "extracted"
-    return sorted(p.name for p in extracted.iterdir()) if extracted.exists() else []
+    """The decoded-array entries under cache/decoded (temporary folders too; none after a failed load)."""
+    decoded = cache / "decoded"
+    return sorted(p.name for p in decoded.iterdir() if p.name != "sources") if decoded.exists() else []
 
 
 @pytest.fixture
@@ -46,7 +48,7 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"unexpected download attempt: {args}")
 
-    monkeypatch.setattr(D.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(F.urllib.request, "urlopen", refuse)
 
 
 # --------------------------------------------------------------------------- reading
@@ -70,26 +72,41 @@ def test_batch_pickles_read_like_python2_originals(synthetic_cifar_dir):
         assert b"data" in pickle.load(f, encoding="bytes")
 
 
-def test_archive_is_unpacked_once_into_the_cache(synthetic_cifar_archive, tmp_path, monkeypatch, no_network):
+def test_archive_is_decoded_once_into_the_cache(synthetic_cifar_archive, tmp_path, monkeypatch, no_network):
     cache = tmp_path / "cache"
     expected = make_synthetic_cifar()
     # The archive's md5 differs from the official one: only downloads are checked.
     assert hashlib.md5(synthetic_cifar_archive.read_bytes()).hexdigest() != D.CIFAR10_MD5
     assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), expected)
-    (unpacked,) = cache_leftovers(cache)
-    assert not unpacked.startswith(".")  # renamed into place, no temporary folder left
-    assert (cache / "extracted" / unpacked / D.FOLDER_NAME / "test_batch").is_file()
+    (entry,) = cache_leftovers(cache)
+    assert entry == C.content_hash([synthetic_cifar_archive])  # keyed by content; no temporary folder left
+    assert (cache / "decoded" / entry / "x_train.npy").is_file()
 
     def no_tar(*args, **kwargs):
-        raise AssertionError("the archive was unpacked a second time")
+        raise AssertionError("the archive was decoded a second time")
 
-    monkeypatch.setattr(D.tarfile, "open", no_tar)
-    # Second load, through the folder that holds the archive: from the cache.
+    def no_hash(*args, **kwargs):
+        raise AssertionError("an unchanged archive was hashed again")
+
+    monkeypatch.setattr(F.tarfile, "open", no_tar)
+    monkeypatch.setattr(C, "content_hash", no_hash)
+    # Second load, through the folder that holds the archive: from the cache, without reading the archive.
     assert_same_data(D.load_cifar10(synthetic_cifar_archive.parent, cache_dir=cache), expected)
-    assert cache_leftovers(cache) == [unpacked]
+    assert cache_leftovers(cache) == [entry]
 
 
-def test_replaced_archive_is_unpacked_again(tmp_path):
+def test_copy_of_a_known_archive_reuses_its_entry(synthetic_cifar_archive, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    copy = tmp_path / "copy" / D.ARCHIVE_NAME
+    copy.parent.mkdir()
+    copy.write_bytes(synthetic_cifar_archive.read_bytes())
+    monkeypatch.setattr(F.tarfile, "open", lambda *a, **k: pytest.fail("a known content was decoded again"))
+    assert_same_data(D.load_cifar10(copy, cache_dir=cache), make_synthetic_cifar())
+    assert len(cache_leftovers(cache)) == 1
+
+
+def test_replaced_archive_is_decoded_again(tmp_path):
     cache, archive = tmp_path / "cache", tmp_path / "src" / D.ARCHIVE_NAME
     write_cifar_archive(archive, write_cifar_folder(tmp_path / "a", make_synthetic_cifar(20, 20, seed=1)))
     D.load_cifar10(archive, cache_dir=cache)
@@ -97,7 +114,41 @@ def test_replaced_archive_is_unpacked_again(tmp_path):
     write_cifar_archive(archive, write_cifar_folder(tmp_path / "b", newer))
     os.utime(archive, ns=(1, 1))  # a different mtime even on coarse clocks
     assert_same_data(D.load_cifar10(archive, cache_dir=cache), newer)
-    assert len(cache_leftovers(cache)) == 1  # the stale unpacking was removed
+    assert len(cache_leftovers(cache)) == 1  # the stale entry was removed
+
+
+def test_archive_rewritten_in_place_with_same_size_and_mtime_is_not_served_stale(small_folder, tmp_path):
+    cache, archive = tmp_path / "cache", write_cifar_archive(tmp_path / D.ARCHIVE_NAME, small_folder)
+    D.load_cifar10(archive, cache_dir=cache)
+    before = archive.stat()
+    raw = bytearray(archive.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(b ^ 0xFF for b in raw[middle : middle + 64])
+    with open(archive, "r+b") as f:  # same inode, same size
+        f.write(raw)
+    os.utime(archive, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime
+    with pytest.raises(D.DataError, match=D.ARCHIVE_NAME):
+        D.load_cifar10(archive, cache_dir=cache)
+
+
+def test_corrupt_cache_entry_is_decoded_again(synthetic_cifar_archive, tmp_path):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    (entry,) = cache_leftovers(cache)
+    truncate_file(cache / "decoded" / entry / "x_train.npy", 0.5)
+    assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), make_synthetic_cifar())
+
+
+def test_hostile_cache_record_cannot_name_a_folder_outside(synthetic_cifar_archive, tmp_path):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (record,) = (cache / "decoded" / "sources").glob("*.json")
+    saved = json.loads(record.read_text())
+    record.write_text(json.dumps({**saved, "sha256": "../../victim"}))
+    assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), make_synthetic_cifar())
+    assert victim.is_dir()
 
 
 def test_folder_wins_over_archive(tmp_path, no_network):
@@ -105,7 +156,8 @@ def test_folder_wins_over_archive(tmp_path, no_network):
     write_cifar_folder(tmp_path, folder_data)
     write_cifar_archive(tmp_path / D.ARCHIVE_NAME, write_cifar_folder(tmp_path / "other", make_synthetic_cifar(10, 10, seed=4)))
     assert_same_data(D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache"), folder_data)
-    assert cache_leftovers(tmp_path / "cache") == []
+    files = F.source_files("folder", tmp_path / D.FOLDER_NAME)
+    assert cache_leftovers(tmp_path / "cache") == [C.content_hash(files)]  # the folder's entry, not the archive's
 
 
 # --------------------------------------------------------------------------- corrupt and hostile input
@@ -284,8 +336,8 @@ def test_loader_follows_resolution(monkeypatch, tmp_path, no_network):
 def fake_server(small_folder, tmp_path, monkeypatch):
     """CIFAR10_URL/CIFAR10_MD5 pointing at a local file:// archive; returns the archive."""
     archive = write_cifar_archive(tmp_path / "server" / D.ARCHIVE_NAME, small_folder)
-    monkeypatch.setattr(D, "CIFAR10_URL", archive.as_uri())
-    monkeypatch.setattr(D, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(F, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(F, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
     return archive
 
 
@@ -298,7 +350,7 @@ def test_download_when_nothing_is_there(fake_server, tmp_path):
 
 
 def test_download_md5_mismatch_keeps_nothing(fake_server, tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "CIFAR10_MD5", "0" * 32)
+    monkeypatch.setattr(F, "CIFAR10_MD5", "0" * 32)
     target = tmp_path / "fresh"
     with pytest.raises(D.DataError, match="md5"):
         D.load_cifar10(target, cache_dir=tmp_path / "cache")
@@ -315,7 +367,7 @@ def test_offline_fails_at_once_with_instructions(tmp_path, monkeypatch):
     def offline(url, timeout=None):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(D.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(F.urllib.request, "urlopen", offline)
     with pytest.raises(D.DataNotFoundError, match="name resolution") as info:
         D.load_cifar10(tmp_path / "nothing", cache_dir=tmp_path / "cache")
     assert isinstance(info.value, FileNotFoundError)
@@ -329,7 +381,7 @@ def test_interrupted_download_keeps_nothing(tmp_path, monkeypatch):
         def read(self, size=-1):
             raise ConnectionResetError("connection reset by peer")
 
-    monkeypatch.setattr(D.urllib.request, "urlopen", lambda url, timeout=None: Dropping())
+    monkeypatch.setattr(F.urllib.request, "urlopen", lambda url, timeout=None: Dropping())
     with pytest.raises(D.DataNotFoundError, match="interrupted"):
         D.load_cifar10(tmp_path / "d", cache_dir=tmp_path / "cache")
     assert list((tmp_path / "d").iterdir()) == []
@@ -619,3 +671,87 @@ def test_real_cifar10(real_cifar_dir):
     assert data["label_names"] == list(D.LABEL_NAMES)
     channel_mean = data["x_train"].mean(axis=(0, 2, 3), dtype=np.float64) / 255.0
     np.testing.assert_allclose(channel_mean, [0.4913, 0.4821, 0.4465], atol=5e-4)  # data README, 3 decimals
+
+
+# --------------------------------------------------------------------------- uint8 storage, per-batch conversion
+
+
+def _whole_set_in_numpy(raw_u8: np.ndarray, train_u8: np.ndarray, kind: str, dtype) -> np.ndarray:
+    """The former pipeline: convert the whole set at once with NumPy (what a course script does)."""
+    if kind == "mean_image":
+        mean_image = train_u8.mean(axis=0, dtype=np.float64).astype(dtype)
+        return np.subtract(raw_u8, mean_image, dtype=dtype)
+    mean = train_u8.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = np.sqrt(np.maximum((train_u8.astype(np.float64) ** 2).mean(axis=(0, 2, 3)) - mean**2, 0))
+    x = np.subtract(raw_u8, mean.astype(dtype)[:, None, None], dtype=dtype)
+    x /= np.maximum(std, 1e-12).astype(dtype)[:, None, None]
+    return x
+
+
+@pytest.mark.parametrize("kind", D.PREPROCESSINGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_uint8_pipeline_is_bit_identical_to_converting_the_whole_set(synthetic_cifar_dir, kind, dtype):
+    raw = make_synthetic_cifar()
+    data = D.get_cifar10(synthetic_cifar_dir, one_hot=False, validation_size=100, preprocessing=kind,
+                         dtype=dtype, seed=4)
+    train, test = data["train"], data["test"]
+    assert train.raw_images.dtype == np.uint8 and train.dtype == dtype
+    expected_train = _whole_set_in_numpy(raw["x_train"][:900], raw["x_train"][:900], kind, dtype)
+    expected_test = _whole_set_in_numpy(raw["x_test"], raw["x_train"][:900], kind, dtype)
+    order = train.reseeded(None)  # the same order, drawn again, to know each batch's rows
+    order.set_state(train.get_state())
+    for size in (7, 200, 900, 1):
+        index = order._next_indices(size)
+        x, y = train.next_batch(size)
+        np.testing.assert_array_equal(x, expected_train[index])  # bit-identical, not just close
+        np.testing.assert_array_equal(y, raw["y_train"][index])
+    buffer = np.full((33, 3072), np.nan, dtype)
+    index = order._next_indices(33)
+    x, _ = train.next_batch(33, out=buffer)
+    assert np.shares_memory(x, buffer)
+    np.testing.assert_array_equal(x, expected_train[index])
+    seen = np.concatenate([xb.copy() for xb, _ in test.batches(64, flatten=True)])
+    np.testing.assert_array_equal(seen, expected_test.reshape(len(expected_test), -1))
+    np.testing.assert_array_equal(test.as_arrays()[0], expected_test)
+    np.testing.assert_array_equal(data["validation"].images, _whole_set_in_numpy(
+        raw["x_train"][900:], raw["x_train"][:900], kind, dtype))
+
+
+def test_augmented_uint8_batches_match_augmenting_the_converted_batch(synthetic_cifar_dir):
+    data = D.get_cifar10(synthetic_cifar_dir, one_hot=False, seed=1, augment=True)
+    train = data["train"]
+    twin = D.DataSet(train.images, train.labels, seed=None, augment=True)  # float storage, same inputs
+    twin.set_state(train.get_state())
+    for size in (5, 64):
+        (x, y), (x2, y2) = train.next_batch(size), twin.next_batch(size)
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_array_equal(x, x2)
+
+
+def test_reseeded_shares_storage_and_preprocessing(synthetic_cifar_dir):
+    train = D.get_cifar10(synthetic_cifar_dir, one_hot=False, seed=1)["train"]
+    other = train.reseeded(5, augment=True, flatten=True)
+    assert other.raw_images is train.raw_images and other.preprocessing is train.preprocessing
+    assert other.augment and other.flatten and other.next_batch(3)[0].shape == (3, 3072)
+    assert train.index_in_epoch == 0  # the original's order is untouched
+
+
+def test_next_batch_out_is_checked(synthetic_cifar_dir):
+    train = D.get_cifar10(synthetic_cifar_dir, one_hot=False, seed=1)["train"]
+    with pytest.raises(ValueError, match=r"out: expected a C-contiguous float32 array of shape \(4, 3072\)"):
+        train.next_batch(4, out=np.empty((4, 3072), np.float64))
+    with pytest.raises(ValueError, match="out: expected"):
+        train.next_batch(4, out=np.empty((3072, 4), np.float32).T)
+
+
+def test_preprocessing_wants_uint8_images():
+    prep = D.Preprocessing.fit(np.zeros((2, 3, 32, 32), np.uint8), "mean_image", np.float32)
+    with pytest.raises(ValueError, match="expected uint8 images of 3072 values each"):
+        D.DataSet(np.zeros((2, 3, 32, 32), np.float32), np.zeros(2, np.int64), preprocessing=prep)
+
+
+def test_state_naming_an_unknown_bit_generator_is_refused():
+    state = id_dataset(10).get_state()
+    hostile = json.dumps({**json.loads(state["rng_state"]), "bit_generator": "seed"})  # np.random.seed() exists
+    with pytest.raises(ValueError, match="names the bit generator 'seed'"):
+        id_dataset(10).set_state({**state, "rng_state": hostile})

@@ -507,12 +507,9 @@ def _as_2d(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def _eval_arrays(dataset, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    x, y = dataset.as_arrays(flatten=True)
-    x = _as_2d(x)
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
-    return x, y
+def _eval_batches(dataset, batch_size: int, limit: int | None) -> Callable[[], Any]:
+    """Batches of an evaluation split, converted one at a time (uint8 pixels stay uint8 in memory)."""
+    return lambda: dataset.batches(batch_size, flatten=True, limit=limit)
 
 
 def _n_classes(*label_arrays: np.ndarray) -> int:
@@ -587,14 +584,14 @@ def train(args: argparse.Namespace, *, data: Mapping[str, Any] | None = None,
                                preprocessing=args.preprocessing, flatten=True, dtype=dtype,
                                augment=args.augment, seed=data_seed)
         train_set = data["train"]
-        if np.dtype(train_set.images.dtype) != np.dtype(dtype):
-            raise ValueError(f"data: the pre-loaded images are {train_set.images.dtype}, but --dtype is "
+        if np.dtype(train_set.dtype) != np.dtype(dtype):
+            raise ValueError(f"data: the pre-loaded images are {train_set.dtype}, but --dtype is "
                              f"{args.dtype}; load them with get_cifar10(dtype=np.{args.dtype})")
-        eval_sets = {"test": _eval_arrays(data["test"], eval_limit)}
-        if data.get("validation") is not None:
-            eval_sets["validation"] = _eval_arrays(data["validation"], eval_limit)
-        n_inputs = int(np.prod(train_set.images.shape[1:]))
-        n_classes = _n_classes(train_set.labels, *(y for _, y in eval_sets.values()))
+        splits = {name: data[name] for name in ("test", "validation") if data.get(name) is not None}
+        eval_sets = {name: _eval_batches(ds, args.eval_batch_size, eval_limit) for name, ds in splits.items()}
+        n_inputs = int(np.prod(train_set.raw_images.shape[1:]))
+        n_classes = _n_classes(train_set.labels, *(ds.labels for ds in splits.values()))
+        batch_buffer = np.empty((args.batch_size, n_inputs), dtype=dtype)  # reused by every step
 
         model, optimizer = build_model_and_optimizer(
             n_inputs, args.dnn_hidden_units, n_classes, dtype=dtype, init=args.init, seed=model_seed,
@@ -626,8 +623,8 @@ def train(args: argparse.Namespace, *, data: Mapping[str, Any] | None = None,
 
         def evaluate(step: int, batch_metrics: dict[str, float]) -> dict[str, float]:
             row = dict(batch_metrics)
-            for split, (x, y) in eval_sets.items():
-                row[f"{split}_loss"], row[f"{split}_accuracy"] = model.evaluate(x, y, batch_size=args.eval_batch_size)
+            for split, batches in eval_sets.items():
+                row[f"{split}_loss"], row[f"{split}_accuracy"] = model.evaluate_batches(batches())
             row = {k: float(v) for k, v in row.items()}
             log.record(step, **row)
             wall = wall_before + time.perf_counter() - start_time
@@ -646,7 +643,7 @@ def train(args: argparse.Namespace, *, data: Mapping[str, Any] | None = None,
             while step < max_steps:
                 step += 1
                 at_eval = step % eval_freq == 0 or step == max_steps
-                x, y = train_set.next_batch(args.batch_size)
+                x, y = train_set.next_batch(args.batch_size, out=batch_buffer)
                 loss = training_step(model, optimizer, _as_2d(x), y, step, schedule)
                 bar.update(1)
                 recent_losses.append(loss)

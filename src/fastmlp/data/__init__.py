@@ -1,0 +1,207 @@
+"""CIFAR-10: find, fetch, read, cache, preprocess and batch it.
+
+Where the data comes from, first match wins:
+
+1. the ``data_dir`` argument,
+2. the ``FASTMLP_DATA`` environment variable,
+3. the default cache folder (``$FASTMLP_CACHE``, else ``~/.cache/fastmlp``).
+
+That folder may hold the official "python version" folder ``cifar-10-batches-py/``
+or the archive ``cifar-10-python.tar.gz`` (the folder wins when both are there);
+``data_dir`` may also name the batches folder or the archive file itself. When
+nothing is found, the official archive is downloaded into the chosen folder and
+checked against its published md5 -- only downloads are checked, so a re-encoded
+copy with another checksum loads fine.
+
+The first load of a source decodes it (the archive is read as a stream, every
+batch checked; ~1 s) and keeps the uint8 arrays in ``<cache>/decoded/``, keyed by
+the source's content; later loads read them back in a few hundredths of a second
+(:mod:`fastmlp.data.cache`). :func:`get_cifar10` adds the course's preprocessing
+and returns :class:`DataSet` objects that keep the pixels as uint8 and convert
+each batch as it is served; :meth:`DataSet.next_batch` follows the course's
+epoch semantics and :meth:`DataSet.get_state` makes ``--resume`` exact.
+
+Modules: :mod:`~fastmlp.data.files` (locating, downloading, safe reading),
+:mod:`~fastmlp.data.cache` (decoded arrays on disk),
+:mod:`~fastmlp.data.preprocessing` (pixels to inputs, augmentation),
+:mod:`~fastmlp.data.dataset` (batching and resumable order).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastmlp.data.cache import cached_decode
+from fastmlp.data.dataset import DataSet
+from fastmlp.data.files import (
+    ARCHIVE_NAME,
+    CIFAR10_MD5,
+    CIFAR10_URL,
+    FOLDER_NAME,
+    IMAGE_SHAPE,
+    LABEL_NAMES,
+    NUM_CLASSES,
+    DataError,
+    DataNotFoundError,
+    default_cache_dir,
+    download_cifar10,
+    locate,
+    not_found_message,
+    read_archive,
+    read_batch,
+    read_folder,
+    resolve_data_dir,
+    source_files,
+)
+from fastmlp.data.preprocessing import PREPROCESSINGS, Preprocessing, augment_batch
+
+__all__ = [
+    "ARCHIVE_NAME",
+    "CIFAR10_MD5",
+    "CIFAR10_URL",
+    "DataError",
+    "DataNotFoundError",
+    "DataSet",
+    "FOLDER_NAME",
+    "IMAGE_SHAPE",
+    "LABEL_NAMES",
+    "NUM_CLASSES",
+    "PREPROCESSINGS",
+    "Preprocessing",
+    "augment_batch",
+    "default_cache_dir",
+    "download_cifar10",
+    "get_cifar10",
+    "load_cifar10",
+    "read_batch",
+    "resolve_data_dir",
+]
+
+
+def load_cifar10(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Load CIFAR-10 as uint8 images and int64 labels, without preprocessing.
+
+    Parameters
+    ----------
+    data_dir : path or None
+        Where to look (see :func:`resolve_data_dir`): a folder holding
+        ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz``, or either of them.
+        Any number of images per batch file is accepted (tests use tiny ones).
+    download : bool
+        When nothing is found: download the official archive into the resolved
+        folder (True) or raise :class:`DataNotFoundError` (False).
+    cache_dir : path or None
+        Where decoded arrays are kept; default :func:`default_cache_dir`.
+
+    Returns
+    -------
+    dict
+        ``x_train`` uint8 (n_train, 3, 32, 32) and ``y_train`` int64 (n_train,)
+        (the five training batches in order), ``x_test`` uint8 (n_test, 3, 32, 32),
+        ``y_test`` int64 (n_test,), ``label_names`` list of 10 str. Fresh arrays.
+
+    Raises
+    ------
+    DataNotFoundError (a FileNotFoundError)
+        Nothing found and ``download=False``, or the download failed (offline).
+    DataError (a ValueError)
+        A corrupt, truncated, oversized or unsafe archive or batch file (named in the message).
+    """
+    root = resolve_data_dir(data_dir)
+    source = locate(root)
+    if source is None:
+        if not download:
+            raise DataNotFoundError(not_found_message(root, "Downloading was not allowed (download=False). "))
+        source = ("archive", download_cifar10(root))
+    kind, path = source
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    decode = (lambda: read_archive(path)) if kind == "archive" else (lambda: read_folder(path))
+    return cached_decode(path, source_files(kind, path), decode, cache)
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def get_cifar10(
+    data_dir: str | os.PathLike | None = None,
+    one_hot: bool = True,
+    validation_size: int = 0,
+    *,
+    preprocessing: str = "mean_image",
+    flatten: bool = False,
+    dtype: Any = np.float32,
+    augment: bool = False,
+    seed: int | None = None,
+    download: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[str, DataSet | None]:
+    """CIFAR-10 preprocessed and wrapped in :class:`DataSet` objects.
+
+    Parameters
+    ----------
+    data_dir, download, cache_dir
+        As in :func:`load_cifar10`.
+    one_hot : bool
+        Labels as one-hot rows (n, 10) of ``dtype``; else int64 class indices (n,).
+    validation_size : int
+        Examples carved from the END of the training set (0 <= v < n_train).
+        They are removed before any statistic is computed.
+    preprocessing : {"mean_image", "standardize"}
+        ``"mean_image"`` (the course): subtract the per-pixel mean image of the
+        training split, pixels stay on the 0..255 scale. ``"standardize"``:
+        scale to 0..1, subtract the per-channel mean and divide by the
+        per-channel std of the training split.
+    flatten : bool
+        Batches (and ``as_arrays``) come as (batch, 3072) rows.
+    dtype : float32 or float64
+        Input (and one-hot label) dtype.
+    augment : bool
+        Random crop (pad 4) and horizontal flip on "train" batches only.
+    seed : int or None
+        Seeds the three data sets (independent streams from one SeedSequence).
+
+    Returns
+    -------
+    dict
+        ``"train"``: DataSet of n_train - validation_size examples,
+        ``"validation"``: DataSet of validation_size examples or None,
+        ``"test"``: DataSet. Each keeps uint8 pixels and a shared
+        :class:`Preprocessing`; batches come as ``dtype`` inputs (n, 3, 32, 32).
+    """
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
+    dtype = _check_dtype(dtype)
+    raw = load_cifar10(data_dir, download=download, cache_dir=cache_dir)
+    n_total = raw["x_train"].shape[0]
+    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
+        raise TypeError(f"validation_size must be an int, got {type(validation_size).__name__}")
+    if not 0 <= validation_size < n_total:
+        raise ValueError(f"validation_size must lie in 0..{n_total - 1} (training set of {n_total}), got {validation_size}")
+    n_train = n_total - int(validation_size)
+    prep = Preprocessing.fit(raw["x_train"][:n_train], preprocessing, dtype)  # statistics of this part only
+
+    def labels(y: np.ndarray) -> np.ndarray:
+        return np.eye(NUM_CLASSES, dtype=dtype)[y] if one_hot else y
+
+    x_all, y_all = raw["x_train"], labels(raw["y_train"])
+    seeds = np.random.SeedSequence(seed).spawn(3)
+    common = dict(flatten=flatten, preprocessing=prep)
+    train = DataSet(x_all[:n_train], y_all[:n_train], seed=seeds[0], augment=augment, **common)
+    validation = DataSet(x_all[n_train:], y_all[n_train:], seed=seeds[1], **common) if validation_size else None
+    test = DataSet(raw["x_test"], labels(raw["y_test"]), seed=seeds[2], **common)
+    return {"train": train, "validation": validation, "test": test}

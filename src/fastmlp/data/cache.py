@@ -1,0 +1,209 @@
+"""Decoded CIFAR-10 arrays kept on disk, keyed by the content of the files they came from.
+
+Decoding the archive (gunzip, unpickle, check) takes about a second; reading the
+decoded ``.npy`` files back takes a few hundredths. Layout under the cache folder::
+
+    decoded/<sha256 of the source's bytes>/x_train.npy, y_train.npy, x_test.npy, y_test.npy, meta.json
+    decoded/sources/<sha256 of the source's absolute path>.json   {"signature": ..., "sha256": ...}
+
+A source whose files still have the recorded signature (device, inode, size,
+modification and change times of each file) reuses the recorded content hash
+without being read; any other source (a new path, a replaced or touched file) is
+hashed again, so a changed archive is never served stale arrays, and a copy of a
+known archive reuses its entry. The change time cannot be set by a user, so a
+file rewritten in place with its old size and mtime is caught too.
+
+Entries are written into a temporary folder whose files and the folder itself
+are flushed to disk, then renamed into place (and the parent flushed): a reader
+sees a whole entry or none. A folder that fails its checks is treated as absent
+and decoded again. When the cache cannot be written (a read-only home, a full
+disk), the arrays are returned without caching.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fastmlp.data.files import IMAGE_SHAPE, LABEL_NAMES, NUM_CLASSES
+
+__all__ = ["ARRAY_NAMES", "cached_decode", "content_hash", "fsync_dir"]
+
+ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+_FORMAT = "fastmlp.decoded-cifar10/1"
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk; a no-op where folders cannot be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _is_digest(value: Any) -> bool:
+    """A sha256 hex string: the only thing a record may name as an entry folder."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _signature(files: list[Path]) -> list[list[int]]:
+    out = []
+    for path in files:
+        st = path.stat()
+        out.append([st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    return out
+
+
+def content_hash(files: list[Path]) -> str:
+    """sha256 over each file's name, size and bytes, in the given order."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}:{path.stat().st_size}:".encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _record_path(root: Path, source: Path) -> Path:
+    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:24]
+    return root / "sources" / f"{key}.json"
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _read_entry(entry: Path) -> dict[str, Any] | None:
+    """The arrays of a complete, well-formed entry; None for anything else."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        arrays = {name: np.load(entry / f"{name}.npy", allow_pickle=False) for name in ARRAY_NAMES}
+    except (OSError, ValueError, EOFError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        return None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if (x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or y.dtype != np.int64
+                or y.shape != (x.shape[0],) or (y.size and (y.min() < 0 or y.max() >= NUM_CLASSES))):
+            return None
+    names = meta.get("label_names")
+    return {**arrays, "label_names": list(names) if isinstance(names, list) else list(LABEL_NAMES)}
+
+
+def _write_entry(root: Path, digest: str, data: dict[str, Any]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:16]}-", dir=root))
+    try:
+        for name in ARRAY_NAMES:
+            with open(tmp / f"{name}.npy", "wb") as f:
+                np.save(f, np.ascontiguousarray(data[name]))
+                f.flush()
+                os.fsync(f.fileno())
+        with open(tmp / "meta.json", "w") as f:
+            json.dump({"format": _FORMAT, "sha256": digest, "label_names": list(data["label_names"])}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(tmp)
+        target = root / digest
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if _read_entry(target) is not None:  # another process wrote the same entry first: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:  # a damaged entry: replace it
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(tmp, target)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _prune(root: Path, digest: str) -> None:
+    """Remove the entry ``digest`` if no source record names it any more."""
+    for record_path in (root / "sources").glob("*.json"):
+        record = _read_record(record_path)
+        if record is not None and record.get("sha256") == digest:
+            return
+    shutil.rmtree(root / digest, ignore_errors=True)
+
+
+def cached_decode(source: Path, files: list[Path], decode: Callable[[], dict[str, Any]],
+                  cache_dir: Path) -> dict[str, Any]:
+    """The decoded arrays of ``source`` (whose bytes are ``files``), from the cache or from ``decode()``.
+
+    Parameters
+    ----------
+    source : Path
+        The archive or batches folder, as given (its absolute path keys its record).
+    files : list of Path
+        The files whose bytes the arrays come from (the archive, or the folder's
+        batch files in a fixed order).
+    decode : callable
+        Returns ``{"x_train", "y_train", "x_test", "y_test", "label_names"}``; called
+        on a cache miss only. Its errors propagate and nothing is cached.
+    cache_dir : Path
+        The cache folder; entries go to ``cache_dir/decoded/``.
+
+    Returns
+    -------
+    dict
+        Fresh arrays (``x_*`` uint8 (n, 3, 32, 32), ``y_*`` int64 (n,)) and ``label_names``.
+    """
+    root = cache_dir / "decoded"
+    record_path = _record_path(root, source)
+    signature = _signature(files)
+    record = _read_record(record_path)
+    if record is not None and record.get("signature") == signature and _is_digest(record.get("sha256")):
+        data = _read_entry(root / record["sha256"])
+        if data is not None:
+            return data
+    digest = content_hash(files)
+    data = _read_entry(root / digest)
+    if data is None:
+        data = decode()
+        try:
+            _write_entry(root, digest, data)
+        except OSError as exc:
+            warnings.warn(f"could not cache the decoded CIFAR-10 arrays in {root} ({exc}); "
+                          "they will be decoded again next time", stacklevel=3)
+            return data
+    try:
+        _write_json(record_path, {"source": str(source.resolve()), "signature": signature, "sha256": digest})
+    except OSError:
+        return data
+    if record is not None and _is_digest(record.get("sha256")) and record["sha256"] != digest:
+        _prune(root, record["sha256"])
+    return data
