@@ -4,24 +4,15 @@ The layer API keeps the names and contracts of the classic course skeleton
 (``LinearModule``, ``ReLUModule``, ``SoftMaxModule``, ``CrossEntropyModule``,
 ``MLP`` with ``params``/``grads`` dicts); ``fastmlp.reference`` holds a plain
 NumPy version of every kernel for tests and as the benchmark baseline.
+
+Names below are imported on first use, so ``import fastmlp.reference`` (or a
+command's ``--help``) does not pay for the layers it does not touch.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
+import importlib
 
-try:
-    __version__ = _version("fastmlp")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0+unknown"
-
-from fastmlp._blas import blas_info, get_num_threads, set_num_threads, threads  # noqa: E402
-from fastmlp.modules import (  # noqa: E402
-    CrossEntropyModule,
-    LinearModule,
-    ReLUModule,
-    SoftmaxCrossEntropyModule,
-    SoftMaxModule,
-)
-from fastmlp.mlp import MLP  # noqa: E402
-from fastmlp import optim, reference  # noqa: E402
+# Loads the OpenBLAS that fastmlp._kernels is linked against (RTLD_GLOBAL); it must be
+# in the process before _kernels is, whichever submodule imports it first (see setup.py).
+import scipy_openblas32  # noqa: F401
 
 __all__ = [
     "MLP",
@@ -40,11 +31,38 @@ __all__ = [
     "__version__",
 ]
 
+_HOMES = {
+    "MLP": "fastmlp.mlp",
+    "MLPClassifier": "fastmlp.estimator",
+    "CrossEntropyModule": "fastmlp.modules",
+    "LinearModule": "fastmlp.modules",
+    "ReLUModule": "fastmlp.modules",
+    "SoftMaxModule": "fastmlp.modules",
+    "SoftmaxCrossEntropyModule": "fastmlp.modules",
+    "blas_info": "fastmlp._blas",
+    "get_num_threads": "fastmlp._blas",
+    "set_num_threads": "fastmlp._blas",
+    "threads": "fastmlp._blas",
+}
+
 
 def __getattr__(name):
-    # The estimator pulls in the data/CLI layers; load it only when asked for.
-    if name == "MLPClassifier":
-        from fastmlp.estimator import MLPClassifier
+    if name in _HOMES:
+        value = getattr(importlib.import_module(_HOMES[name]), name)
+    elif name in ("optim", "reference"):
+        value = importlib.import_module(f"fastmlp.{name}")
+    elif name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
 
-        return MLPClassifier
-    raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
+        try:
+            value = version("fastmlp")
+        except PackageNotFoundError:  # running from a source tree without an install
+            value = "0+unknown"
+    else:
+        raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
