@@ -78,11 +78,28 @@ def torch_step(hidden, batch):
 
 
 def sgemm_call(n=2048):
-    """C = A B for n x n float32 matrices through SciPy's BLAS: the library fastmlp's kernels call."""
-    from scipy.linalg.blas import sgemm
+    """C = A B for n x n float32 matrices through the OpenBLAS fastmlp's kernels call, on its own threads.
 
+    Returns (call, flops). The roofline of a step is its GEMM FLOPs over this rate.
+    The call goes straight to ``scipy_cblas_sgemm`` (ctypes), so OpenBLAS splits it
+    over its own pool as it would for any caller.
+    """
+    import ctypes
+
+    import fastmlp  # noqa: F401  (loads the library)
+    import scipy_openblas32
+
+    lib = ctypes.CDLL(f"{scipy_openblas32.get_lib_dir()}/{scipy_openblas32.get_library(fullname=True)}")
+    gemm = lib.scipy_cblas_sgemm
+    ptr, i32, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    gemm.argtypes = [i32, i32, i32, i32, i32, i32, f32, ptr, i32, ptr, i32, f32, ptr, i32]
     rng = np.random.default_rng(0)
-    a = np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
-    b = np.asfortranarray(rng.standard_normal((n, n), dtype=np.float32))
-    c = np.zeros((n, n), dtype=np.float32, order="F")
-    return (lambda: sgemm(1.0, a, b, beta=0.0, c=c, overwrite_c=True)), 2 * n**3
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.zeros((n, n), dtype=np.float32)
+    row_major, no_trans = 101, 111
+
+    def call():
+        gemm(row_major, no_trans, no_trans, n, n, n, 1.0, a.ctypes.data, n, b.ctypes.data, n, 0.0, c.ctypes.data, n)
+
+    return call, 2 * n**3

@@ -10,7 +10,8 @@ A pause before each contender lets the previous library's BLAS/OpenMP worker
 threads, which spin for a while after a call, go to sleep first.
 A ratio is the median over rounds of the per-round ratio; the roofline time of
 a step is its GEMM FLOPs divided by the sgemm 2048^3 rate of the same round
-(SciPy's BLAS, the library fastmlp's kernels call). The same steps are in
+(the scipy-openblas32 OpenBLAS that fastmlp's kernels call, on its own threads).
+The same steps are in
 ``bench_train_step.py`` for ``pytest --benchmark-only``.
 """
 from __future__ import annotations
@@ -107,7 +108,7 @@ def table(results):
         )
     rates = ", ".join(f"{r['sgemm_gflops']:.0f}" for r in results)
     lines.append("")
-    lines.append(f"sgemm 2048^3 through SciPy's BLAS, GFLOP/s (median of each config's rounds): {rates}")
+    lines.append(f"sgemm 2048^3 through scipy-openblas32, GFLOP/s (median of each config's rounds): {rates}")
     return "\n".join(lines)
 
 

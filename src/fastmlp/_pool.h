@@ -23,13 +23,18 @@
 #define FASTMLP_POOL_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
 #include <unistd.h>
 
 #define FM_MAX_THREADS 256
-#define FM_SPIN_NS 50000 /* 50 us: longer than the gaps inside a step, far shorter than a tick */
+/* An idle worker busy-waits for FM_SPIN_NS, then yields the core between checks until
+ * FM_YIELD_NS, then sleeps: longer than the gaps between the kernels of a training step
+ * (tens of microseconds of Python), far shorter than a scheduler tick (~4 ms). */
+#define FM_SPIN_NS 30000
+#define FM_YIELD_NS 300000
 
 typedef void (*fm_task)(void *ctx, int chunk);
 
@@ -84,14 +89,21 @@ static void fm_run_chunks(uint32_t job) {
     }
 }
 
-/* Wait for a job newer than `seen`: spin briefly, then sleep. */
+/* Wait for a job newer than `seen`: spin, then yield, then sleep. */
 static uint32_t fm_wait_for_job(uint32_t seen) {
-    int64_t start = fm_now_ns();
+    int64_t start = fm_now_ns(), waited = 0;
     for (unsigned spins = 1;; spins++) {
         uint32_t job = atomic_load_explicit(&fm_pool.job, memory_order_acquire);
         if (job != seen) return job;
-        fm_cpu_relax();
-        if ((spins & 255) == 0 && fm_now_ns() - start > FM_SPIN_NS) break;
+        if (waited < FM_SPIN_NS) {
+            fm_cpu_relax();
+        } else {
+            sched_yield(); /* another thread that wants this core gets it */
+        }
+        if ((spins & 63) == 0 || waited >= FM_SPIN_NS) {
+            waited = fm_now_ns() - start;
+            if (waited > FM_YIELD_NS) break;
+        }
     }
     pthread_mutex_lock(&fm_pool.lock);
     atomic_fetch_add(&fm_pool.sleepers, 1); /* seq_cst: pairs with the caller's job store + sleepers load */

@@ -75,13 +75,15 @@ def softmax_cross_entropy(z, labels):
     Returns (mean loss, dz (B, C) = (softmax(z) - onehot) / B).
     """
     b = z.shape[0]
+    rows = np.arange(b)
     shifted = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    log_p = shifted - log_norm
-    loss = float(-log_p[np.arange(b), labels].mean())
-    dz = np.exp(log_p)
-    dz[np.arange(b), labels] -= 1
-    return loss, dz / b
+    e = np.exp(shifted)  # once: the loss and the gradient share it
+    norm = e.sum(axis=1, keepdims=True)
+    loss = float((np.log(norm[:, 0]) - shifted[rows, labels]).mean())
+    dz = e / norm
+    dz[rows, labels] -= 1
+    dz /= b
+    return loss, dz
 
 
 def sgd_update(w, g, v=None, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
@@ -149,7 +151,9 @@ class ReferenceMLP:
         """Forward, loss, backward and a plain SGD update; returns the loss before the update."""
         loss, dz = softmax_cross_entropy(self.logits(x), labels)
         for (dw, db), w, b in zip(self.gradients(dz), self.weights, self.biases):
-            w -= lr * (dw + weight_decay * w)
+            if weight_decay:
+                dw += weight_decay * w
+            w -= lr * dw
             b -= lr * db
         return loss
 

@@ -72,9 +72,9 @@ class Preprocessing:
             raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {kind!r}")
         n, shape = train_u8.shape[0], train_u8.shape[1:]
         if kind == "mean_image":
-            # Integer column sums are exact (n * 255 fits uint32 for n < 16.8M), so this equals
-            # mean(axis=0, dtype=float64) and costs one pass over the bytes.
-            total = np.add.reduce(train_u8.reshape(n, -1), axis=0, dtype=np.uint64)
+            # Integer column sums are exact, so this equals mean(axis=0, dtype=float64) and costs
+            # one pass over the bytes (uint32 holds n * 255 for n up to 16.8 million images).
+            total = np.add.reduce(train_u8.reshape(n, -1), axis=0, dtype=np.uint32 if n < 2**24 else np.uint64)
             return cls(kind, (total / n).astype(dtype), None)
         mean, std = _channel_mean_std(train_u8)
         # (x/255 - m/255) / (s/255) == (x - m) / s: one pass, same result
