@@ -530,31 +530,98 @@ def test_adam_update_step_must_be_positive():
 # ----------------------------------------------------------------------------- shape checks at the hooks
 
 
-def _call_with_bad_shape(name):
+def _bad_shape_calls():
+    """(id, argument the message must name, call): one for every shape check, write loops' outputs first."""
     rng = np.random.default_rng(7)
     x, w, dy = rng.standard_normal((4, 3)), rng.standard_normal((2, 3)), rng.standard_normal((4, 2))
-    calls = {
-        "W": lambda: K.linear_forward(np.empty((4, 2)), x, rng.standard_normal((2, 5))),
-        "Y": lambda: K.linear_forward(np.empty((4, 3)), x, w),
-        "b": lambda: K.linear_forward(np.empty((4, 2)), x, w, np.zeros(5)),
-        "X": lambda: K.linear_backward(np.empty((2, 3)), None, None, dy, rng.standard_normal((5, 3)), w),
-        "dX": lambda: K.linear_backward(np.empty((2, 3)), None, np.empty((4, 2)), dy, x, w),
-        "dW": lambda: K.linear_backward(np.empty((3, 2)), None, None, dy, x, w),
-        "db": lambda: K.linear_backward(np.empty((2, 3)), np.empty(3), None, dy, x, w),
-        "P": lambda: K.softmax_forward(np.empty((4, 2)), x),
-        "dP": lambda: K.softmax_backward(np.empty((4, 3)), np.empty((4, 2)), x),
-        "T": lambda: K.cross_entropy_forward(x, np.ones((4, 2)), 1e-300),
-        "dZ": lambda: K.softmax_cross_entropy_forward_backward(np.empty((4, 2)), x, np.zeros(4, dtype=np.int64)),
-        "g": lambda: K.sgd_update(np.zeros(3), np.zeros(4), None, 0.1),
-        "m": lambda: K.adam_update(np.zeros(3), np.zeros(3), np.zeros(2), np.zeros(3), 0.1, 0.9, 0.9, 1e-8, 0, 1),
-    }
-    calls[name]()
+    u8, off = np.zeros((5, 3), np.uint8), np.zeros(3)
+    return [
+        ("forward-W", "W", lambda: K.linear_forward(np.empty((4, 2)), x, rng.standard_normal((2, 5)))),
+        ("forward-Y", "Y", lambda: K.linear_forward(np.empty((4, 3)), x, w)),
+        ("forward-b", "b", lambda: K.linear_forward(np.empty((4, 2)), x, w, np.zeros(5))),
+        ("backward-X", "X", lambda: K.linear_backward(np.empty((2, 3)), None, None, dy, rng.standard_normal((5, 3)), w)),
+        ("backward-dX", "dX", lambda: K.linear_backward(np.empty((2, 3)), None, np.empty((4, 2)), dy, x, w)),
+        ("backward-dW", "dW", lambda: K.linear_backward(np.empty((3, 2)), None, None, dy, x, w)),
+        ("backward-db", "db", lambda: K.linear_backward(np.empty((2, 3)), np.empty(3), None, dy, x, w)),
+        ("sgd-W", "W", lambda: K.linear_backward_sgd(np.empty((3, 3)), np.zeros(2), None, dy, x, 0.1)),
+        ("sgd-b", "b", lambda: K.linear_backward_sgd(w.copy(), np.zeros(3), None, dy, x, 0.1)),
+        ("sgd-dX", "dX", lambda: K.linear_backward_sgd(w.copy(), np.zeros(2), np.empty((4, 2)), dy, x, 0.1)),
+        ("sgd-X", "X", lambda: K.linear_backward_sgd(w.copy(), np.zeros(2), None, dy, np.ones((5, 3)), 0.1)),
+        ("relu-Y", "Y", lambda: K.relu_forward(np.empty((4, 2)), x)),
+        ("relu-dY", "dY", lambda: K.relu_backward(np.empty((4, 3)), np.empty((4, 2)), x)),
+        ("relu-dX", "dX", lambda: K.relu_backward(np.empty((3, 3)), x.copy(), x)),
+        ("softmax-P", "P", lambda: K.softmax_forward(np.empty((4, 2)), x)),
+        ("softmax-dP", "dP", lambda: K.softmax_backward(np.empty((4, 3)), np.empty((4, 2)), x)),
+        ("softmax-dZ", "dZ", lambda: K.softmax_backward(np.empty((4, 2)), x.copy(), x)),
+        ("xent-T", "T", lambda: K.cross_entropy_forward(x, np.ones((4, 2)), 1e-300)),
+        ("xent-backward-T", "T", lambda: K.cross_entropy_backward(np.empty((4, 3)), x, np.ones((3, 3)), 1e-300)),
+        ("xent-backward-dP", "dP", lambda: K.cross_entropy_backward(np.empty((4, 2)), x, x.copy(), 1e-300)),
+        ("fused-dZ", "dZ", lambda: K.softmax_cross_entropy_forward_backward(np.empty((4, 2)), x, np.zeros(4, dtype=np.int64))),
+        ("sgd-update-g", "g", lambda: K.sgd_update(np.zeros(3), np.zeros(4), None, 0.1)),
+        ("sgd-update-v", "v", lambda: K.sgd_update(np.zeros(3), np.zeros(3), np.zeros(2), 0.1, 0.9)),
+        ("adam-g", "g", lambda: K.adam_update(np.zeros(3), np.zeros(2), np.zeros(3), np.zeros(3), 0.1, 0.9, 0.9, 1e-8, 0, 1)),
+        ("adam-m", "m", lambda: K.adam_update(np.zeros(3), np.zeros(3), np.zeros(2), np.zeros(3), 0.1, 0.9, 0.9, 1e-8, 0, 1)),
+        ("adam-v", "v", lambda: K.adam_update(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(4), 0.1, 0.9, 0.9, 1e-8, 0, 1)),
+        ("convert-offset", "offset", lambda: K.convert_images(np.empty((2, 3)), u8, None, np.zeros(4))),
+        ("convert-scale", "scale", lambda: K.convert_images(np.empty((2, 3)), u8, None, off, np.ones(2))),
+        ("convert-src", "src", lambda: K.convert_images(np.empty((2, 4)), u8, None, np.zeros(4))),
+        ("convert-index", "index", lambda: K.convert_images(np.empty((2, 3)), u8, np.zeros(3, np.int64), off)),
+        ("convert-out", "out", lambda: K.convert_images(np.empty((6, 3)), u8, None, off)),
+    ]
 
 
-@pytest.mark.parametrize("name", ["W", "Y", "b", "X", "dX", "dW", "db", "P", "dP", "T", "dZ", "g", "m"])
-def test_hooks_name_the_misshapen_argument(name):
-    with pytest.raises(ValueError, match=rf"^{name}: expected shape"):
-        _call_with_bad_shape(name)
+_BAD_SHAPES = _bad_shape_calls()
+
+
+@pytest.mark.parametrize("name,call", [(n, c) for _, n, c in _BAD_SHAPES], ids=[i for i, _, _ in _BAD_SHAPES])
+def test_hooks_name_the_misshapen_argument(name, call):
+    with pytest.raises(ValueError, match=rf"^{name}: expected"):
+        call()
+
+
+def test_convert_images_refuses_rows_outside_the_source():
+    with pytest.raises(ValueError, match=r"index: expected row numbers in \[0, 5\), got 5 at position 1"):
+        K.convert_images(np.empty((2, 3)), np.zeros((5, 3), np.uint8), np.array([0, 5]), np.zeros(3))
+    with pytest.raises(ValueError, match=r"got -1 at position 0"):
+        K.convert_images(np.empty((1, 3)), np.zeros((5, 3), np.uint8), np.array([-1]), np.zeros(3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("strided", [False, True])
+def test_convert_images_against_numpy(dtype, strided):
+    rng = np.random.default_rng(3)
+    src = rng.integers(0, 256, (50, 2 * 70 if strided else 70), dtype=np.uint8)
+    src = src[:, ::2] if strided else src  # non-unit stride along D: the kernel copies
+    index = rng.integers(0, 50, 33)
+    offset, scale = rng.random(70).astype(dtype) * 255, rng.random(70).astype(dtype) + 0.5
+    out = np.full((33, 70), np.nan, dtype)
+    K.convert_images(out, src, index, offset, scale)
+    np.testing.assert_array_equal(out, (src[index].astype(dtype) - offset) / scale)  # same ops, same rounding
+    K.convert_images(out[:20], src, None, offset)
+    np.testing.assert_array_equal(out[:20], np.subtract(src[:20], offset, dtype=dtype))
+
+
+def test_sizes_beyond_the_blas_interface_are_refused():
+    # A view whose leading dimension exceeds a C int: BLAS would wrap it around. No memory is touched.
+    big = np.lib.stride_tricks.as_strided(np.zeros(8), shape=(2, 3), strides=(8 * 2**31, 8), writeable=False)
+    with pytest.raises(ValueError, match=r"X: shape \(2, 3\) with leading dimension 2147483648 exceeds what BLAS takes"):
+        K.linear_forward(np.empty((2, 2)), big, np.ones((2, 3)))
+    with pytest.raises(ValueError, match="dY: .*exceeds what BLAS takes"):
+        K.linear_backward(np.empty((2, 3)), None, None, big[:, :2], np.ones((2, 3)), np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_one_sgd_update_with_weight_decay_fixed_case(dtype):
+    # Batch 1 takes the rank-1 (GER) path with beta = 1 - lr * wd scaling W first.
+    w = np.array([[1.0, -2.0, 0.5], [0.25, 0.0, -1.0]], dtype=dtype)
+    b = np.array([0.5, -0.5], dtype=dtype)
+    dy = np.array([[0.2, -0.4]], dtype=dtype)
+    x = np.array([[1.0, 2.0, -3.0]], dtype=dtype)
+    K.linear_backward_sgd(w, b, None, dy, x, 0.1, 0.5)
+    expected_w = 0.95 * np.array([[1.0, -2.0, 0.5], [0.25, 0.0, -1.0]]) - 0.1 * np.array(
+        [[0.2, 0.4, -0.6], [-0.4, -0.8, 1.2]])
+    np.testing.assert_allclose(w, expected_w, rtol=1e-6)
+    np.testing.assert_allclose(b, [0.48, -0.46], rtol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(0, 3), (3, 0)])

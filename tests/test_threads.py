@@ -1,0 +1,200 @@
+"""Which BLAS the kernels call, fastmlp's thread pool, and the parallel GEMM paths.
+
+The small-shape sweeps of test_kernels.py never reach the thread pool (a GEMM
+needs ~1M multiply-adds to be cut into chunks); here every cut (rows, columns,
+the inner dimension of the skinny forward) runs at the shapes of the course's
+networks, with one, two and three threads, and against float64 NumPy.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import fastmlp
+from fastmlp import _kernels as K
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+@pytest.fixture
+def restore_threads():
+    before = fastmlp.get_num_threads()
+    yield
+    fastmlp.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- the BLAS
+
+
+def test_kernels_call_the_scipy_openblas32_library():
+    import scipy_openblas32
+
+    info = fastmlp.blas_info()
+    expected = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+    # dladdr on the sgemm the extension resolved: the library it really calls, not one it could.
+    assert os.path.realpath(info["library"]) == os.path.realpath(expected)
+    assert "OpenBLAS" in info["config"]
+    loaded = {os.path.realpath(lib["filepath"]): lib for lib in threadpoolctl.threadpool_info()}
+    assert loaded[os.path.realpath(expected)]["internal_api"] == "openblas"
+
+
+def test_threadpoolctl_sees_and_limits_fastmlps_threads(restore_threads):
+    fastmlp.set_num_threads(2)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        assert fastmlp.get_num_threads() == 1
+    assert fastmlp.get_num_threads() == 2
+    with fastmlp.threads(1):
+        assert fastmlp.get_num_threads() == 1
+    assert fastmlp.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="expected a positive int number of threads"):
+        fastmlp.set_num_threads(bad)
+
+
+def test_kernels_leave_openblas_thread_count_as_they_found_it(restore_threads):
+    fastmlp.set_num_threads(3)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((300, 3072)).astype(np.float32), rng.standard_normal((100, 3072)).astype(np.float32)
+    K.linear_forward(np.empty((300, 100), np.float32), x, w)
+    assert fastmlp.get_num_threads() == 3
+
+
+def test_fresh_process_loads_the_library_through_the_package():
+    # The extension names libscipy_openblas.so without a path: importing fastmlp must load it first.
+    code = "from fastmlp import _kernels as K; import numpy as np; K.linear_forward(np.empty((2, 2)), np.eye(2), np.eye(2))"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ----------------------------------------------------------------------------- the pool
+
+
+@pytest.mark.parametrize("chunks,threads", [(1, 2), (2, 2), (7, 2), (5, 3), (4, 1)])
+def test_pool_runs_every_chunk_exactly_once(chunks, threads):
+    used, owners = K.pool_probe(chunks, threads)
+    assert len(owners) == chunks and all(owners)  # every chunk ran (wrote its thread id)
+    assert 1 <= used <= min(chunks, threads)
+
+
+def test_pool_spreads_chunks_over_threads():
+    # Workers may be asleep at the first call; over many calls both threads take chunks.
+    seen = set()
+    for _ in range(50):
+        seen.update(K.pool_probe(8, 2)[1])
+    assert len(seen) >= 2
+
+
+def test_pool_survives_fork():
+    K.pool_probe(4, 2)  # workers exist in the parent
+    pid = os.fork()
+    if pid == 0:  # the child has no workers: the pool must notice, not wait for them
+        try:
+            used, owners = K.pool_probe(4, 2)
+            os._exit(0 if len(owners) == 4 and all(owners) else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 60
+    while True:  # a pool that waits for workers lost in the fork would hang: give up after a minute
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung in the pool")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_pool_with_concurrent_callers_runs_every_chunk():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as ex:
+        results = list(ex.map(lambda _: K.pool_probe(6, 2)[1], range(40)))
+    assert all(len(r) == 6 and all(r) for r in results)
+
+
+# ----------------------------------------------------------------------------- parallel GEMMs
+
+# (B, I, O): the course's first layer (K-split forward, column-split dW), an evaluation chunk,
+# a wide layer (row/column splits), batch 17 (transposed forward with K-split), odd sizes.
+SHAPES = [(200, 3072, 100), (1000, 3072, 100), (600, 1024, 512), (17, 3072, 100), (257, 1537, 301)]
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-3), np.float64: dict(rtol=1e-10, atol=1e-9)}
+
+
+def _layer_results(B, I, O, dtype, layout, threads):
+    fastmlp.set_num_threads(threads)
+    rng = np.random.default_rng(B + I + O)
+    x = rng.standard_normal((B, I)).astype(dtype)
+    w = (rng.standard_normal((O, I)) / np.sqrt(I)).astype(dtype)
+    if layout == "F":
+        x, w = np.asfortranarray(x), np.asfortranarray(w)
+    b = rng.standard_normal(O).astype(dtype)
+    dy = rng.standard_normal((B, O)).astype(dtype)
+    xr = np.maximum(x, 0)
+    y = np.full((B, O), np.nan, dtype)
+    K.linear_forward(y, x, w, b, True, np.full((1, max(1, K.forward_scratch_size(B, I, O))), np.nan, dtype))
+    dw, db, dx = np.full((O, I), np.nan, dtype), np.full(O, np.nan, dtype), np.full((B, I), np.nan, dtype)
+    K.linear_backward(dw, db, dx, dy, xr, w, True)
+    w2, b2, dx2 = np.array(w, order="C"), b.copy(), np.full((B, I), np.nan, dtype)
+    K.linear_backward_sgd(w2, b2, dx2, dy, xr, 0.01, 0.1, True)
+    return x, w, b, dy, xr, (y, dw, db, dx, w2, b2, dx2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_parallel_gemm_paths_match_numpy(shape, layout, dtype, restore_threads):
+    B, I, O = shape
+    for threads in (1, 2, 3):
+        x, w, b, dy, xr, (y, dw, db, dx, w2, b2, dx2) = _layer_results(B, I, O, dtype, layout, threads)
+        x64, w64, dy64, xr64 = (a.astype(np.float64) for a in (x, w, dy, xr))
+        np.testing.assert_allclose(y, np.maximum(x64 @ w64.T + b, 0), **TOL[dtype])
+        ref_dx = (dy64 @ w64) * (xr64 > 0)
+        ref_dw = dy64.T @ xr64
+        np.testing.assert_allclose(dx, ref_dx, **TOL[dtype])
+        np.testing.assert_allclose(dw, ref_dw, **TOL[dtype])
+        np.testing.assert_allclose(db, dy64.sum(axis=0), **TOL[dtype])
+        np.testing.assert_allclose(dx2, ref_dx, **TOL[dtype])  # dX with the old W
+        np.testing.assert_allclose(w2, (1 - 0.01 * 0.1) * w64 - 0.01 * ref_dw, **TOL[dtype])
+        np.testing.assert_allclose(b2, b - 0.01 * dy64.sum(axis=0), **TOL[dtype])
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=lambda s: "x".join(map(str, s)))
+def test_results_are_deterministic_for_a_thread_count(shape, restore_threads):
+    for threads in (1, 2):
+        first = _layer_results(*shape, np.float32, "C", threads)[-1]
+        again = _layer_results(*shape, np.float32, "C", threads)[-1]
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_k_split_forward_does_not_depend_on_the_thread_count(restore_threads):
+    # The skinny forward's two inner-dimension halves are fixed: same sums with 1, 2 or 3 threads.
+    outputs = [_layer_results(200, 3072, 100, np.float32, "C", threads)[-1][0] for threads in (1, 2, 3)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    np.testing.assert_array_equal(outputs[0], outputs[2])
+
+
+def test_mlp_training_is_reproducible_with_threads(restore_threads):
+    from fastmlp import MLP, optim
+
+    def run():
+        fastmlp.set_num_threads(2)
+        rng = np.random.default_rng(0)
+        model = MLP(3072, [100], 10, dtype=np.float32, seed=0, init="kaiming")
+        opt = optim.SGD(model, 1e-3)
+        for _ in range(5):
+            model.train_step(rng.standard_normal((200, 3072)).astype(np.float32), rng.integers(0, 10, 200), opt)
+        return model.state_dict()
+
+    first, second = run(), run()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
