@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 from fastmlp import train as fm_train
-from fastmlp.schedules import LearningRateSchedule
 
 CHANCE = 0.1  # ten balanced classes
 
@@ -306,33 +305,6 @@ def test_train_contract_preloaded_data_and_on_eval(synthetic_cifar_dir, tmp_path
     # Pre-loaded data of the wrong dtype is refused with a clear message.
     with pytest.raises(ValueError, match="float32.*float64"):
         fm_train.train(argparse.Namespace(**{**vars(args), "dtype": "float64"}), data=data)
-
-
-# ------------------------------------------------------------------ schedules
-def test_learning_rate_schedules():
-    constant = LearningRateSchedule(0.1, 100)
-    assert [constant(s) for s in (1, 50, 100, 500)] == [0.1] * 4
-
-    warm = LearningRateSchedule(0.1, 100, "constant", warmup_steps=10)
-    assert warm(1) == pytest.approx(0.01) and warm(5) == pytest.approx(0.05) and warm(10) == 0.1 and warm(11) == 0.1
-
-    cosine = LearningRateSchedule(0.1, 100, "cosine", warmup_steps=10)
-    values = [cosine(s) for s in range(11, 101)]
-    assert values[0] == 0.1
-    assert all(a > b for a, b in zip(values, values[1:]))
-    assert 0 < values[-1] < 0.001
-    assert cosine(56) == pytest.approx(0.05)  # half-way: 45 of the 90 post-warm-up steps done
-
-    step = LearningRateSchedule(1.0, 100, "step")
-    assert step(1) == step(50) == 1.0
-    assert step(51) == pytest.approx(0.1) and step(76) == pytest.approx(0.01)
-
-    for bad in (dict(base_lr=0.0, total_steps=10), dict(base_lr=0.1, total_steps=0),
-                dict(base_lr=0.1, total_steps=10, kind="linear"), dict(base_lr=0.1, total_steps=10, warmup_steps=-1)):
-        with pytest.raises(ValueError):
-            LearningRateSchedule(**bad)
-    with pytest.raises(ValueError):
-        constant(0)
 
 
 def test_package_main_points_to_the_commands(capsys):

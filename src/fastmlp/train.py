@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--init", choices=INITS, default="normal",
                      help="weight init; normal = the course's N(0, 1e-4^2)")
     opt.add_argument("--lr_schedule", choices=SCHEDULES, default="constant",
-                     help="cosine: decay to 0 over --max_steps; step: x0.1 at 50%% and 75%% of the steps")
+                     help="cosine: decay to 0 over --max_steps; step: x0.1 at 50%% and 75%% of the steps; "
+                          "onecycle: PyTorch's OneCycleLR (up over 30%% of the steps, or --warmup_steps, then down)")
     opt.add_argument("--warmup_steps", type=typed("warmup_steps"), default=0,
                      help="linear learning-rate warm-up over this many steps")
 
