@@ -5,12 +5,7 @@ The layer API keeps the names and contracts of the classic course skeleton
 ``MLP`` with ``params``/``grads`` dicts); ``fastmlp.reference`` holds a plain
 NumPy version of every kernel for tests and as the benchmark baseline.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
-
-try:
-    __version__ = _version("fastmlp")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0+unknown"
+from fastmlp.version import __version__
 
 from fastmlp.modules import (  # noqa: E402
     CrossEntropyModule,
@@ -37,7 +32,7 @@ __all__ = [
 
 
 def __getattr__(name):
-    # The estimator pulls in the data/CLI layers; load it only when asked for.
+    # The estimator pulls in the data and training layers; load it only when asked for.
     if name == "MLPClassifier":
         from fastmlp.estimator import MLPClassifier
 

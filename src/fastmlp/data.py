@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fastmlp.runlog import atomic_path
+from fastmlp.atomic import atomic_path
 
 try:  # NumPy >= 2 keeps the pickle helpers in numpy._core
     from numpy._core.multiarray import _reconstruct as _np_reconstruct

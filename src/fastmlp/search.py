@@ -100,6 +100,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from fastmlp import runlog
+from fastmlp.atomic import atomic_path, atomic_write_json, atomic_write_text
 from fastmlp.train import _argparse_type
 from fastmlp.train import _nonnegative_int as _check_nonnegative_int
 from fastmlp.train import _positive_float as _check_positive_float
@@ -713,7 +714,7 @@ def _make_objective(args: argparse.Namespace, trainer: _Trainer, data: dict) -> 
         trial.set_user_attr("hidden_units", format_hidden_units(config["hidden_units"]))
         trial.set_user_attr("steps", int(config["max_steps"]))
         trial.set_user_attr("trial_dir", str(out_dir))
-        runlog.atomic_write_json(out_dir / "trial_info.json", {
+        atomic_write_json(out_dir / "trial_info.json", {
             "study_name": args.study_name, "trial_number": trial.number, "config": config,
             "note": "this trial was trained with the VALIDATION split in the trainer's 'test' slot: "
                     "test_* values in metrics.json and curves.csv are validation values; the real "
@@ -989,7 +990,7 @@ def _final_retrain(study, args: argparse.Namespace, trainer: _Trainer) -> dict |
         "run_dir": str(run_dir),
         "command": trainer.command(ns),
     }
-    runlog.atomic_write_json(path, final)
+    atomic_write_json(path, final)
     return final
 
 
@@ -1020,7 +1021,7 @@ def write_trials_csv(study, path: Path) -> None:
              _cell(t.duration.total_seconds() if t.duration else None)]
             + [_cell(t.params.get(k)) for k in param_names]
             + [_cell(t.user_attrs.get(k)) for k in attr_names] + [t.state.name])
-    runlog.atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _trial_row_config(trial, args: argparse.Namespace) -> dict | None:
@@ -1106,7 +1107,7 @@ def write_results_md(study, args: argparse.Namespace, path: Path, final: dict | 
     lines += ["", "## Plots", ""]
     for name, (file, reason) in plots.items():
         lines.append(f"- {name}: " + (f"![{name}]({file})" if file else f"not drawn ({reason})"))
-    runlog.atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _fmt(value) -> str:
@@ -1158,7 +1159,7 @@ def write_plots(study, out_dir: Path) -> dict[str, tuple[str | None, str]]:
                 figure = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).figure
                 figure.set_size_inches(9, 5)
                 figure.tight_layout()
-                with runlog.atomic_path(out_dir / file) as tmp:
+                with atomic_path(out_dir / file) as tmp:
                     figure.savefig(tmp, format="png", dpi=100)
                 plt.close(figure)
             drawn[name] = (file, "")

@@ -66,6 +66,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from fastmlp import runlog
+from fastmlp.atomic import atomic_savez
 from fastmlp.data import PREPROCESSINGS
 from fastmlp.modules import INITS
 from fastmlp.optim import OPTIMIZERS
@@ -421,7 +422,7 @@ def save_checkpoint(path: str | Path, *, model, optimizer, step: int, data_state
         **meta,
     }
     arrays["meta"] = np.array(json.dumps(full_meta, default=_numpy_scalar_to_python))
-    runlog.atomic_savez(path, **arrays)
+    atomic_savez(path, **arrays)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ schedule and input layout it uses:
 
 - device choice (``--device {auto,cpu,cuda}``) and CPU thread count (``--num_threads``);
 - distributed setup/teardown under ``torchrun`` (:func:`distributed_context`);
-- checkpoints written atomically through :func:`fastmlp.runlog.atomic_path` + ``torch.save``
+- checkpoints written atomically through :func:`fastmlp.atomic.atomic_path` + ``torch.save``
   and read back for ``--resume`` (:func:`save_checkpoint`, :func:`load_checkpoint`);
 - whole-split evaluation (:func:`evaluate`);
 - the step loop (:func:`fit`): tqdm bar with the running loss, NaN/inf check
@@ -55,10 +55,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from fastmlp.atomic import atomic_path
 from fastmlp.runlog import (
     DivergenceError,
     RunLog,
-    atomic_path,
     check_finite,
     default_out_dir,
     progress_bar,
