@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import sys
 import warnings
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from fastmlp import runlog
+from fastmlp.hyperparams import Boolean, check
 from fastmlp.schedules import LearningRateSchedule
 
 __all__ = ["DataConversionWarning", "MLPClassifier", "NotFittedError"]
@@ -52,7 +54,7 @@ def _with_sklearn_base(ours: type, module: str, name: str) -> type:
     """``ours``, or a subclass of both ``ours`` and scikit-learn's class of that name.
 
     scikit-learn is consulted only if something already imported it: nobody can
-    be catching its exception classes otherwise, and importing it costs ~1 s.
+    be catching its exception classes otherwise, and importing it is slow.
     """
     if "sklearn" not in sys.modules:
         return ours
@@ -71,19 +73,25 @@ def _not_fitted(estimator: Any, method: str) -> Exception:
     )
 
 
+# Constructor argument -> its entry in the constraint table (fastmlp.hyperparams).
+_TABLE_NAMES = {
+    "hidden_layer_sizes": "hidden_units", "learning_rate": "learning_rate", "batch_size": "batch_size",
+    "max_steps": "max_steps", "optimizer": "optimizer", "momentum": "momentum",
+    "weight_decay": "weight_decay", "init": "init", "dtype": "dtype",
+}
+
+
 def _resolve_seed(random_state: Any) -> int:
     """An int seed from ``random_state`` (None: fresh entropy; int; RandomState or Generator: one draw)."""
     if random_state is None:
         return int(np.random.SeedSequence().generate_state(1)[0])
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, (bool, np.bool_)):
-        if random_state < 0:
-            raise ValueError(f"random_state: expected None, an int >= 0 or a NumPy random generator, got {random_state!r}")
-        return int(random_state)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(np.iinfo(np.int32).max))
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(np.iinfo(np.int64).max))
-    raise ValueError(f"random_state: expected None, an int >= 0 or a NumPy random generator, got {random_state!r}")
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, (bool, np.bool_)):
+        return check("seed", random_state, label="random_state")
+    raise TypeError(f"random_state: expected None, an int >= 0 or a NumPy random generator, got {random_state!r}")
 
 
 class MLPClassifier:
@@ -189,45 +197,17 @@ class MLPClassifier:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def _checked_params(self) -> dict[str, Any]:
-        """The hyper-parameters, checked; ValueError naming the first bad one."""
-        from fastmlp.optim import OPTIMIZERS
-        from fastmlp.train import INITS, _momentum, _nonnegative_float, _positive_float, _positive_int, parse_hidden_units
+        """The hyper-parameters checked against the table, by constructor name, plus ``seed``.
 
-        def check(name, checker):
-            value = getattr(self, name)
-            try:
-                return checker(value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name}: {exc}") from None
-
-        hidden = self.hidden_layer_sizes
-        if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, (bool, np.bool_)):
-            hidden = (hidden,)
-        try:
-            hidden = parse_hidden_units(list(hidden) if isinstance(hidden, np.ndarray) else hidden)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"hidden_layer_sizes: {exc}") from None
-        for name, choices in (("optimizer", OPTIMIZERS), ("init", INITS)):
-            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
-                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError:
-            dtype = None
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype: expected np.float32 or np.float64, got {self.dtype!r}")
-        if not isinstance(self.verbose, (bool, np.bool_, int)):
-            raise ValueError(f"verbose: expected a bool, got {self.verbose!r}")
-        return {
-            "hidden": hidden,
-            "learning_rate": check("learning_rate", _positive_float),
-            "batch_size": check("batch_size", _positive_int),
-            "max_steps": check("max_steps", _positive_int),
-            "momentum": check("momentum", _momentum),
-            "weight_decay": check("weight_decay", _nonnegative_float),
-            "dtype": dtype,
-            "seed": _resolve_seed(self.random_state),
-        }
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the first bad one (see :mod:`fastmlp.hyperparams`).
+        """
+        params = {name: check(entry, getattr(self, name), label=name) for name, entry in _TABLE_NAMES.items()}
+        params["verbose"] = check(Boolean(), self.verbose, label="verbose")
+        params["seed"] = _resolve_seed(self.random_state)
+        return params
 
     # ---------------------------------------------------------- input checks
     def _check_X(self, X: Any, dtype: np.dtype, *, reset: bool) -> np.ndarray:
@@ -334,8 +314,8 @@ class MLPClassifier:
         self.classes_ = classes
         # What build_model_and_optimizer needs to rebuild the network when unpickling.
         self._network_config = {
-            "n_inputs": n_features, "hidden_units": params["hidden"], "n_classes": len(classes),
-            "dtype": params["dtype"].name, "init": self.init, "optimizer": self.optimizer,
+            "n_inputs": n_features, "hidden_units": params["hidden_layer_sizes"], "n_classes": len(classes),
+            "dtype": params["dtype"], "init": params["init"], "optimizer": params["optimizer"],
             "learning_rate": params["learning_rate"], "momentum": params["momentum"],
             "weight_decay": params["weight_decay"],
         }
@@ -386,7 +366,7 @@ class MLPClassifier:
         self
         """
         params = self._checked_params()
-        X = self._check_X(X, params["dtype"], reset=True)
+        X = self._check_X(X, np.dtype(params["dtype"]), reset=True)
         y = self._check_y(y, X.shape[0])
         classes = self._unique_classes(y, "y")
         self._initialize(X.shape[1], classes, params)
@@ -422,7 +402,7 @@ class MLPClassifier:
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit "
                              "(every label that will ever appear, e.g. np.unique(y_all)).")
-        X = self._check_X(X, params["dtype"] if first else self.model_.dtype, reset=first)
+        X = self._check_X(X, np.dtype(params["dtype"]) if first else self.model_.dtype, reset=first)
         y = self._check_y(y, X.shape[0])
         if classes is not None:
             classes = np.asarray(classes)

@@ -101,10 +101,7 @@ import numpy as np
 
 from fastmlp import runlog
 from fastmlp.atomic import atomic_path, atomic_write_json, atomic_write_text
-from fastmlp.train import _argparse_type
-from fastmlp.train import _nonnegative_int as _check_nonnegative_int
-from fastmlp.train import _positive_float as _check_positive_float
-from fastmlp.train import _positive_int as _check_positive_int
+from fastmlp.hyperparams import NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, flag_type
 from fastmlp.search_space import (
     DEFAULT_GRID,
     format_hidden_units,
@@ -332,10 +329,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- flags
-# The flag checks are fastmlp.train's, so both command lines word their errors alike.
-_positive_int = _argparse_type(_check_positive_int, "positive integer")
-_nonnegative_int = _argparse_type(_check_nonnegative_int, "non-negative integer")
-_positive_float = _argparse_type(_check_positive_float, "positive number")
+# The flag checks are the constraint table's, so every command line words its errors alike.
+_positive_int = flag_type(POSITIVE_INT)
+_nonnegative_int = flag_type(NONNEGATIVE_INT)
+_positive_float = flag_type(POSITIVE_NUMBER)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -380,9 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "over every run and worker (when unset: the whole grid; 20 for other samplers)")
     budget.add_argument("--timeout", type=_positive_float, default=None,
                         help="seconds after which this run starts no new trial")
-    budget.add_argument("--max_steps_cap", type=_positive_int, default=None,
+    budget.add_argument("--max_steps_cap", type=flag_type("max_steps"), default=None,
                         help="train at most this many steps per trial (quick runs)")
-    budget.add_argument("--eval_freq", type=_positive_int, default=250,
+    budget.add_argument("--eval_freq", type=flag_type("eval_freq"), default=250,
                         help="validation evaluation (and pruning check) every this many steps")
 
     data = parser.add_argument_group("data")
@@ -401,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes on this machine, all sharing the storage")
     study.add_argument("--worker_index", type=_nonnegative_int, default=0,
                        help="distinct per hand-started worker: offsets the sampler's random seed")
-    study.add_argument("--threads", type=_positive_int, default=None,
+    study.add_argument("--threads", type=flag_type("threads"), default=None,
                        help="CPU threads per worker (when unset: cores / n_workers with several workers, "
                             "else the libraries' choice)")
     study.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -416,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="times a trial killed with its worker (or interrupted) is queued again")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=_nonnegative_int, default=42,
+    run.add_argument("--seed", type=flag_type("seed"), default=42,
                      help="seed of every trial's training (and of the samplers)")
     run.add_argument("--out_dir", default=None, help="when unset: runs/search/<study_name>")
     run.add_argument("--skip_final", action="store_true",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fastmlp.optim import OPTIMIZERS  # names both trainers understand ("momentum": SGD, momentum 0.9)
-from fastmlp.train import parse_hidden_units
+from fastmlp.hyperparams import parse_hidden_units
 
 __all__ = [
     "CONFIG_KEYS",

@@ -54,8 +54,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import re
 import sys
 import time
 import warnings
@@ -68,6 +66,7 @@ import numpy as np
 from fastmlp import runlog
 from fastmlp.atomic import atomic_savez
 from fastmlp.data import PREPROCESSINGS
+from fastmlp.hyperparams import FloatDType, check, flag_type, parse_hidden_units
 from fastmlp.modules import INITS
 from fastmlp.optim import OPTIMIZERS
 from fastmlp.schedules import SCHEDULES, LearningRateSchedule
@@ -111,107 +110,12 @@ _INVOCATION_FLAGS = ("resume", "out_dir", "dry_run", "quiet", "threads")
 
 
 # --------------------------------------------------------------------------- flags
-def parse_hidden_units(text: str | list | tuple) -> list[int]:
-    """Hidden layer sizes from ``"512,256"`` (``""`` -> ``[]``: logistic regression).
-
-    A list or tuple of positive ints is accepted too (and copied).
-
-    Raises
-    ------
-    ValueError
-        If an entry is not a positive integer.
-    """
-    if isinstance(text, str):
-        parts = [p.strip() for p in text.split(",")] if text.strip() else []
-    elif isinstance(text, (list, tuple)):
-        parts = list(text)
-    else:
-        raise TypeError(f"hidden units must be a comma-separated string or a list of ints, got {type(text).__name__}")
-    sizes = []
-    for part in parts:
-        if isinstance(part, str) and re.fullmatch(r"\d+", part):
-            size = int(part)
-        elif isinstance(part, (int, np.integer)) and not isinstance(part, (bool, np.bool_)):
-            size = int(part)
-        else:
-            size = 0
-        if size < 1:
-            raise ValueError(
-                f"hidden units must be positive integers separated by commas (e.g. '100' or '512,256', "
-                f"'' for none), got {text!r}: {part!r} is not a positive integer"
-            )
-        sizes.append(size)
-    return sizes
-
-
-def _argparse_type(check: Callable[[str], Any], name: str) -> Callable[[str], Any]:
-    """Wrap a checker so argparse reports its ValueError message as a usage error."""
-
-    def convert(text: str) -> Any:
-        try:
-            return check(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = name
-    return convert
-
-
-def _number(kind: type, minimum: float, *, strict: bool, maximum: float | None = None) -> Callable[[Any], Any]:
-    """A checker converting to ``kind`` and enforcing ``minimum`` (and ``maximum``, exclusive)."""
-    bound = f"> {minimum}" if strict else f">= {minimum}"
-    if maximum is not None:
-        bound += f" and < {maximum}"
-    expected = f"{'an integer' if kind is int else 'a finite number'} {bound}"
-
-    def check(value: Any) -> Any:
-        number = None
-        if not isinstance(value, (bool, np.bool_)):
-            try:
-                number = kind(value)
-            except (TypeError, ValueError, OverflowError):
-                number = None
-        # int(2.5) would silently truncate a hand-made Namespace's value.
-        if number is not None and kind is int and isinstance(value, (float, np.floating)) and number != value:
-            number = None
-        if (number is None or (kind is float and not math.isfinite(number))
-                or (number <= minimum if strict else number < minimum)
-                or (maximum is not None and number >= maximum)):
-            raise ValueError(f"expected {expected}, got {value!r}")
-        return number
-
-    return check
-
-
-_positive_int = _number(int, 0, strict=True)
-_nonnegative_int = _number(int, 0, strict=False)
-_positive_float = _number(float, 0.0, strict=True)
-_nonnegative_float = _number(float, 0.0, strict=False)
-_momentum = _number(float, 0.0, strict=False, maximum=1.0)
-
-# Per flag: the check that both argparse and train() apply (train() may get a
-# Namespace built by hand, e.g. by a hyper-parameter search).
-_CHECKS: dict[str, Callable[[Any], Any]] = {
-    "dnn_hidden_units": parse_hidden_units,
-    "learning_rate": _positive_float,
-    "max_steps": _positive_int,
-    "batch_size": _positive_int,
-    "eval_freq": _positive_int,
-    "momentum": _momentum,
-    "weight_decay": _nonnegative_float,
-    "warmup_steps": _nonnegative_int,
-    "validation_size": _nonnegative_int,
-    "eval_batch_size": _positive_int,
-    "threads": _positive_int,
-    "seed": _nonnegative_int,
-}
-_CHOICES = {
-    "optimizer": OPTIMIZERS,
-    "init": INITS,
-    "lr_schedule": SCHEDULES,
-    "preprocessing": PREPROCESSINGS,
-    "dtype": tuple(DTYPES),
-}
+# A flag's entry in the constraint table (fastmlp.hyperparams) when its name differs.
+_TABLE_NAME = {"dnn_hidden_units": "hidden_units"}
+# Flags the table checks: those whose (table) name has an entry.
+_CHECKED = ("dnn_hidden_units", "learning_rate", "max_steps", "batch_size", "eval_freq", "momentum", "nesterov",
+            "weight_decay", "warmup_steps", "validation_size", "eval_batch_size", "threads", "seed", "augment",
+            "optimizer", "init", "lr_schedule", "preprocessing", "dtype")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def typed(name: str) -> Callable[[str], Any]:
-        return _argparse_type(_CHECKS[name], name.replace("_", " "))
+        return flag_type(_TABLE_NAME.get(name, name))
 
     course = parser.add_argument_group("course flags")
     course.add_argument("--dnn_hidden_units", type=typed("dnn_hidden_units"), default="100",
@@ -239,27 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: $FASTMLP_DATA, else ~/.cache/fastmlp)")
 
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+    opt.add_argument("--optimizer", type=typed("optimizer"), choices=OPTIMIZERS, default="sgd",
                      help="sgd: plain SGD (the course); momentum: SGD with --momentum; adam")
     opt.add_argument("--momentum", type=typed("momentum"), default=0.9, help="momentum of --optimizer momentum")
     opt.add_argument("--nesterov", action="store_true", help="Nesterov momentum (with --optimizer momentum)")
     opt.add_argument("--weight_decay", type=typed("weight_decay"), default=0.0, help="L2 weight decay")
-    opt.add_argument("--init", choices=INITS, default="normal",
+    opt.add_argument("--init", type=typed("init"), choices=INITS, default="normal",
                      help="weight init; normal = the course's N(0, 1e-4^2)")
-    opt.add_argument("--lr_schedule", choices=SCHEDULES, default="constant",
+    opt.add_argument("--lr_schedule", type=typed("lr_schedule"), choices=SCHEDULES, default="constant",
                      help="cosine: decay to 0 over --max_steps; step: x0.1 at 50%% and 75%% of the steps; "
                           "onecycle: PyTorch's OneCycleLR (up over 30%% of the steps, or --warmup_steps, then down)")
     opt.add_argument("--warmup_steps", type=typed("warmup_steps"), default=0,
                      help="linear learning-rate warm-up over this many steps")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--preprocessing", choices=PREPROCESSINGS, default="mean_image",
+    data.add_argument("--preprocessing", type=typed("preprocessing"), choices=PREPROCESSINGS, default="mean_image",
                       help="mean_image: subtract the mean training image (course); "
                            "standardize: per-channel mean/std")
     data.add_argument("--augment", action="store_true", help="random crops (pad 4) and horizontal flips")
     data.add_argument("--validation_size", type=typed("validation_size"), default=0,
                       help="training images held out (from the end) as a validation set")
-    data.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="floating-point precision")
+    data.add_argument("--dtype", type=typed("dtype"), choices=FloatDType.NAMES, default="float32",
+                      help="floating-point precision")
 
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=typed("seed"), default=42, help="seed of the weights and of the batch order")
@@ -285,32 +190,23 @@ def _defaults() -> dict[str, Any]:
 def normalize_args(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Namespace:
     """A checked copy of ``args`` with every flag present (missing ones get the defaults).
 
-    ``train`` may be handed a Namespace built by hand, so the argparse checks
-    are applied again here.
+    ``train`` may be handed a Namespace built by hand, so the argparse checks (the
+    constraint table, :mod:`fastmlp.hyperparams`) are applied again here.
 
     Raises
     ------
-    ValueError
-        Naming the flag, if a value is out of range or not among the choices.
+    TypeError, ValueError
+        Naming the flag: TypeError for a value of the wrong type, ValueError for one
+        out of range or not among the choices (and for an unknown flag).
     """
     given = dict(args) if isinstance(args, Mapping) else dict(vars(args))
     unknown = sorted(set(given) - set(_defaults()))
     if unknown:
         raise ValueError(f"unknown flag(s) {unknown}; see `python -m fastmlp.train --help`")
     values = {**_defaults(), **given}
-    for name, check in _CHECKS.items():
-        if values[name] is None and name == "threads":
-            continue
-        try:
-            values[name] = check(values[name])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"--{name}: {exc}") from None
-    for name, choices in _CHOICES.items():
-        if isinstance(values[name], type) or isinstance(values[name], np.dtype):
-            values[name] = np.dtype(values[name]).name  # accept np.float32 for --dtype
-        if values[name] not in choices:
-            raise ValueError(f"--{name}: expected one of {choices}, got {values[name]!r}")
-    for name in ("augment", "nesterov", "quiet", "dry_run"):
+    for name in _CHECKED:
+        values[name] = check(_TABLE_NAME.get(name, name), values[name], label=f"--{name}")
+    for name in ("quiet", "dry_run"):
         values[name] = bool(values[name])
     for name in ("data_dir", "out_dir", "resume"):
         if values[name] is not None:
@@ -559,7 +455,7 @@ def train(args: argparse.Namespace, *, data: Mapping[str, Any] | None = None,
     ------
     fastmlp.runlog.DivergenceError
         On a NaN or infinite training loss (the last checkpoint is kept).
-    ValueError, FileNotFoundError
+    TypeError, ValueError, FileNotFoundError
         On bad flags, an incompatible or missing checkpoint, missing data.
     """
     start_time = time.perf_counter()
@@ -729,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     except runlog.DivergenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.quiet:
