@@ -220,6 +220,27 @@ def test_resume_errors(synthetic_cifar_dir, tmp_path, capsys):
     assert "not a readable .npz checkpoint" in capsys.readouterr().err
 
 
+def test_checkpoints_of_the_integer_format_tag_still_resume(synthetic_cifar_dir, tmp_path, capsys):
+    """Checkpoints written before the format tag became a string (``format: 1``) load; unknown ones are refused."""
+    run = tmp_path / "run"
+    assert run_main(["--data_dir", synthetic_cifar_dir, "--max_steps", 10, "--eval_freq", 5, "--quiet",
+                     "--out_dir", run], capsys)[0] == 0
+    arrays = checkpoint_arrays(run)
+    meta = json.loads(str(arrays["meta"]))
+    assert meta["format"] == "fastmlp.checkpoint/1"
+
+    def rewrite(tag):
+        np.savez(run / "checkpoint.npz", **{**arrays, "meta": np.array(json.dumps({**meta, "format": tag}))})
+
+    rewrite(1)
+    assert run_main(["--resume", run, "--max_steps", 15, "--quiet"], capsys)[0] == 0
+    assert json.loads(str(checkpoint_arrays(run)["meta"]))["step"] == 15
+    rewrite("fastmlp.checkpoint/9")
+    with pytest.raises(SystemExit):
+        fm_train.main(["--resume", str(run), "--max_steps", "20"])
+    assert "checkpoint format 'fastmlp.checkpoint/9' is not one this version" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ divergence
 def test_divergence_stops_with_message_and_keeps_checkpoint(synthetic_cifar_dir, tmp_path, capsys):
     out = tmp_path / "diverge"
@@ -294,6 +315,19 @@ def test_train_contract_preloaded_data_and_on_eval(synthetic_cifar_dir, tmp_path
     assert state_before["rng_state"] == state_after["rng_state"]
     again = fm_train.train(argparse.Namespace(**{**vars(args), "out_dir": str(tmp_path / "b")}), data=data)
     assert again["test_accuracy"] == metrics["test_accuracy"]
+
+    # The splits evaluated are the ones handed over: validation only (as a search's trials do).
+    seen.clear()
+    trial = fm_train.train(argparse.Namespace(**{**vars(args), "out_dir": str(tmp_path / "c")}),
+                           data={"train": data["train"], "validation": data["validation"]},
+                           on_eval=lambda step, m: seen.append(m))
+    assert trial["validation_accuracy"] == metrics["validation_accuracy"]
+    assert not any(key.startswith(("test_", "best_test")) for key in trial)
+    assert all("test_accuracy" not in m for m in seen)
+    assert {row["test_accuracy"] for row in read_curves(tmp_path / "c")} == {""}
+    with pytest.raises(ValueError, match="no split to evaluate"):
+        fm_train.train(argparse.Namespace(**{**vars(args), "out_dir": str(tmp_path / "d")}),
+                       data={"train": data["train"]})
 
     # Pre-loaded data of the wrong dtype is refused with a clear message.
     with pytest.raises(ValueError, match="float32.*float64"):

@@ -8,9 +8,12 @@ installed and on its own when it is not. Only when scikit-learn has already
 been imported are its ``NotFittedError`` and ``DataConversionWarning`` raised
 (as subclasses of this module's own), so code catching those works too.
 
-Training reuses the CLI trainer's pieces (:mod:`fastmlp.train`): the model and
-optimizer construction, the per-step update with its divergence check, and
-``fastmlp.data.DataSet`` for the course's shuffled mini-batches.
+Training is ``fastmlp.train``'s, without its command line: the hyper-parameters
+are checked against the same table (:mod:`fastmlp.hyperparams`, so a bad value
+gets the same message), the model, optimizer and update come from
+:mod:`fastmlp.training`, the updates are made by the training loop's stepping
+part (:func:`fastmlp.loop.train_steps`), and ``fastmlp.data.DataSet`` draws the
+course's shuffled mini-batches.
 
 Example
 -------
@@ -36,7 +39,9 @@ import numpy as np
 
 from fastmlp import runlog
 from fastmlp.hyperparams import Boolean, check
+from fastmlp.loop import train_steps
 from fastmlp.schedules import LearningRateSchedule
+from fastmlp.training import build_model_and_optimizer, derive_seeds, training_step
 
 __all__ = ["DataConversionWarning", "MLPClassifier", "NotFittedError"]
 
@@ -308,8 +313,6 @@ class MLPClassifier:
         return hasattr(self, "model_")
 
     def _initialize(self, n_features: int, classes: np.ndarray, params: dict[str, Any]) -> None:
-        from fastmlp.train import derive_seeds, build_model_and_optimizer
-
         model_seed, data_seed = derive_seeds(params["seed"])
         self.classes_ = classes
         # What build_model_and_optimizer needs to rebuild the network when unpickling.
@@ -327,27 +330,26 @@ class MLPClassifier:
     def _run(self, X: np.ndarray, y_index: np.ndarray, batch_sizes: list[int], learning_rate: float) -> None:
         """One update per entry of ``batch_sizes``, drawing shuffled batches of (X, y_index) in epochs."""
         from fastmlp.data import DataSet
-        from fastmlp.train import training_step
 
         batches = DataSet(X, y_index, seed=int(self._batch_rng.integers(np.iinfo(np.int64).max)))
         schedule = LearningRateSchedule(learning_rate, max(len(batch_sizes), 1))
+        sizes = iter(batch_sizes)
+
+        def step(number: int) -> float:
+            x, y = batches.next_batch(next(sizes))
+            loss = training_step(self.model_, self._optimizer, x, y, number, schedule)
+            self.n_steps_ = number
+            self.loss_curve_.append(loss)
+            return loss
+
         bar = runlog.progress_bar(len(batch_sizes), disable=not self.verbose, desc="fit")
         try:
-            for size in batch_sizes:
-                step = self.n_steps_ + 1
-                x, y = batches.next_batch(size)
-                try:
-                    loss = training_step(self.model_, self._optimizer, x, y, step, schedule)
-                except runlog.DivergenceError as exc:
-                    raise FloatingPointError(
-                        f"{type(self).__name__}: training diverged at update {exc.step} (loss {exc.loss!r}); "
-                        "try a smaller learning_rate"
-                    ) from None
-                self.n_steps_ = step
-                self.loss_curve_.append(loss)
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            train_steps(step, self.n_steps_, self.n_steps_ + len(batch_sizes), bar)
+        except runlog.DivergenceError as exc:
+            raise FloatingPointError(
+                f"{type(self).__name__}: training diverged at update {exc.step} (loss {exc.loss!r}); "
+                "try a smaller learning_rate"
+            ) from None
         finally:
             bar.close()
 
@@ -460,8 +462,6 @@ class MLPClassifier:
         network = state.pop("_network_state", None)
         self.__dict__.update(state)
         if network is not None:
-            from fastmlp.train import build_model_and_optimizer
-
             self.model_, self._optimizer = build_model_and_optimizer(**self._network_config, seed=0)
             self.model_.load_state_dict(network["model"])
             self._optimizer.load_state_dict(network["optimizer"])

@@ -64,7 +64,7 @@ from fastmlp.runlog import (
     progress_bar,
     resolve_checkpoint,
 )
-from fastmlp.train import explicit_flags
+from fastmlp.cli import explicit_flags
 
 __all__ = [
     "CHECKPOINT_NAME",
