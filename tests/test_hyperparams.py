@@ -1,9 +1,9 @@
 """The constraint table (``fastmlp.hyperparams``) and the one message each bad value gets.
 
 A bad hyper-parameter must read the same whether it came through ``python -m
-fastmlp.train``, ``MLPClassifier`` or the search's own flags: ``<name>: expected
-<what>, got <value>``, with ``TypeError`` for a value of the wrong type and
-``ValueError`` for one out of range.
+fastmlp.train``, ``MLPClassifier`` or the search (``--grid`` values, the search's own
+flags): ``<name>: expected <what>, got <value>``, with ``TypeError`` for a value of the
+wrong type and ``ValueError`` for one out of range.
 """
 from __future__ import annotations
 
@@ -126,28 +126,42 @@ def _estimator_message(name: str, value, error: type) -> str:
     return str(exc.value)[len(prefix):]
 
 
-# (train flag, estimator argument, value, error)
+def _grid_message(key: str, value, error: type) -> str:
+    pytest.importorskip("optuna")  # the search package's extra
+    from fastmlp.search.space import parse_grid
+
+    with pytest.raises(error) as exc:
+        parse_grid({key: [value]}, model="numpy")
+    prefix = f"--grid[{key!r}]: "
+    assert str(exc.value).startswith(prefix), str(exc.value)
+    return str(exc.value)[len(prefix):]
+
+
+# (train flag, estimator argument, search grid axis or None, value, error)
 SAME_MESSAGE = [
-    ("learning_rate", "learning_rate", -1.0, ValueError),
-    ("learning_rate", "learning_rate", math.nan, ValueError),
-    ("batch_size", "batch_size", 0, ValueError),
-    ("batch_size", "batch_size", 2.5, TypeError),
-    ("max_steps", "max_steps", -3, ValueError),
-    ("weight_decay", "weight_decay", -0.1, ValueError),
-    ("momentum", "momentum", 1.0, ValueError),
-    ("optimizer", "optimizer", "rmsprop", ValueError),
-    ("init", "init", "zeros", ValueError),
-    ("dtype", "dtype", "float16", TypeError),
-    ("dnn_hidden_units", "hidden_layer_sizes", "10,abc", ValueError),
-    ("dnn_hidden_units", "hidden_layer_sizes", "64,0", ValueError),
+    ("learning_rate", "learning_rate", "learning_rate", -1.0, ValueError),
+    ("learning_rate", "learning_rate", "learning_rate", math.nan, ValueError),
+    ("batch_size", "batch_size", "batch_size", 0, ValueError),
+    ("batch_size", "batch_size", "batch_size", 2.5, TypeError),
+    ("max_steps", "max_steps", "max_steps", -3, ValueError),
+    ("weight_decay", "weight_decay", "weight_decay", -0.1, ValueError),
+    ("momentum", "momentum", None, 1.0, ValueError),
+    ("optimizer", "optimizer", "optimizer", "rmsprop", ValueError),
+    ("init", "init", None, "zeros", ValueError),
+    ("dtype", "dtype", None, "float16", TypeError),
+    ("dnn_hidden_units", "hidden_layer_sizes", "hidden_units", "10,abc", ValueError),
+    ("dnn_hidden_units", "hidden_layer_sizes", "hidden_units", "64,0", ValueError),
 ]
 
 
-@pytest.mark.parametrize("flag, argument, value, error", SAME_MESSAGE)
-def test_a_bad_value_reads_the_same_on_the_command_line_and_in_the_estimator(flag, argument, value, error, capsys):
+@pytest.mark.parametrize("flag, argument, axis, value, error", SAME_MESSAGE)
+def test_a_bad_value_reads_the_same_on_the_command_line_in_the_estimator_and_the_search(
+        flag, argument, axis, value, error, capsys):
     cli = _cli_message(fm_train.main, flag, str(value), capsys)
     assert cli.startswith("expected ") and cli.endswith((repr(value), "is not a positive integer")), cli
     assert _estimator_message(argument, value, error) == cli
+    if axis is not None:
+        assert _grid_message(axis, value, error) == cli
 
 
 def test_the_searchs_flags_read_the_trainers_messages(capsys):
