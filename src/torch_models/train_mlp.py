@@ -207,10 +207,6 @@ class ScheduledHyperParameters:
         self.updates_done += 1
         self._apply_lr()
 
-    def get_last_lr(self) -> list[float]:
-        """The rate each group will use at its next update (as torch schedulers report it)."""
-        return [group["lr"] for group in self.optimizer.param_groups]
-
     def state_dict(self) -> dict[str, Any]:
         """``updates_done``, the schedule's ``kind``/``base_lr``/``warmup_steps``/``total_steps``."""
         return {"updates_done": self.updates_done, **dataclasses.asdict(self.schedule)}
