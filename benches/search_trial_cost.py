@@ -1,7 +1,7 @@
 """Time per trial of the reports' grid (PyTorch MLP, Adam) on this machine, before running it.
 
 Times a few training steps of every (layout, batch size) of
-``fastmlp.search_space.DEFAULT_GRID`` on random data with one torch thread (what
+``fastmlp.search.space.DEFAULT_GRID`` on random data with one torch thread (what
 each of two search workers gets on a 2-core machine) and prints ms/step and the
 seconds each grid point's step count would take, plus the total. Evaluations
 and data loading are not included (a few percent of a trial).
@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from fastmlp.search_space import DEFAULT_GRID, parse_hidden_units
+from fastmlp.hyperparams import parse_hidden_units
+from fastmlp.search.space import DEFAULT_GRID
 from torch_models.mlp import MLP
 
 

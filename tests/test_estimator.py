@@ -179,20 +179,24 @@ def test_column_vector_y_warns_and_works(blobs):
     np.testing.assert_array_equal(clf.predict(X_test), MLPClassifier(**FAST, random_state=0).fit(X, y).predict(X_test))
 
 
-@pytest.mark.parametrize("params,match", [
-    (dict(learning_rate=-1.0), "learning_rate: expected a finite number > 0"),
-    (dict(batch_size=0), "batch_size: expected an integer > 0"),
-    (dict(max_steps=2.5), "max_steps: expected an integer > 0"),
-    (dict(hidden_layer_sizes=(10, "a")), "hidden_layer_sizes"),
-    (dict(optimizer="rmsprop"), "optimizer: expected one of"),
-    (dict(init="zeros"), "init: expected one of"),
-    (dict(momentum=1.0), "momentum"),
-    (dict(dtype=np.int32), "dtype: expected np.float32 or np.float64"),
-    (dict(random_state=-3), "random_state"),
+@pytest.mark.parametrize("params,error,match", [
+    (dict(learning_rate=-1.0), ValueError, "learning_rate: expected a finite number > 0"),
+    (dict(batch_size=0), ValueError, "batch_size: expected an integer > 0"),
+    (dict(max_steps=2.5), TypeError, "max_steps: expected an integer > 0"),
+    (dict(hidden_layer_sizes=(10, "a")), TypeError, "hidden_layer_sizes"),
+    (dict(hidden_layer_sizes=(10, 0)), ValueError, "hidden_layer_sizes"),
+    (dict(optimizer="rmsprop"), ValueError, "optimizer: expected one of"),
+    (dict(init="zeros"), ValueError, "init: expected one of"),
+    (dict(momentum=1.0), ValueError, "momentum"),
+    (dict(dtype=np.int32), TypeError, "dtype: expected float32 or float64"),
+    (dict(random_state=-3), ValueError, "random_state"),
+    (dict(random_state="seven"), TypeError, "random_state"),
+    (dict(verbose="yes"), TypeError, "verbose: expected a bool"),
 ])
-def test_bad_hyperparameters_fail_at_fit(params, match):
+def test_bad_hyperparameters_fail_at_fit(params, error, match):
+    """TypeError for a value of the wrong type, ValueError for one out of range (fastmlp.hyperparams)."""
     clf = MLPClassifier(**params)  # sklearn convention: __init__ and set_params never check
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         clf.fit(np.eye(4), [0, 1, 0, 1])
 
 

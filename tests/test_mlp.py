@@ -463,7 +463,7 @@ def test_optimizer_built_on_another_model(model):
         ((0, [5], 3), {}, ValueError, "n_inputs: expected a positive integer"),
         ((6, [5, 0], 3), {}, ValueError, r"n_hidden\[1\]: expected a positive integer"),
         ((6, 5, 3), {}, TypeError, "n_hidden: expected a sequence"),
-        ((6, [5], 1.5), {}, ValueError, "n_classes: expected a positive integer"),
+        ((6, [5], 1.5), {}, TypeError, "n_classes: expected a positive integer"),
         ((6, [5], 3), dict(dtype=np.float16), TypeError, "dtype: expected float32 or float64"),
         ((6, [5], 3), dict(init="uniform"), ValueError, "init: expected one of"),
     ],

@@ -245,7 +245,7 @@ def test_read_only_param_refused():
     "kwargs, exc, match",
     [
         (dict(in_features=0, out_features=2), ValueError, "in_features: expected a positive integer"),
-        (dict(in_features=3, out_features=2.5), ValueError, "out_features: expected a positive integer"),
+        (dict(in_features=3, out_features=2.5), TypeError, "out_features: expected a positive integer"),
         (dict(in_features=3, out_features=2, dtype=np.int32), TypeError, "dtype: expected float32 or float64"),
         (dict(in_features=3, out_features=2, init="he"), ValueError, "init: expected one of"),
     ],

@@ -20,14 +20,10 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from fastmlp import search  # noqa: E402
-from fastmlp.search_space import (  # noqa: E402
-    DEFAULT_GRID,
-    EVOLUTION_SPACE,
-    grid_size,
-    parse_grid,
-    parse_space,
-    suggest_config,
-)
+from fastmlp.search import storage as search_storage  # noqa: E402
+from fastmlp.search.cli import checked_args  # noqa: E402
+from fastmlp.search.study import make_pruner  # noqa: E402
+from fastmlp.search.workers import EVAL_SLEEP_ENV  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_GRID = {"hidden_units": [[8], [16]], "batch_size": [20, 40], "max_steps": [10], "learning_rate": [1e-3]}
@@ -50,113 +46,10 @@ def _env() -> dict:
     return env
 
 
-# --------------------------------------------------------------------------- search space
-def test_default_grid_is_the_reports_table_1():
-    grid = parse_grid(None, model="torch")
-    assert grid_size(grid) == 18
-    assert grid["hidden_units"] == ["256,256,256", "512,256,128,64", "1024,512,256,128"]
-    assert grid["batch_size"] == [200, 600, 1000] and grid["max_steps"] == [2000, 5000]
-    assert grid["learning_rate"] == [2e-5] and grid["optimizer"] == ["adam"]
-
-
-def test_user_grid_replaces_the_axes_it_names(tmp_path):
-    grid = parse_grid('{"batch_size": [200, 600], "max_steps": [2000], "hidden_units": [[64, 32], "16"]}',
-                      model="numpy")
-    assert grid["batch_size"] == [200, 600] and grid["max_steps"] == [2000]
-    assert grid["hidden_units"] == ["64,32", "16"]
-    assert grid["learning_rate"] == DEFAULT_GRID["learning_rate"]  # kept from the reports' grid
-    path = tmp_path / "grid.json"
-    path.write_text(json.dumps({"batch_size": [7]}))
-    assert parse_grid(str(path), model="numpy")["batch_size"] == [7]
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("{}", "empty"),
-    ("{bad", "malformed JSON"),
-    ('{"batch_size": []}', "empty list"),
-    ('{"batch_size": [0]}', "positive ints"),
-    ('{"hidden_units": [[0]]}', "positive ints"),
-    ('{"colour": [1]}', "unknown parameter"),
-    ('{"dropout": [0.5]}', "only available with --model torch"),
-    ("[1, 2]", "must be a JSON object"),
-    ("no_such_grid.json", "nor a readable JSON file"),
-])
-def test_bad_grids_are_rejected_with_the_reason(spec, message):
-    with pytest.raises(ValueError, match=message):
-        parse_grid(spec, model="numpy")
-
-
-def test_evolution_space_round_trips_through_fixed_trial():
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3))
-    trial = study.ask()
-    config = suggest_config(trial, model="torch")
-    assert 1 <= len(config["hidden_units"]) <= EVOLUTION_SPACE["n_layers"][1]
-    assert 0.0 <= config["dropout"] <= 0.5
-    again = suggest_config(optuna.trial.FixedTrial(trial.params), model="torch", max_steps_cap=7)
-    assert again == {**config, "max_steps": min(config["max_steps"], 7)}
-    assert suggest_config(optuna.trial.FixedTrial(trial.params), model="numpy")["dropout"] == 0.0
-
-
-def test_space_replaces_the_ranges_it_names(tmp_path):
-    assert parse_space(None, model="torch") == {k: list(v) for k, v in EVOLUTION_SPACE.items()}
-    space = parse_space('{"units": [128, 1024], "max_steps": [2000, 5000], "optimizer": ["adam", "adam"]}',
-                        model="numpy")
-    assert space["units"] == [128, 1024]
-    assert space["max_steps"] == [2000, 5000, EVOLUTION_SPACE["max_steps"][2]]  # default step kept
-    assert space["optimizer"] == ["adam"]
-    assert space["batch_size"] == list(EVOLUTION_SPACE["batch_size"])
-    path = tmp_path / "space.json"
-    path.write_text(json.dumps({"learning_rate": [1e-3, 1e-1], "dropout": [0.1, 0.2]}))
-    space = parse_space(str(path), model="torch")
-    assert space["learning_rate"] == [1e-3, 1e-1] and space["dropout"] == [0.1, 0.2]
-
-
-@pytest.mark.parametrize("spec, message", [
-    ("{}", "empty"),
-    ("{bad", "malformed JSON"),
-    ('{"colour": [1, 2]}', "unknown parameter"),
-    ('{"units": [128]}', r"\[low, high\]"),
-    ('{"units": [1024, 128]}', "low <= high"),
-    ('{"units": [0, 128]}', "1 <= low"),
-    ('{"n_layers": [1, 9]}', "<= 4"),
-    ('{"batch_size": [32.5, 64]}', "of ints"),
-    ('{"learning_rate": [0, 0.1]}', "log scale"),
-    ('{"max_steps": [100, 250, 100]}', "divide high - low"),
-    ('{"optimizer": []}', "non-empty list"),
-    ('{"optimizer": ["lbfgs"]}', "non-empty list"),
-    ('{"dropout": [0.1, 0.2]}', "only available with --model torch"),
-    ("[1, 2]", "must be a JSON object"),
-    ("no_such_space.json", "nor a readable JSON file"),
-])
-def test_bad_spaces_are_rejected_with_the_reason(spec, message):
-    with pytest.raises(ValueError, match=message):
-        parse_space(spec, model="numpy")
-
-
-def test_torch_dropout_range_must_stay_below_one():
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        parse_space('{"dropout": [0.0, 1.0]}', model="torch")
-
-
-def test_suggest_config_draws_inside_a_narrowed_space():
-    space = parse_space({"n_layers": [2, 2], "units": [30, 40], "batch_size": [50, 60],
-                         "max_steps": [100, 300, 100], "optimizer": ["momentum"],
-                         "learning_rate": [1e-3, 2e-3], "weight_decay": [1e-5, 1e-4]}, model="numpy")
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    for _ in range(20):
-        trial = study.ask()
-        config = suggest_config(trial, model="numpy", space=space)
-        assert len(config["hidden_units"]) == 2 and all(30 <= u <= 40 for u in config["hidden_units"])
-        assert 50 <= config["batch_size"] <= 60 and config["max_steps"] in (100, 200, 300)
-        assert config["optimizer"] == "momentum"
-        assert 1e-3 <= config["learning_rate"] <= 2e-3 and 1e-5 <= config["weight_decay"] <= 1e-4
-        assert suggest_config(optuna.trial.FixedTrial(trial.params), model="numpy", space=space) == config
-        study.tell(trial, 0.0)
-
-
+# --------------------------------------------------------------------------- study
 def test_median_pruner_gives_no_verdict_at_the_first_evaluation():
-    args = search._normalize({"model": "numpy", "sampler": "tpe", "eval_freq": 250})
-    study = optuna.create_study(direction="maximize", pruner=search._make_pruner(args))
+    args = checked_args({"model": "numpy", "sampler": "tpe", "eval_freq": 250})
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(args))
     for _ in range(5):  # five finished trials that were good at every evaluation
         trial = study.ask()
         for step in (250, 500):
@@ -191,16 +84,18 @@ def test_grid_runs_each_point_once_selects_on_validation_and_writes_outputs(
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     points = {(t.params["hidden_units"], t.params["batch_size"]) for t in trials}
     assert points == {(h, b) for h in ("8", "16") for b in (20, 40)}
-    # Trials are scored on validation: the trainer got the validation split in its "test" slot,
-    # never the test set, and nothing about a test set is stored in the study.
+    # Trials are scored on validation: the trainer got the training and validation splits
+    # only, never the test set, and nothing about a test set is stored in the study.
     trial_data, final_data = calls[:4], calls[4:]
-    assert all(d["test"] is d["validation"] for d in trial_data)
+    assert all(set(d) == {"train", "validation"} for d in trial_data)
     assert all(d["validation"].num_examples == 200 and d["train"].num_examples == 800 for d in trial_data)
     assert final_data == [None]  # the retrain loads the data itself, test set included
     for t in trials:
         assert not any("test" in key for key in t.user_attrs)
         assert t.intermediate_values  # the validation curve, what the pruners read
         assert t.value == pytest.approx(t.intermediate_values[max(t.intermediate_values)])
+        trial_metrics = json.loads((Path(t.user_attrs["trial_dir"]) / "metrics.json").read_text())
+        assert "validation_accuracy" in trial_metrics and not any("test" in k for k in trial_metrics)
 
     # Outputs: trials.csv, results.md, final.json, plots.
     with open(out / "trials.csv", newline="") as f:
@@ -297,7 +192,7 @@ def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_
     argv = _flags(synthetic_cifar_dir, out, "--grid", json.dumps(grid), "--study_name", "k",
                   "--grace_period", "2", "--skip_final")
     # Each evaluation of the victim sleeps, so it is surely in the middle of a trial when killed.
-    env = dict(_env(), **{search._EVAL_SLEEP_ENV: "60"})
+    env = dict(_env(), **{EVAL_SLEEP_ENV: "60"})
     victim = subprocess.Popen([sys.executable, "-m", "fastmlp.search", *argv], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -405,14 +300,14 @@ def test_heartbeat_journal_storage_marks_stale_trials(tmp_path):
     study = optuna.create_study(storage=storage, study_name="s")
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's hint: heartbeats come from optimize()
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    storage.record_heartbeat(trial._trial_id)
+    storage.record_heartbeat(search_storage.trial_id(trial))
     assert storage._get_stale_trial_ids(study._study_id) == []
-    storage.set_trial_system_attr(trial._trial_id, search.HEARTBEAT_ATTR, time.time() - 10)
+    storage.set_trial_system_attr(search_storage.trial_id(trial), search.HEARTBEAT_ATTR, time.time() - 10)
     # The start of the attempt counts too: still fresh right after it started.
     assert storage._get_stale_trial_ids(study._study_id) == []
     time.sleep(2.2)
-    assert storage._get_stale_trial_ids(study._study_id) == [trial._trial_id]
-    with search._quiet_optuna_warnings():
+    assert storage._get_stale_trial_ids(study._study_id) == [search_storage.trial_id(trial)]
+    with search_storage.quiet_optuna_warnings():
         optuna.storages.fail_stale_trials(study)
     states = [t.state.name for t in study.get_trials()]
     assert states == ["FAIL", "WAITING"]  # failed, and queued again by the retry callback

@@ -52,12 +52,7 @@ def __getattr__(name):
     elif name in ("optim", "reference"):
         value = importlib.import_module(f"fastmlp.{name}")
     elif name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            value = version("fastmlp")
-        except PackageNotFoundError:  # running from a source tree without an install
-            value = "0+unknown"
+        from fastmlp.version import __version__ as value
     else:
         raise AttributeError(f"module 'fastmlp' has no attribute {name!r}")
     globals()[name] = value  # later lookups skip this function

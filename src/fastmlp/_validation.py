@@ -1,6 +1,8 @@
 """Checks done once at the Python boundary, so that kernels can trust their inputs.
 
-Every error names the argument, what was expected and what was received.
+Every error names the argument, what was expected and what was received; as in
+:mod:`fastmlp.hyperparams`, a value of the wrong type raises ``TypeError`` and a
+value out of range ``ValueError``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,10 @@ def check_dtype(dtype) -> np.dtype:
 
 
 def check_positive_int(name: str, value) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+    """``value`` as an int >= 1: TypeError for a non-integer (1.5, True), ValueError for one < 1."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive integer, got {value!r}")
+    if value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return int(value)
 

@@ -8,9 +8,12 @@ installed and on its own when it is not. Only when scikit-learn has already
 been imported are its ``NotFittedError`` and ``DataConversionWarning`` raised
 (as subclasses of this module's own), so code catching those works too.
 
-Training reuses the CLI trainer's pieces (:mod:`fastmlp.train`): the model and
-optimizer construction, the per-step update with its divergence check, and
-``fastmlp.data.DataSet`` for the course's shuffled mini-batches.
+Training is ``fastmlp.train``'s, without its command line: the hyper-parameters
+are checked against the same table (:mod:`fastmlp.hyperparams`, so a bad value
+gets the same message), the model, optimizer and update come from
+:mod:`fastmlp.training`, the updates are made by the training loop's stepping
+part (:func:`fastmlp.loop.train_steps`), and ``fastmlp.data.DataSet`` draws the
+course's shuffled mini-batches.
 
 Example
 -------
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import sys
 import warnings
 from typing import Any
@@ -34,7 +38,10 @@ from typing import Any
 import numpy as np
 
 from fastmlp import runlog
+from fastmlp.hyperparams import Boolean, check
+from fastmlp.loop import train_steps
 from fastmlp.schedules import LearningRateSchedule
+from fastmlp.training import build_model_and_optimizer, derive_seeds, training_step
 
 __all__ = ["DataConversionWarning", "MLPClassifier", "NotFittedError"]
 
@@ -52,7 +59,7 @@ def _with_sklearn_base(ours: type, module: str, name: str) -> type:
     """``ours``, or a subclass of both ``ours`` and scikit-learn's class of that name.
 
     scikit-learn is consulted only if something already imported it: nobody can
-    be catching its exception classes otherwise, and importing it costs ~1 s.
+    be catching its exception classes otherwise, and importing it is slow.
     """
     if "sklearn" not in sys.modules:
         return ours
@@ -71,19 +78,25 @@ def _not_fitted(estimator: Any, method: str) -> Exception:
     )
 
 
+# Constructor argument -> its entry in the constraint table (fastmlp.hyperparams).
+_TABLE_NAMES = {
+    "hidden_layer_sizes": "hidden_units", "learning_rate": "learning_rate", "batch_size": "batch_size",
+    "max_steps": "max_steps", "optimizer": "optimizer", "momentum": "momentum",
+    "weight_decay": "weight_decay", "init": "init", "dtype": "dtype",
+}
+
+
 def _resolve_seed(random_state: Any) -> int:
     """An int seed from ``random_state`` (None: fresh entropy; int; RandomState or Generator: one draw)."""
     if random_state is None:
         return int(np.random.SeedSequence().generate_state(1)[0])
-    if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, (bool, np.bool_)):
-        if random_state < 0:
-            raise ValueError(f"random_state: expected None, an int >= 0 or a NumPy random generator, got {random_state!r}")
-        return int(random_state)
     if isinstance(random_state, np.random.RandomState):
         return int(random_state.randint(np.iinfo(np.int32).max))
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(np.iinfo(np.int64).max))
-    raise ValueError(f"random_state: expected None, an int >= 0 or a NumPy random generator, got {random_state!r}")
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, (bool, np.bool_)):
+        return check("seed", random_state, label="random_state")
+    raise TypeError(f"random_state: expected None, an int >= 0 or a NumPy random generator, got {random_state!r}")
 
 
 class MLPClassifier:
@@ -189,45 +202,17 @@ class MLPClassifier:
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def _checked_params(self) -> dict[str, Any]:
-        """The hyper-parameters, checked; ValueError naming the first bad one."""
-        from fastmlp.optim import OPTIMIZERS
-        from fastmlp.train import INITS, _momentum, _nonnegative_float, _positive_float, _positive_int, parse_hidden_units
+        """The hyper-parameters checked against the table, by constructor name, plus ``seed``.
 
-        def check(name, checker):
-            value = getattr(self, name)
-            try:
-                return checker(value)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{name}: {exc}") from None
-
-        hidden = self.hidden_layer_sizes
-        if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, (bool, np.bool_)):
-            hidden = (hidden,)
-        try:
-            hidden = parse_hidden_units(list(hidden) if isinstance(hidden, np.ndarray) else hidden)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"hidden_layer_sizes: {exc}") from None
-        for name, choices in (("optimizer", OPTIMIZERS), ("init", INITS)):
-            if not isinstance(getattr(self, name), str) or getattr(self, name) not in choices:
-                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
-        try:
-            dtype = np.dtype(self.dtype)
-        except TypeError:
-            dtype = None
-        if dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype: expected np.float32 or np.float64, got {self.dtype!r}")
-        if not isinstance(self.verbose, (bool, np.bool_, int)):
-            raise ValueError(f"verbose: expected a bool, got {self.verbose!r}")
-        return {
-            "hidden": hidden,
-            "learning_rate": check("learning_rate", _positive_float),
-            "batch_size": check("batch_size", _positive_int),
-            "max_steps": check("max_steps", _positive_int),
-            "momentum": check("momentum", _momentum),
-            "weight_decay": check("weight_decay", _nonnegative_float),
-            "dtype": dtype,
-            "seed": _resolve_seed(self.random_state),
-        }
+        Raises
+        ------
+        TypeError, ValueError
+            Naming the first bad one (see :mod:`fastmlp.hyperparams`).
+        """
+        params = {name: check(entry, getattr(self, name), label=name) for name, entry in _TABLE_NAMES.items()}
+        params["verbose"] = check(Boolean(), self.verbose, label="verbose")
+        params["seed"] = _resolve_seed(self.random_state)
+        return params
 
     # ---------------------------------------------------------- input checks
     def _check_X(self, X: Any, dtype: np.dtype, *, reset: bool) -> np.ndarray:
@@ -328,14 +313,12 @@ class MLPClassifier:
         return hasattr(self, "model_")
 
     def _initialize(self, n_features: int, classes: np.ndarray, params: dict[str, Any]) -> None:
-        from fastmlp.train import derive_seeds, build_model_and_optimizer
-
         model_seed, data_seed = derive_seeds(params["seed"])
         self.classes_ = classes
         # What build_model_and_optimizer needs to rebuild the network when unpickling.
         self._network_config = {
-            "n_inputs": n_features, "hidden_units": params["hidden"], "n_classes": len(classes),
-            "dtype": params["dtype"].name, "init": self.init, "optimizer": self.optimizer,
+            "n_inputs": n_features, "hidden_units": params["hidden_layer_sizes"], "n_classes": len(classes),
+            "dtype": params["dtype"], "init": params["init"], "optimizer": params["optimizer"],
             "learning_rate": params["learning_rate"], "momentum": params["momentum"],
             "weight_decay": params["weight_decay"],
         }
@@ -347,27 +330,26 @@ class MLPClassifier:
     def _run(self, X: np.ndarray, y_index: np.ndarray, batch_sizes: list[int], learning_rate: float) -> None:
         """One update per entry of ``batch_sizes``, drawing shuffled batches of (X, y_index) in epochs."""
         from fastmlp.data import DataSet
-        from fastmlp.train import training_step
 
         batches = DataSet(X, y_index, seed=int(self._batch_rng.integers(np.iinfo(np.int64).max)))
         schedule = LearningRateSchedule(learning_rate, max(len(batch_sizes), 1))
+        sizes = iter(batch_sizes)
+
+        def step(number: int) -> float:
+            x, y = batches.next_batch(next(sizes))
+            loss = training_step(self.model_, self._optimizer, x, y, number, schedule)
+            self.n_steps_ = number
+            self.loss_curve_.append(loss)
+            return loss
+
         bar = runlog.progress_bar(len(batch_sizes), disable=not self.verbose, desc="fit")
         try:
-            for size in batch_sizes:
-                step = self.n_steps_ + 1
-                x, y = batches.next_batch(size)
-                try:
-                    loss = training_step(self.model_, self._optimizer, x, y, step, schedule)
-                except runlog.DivergenceError as exc:
-                    raise FloatingPointError(
-                        f"{type(self).__name__}: training diverged at update {exc.step} (loss {exc.loss!r}); "
-                        "try a smaller learning_rate"
-                    ) from None
-                self.n_steps_ = step
-                self.loss_curve_.append(loss)
-                bar.update(1)
-                if step % 20 == 0:
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            train_steps(step, self.n_steps_, self.n_steps_ + len(batch_sizes), bar)
+        except runlog.DivergenceError as exc:
+            raise FloatingPointError(
+                f"{type(self).__name__}: training diverged at update {exc.step} (loss {exc.loss!r}); "
+                "try a smaller learning_rate"
+            ) from None
         finally:
             bar.close()
 
@@ -386,7 +368,7 @@ class MLPClassifier:
         self
         """
         params = self._checked_params()
-        X = self._check_X(X, params["dtype"], reset=True)
+        X = self._check_X(X, np.dtype(params["dtype"]), reset=True)
         y = self._check_y(y, X.shape[0])
         classes = self._unique_classes(y, "y")
         self._initialize(X.shape[1], classes, params)
@@ -422,7 +404,7 @@ class MLPClassifier:
         if first and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit "
                              "(every label that will ever appear, e.g. np.unique(y_all)).")
-        X = self._check_X(X, params["dtype"] if first else self.model_.dtype, reset=first)
+        X = self._check_X(X, np.dtype(params["dtype"]) if first else self.model_.dtype, reset=first)
         y = self._check_y(y, X.shape[0])
         if classes is not None:
             classes = np.asarray(classes)
@@ -480,8 +462,6 @@ class MLPClassifier:
         network = state.pop("_network_state", None)
         self.__dict__.update(state)
         if network is not None:
-            from fastmlp.train import build_model_and_optimizer
-
             self.model_, self._optimizer = build_model_and_optimizer(**self._network_config, seed=0)
             self.model_.load_state_dict(network["model"])
             self._optimizer.load_state_dict(network["optimizer"])

@@ -1,33 +1,27 @@
 """Run outputs shared by every trainer (fastmlp.train, torch_models.train_*).
 
-One place writes ``metrics.json``, ``curves.csv``, ``curves.png`` and checkpoints,
-always atomically: a file is written next to its target under a temporary name,
-flushed to disk, then renamed over the target, so a crash never leaves a
-half-written file and a reader sees either the old or the new version.
+:class:`RunLog` writes ``metrics.json``, ``curves.csv`` and ``curves.png`` (always
+atomically, through :mod:`fastmlp.atomic`); here too are the output folder's
+default name, the ``--resume`` path lookup, the progress bar and the divergence
+check every trainer applies to its losses.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
-import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-import numpy as np
+from fastmlp.atomic import atomic_path, atomic_write_json, atomic_write_text
+from fastmlp.version import __version__
 
 __all__ = [
     "CURVE_COLUMNS",
     "DivergenceError",
     "RunLog",
-    "atomic_path",
-    "atomic_savez",
-    "atomic_write_json",
-    "atomic_write_text",
     "check_finite",
     "default_out_dir",
     "progress_bar",
@@ -65,62 +59,6 @@ def check_finite(loss: float, step: int) -> float:
     if not math.isfinite(loss):
         raise DivergenceError(step, loss)
     return loss
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``.
-
-    The caller writes the whole file to the yielded path (any writer that takes a
-    file name: ``torch.save``, ``np.savez``...). On an exception the temporary
-    file is removed and ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:  # make the bytes durable before the rename
-            os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the mode a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (Path, np.dtype, type)):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (NumPy scalars allowed)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def atomic_savez(path: str | os.PathLike, **arrays: Any) -> None:
-    """``np.savez`` to ``path`` atomically (``path`` should end in ``.npz``)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # a file object stops np.savez appending '.npz'
-            np.savez(f, **arrays)
 
 
 def default_out_dir(root: str | os.PathLike = "runs", prefix: str = "") -> Path:
@@ -219,8 +157,6 @@ class RunLog:
 
     def finish(self, **metrics: Any) -> dict[str, Any]:
         """Write ``metrics.json`` (flags, version, ``metrics``) and ``curves.png``; return the dict."""
-        from fastmlp import __version__
-
         out = {"flags": self.flags, "fastmlp_version": __version__}
         for column in ("test_accuracy", "validation_accuracy"):
             best = self.best(column)

@@ -14,12 +14,18 @@ from dataclasses import dataclass
 __all__ = ["SCHEDULES", "LearningRateSchedule"]
 
 #: Names accepted by ``--lr_schedule`` / :class:`LearningRateSchedule`.
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "onecycle")
 
 # The "step" schedule multiplies the rate by STEP_DECAY at these fractions of
 # the steps after warm-up (the usual 50% / 75% milestones).
 STEP_MILESTONES = (0.5, 0.75)
 STEP_DECAY = 0.1
+
+# "onecycle": PyTorch's OneCycleLR with its defaults (pct_start 0.3, cosine annealing,
+# div_factor 25, final_div_factor 1e4), so a trainer moving from it keeps its rates.
+ONECYCLE_RISE = 0.3
+ONECYCLE_START_DIV = 25.0
+ONECYCLE_FINAL_DIV = 1e4
 
 
 @dataclass(frozen=True)
@@ -34,13 +40,17 @@ class LearningRateSchedule:
     total_steps : int
         Number of updates of the whole run (>= 1); the decay schedules reach
         their end here.
-    kind : {"constant", "cosine", "step"}
+    kind : {"constant", "cosine", "step", "onecycle"}
         ``"constant"``: ``base_lr``. ``"cosine"``: half a cosine from
         ``base_lr`` towards ``min_lr``, reached just after ``total_steps``. ``"step"``: times
-        0.1 after 50% and again after 75% of the post-warm-up steps.
+        0.1 after 50% and again after 75% of the post-warm-up steps. ``"onecycle"``:
+        PyTorch's ``OneCycleLR`` (defaults): half a cosine up from ``base_lr / 25`` to
+        ``base_lr`` over the first 30% of the updates (or over ``warmup_steps`` when
+        that is > 0), then half a cosine down to ``base_lr / 25 / 1e4`` at the last one.
     warmup_steps : int
         Linear warm-up from ``base_lr / warmup_steps`` to ``base_lr`` over the
-        first ``warmup_steps`` updates (0: none). Applies to every ``kind``.
+        first ``warmup_steps`` updates (0: none). Applies to every ``kind`` but
+        ``"onecycle"``, whose rise it sets the length of.
     min_lr : float
         Floor of the cosine schedule.
     """
@@ -67,6 +77,8 @@ class LearningRateSchedule:
         """Learning rate of update number ``step`` (1-based; steps past ``total_steps`` keep the last rate)."""
         if step < 1:
             raise ValueError(f"step must be >= 1 (steps count updates from 1), got {step}")
+        if self.kind == "onecycle":
+            return self._one_cycle(step)
         if step <= self.warmup_steps:
             return self.base_lr * step / self.warmup_steps
         if self.kind == "constant":
@@ -80,3 +92,21 @@ class LearningRateSchedule:
         # "step": count the milestones already passed.
         passed = sum(progress >= m for m in STEP_MILESTONES)
         return self.base_lr * STEP_DECAY**passed
+
+    def _one_cycle(self, step: int) -> float:
+        """OneCycleLR's rate for update ``step``: its formula, on PyTorch's 0-based step count."""
+        n = min(step, self.total_steps) - 1
+        start = self.base_lr / ONECYCLE_START_DIV
+        end = start / ONECYCLE_FINAL_DIV
+        peak = (self.warmup_steps or ONECYCLE_RISE * self.total_steps) - 1  # index of the update at base_lr
+        last = self.total_steps - 1
+        if n <= peak and peak > 0:
+            return _cosine_between(start, self.base_lr, n / peak)
+        if last <= peak:  # one update, which the rise (warmup_steps=1) puts at the peak
+            return self.base_lr
+        return _cosine_between(self.base_lr, end, (n - peak) / (last - peak))
+
+
+def _cosine_between(start: float, end: float, progress: float) -> float:
+    """Half a cosine from ``start`` (progress 0) to ``end`` (progress 1)."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))

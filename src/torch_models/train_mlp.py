@@ -70,8 +70,8 @@ from fastmlp.data import PREPROCESSINGS
 from fastmlp.modules import INITS
 from fastmlp.optim import OPTIMIZERS
 from fastmlp.schedules import SCHEDULES, LearningRateSchedule
-# fastmlp.train's flag checks, so both trainers accept and reject the same values.
-from fastmlp.train import _argparse_type, _momentum, _nonnegative_int, parse_hidden_units
+# The constraint table's checks, so both trainers accept and reject the same values.
+from fastmlp.hyperparams import checker, flag_type, parse_hidden_units
 from torch_models import trainer
 
 __all__ = [
@@ -207,10 +207,6 @@ class ScheduledHyperParameters:
         self.updates_done += 1
         self._apply_lr()
 
-    def get_last_lr(self) -> list[float]:
-        """The rate each group will use at its next update (as torch schedulers report it)."""
-        return [group["lr"] for group in self.optimizer.param_groups]
-
     def state_dict(self) -> dict[str, Any]:
         """``updates_done``, the schedule's ``kind``/``base_lr``/``warmup_steps``/``total_steps``."""
         return {"updates_done": self.updates_done, **dataclasses.asdict(self.schedule)}
@@ -232,13 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the PyTorch MLP on CIFAR-10 (course defaults, the same as python -m fastmlp.train; "
                     "see the module docstring for a recipe reaching >= 0.55 test accuracy).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--dnn_hidden_units", type=_argparse_type(parse_hidden_units, "hidden units"),
+    parser.add_argument("--dnn_hidden_units", type=flag_type("hidden_units"),
                         default="100", help="comma-separated hidden layer sizes; empty = logistic regression")
     trainer.add_common_arguments(parser, learning_rate=2e-3, max_steps=1500, batch_size=200, eval_freq=100)
     opt = parser.add_argument_group("optimisation (as in fastmlp.train)")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                      help="sgd: plain SGD as in the course; momentum: SGD with --momentum; adam")
-    opt.add_argument("--momentum", type=_argparse_type(_momentum, "momentum"), default=0.9,
+    opt.add_argument("--momentum", type=flag_type("momentum"), default=0.9,
                      help="momentum of --optimizer momentum")
     opt.add_argument("--nesterov", action="store_true", help="Nesterov momentum (with --optimizer momentum)")
     opt.add_argument("--weight_decay", type=float, default=0.0,
@@ -250,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--lr_schedule", choices=SCHEDULES, default="constant",
                      help="cosine: decay to 0 over --max_steps; step: x0.1 at 50%% and 75%% of the steps "
                           "(fastmlp.schedules)")
-    opt.add_argument("--warmup_steps", type=_argparse_type(_nonnegative_int, "warmup steps"), default=0,
+    opt.add_argument("--warmup_steps", type=flag_type("warmup_steps"), default=0,
                      help="linear learning-rate warm-up over this many steps")
     model = parser.add_argument_group("model")
     model.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden ReLU")
@@ -271,8 +267,8 @@ def _checked_args(args: argparse.Namespace) -> argparse.Namespace:
     defaults = vars(build_parser().parse_args([]))
     args = argparse.Namespace(**{**defaults, **vars(copy.copy(args))})  # the caller's Namespace is untouched
     trainer.check_common_args(args)
-    checks: dict[str, Callable[[Any], Any]] = {"dnn_hidden_units": parse_hidden_units, "momentum": _momentum,
-                                               "warmup_steps": _nonnegative_int}
+    checks: dict[str, Callable[[Any], Any]] = {"dnn_hidden_units": parse_hidden_units, "momentum": checker("momentum"),
+                                               "warmup_steps": checker("warmup_steps")}
     for name, check in checks.items():
         try:
             setattr(args, name, check(getattr(args, name)))

@@ -5,7 +5,7 @@ schedule and input layout it uses:
 
 - device choice (``--device {auto,cpu,cuda}``) and CPU thread count (``--num_threads``);
 - distributed setup/teardown under ``torchrun`` (:func:`distributed_context`);
-- checkpoints written atomically through :func:`fastmlp.runlog.atomic_path` + ``torch.save``
+- checkpoints written atomically through :func:`fastmlp.atomic.atomic_path` + ``torch.save``
   and read back for ``--resume`` (:func:`save_checkpoint`, :func:`load_checkpoint`);
 - whole-split evaluation (:func:`evaluate`);
 - the step loop (:func:`fit`): tqdm bar with the running loss, NaN/inf check
@@ -55,16 +55,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from fastmlp.atomic import atomic_path
 from fastmlp.runlog import (
     DivergenceError,
     RunLog,
-    atomic_path,
     check_finite,
     default_out_dir,
     progress_bar,
     resolve_checkpoint,
 )
-from fastmlp.train import explicit_flags
+from fastmlp.cli import explicit_flags
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -504,8 +504,8 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
     ctx : DistContext
         From :func:`distributed_context`.
     data : mapping
-        ``fastmlp.data.get_cifar10`` output: ``"train"``, ``"test"``, optional
-        ``"validation"`` ``DataSet``\\ s (labels as indices or one-hot, images in any
+        ``fastmlp.data.get_cifar10`` output: ``"train"`` and the splits to evaluate, ``"validation"``
+        and/or ``"test"`` ``DataSet``\\ s (labels as indices or one-hot, images in any
         layout with ``prod(input_shape)`` values each). Not modified: batches are drawn
         from a fresh ``DataSet`` over the same arrays, seeded with ``args.seed``.
     input_shape : tuple of int
@@ -583,11 +583,9 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
     # ---- data: a private, seeded batch order; evaluation splits moved to the device once
     source = data["train"]
     train_set = DataSet(source.images, source.labels, seed=args.seed, augment=dataset_augment, flatten=False)
-    eval_sets = {"test": EvalSet.from_dataset(data["test"], input_shape=input_shape, ctx=ctx, limit=eval_limit)}
-    validation = data.get("validation")
-    if validation is not None and validation.num_examples > 0:
-        eval_sets["validation"] = EvalSet.from_dataset(validation, input_shape=input_shape, ctx=ctx,
-                                                       limit=eval_limit)
+    # The splits evaluated are the ones ``data`` holds (a search's trials: validation only).
+    eval_sets = {split: EvalSet.from_dataset(data[split], input_shape=input_shape, ctx=ctx, limit=eval_limit)
+                 for split in ("validation", "test") if data.get(split) is not None and data[split].num_examples}
 
     # ---- model, optimizer, schedule (same init on every rank; DDP also broadcasts rank 0's)
     torch.manual_seed(args.seed)

@@ -23,7 +23,7 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from fastmlp.runlog import atomic_path
+from fastmlp.atomic import atomic_path
 
 try:  # NumPy >= 2 keeps the pickle helpers in numpy._core
     from numpy._core.multiarray import _reconstruct as _np_reconstruct

@@ -1,6 +1,6 @@
 """What ``fastmlp.search`` searches: the grid of the reports and the evolutionary space.
 
-A *configuration* is a plain dict with the keys of :data:`CONFIG_KEYS`::
+A *configuration* is a plain dict holding a value of every searched hyper-parameter::
 
     {"hidden_units": [1024, 512, 256, 128], "learning_rate": 2e-05, "batch_size": 600,
      "max_steps": 5000, "optimizer": "adam", "weight_decay": 0.0, "dropout": 0.0}
@@ -10,35 +10,30 @@ the evolution / TPE / random samplers); applied to ``optuna.trial.FixedTrial(par
 rebuilds the configuration of a finished trial from its stored parameters, so the search
 and the final retrain decode parameters in one place.
 
-This module needs no Optuna import of its own: it only calls ``trial.suggest_*``.
+Every value of a ``--grid`` and both ends of every ``--space`` range are checked
+against the trainers' constraint table (:mod:`fastmlp.hyperparams`), so a bad value
+gets the message it gets on a trainer's command line. This module needs no Optuna
+import of its own: it only calls ``trial.suggest_*``.
 """
 from __future__ import annotations
 
 import json
 import math
-import numbers
 from pathlib import Path
 from typing import Any, Mapping
 
+from fastmlp.hyperparams import Constraint, Interval, check, format_hidden_units, parse_hidden_units
 from fastmlp.optim import OPTIMIZERS  # names both trainers understand ("momentum": SGD, momentum 0.9)
-from fastmlp.train import parse_hidden_units
 
 __all__ = [
-    "CONFIG_KEYS",
     "DEFAULT_GRID",
     "EVOLUTION_SPACE",
     "MAX_LAYERS",
-    "OPTIMIZERS",
-    "format_hidden_units",
     "grid_size",
     "parse_grid",
-    "parse_hidden_units",
     "parse_space",
     "suggest_config",
 ]
-
-CONFIG_KEYS = ("hidden_units", "learning_rate", "batch_size", "max_steps", "optimizer",
-               "weight_decay", "dropout")
 
 #: The grid of the reports' Table 1 (PyTorch MLP, Adam, learning rate 2e-5): 3 layouts x
 #: 3 batch sizes x 2 step counts = 18 configurations. Hidden layouts are stored as
@@ -71,54 +66,31 @@ EVOLUTION_SPACE: dict[str, Any] = {
     "dropout": (0.0, 0.5),        # torch model only
 }
 
+# What the ends of a --space range may be, where they are not a trainer's
+# hyper-parameter of the same name (fastmlp.hyperparams.CONSTRAINTS).
+_RANGE_ENDS: dict[str, Constraint | str] = {
+    "n_layers": Interval(int, 1, MAX_LAYERS, closed="both"),
+    "units": Interval(int, 0, closed="neither"),  # one layer's width
+}
+# Ranges searched on a log scale: their ends must be > 0.
+_LOG_SCALE = ("units", "learning_rate", "batch_size", "weight_decay")
 
-def format_hidden_units(units) -> str:
-    """``[1024, 512]`` -> ``"1024,512"`` (the form stored in a study); ``[]`` -> ``""``."""
-    return ",".join(str(int(u)) for u in units)
 
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+def _dropout_for(model: str, where: str, value: float) -> None:
+    if value and model != "torch":
+        raise ValueError(f"{where}: dropout is only available with --model torch "
+                         f"(the NumPy MLP has no dropout), got {value!r}")
 
 
 def _canonical_grid_value(key: str, value, *, model: str):
-    """Check one grid value and return it in the scalar form stored in the study."""
-    where = f"grid[{key!r}]"
+    """Check one grid value (the trainers' table) and return it in the scalar form stored in the study."""
+    where = f"--grid[{key!r}]"
+    value = check(key, value, label=where)
     if key == "hidden_units":
-        if isinstance(value, str):
-            return format_hidden_units(parse_hidden_units(value))
-        if isinstance(value, (list, tuple)) and all(_is_int(u) and u > 0 for u in value):
-            return format_hidden_units(value)
-        raise ValueError(f"{where} entries must be lists of positive ints like [1024, 512] "
-                         f"(or strings '1024,512'), got {value!r}")
-    if key in ("batch_size", "max_steps"):
-        if _is_int(value) and value > 0:
-            return int(value)
-        raise ValueError(f"{where} entries must be positive ints, got {value!r}")
-    if key == "learning_rate":
-        if _is_real(value) and value > 0:
-            return float(value)
-        raise ValueError(f"{where} entries must be positive numbers, got {value!r}")
-    if key == "weight_decay":
-        if _is_real(value) and value >= 0:
-            return float(value)
-        raise ValueError(f"{where} entries must be numbers >= 0, got {value!r}")
+        return format_hidden_units(value)
     if key == "dropout":
-        if _is_real(value) and 0 <= value < 1:
-            if value and model != "torch":
-                raise ValueError(f"{where}: dropout is only available with --model torch "
-                                 f"(the NumPy MLP has no dropout), got {value!r}")
-            return float(value)
-        raise ValueError(f"{where} entries must be numbers in [0, 1), got {value!r}")
-    if key == "optimizer":
-        if value in OPTIMIZERS:
-            return value
-        raise ValueError(f"{where} entries must be one of {list(OPTIMIZERS)}, got {value!r}")
-    raise AssertionError(key)  # keys are checked by parse_grid
+        _dropout_for(model, where, value)
+    return value
 
 
 def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
@@ -144,15 +116,13 @@ def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
 
     Raises
     ------
-    ValueError
-        For malformed JSON, a missing file, an empty grid or axis, an unknown key, or a
-        value of the wrong type / out of range; the message names the offending entry.
+    TypeError, ValueError
+        ValueError for malformed JSON, a missing file, an empty grid or axis, an unknown
+        key; a value of the wrong type (TypeError) or out of range (ValueError) gets the
+        trainers' message (:mod:`fastmlp.hyperparams`), naming the offending entry.
     """
     grid = {key: list(values) for key, values in DEFAULT_GRID.items()}
-    if spec is None:
-        return grid
-    spec = _user_spec(spec, "--grid", DEFAULT_GRID, holds="lists of values",
-                      example='{"batch_size": [200, 600]}')
+    spec = _user_spec(spec, "--grid", DEFAULT_GRID, holds="lists of values", example='{"batch_size": [200, 600]}')
     for key, values in spec.items():
         if not isinstance(values, (list, tuple)):
             raise ValueError(f"--grid[{key!r}] must be a list of values, got {values!r}")
@@ -170,10 +140,12 @@ def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
 def _user_spec(spec, flag: str, known: Mapping, *, holds: str, example: str) -> Mapping:
     """The mapping of a ``--grid`` / ``--space`` value, checked to be non-empty with known keys.
 
-    ``spec`` is a mapping, JSON text (starting with ``{`` or ``[``) or the path of a JSON
-    file; ``holds`` says what the values are ("lists of values"), ``example`` is shown
-    when the mapping is empty.
+    ``spec`` is a mapping, JSON text (starting with ``{`` or ``[``), the path of a JSON
+    file, or None (the flag not given: ``{}``); ``holds`` says what the values are
+    ("lists of values"), ``example`` is shown when the mapping is empty.
     """
+    if spec is None:
+        return {}
     if isinstance(spec, str):
         text = spec.strip()
         if not text.startswith(("{", "[")):
@@ -198,26 +170,25 @@ def _user_spec(spec, flag: str, known: Mapping, *, holds: str, example: str) -> 
     return spec
 
 
-def _space_range(key: str, value, *, integer: bool, low_min: float, high_max: float | None = None,
-                 with_step: bool = False) -> list:
+def _space_range(key: str, value, *, with_step: bool = False) -> list:
     """Check one ``--space`` range ``[low, high]`` (``[low, high, step]`` when ``with_step``)."""
     where = f"--space[{key!r}]"
-    lengths = (2, 3) if with_step else (2,)
     form = "[low, high] or [low, high, step]" if with_step else "[low, high]"
-    kind = _is_int if integer else _is_real
-    if (not isinstance(value, (list, tuple)) or len(value) not in lengths
-            or not all(kind(v) for v in value)):
-        raise ValueError(f"{where} must be {form} of {'ints' if integer else 'numbers'}, got {value!r}")
-    low, high = value[0], value[1]
-    if low < low_min or (high_max is not None and high > high_max) or low > high:
-        bound = f"{low_min} <= low <= high" + (f" <= {high_max}" if high_max is not None else "")
-        raise ValueError(f"{where} needs {bound}, got {value!r}")
+    if not isinstance(value, (list, tuple)) or len(value) not in ((2, 3) if with_step else (2,)):
+        raise ValueError(f"{where} must be {form}, got {value!r}")
+    entry = _RANGE_ENDS.get(key, key)
+    ends = [check(entry, end, label=where) for end in value]
+    low, high = ends[0], ends[1]
+    if low > high:
+        raise ValueError(f"{where} needs low <= high, got {value!r}")
+    if key in _LOG_SCALE and low <= 0:
+        raise ValueError(f"{where} is searched on a log scale: low must be > 0, got {value!r}")
     if with_step:
-        step = value[2] if len(value) == 3 else EVOLUTION_SPACE[key][2]
-        if step <= 0 or (high - low) % step:
-            raise ValueError(f"{where}: the step must be > 0 and divide high - low, got {value!r}")
-        return [int(low), int(high), int(step)]
-    return [int(v) for v in value] if integer else [float(v) for v in value]
+        step = ends[2] if len(ends) == 3 else EVOLUTION_SPACE[key][2]
+        if (high - low) % step:
+            raise ValueError(f"{where}: the step must divide high - low, got {value!r}")
+        return [low, high, step]
+    return [low, high]
 
 
 def parse_space(spec: str | Mapping | None, *, model: str) -> dict[str, Any]:
@@ -246,40 +217,24 @@ def parse_space(spec: str | Mapping | None, *, model: str) -> dict[str, Any]:
 
     Raises
     ------
-    ValueError
-        For malformed JSON, a missing file, an unknown key, or a range of the wrong form or
-        out of bounds; the message names the offending entry.
+    TypeError, ValueError
+        ValueError for malformed JSON, a missing file, an unknown key, a range of the
+        wrong form or with low > high; an end of the wrong type (TypeError) or out of
+        range (ValueError) gets the trainers' message, naming the offending entry.
     """
     space = {key: list(value) for key, value in EVOLUTION_SPACE.items()}
-    if spec is None:
-        return space
-    spec = _user_spec(spec, "--space", EVOLUTION_SPACE, holds="ranges",
-                      example='{"units": [128, 1024]}')
+    spec = _user_spec(spec, "--space", EVOLUTION_SPACE, holds="ranges", example='{"units": [128, 1024]}')
     for key, value in spec.items():
-        if key == "n_layers":
-            space[key] = _space_range(key, value, integer=True, low_min=1, high_max=MAX_LAYERS)
-        elif key in ("units", "batch_size"):
-            space[key] = _space_range(key, value, integer=True, low_min=1)
-        elif key == "max_steps":
-            space[key] = _space_range(key, value, integer=True, low_min=1, with_step=True)
-        elif key in ("learning_rate", "weight_decay"):
-            space[key] = _space_range(key, value, integer=False, low_min=0)
-            if space[key][0] <= 0:
-                raise ValueError(f"--space[{key!r}] is searched on a log scale: low must be > 0, "
-                                 f"got {value!r}")
-        elif key == "dropout":
-            if model != "torch":
-                raise ValueError("--space['dropout']: dropout is only available with --model torch "
-                                 "(the NumPy MLP has no dropout)")
-            space[key] = _space_range(key, value, integer=False, low_min=0)
-            if space[key][1] >= 1:
-                raise ValueError(f"--space['dropout'] must lie in [0, 1), got {value!r}")
-        else:  # optimizer
-            if (not isinstance(value, (list, tuple)) or not value
-                    or not all(isinstance(v, str) and v in OPTIMIZERS for v in value)):
+        if key == "optimizer":
+            if not isinstance(value, (list, tuple)) or not value:
                 raise ValueError(f"--space['optimizer'] must be a non-empty list of {list(OPTIMIZERS)}, "
                                  f"got {value!r}")
-            space[key] = list(dict.fromkeys(value))
+            space[key] = list(dict.fromkeys(check("optimizer", v, label="--space['optimizer']") for v in value))
+            continue
+        if key == "dropout" and model != "torch":
+            raise ValueError("--space['dropout']: dropout is only available with --model torch "
+                             "(the NumPy MLP has no dropout)")
+        space[key] = _space_range(key, value, with_step=(key == "max_steps"))
     return space
 
 
@@ -312,7 +267,8 @@ def suggest_config(trial, *, model: str, grid: Mapping[str, list] | None = None,
     Returns
     -------
     dict
-        The configuration (keys of :data:`CONFIG_KEYS`).
+        The configuration: ``hidden_units`` (list of int), ``learning_rate``, ``batch_size``,
+        ``max_steps``, ``optimizer``, ``weight_decay``, ``dropout``.
     """
     if grid is not None:
         config = {key: trial.suggest_categorical(key, list(grid[key])) for key in DEFAULT_GRID}

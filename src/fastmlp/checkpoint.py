@@ -1,0 +1,142 @@
+"""``checkpoint.npz``: the whole state of a ``fastmlp.train`` run, for ``--resume``.
+
+One ``.npz`` written atomically (no pickles: ``np.load(allow_pickle=False)`` reads
+it), with the keys
+
+- ``model/<name>``: the MLP's ``state_dict()``; ``optim/<name>``: the optimizer's;
+- ``data/...``: the arrays of the training ``DataSet.get_state()`` (batch order);
+- ``rng/keys``: NumPy's global MT19937 state (the ``--augment`` draws);
+- ``meta``: a 0-d string array holding JSON: ``format``, ``step``, the non-array
+  parts of the data and RNG states, and what the loop records (``flags``,
+  ``rows`` of the curves, ``wall_seconds``).
+
+Format tag ``"fastmlp.checkpoint/1"``; checkpoints written before the tag became a
+string (``format: 1``) have the same layout and are read as well.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from fastmlp.atomic import atomic_savez
+from fastmlp.runlog import resolve_checkpoint
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "load_checkpoint", "resolve_checkpoint_path", "save_checkpoint"]
+
+CHECKPOINT_NAME = "checkpoint.npz"
+CHECKPOINT_FORMAT = "fastmlp.checkpoint/1"
+# The tags of the same layout that this version reads (1: before the tag was a string).
+READABLE_FORMATS = (CHECKPOINT_FORMAT, 1)
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """``path`` itself if it is a file, ``path/checkpoint.npz`` if it is a run folder (FileNotFoundError if neither)."""
+    return resolve_checkpoint(path, CHECKPOINT_NAME)
+
+
+def _split_state(state: Any, prefix: str, arrays: dict[str, np.ndarray]) -> Any:
+    """Move the arrays of a nested state dict into ``arrays`` (keys ``prefix/a/b``); return the JSON-able rest."""
+    if isinstance(state, Mapping):
+        return {str(k): _split_state(v, f"{prefix}/{k}", arrays) for k, v in state.items()}
+    if isinstance(state, np.ndarray):
+        arrays[prefix] = state
+        return {"__array__": prefix}
+    if isinstance(state, np.generic):
+        return state.item()
+    if isinstance(state, (list, tuple)):
+        return [_split_state(v, f"{prefix}/{i}", arrays) for i, v in enumerate(state)]
+    return state
+
+
+def _join_state(state: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """Inverse of :func:`_split_state`."""
+    if isinstance(state, dict):
+        if set(state) == {"__array__"}:
+            return arrays[state["__array__"]]
+        return {k: _join_state(v, arrays) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_join_state(v, arrays) for v in state]
+    return state
+
+
+def _numpy_scalar_to_python(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint's JSON meta")
+
+
+def save_checkpoint(path: str | Path, *, model, optimizer, step: int, data_state: Mapping[str, Any],
+                    meta: Mapping[str, Any]) -> None:
+    """Write the full training state to ``path`` (``.npz``) atomically.
+
+    Parameters
+    ----------
+    path : path
+        Usually ``<out_dir>/checkpoint.npz``.
+    model, optimizer
+        A :class:`fastmlp.MLP` and its ``fastmlp.optim`` optimizer (their ``state_dict()``).
+    step : int
+        Updates made.
+    data_state : mapping
+        The training ``DataSet.get_state()``.
+    meta : mapping
+        JSON-able extras stored in ``meta`` (the loop's ``flags``, ``rows``, ``wall_seconds``).
+    """
+    arrays: dict[str, np.ndarray] = {}
+    arrays.update({f"model/{k}": v for k, v in model.state_dict().items()})
+    arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
+    data_json = _split_state(dict(data_state), "data", arrays)
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    arrays["rng/keys"] = keys
+    full_meta = {
+        "format": CHECKPOINT_FORMAT,
+        "step": int(step),
+        "data_state": data_json,
+        "numpy_rng": {"name": name, "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached_gaussian)},
+        **meta,
+    }
+    arrays["meta"] = np.array(json.dumps(full_meta, default=_numpy_scalar_to_python))
+    atomic_savez(path, **arrays)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``path``: the file or its run folder).
+
+    Returns
+    -------
+    dict
+        ``path`` (the file), ``meta`` (dict: ``step``, ``flags``, ``rows``, ...), ``model``
+        and ``optim`` (dicts of arrays, for ``load_state_dict``), ``data_state`` (for
+        ``DataSet.set_state``), ``numpy_rng`` (for ``np.random.set_state``).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        If ``path`` is missing or is not a fastmlp checkpoint of a format this version reads.
+    """
+    path = resolve_checkpoint_path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{str(path)!r} is not a readable .npz checkpoint: {exc}") from None
+    if "meta" not in arrays:
+        raise ValueError(f"{str(path)!r} is not a fastmlp checkpoint (no 'meta' entry)")
+    meta = json.loads(str(arrays.pop("meta")))
+    if meta.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"{str(path)!r}: checkpoint format {meta.get('format')!r} is not one this version "
+                         f"of fastmlp reads ({CHECKPOINT_FORMAT!r})")
+    rng = meta.pop("numpy_rng")
+    return {
+        "path": path,
+        "meta": meta,
+        "model": {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")},
+        "optim": {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
+        "data_state": _join_state(meta.pop("data_state"), arrays),
+        "numpy_rng": (rng["name"], arrays["rng/keys"], rng["pos"], rng["has_gauss"], rng["cached_gaussian"]),
+    }

@@ -1,0 +1,339 @@
+"""What each hyper-parameter may be: one table that every interface reads.
+
+:data:`CONSTRAINTS` maps a hyper-parameter's name to its constraint, in the spirit of
+scikit-learn's ``_parameter_constraints``. It is read by
+
+- the command lines, through :func:`flag_type` (``fastmlp.train``'s flags, the
+  search's ``--seed``, ``--threads``...), which turns a flag's text into a number
+  first, so that ``--batch_size -5`` is checked as the number -5;
+- :func:`fastmlp.training.checked_flags`, for flags handed to ``train()`` in a
+  Namespace built by hand;
+- :class:`fastmlp.MLPClassifier`, at ``fit``;
+- the search space (:mod:`fastmlp.search.space`: every ``--grid`` value and every
+  end of a ``--space`` range);
+- the torch trainers: the MLP's ``--dnn_hidden_units``, ``--momentum`` and
+  ``--warmup_steps`` so far; ``device``, ``dropout`` and ``threads`` (for
+  ``--num_threads``) are the entries their other flags are to use.
+
+So a bad value gets one message everywhere, ``<name>: expected <what>, got <value>``,
+where ``<name>`` is what the interface calls it: ``--batch_size`` (command line),
+``batch_size`` (estimator), ``--grid['batch_size']`` (search).
+
+Errors
+------
+One exception type per kind of mistake, as in Python itself and in the core:
+
+- ``TypeError``: the value is not of a type the parameter takes: a string, ``None``
+  or a bool where a number is expected, a float where an integer is expected
+  (``max_steps=2.5``, and ``2.0`` too), a dtype other than float32/float64.
+- ``ValueError``: the type is right, the value is not allowed: out of range
+  (``batch_size=0``, ``momentum=1.0``, a NaN learning rate), not among the choices
+  (``optimizer="rmsprop"``), or a malformed list of layer widths (``"512,abc"``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from fastmlp.data import PREPROCESSINGS
+from fastmlp.modules import INITS
+from fastmlp.optim import OPTIMIZERS
+from fastmlp.schedules import SCHEDULES
+
+__all__ = [
+    "CONSTRAINTS",
+    "DEVICES",
+    "NONNEGATIVE_INT",
+    "POSITIVE_INT",
+    "POSITIVE_NUMBER",
+    "Boolean",
+    "Constraint",
+    "FloatDType",
+    "HiddenUnits",
+    "Interval",
+    "NoneOr",
+    "Options",
+    "check",
+    "checker",
+    "flag_type",
+    "format_hidden_units",
+    "parse_hidden_units",
+]
+
+#: ``--device`` of the torch trainers (and of the search's torch trials).
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
+class Constraint:
+    """What one hyper-parameter may be.
+
+    :meth:`check` returns the value in canonical form (``int``, ``float``, ``str``,
+    ``list[int]``...) or raises ``TypeError``/``ValueError`` with the message
+    ``expected <describe()>, got <value>``; :meth:`from_text` turns a command line's
+    text into the value to check.
+    """
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def check(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def from_text(self, text: str) -> Any:
+        return text
+
+    def expected(self, value: Any) -> str:
+        return f"expected {self.describe()}, got {value!r}"
+
+
+@dataclass(frozen=True)
+class Interval(Constraint):
+    """An int or a finite float between ``low`` and ``high`` (``None``: unbounded).
+
+    ``closed`` says which ends belong to the interval: ``"left"`` (``low <= x < high``),
+    ``"right"``, ``"both"`` or ``"neither"``.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    closed: str = "left"
+
+    def describe(self) -> str:
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>=' if self.closed in ('left', 'both') else '>'} {self.low}")
+        if self.high is not None:
+            bounds.append(f"{'<=' if self.closed in ('right', 'both') else '<'} {self.high}")
+        what = "an integer" if self.kind is int else "a finite number"
+        return " ".join([what, " and ".join(bounds)]) if bounds else what
+
+    def check(self, value: Any) -> int | float:
+        kind = numbers.Integral if self.kind is int else numbers.Real
+        if _is_bool(value) or not isinstance(value, kind):
+            raise TypeError(self.expected(value))
+        number = self.kind(value)
+        if not math.isfinite(number) or not self._inside(number):
+            raise ValueError(self.expected(value))
+        return number
+
+    def _inside(self, number: float) -> bool:
+        low_ok = self.low is None or (number >= self.low if self.closed in ("left", "both") else number > self.low)
+        high_ok = self.high is None or (number <= self.high if self.closed in ("right", "both") else number < self.high)
+        return low_ok and high_ok
+
+    def from_text(self, text: str) -> Any:
+        # "1.5" for an integer becomes 1.5, so the message says what is wrong with the number.
+        for convert in ((int, float) if self.kind is int else (float,)):
+            try:
+                return convert(text)
+            except ValueError:
+                pass
+        return text
+
+
+@dataclass(frozen=True)
+class Options(Constraint):
+    """One string out of ``choices``."""
+
+    choices: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"one of {self.choices}"
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise TypeError(self.expected(value))
+        if value not in self.choices:
+            raise ValueError(self.expected(value))
+        return str(value)
+
+
+@dataclass(frozen=True)
+class NoneOr(Constraint):
+    """``None`` (e.g. "the library's own choice") or a value of ``inner``."""
+
+    inner: Constraint
+
+    def describe(self) -> str:
+        return f"None or {self.inner.describe()}"
+
+    def check(self, value: Any) -> Any:
+        return None if value is None else self.inner.check(value)
+
+    def from_text(self, text: str) -> Any:
+        return self.inner.from_text(text)
+
+
+class Boolean(Constraint):
+    """A bool (NumPy's too; an int is read as its truth value, as ``verbose=2`` means)."""
+
+    def describe(self) -> str:
+        return "a bool"
+
+    def check(self, value: Any) -> bool:
+        if not isinstance(value, (bool, np.bool_, numbers.Integral)):
+            raise TypeError(self.expected(value))
+        return bool(value)
+
+
+class FloatDType(Constraint):
+    """float32 or float64, as a NumPy dtype, a type (``np.float32``) or a name; checked to its name."""
+
+    NAMES = ("float32", "float64")
+
+    def describe(self) -> str:
+        return "float32 or float64"
+
+    def check(self, value: Any) -> str:
+        try:
+            name = None if value is None else np.dtype(value).name  # np.dtype(None) would be float64
+        except (TypeError, ValueError):
+            name = None
+        if name not in self.NAMES:
+            raise TypeError(self.expected(value))
+        return name
+
+
+class HiddenUnits(Constraint):
+    """Widths of the hidden layers: ``"512,256"`` (``""``: none), a sequence of ints, or one int."""
+
+    def describe(self) -> str:
+        return "positive integers separated by commas (e.g. '100' or '512,256', '' for none) or a list of them"
+
+    def check(self, value: Any) -> list[int]:
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",")] if value.strip() else []
+            for part in parts:
+                if not re.fullmatch(r"\d+", part) or int(part) < 1:
+                    raise ValueError(f"{self.expected(value)}: {part!r} is not a positive integer")
+            return [int(part) for part in parts]
+        if isinstance(value, numbers.Integral) and not _is_bool(value):
+            value = [value]  # one hidden layer
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(self.expected(value))
+        for part in value:
+            if _is_bool(part) or not isinstance(part, numbers.Integral):
+                raise TypeError(f"{self.expected(value)}: {part!r} is not an integer")
+            if part < 1:
+                raise ValueError(f"{self.expected(value)}: {part!r} is not a positive integer")
+        return [int(part) for part in value]
+
+
+#: Constraints that several entries (and the search's own flags) share.
+POSITIVE_INT = Interval(int, 0, closed="neither")
+NONNEGATIVE_INT = Interval(int, 0)
+POSITIVE_NUMBER = Interval(float, 0.0, closed="neither")
+
+#: Every hyper-parameter's constraint, by name. Interfaces that name a parameter
+#: differently map their name to these: ``--dnn_hidden_units`` and the estimator's
+#: ``hidden_layer_sizes`` are ``hidden_units``; the torch trainers' ``--num_threads``
+#: is ``threads``.
+CONSTRAINTS: dict[str, Constraint] = {
+    # the network
+    "hidden_units": HiddenUnits(),
+    "init": Options(INITS),
+    "dtype": FloatDType(),
+    "dropout": Interval(float, 0.0, 1.0),
+    # the optimisation
+    "optimizer": Options(OPTIMIZERS),
+    "learning_rate": POSITIVE_NUMBER,
+    "momentum": Interval(float, 0.0, 1.0),
+    "nesterov": Boolean(),
+    "weight_decay": Interval(float, 0.0),
+    "lr_schedule": Options(SCHEDULES),
+    "warmup_steps": NONNEGATIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "max_steps": POSITIVE_INT,
+    # the data
+    "preprocessing": Options(PREPROCESSINGS),
+    "augment": Boolean(),
+    "validation_size": NONNEGATIVE_INT,
+    # evaluation and the run
+    "eval_freq": POSITIVE_INT,
+    "eval_batch_size": POSITIVE_INT,
+    "seed": NONNEGATIVE_INT,
+    "threads": NoneOr(POSITIVE_INT),
+    "device": Options(DEVICES),
+}
+
+
+def check(name: str | Constraint, value: Any, *, label: str | None = None) -> Any:
+    """``value`` checked against ``CONSTRAINTS[name]`` (or the constraint ``name``), in canonical form.
+
+    Parameters
+    ----------
+    name : str or Constraint
+        A key of :data:`CONSTRAINTS`, or a constraint of the caller's own (an option
+        that is no hyper-parameter, such as the estimator's ``verbose``).
+    value
+        The value to check.
+    label : str, optional
+        What the caller calls the parameter, prefixed to the message (default: the
+        table's name; ``""`` for the bare message, as argparse prefixes its own).
+
+    Raises
+    ------
+    TypeError, ValueError
+        See the module docstring: ``"<label>: expected <what>, got <value>"``.
+    """
+    rule = CONSTRAINTS[name] if isinstance(name, str) else name
+    try:
+        return rule.check(value)
+    except (TypeError, ValueError) as exc:
+        prefix = label if label is not None else (name if isinstance(name, str) else "")
+        raise type(exc)(f"{prefix}: {exc}" if prefix else str(exc)) from None
+
+
+def checker(name: str) -> Callable[[Any], Any]:
+    """``CONSTRAINTS[name].check``: a one-argument check with the bare message."""
+    return CONSTRAINTS[name].check
+
+
+def flag_type(constraint: str | Constraint) -> Callable[[str], Any]:
+    """An argparse ``type=`` that reads a flag's text and checks it against the table.
+
+    ``constraint`` is a name of :data:`CONSTRAINTS` or a :class:`Constraint` (a command
+    line's own flags). The text becomes a value first (:meth:`Constraint.from_text`);
+    the message of a bad value is the table's (argparse puts ``argument --<flag>:``
+    before it).
+    """
+    rule = CONSTRAINTS[constraint] if isinstance(constraint, str) else constraint
+
+    def convert(text: str) -> Any:
+        try:
+            return rule.check(rule.from_text(text))
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = constraint if isinstance(constraint, str) else type(constraint).__name__
+    return convert
+
+
+def parse_hidden_units(value: str | list | tuple | int) -> list[int]:
+    """Hidden layer widths from ``"512,256"`` (``""`` -> ``[]``: logistic regression), a list or an int.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`HiddenUnits` says (``TypeError`` for a float or a string inside a
+        list, ``ValueError`` for ``"10,abc"`` or a width < 1).
+    """
+    return CONSTRAINTS["hidden_units"].check(value)
+
+
+def format_hidden_units(units) -> str:
+    """``[1024, 512]`` -> ``"1024,512"`` (the flag's form, and what a study stores); ``[]`` -> ``""``."""
+    return ",".join(str(int(u)) for u in units)

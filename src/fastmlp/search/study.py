@@ -1,0 +1,198 @@
+"""The Optuna study: its sampler and pruner, its settings, what is left to run in it.
+
+A study is created once and resumed by every later run and worker with the same
+``--study_name`` and ``--storage``; :func:`open_study` refuses to resume it under other
+settings (:func:`settings`). :func:`next_action` decides, before each trial, whether a
+worker runs one, waits for running ones, or is done: ``--n_trials`` counts the finished
+trials of the whole study, the grid is done when every point has been taken.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+from typing import Any
+
+import numpy as np
+
+from fastmlp.search.errors import SearchError
+from fastmlp.search.space import grid_size
+from fastmlp.search.storage import grid_point, one_line, optuna_module, quiet_optuna_warnings
+
+__all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "SETTINGS_ATTR",
+    "best_trial",
+    "counts",
+    "counts_text",
+    "make_pruner",
+    "make_sampler",
+    "next_action",
+    "open_study",
+    "requeue_interrupted",
+    "settings",
+]
+
+SAMPLERS = ("grid", "evolution", "tpe", "random")
+PRUNERS = ("median", "halving", "none")
+#: Study user attribute recording the settings a study was created with (checked on resume).
+SETTINGS_ATTR = "fastmlp_search"
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What must not change between the runs and workers of one study."""
+    return {
+        "model": args.model,
+        "sampler": args.sampler,
+        "grid": args.grid_values,
+        "space": args.space_values,
+        "validation_size": int(args.validation_size),
+        "seed": int(args.seed),
+        "max_steps_cap": args.max_steps_cap,
+        "trainer_flags": shlex.split(args.trainer_flags or ""),
+    }
+
+
+def _sampler_seed(args: argparse.Namespace, n_existing: int) -> int:
+    # Different per worker and per resumption: a resumed random/TPE/NSGA-II study must not
+    # replay the random draws of its first run.
+    return int(np.random.SeedSequence([int(args.seed), int(args.worker_index), int(n_existing)])
+               .generate_state(1)[0])
+
+
+def make_sampler(args: argparse.Namespace, n_existing: int):
+    """The sampler of ``--sampler``, seeded from ``--seed`` (``n_existing``: trials already in the study)."""
+    optuna = optuna_module()
+    if args.sampler == "grid":
+        # Same seed in every worker and run: the shuffled grid order must agree between them.
+        return optuna.samplers.GridSampler(args.grid_values, seed=int(args.seed))
+    seed = _sampler_seed(args, n_existing)
+    if args.sampler == "evolution":
+        return optuna.samplers.NSGAIISampler(population_size=args.population_size, seed=seed)
+    if args.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(args: argparse.Namespace):
+    """The pruner of ``--pruner``; it reads the validation accuracy reported at each evaluation."""
+    optuna = optuna_module()
+    if args.pruner == "median":
+        # No verdict before 5 finished trials, nor at a trial's first evaluation (step
+        # eval_freq): Optuna may prune from step == n_warmup_steps on, hence the + 1. The first
+        # evaluation says more about the warm-up and the schedule's length than the configuration.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=args.eval_freq + 1)
+    if args.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def open_study(args: argparse.Namespace, storage, *, create: bool = True):
+    """Create or load the study and check it was created with compatible settings (None: absent, ``create=False``)."""
+    optuna = optuna_module()
+    try:
+        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    except Exception as exc:
+        raise SearchError(f"cannot read the studies in the storage: {one_line(exc)}") from None
+    summary = existing.get(args.study_name)
+    if summary is None and not create:
+        return None
+    n_existing = summary.n_trials if summary is not None else 0
+    try:
+        study = optuna.create_study(storage=storage, sampler=make_sampler(args, n_existing),
+                                    pruner=make_pruner(args), study_name=args.study_name,
+                                    direction="maximize", load_if_exists=True)
+    except OSError as exc:
+        raise SearchError(f"cannot write to the storage: {exc.strerror or exc}") from None
+    _check_settings(study, args, optuna)
+    return study
+
+
+def _check_settings(study, args: argparse.Namespace, optuna) -> None:
+    current = json.loads(json.dumps(settings(args)))  # the form it has once stored
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+            raise SearchError(f"study {args.study_name!r} exists in the storage and minimises; "
+                              "choose another --study_name")
+        study.set_user_attr(SETTINGS_ATTR, current)
+        return
+    # .get on both sides: a setting added by a later version ("space") reads as None in a
+    # study stored before it, which is its value when the flag is not given.
+    diffs = [f"{k}: stored {stored.get(k)!r}, now {current.get(k)!r}"
+             for k in sorted(set(stored) | set(current)) if stored.get(k) != current.get(k)]
+    if diffs:
+        raise SearchError(f"study {args.study_name!r} in this storage was created with other "
+                          f"settings ({'; '.join(diffs)}); resume it with the same flags or choose "
+                          "another --study_name")
+
+
+def counts(study) -> dict[str, int]:
+    """Trials per state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``)."""
+    from optuna.trial import TrialState
+
+    by_state = {state.name: 0 for state in TrialState}
+    for trial in study.get_trials(deepcopy=False):
+        by_state[trial.state.name] += 1
+    return by_state
+
+
+def counts_text(study) -> str:
+    """``"3 complete, 1 pruned"`` (``"no trial yet"``)."""
+    return ", ".join(f"{n} {s.lower()}" for s, n in counts(study).items() if n) or "no trial yet"
+
+
+def next_action(study, args: argparse.Namespace, heartbeat: bool) -> str:
+    """``"run"`` a trial, ``"wait"`` for running ones (they may die and need a rerun), or ``"done"``."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    n_running = states.count(TrialState.RUNNING)
+    n_done = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+    if states.count(TrialState.WAITING):
+        return "run"
+    below_target = args.n_trials is None or n_done + n_running < args.n_trials
+    if args.sampler == "grid":
+        # Grid points run or running; as Optuna's GridSampler, a FAIL point counts as visited
+        # (it is queued again when it failed for a dead worker or an interrupt).
+        taken = {grid_point(t) for t in trials if t.state != TrialState.WAITING and grid_point(t) is not None}
+        if below_target and len(taken) < grid_size(args.grid_values):
+            return "run"
+    elif below_target:
+        return "run"
+    return "wait" if (n_running and heartbeat) else "done"
+
+
+def requeue_interrupted(study, args: argparse.Namespace) -> int:
+    """Queue again the trials that failed by an interrupt (Ctrl-C) and were never retried; return how many."""
+    optuna = optuna_module()
+    from optuna.trial import TrialState
+
+    retry_class = optuna.storages.RetryHeartbeatStaleTrialCallback
+    trials = study.get_trials(deepcopy=False)
+    queued = 0
+    with quiet_optuna_warnings():
+        retried = {n for t in trials for n in retry_class.retry_history(t)}
+        retry = retry_class(max_retry=args.max_retry)
+        for trial in trials:
+            if (trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")
+                    and trial.number not in retried):
+                frozen = copy.deepcopy(trial)
+                frozen.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k != "interrupted"}
+                before = len(study.get_trials(deepcopy=False))
+                retry(study, frozen)
+                queued += len(study.get_trials(deepcopy=False)) - before
+    return queued
+
+
+def best_trial(study):
+    """The complete trial of highest validation accuracy (ties: the earlier one, as ``study.best_trial``); None if none."""
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    return max(complete, key=lambda t: (t.value, -t.number))

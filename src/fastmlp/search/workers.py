@@ -1,0 +1,223 @@
+"""Workers: each loads the trial data once, then runs trials until the study needs no more.
+
+One worker runs in this process (:func:`run_worker`); ``--n_workers N`` starts N worker
+processes (:func:`run_workers`), and workers on other machines join by running the same
+command. A trial (:func:`make_objective`) trains one configuration on the training split,
+reports its validation accuracy at every evaluation (which the pruners read) and scores
+the configuration by its final validation accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from fastmlp.atomic import atomic_write_json
+from fastmlp.hyperparams import format_hidden_units
+from fastmlp.runlog import DivergenceError
+from fastmlp.search import study as studies
+from fastmlp.search.adapter import TrainerAdapter, threads_per_worker
+from fastmlp.search.errors import SearchError, WorkerError
+from fastmlp.search.reports import describe, say
+from fastmlp.search.space import suggest_config
+from fastmlp.search.storage import open_storage, optuna_module, quiet_optuna_warnings
+
+__all__ = ["EVAL_SLEEP_ENV", "make_objective", "run_worker", "run_workers", "trial_dir", "worker_process"]
+
+# Test hook (not a flag): seconds to sleep in every evaluation callback, so that a test can
+# kill a worker deterministically in the middle of a trial.
+EVAL_SLEEP_ENV = "FASTMLP_SEARCH_TEST_EVAL_SLEEP"
+# Trainer outputs a finished trial does not keep.
+_CHECKPOINTS = ("checkpoint.npz", "checkpoint.pt")
+
+
+def trial_dir(args: argparse.Namespace, number: int) -> Path:
+    """``<out_dir>/trials/trial_NNNN``: a trial's curves and metrics."""
+    return Path(args.out_dir) / "trials" / f"trial_{number:04d}"
+
+
+def make_objective(args: argparse.Namespace, adapter: TrainerAdapter, data: dict) -> Callable:
+    """The function Optuna maximises: train the trial's configuration, return its validation accuracy."""
+    optuna = optuna_module()
+    eval_sleep = float(os.environ.get(EVAL_SLEEP_ENV, "0") or 0)
+
+    def objective(trial) -> float:
+        config = suggest_config(trial, model=args.model, grid=args.grid_values,
+                                space=args.space_values, max_steps_cap=args.max_steps_cap)
+        out_dir = trial_dir(args, trial.number)
+        ns = adapter.namespace(config, args, out_dir=out_dir)
+        trial.set_user_attr("hidden_units", format_hidden_units(config["hidden_units"]))
+        trial.set_user_attr("steps", int(config["max_steps"]))
+        trial.set_user_attr("trial_dir", str(out_dir))
+        atomic_write_json(out_dir / "trial_info.json", {
+            "study_name": args.study_name, "trial_number": trial.number, "config": config,
+            "note": "trained on the training split and evaluated on the validation split only; "
+                    "the test set is never used in a trial",
+        })
+
+        def on_eval(step: int, metrics: dict) -> None:
+            if eval_sleep:
+                time.sleep(eval_sleep)
+            if step <= 0:  # the untrained network says nothing about the configuration
+                return
+            trial.report(float(metrics["validation_accuracy"]), int(step))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation accuracy {metrics['validation_accuracy']:.4f} at step {step}")
+
+        try:
+            result = adapter.module.train(ns, data=data, on_eval=on_eval)
+        except DivergenceError as exc:
+            # A diverging configuration is a hopeless one, not a broken trial: for the grid it
+            # counts as visited, for the other samplers it spends a trial of the budget.
+            trial.set_user_attr("diverged", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        finally:
+            for name in _CHECKPOINTS:
+                with contextlib.suppress(FileNotFoundError):
+                    (out_dir / name).unlink()
+        if result.get("validation_accuracy") is None:
+            raise RuntimeError(f"{adapter.module_name}.train returned no validation_accuracy")
+        for key in ("validation_loss", "best_validation_accuracy", "wall_seconds", "steps"):
+            if result.get(key) is not None:
+                trial.set_user_attr(key, result[key])
+        return float(result["validation_accuracy"])
+
+    return objective
+
+
+def _trial_line(args: argparse.Namespace, prefix: str):
+    """Optuna callback printing one line per finished trial."""
+    optuna = optuna_module()
+    from optuna.trial import TrialState
+
+    def report(study, trial) -> None:
+        config = suggest_config(optuna.trial.FixedTrial(trial.params), model=args.model,
+                                grid=args.grid_values, space=args.space_values,
+                                max_steps_cap=args.max_steps_cap)
+        config["hidden_units"] = format_hidden_units(config["hidden_units"])
+        if trial.state == TrialState.COMPLETE:
+            value = f"validation {trial.value:.4f}"
+        elif trial.state == TrialState.PRUNED and trial.intermediate_values:
+            step = max(trial.intermediate_values)
+            value = f"pruned at step {step} (validation {trial.intermediate_values[step]:.4f})"
+        else:
+            value = trial.state.name.lower()
+        seconds = trial.duration.total_seconds() if trial.duration else float("nan")
+        say(args, f"{prefix}trial {trial.number}: {describe(config)} -> {value} ({seconds:.1f} s)")
+
+    return report
+
+
+def run_worker(args: argparse.Namespace, *, adapter: TrainerAdapter | None = None) -> None:
+    """One worker: load the data once, then run trials until the study needs no more (or ``--timeout``)."""
+    optuna = optuna_module()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.monotonic()
+    threads = threads_per_worker(args)
+    if threads is not None and args.model == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    adapter = adapter or TrainerAdapter(args.model, args.trainer_flags)
+    storage = open_storage(args.storage, args.out_dir, heartbeat_interval=args.heartbeat_interval,
+                           grace_period=args.grace_period, max_retry=args.max_retry)
+    study = studies.open_study(args, storage)
+    heartbeat = bool(args.heartbeat_interval)
+    prefix = f"[worker {args.worker_index}] " if args.n_workers > 1 else ""
+    report = _trial_line(args, prefix)
+    objective = None
+    while True:
+        if args.timeout is not None and time.monotonic() - started > args.timeout:
+            say(args, f"{prefix}--timeout {args.timeout:g} s reached: no new trial")
+            return
+        if heartbeat:
+            with quiet_optuna_warnings():
+                optuna.storages.fail_stale_trials(study)
+        action = studies.next_action(study, args, heartbeat)
+        if action == "done":
+            return
+        if action == "wait":
+            time.sleep(min(5.0, max(0.5, args.heartbeat_interval / 2)))
+            continue
+        if objective is None:
+            objective = _marking_interrupts(make_objective(args, adapter, adapter.trial_data(args)))
+        # A KeyboardInterrupt or an error of the trainer propagates (Optuna marks the trial FAIL).
+        with quiet_optuna_warnings():
+            study.optimize(objective, n_trials=1, callbacks=[report], gc_after_trial=True)
+
+
+def _marking_interrupts(objective: Callable) -> Callable:
+    def guarded(trial):
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:
+            # Marked so that the next run queues the trial again (Optuna marks it FAIL).
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    return guarded
+
+
+def worker_process(args_dict: dict, worker_index: int) -> None:
+    """Entry point of a worker process started by ``--n_workers`` (spawned: a fresh interpreter)."""
+    args = argparse.Namespace(**args_dict)
+    args.worker_index = int(args.worker_index) + worker_index
+    try:
+        run_worker(args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SearchError as exc:
+        print(f"fastmlp.search worker {args.worker_index}: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def _blas_threads_in_environment(threads: int | None):
+    """BLAS reads its thread count when it loads, so it must be in the children's environment."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        for name in names:
+            if saved[name] is None and threads is not None:
+                os.environ[name] = str(threads)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_workers(args: argparse.Namespace) -> None:
+    """Start ``--n_workers`` worker processes and wait for them.
+
+    Raises
+    ------
+    WorkerError
+        If a worker exited with an error (its message is on stderr).
+    """
+    context = multiprocessing.get_context("spawn")  # no fork: torch and BLAS threads do not survive it
+    processes = []
+    with _blas_threads_in_environment(threads_per_worker(args)):
+        for index in range(args.n_workers):
+            process = context.Process(target=worker_process, args=(vars(args), index),
+                                      name=f"fastmlp-search-worker-{index}")
+            process.start()
+            processes.append(process)
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        for process in processes:
+            process.join(timeout=30)
+        raise
+    failed = [(p.name, p.exitcode) for p in processes if p.exitcode != 0]
+    if failed:
+        raise WorkerError("worker process(es) failed: " + ", ".join(f"{n} exit code {c}" for n, c in failed)
+                          + " (see their messages above)")

@@ -1,0 +1,348 @@
+"""Training the fastmlp MLP: what ``fastmlp.train``, ``MLPClassifier`` and the search share.
+
+No command line here (that is :mod:`fastmlp.train`, over :mod:`fastmlp.cli`): this
+module turns a run's flags into a trained network and its outputs.
+
+- :data:`DEFAULTS`, the flags of a run (the course's values) and :func:`checked_flags`;
+- the model/optimizer factory :func:`build_model_and_optimizer`, the seeds
+  :func:`derive_seeds`, the update :func:`training_step`;
+- :class:`MLPHooks`, fastmlp's parts of the training loop (:mod:`fastmlp.loop`);
+- :func:`train`, a whole run (or its continuation from a checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from fastmlp import loop
+from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from fastmlp.hyperparams import CONSTRAINTS, check
+from fastmlp.runlog import RunLog, check_finite
+from fastmlp.schedules import LearningRateSchedule
+
+__all__ = [
+    "DEFAULTS",
+    "EVALUATION_SPLITS",
+    "MLPHooks",
+    "blas_threads",
+    "build_model_and_optimizer",
+    "checked_flags",
+    "derive_seeds",
+    "load_data",
+    "train",
+    "training_step",
+]
+
+#: The flags of a run, with the course's defaults: one hidden layer of 100 units,
+#: weights from N(0, 1e-4^2), plain SGD at 2e-3, batches of 200, 1500 steps, an
+#: evaluation every 100. ``python -m fastmlp.train`` shows them; ``train()`` fills a
+#: Namespace built by hand with them.
+DEFAULTS: dict[str, Any] = {
+    "dnn_hidden_units": [100], "learning_rate": 2e-3, "max_steps": 1500, "batch_size": 200,
+    "eval_freq": 100, "data_dir": None,
+    "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "init": "normal",
+    "lr_schedule": "constant", "warmup_steps": 0,
+    "preprocessing": "mean_image", "augment": False, "validation_size": 0, "dtype": "float32",
+    "seed": 42, "out_dir": None, "resume": None, "quiet": False, "dry_run": False,
+    "eval_batch_size": 1000, "threads": None,
+}
+# A flag's entry in the constraint table when its name differs (the course's flag name).
+_TABLE_NAME = {"dnn_hidden_units": "hidden_units"}
+
+#: The splits a run evaluates, when its data holds them (the search gives "validation" only).
+EVALUATION_SPLITS = ("validation", "test")
+
+# --resume: flags fixing the shapes of the saved arrays (a change is refused), and
+# flags whose change makes the result differ from an uninterrupted run (a warning).
+ARCHITECTURE_FLAGS = ("dnn_hidden_units", "dtype", "optimizer")
+TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "momentum", "nesterov", "weight_decay", "lr_schedule",
+                    "warmup_steps", "preprocessing", "augment", "seed", "validation_size")
+
+
+# --------------------------------------------------------------------------- flags and seeds
+def checked_flags(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Namespace:
+    """A checked copy of ``args`` with every flag of :data:`DEFAULTS` (missing ones get the default).
+
+    ``train`` may be handed a Namespace built by hand (the search does), so the
+    command line's checks (the table :data:`fastmlp.hyperparams.CONSTRAINTS`) are
+    applied again here.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Naming the flag (``--batch_size: expected an integer > 0, got -1``); ValueError
+        for an unknown flag.
+    """
+    given = dict(args) if isinstance(args, Mapping) else dict(vars(args))
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown flag(s) {unknown}; see `python -m fastmlp.train --help`")
+    values = {**DEFAULTS, **given}
+    for flag, value in values.items():
+        entry = _TABLE_NAME.get(flag, flag)
+        if entry in CONSTRAINTS:
+            values[flag] = check(entry, value, label=f"--{flag}")
+    for flag in ("quiet", "dry_run"):
+        values[flag] = bool(values[flag])
+    for flag in ("data_dir", "out_dir", "resume"):
+        if values[flag] is not None:
+            values[flag] = str(values[flag])
+    return argparse.Namespace(**values)
+
+
+def derive_seeds(seed: int) -> tuple[int, int]:
+    """Independent seeds for the weights and for the data order from one ``--seed``."""
+    model_seed, data_seed = np.random.SeedSequence(seed).generate_state(2)
+    return int(model_seed), int(data_seed)
+
+
+@contextlib.contextmanager
+def blas_threads(threads: int | None) -> Iterator[None]:
+    """Limit BLAS/OpenMP threads for the duration of the block (needs threadpoolctl)."""
+    if threads is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        warnings.warn("--threads needs the threadpoolctl package; set OMP_NUM_THREADS before starting "
+                      "Python instead. Running with BLAS's default thread count.", stacklevel=3)
+        yield
+        return
+    with threadpool_limits(limits=threads):
+        yield
+
+
+# --------------------------------------------------------------------------- model, optimizer, step
+def build_model_and_optimizer(n_inputs: int, hidden_units: list[int], n_classes: int, *, dtype=np.float32,
+                              init: str = "normal", seed: int | None = None, optimizer: str = "sgd",
+                              learning_rate: float = 2e-3, momentum: float = 0.9, weight_decay: float = 0.0,
+                              nesterov: bool = False):
+    """A fresh :class:`fastmlp.MLP` and its optimizer (``fastmlp.optim.make_optimizer``).
+
+    Returns
+    -------
+    model : fastmlp.MLP
+        ``n_inputs`` -> ``hidden_units`` (ReLU) -> ``n_classes`` (softmax).
+    optimizer : fastmlp.optim optimizer
+        Holds a reference to ``model``; ``optimizer.lr`` is reset every step
+        by :func:`training_step`.
+    """
+    from fastmlp import optim
+    from fastmlp.mlp import MLP
+
+    model = MLP(n_inputs, list(hidden_units), n_classes, dtype=dtype, seed=seed, init=init)
+    opt = optim.make_optimizer(optimizer, model, learning_rate, weight_decay=weight_decay, momentum=momentum,
+                               nesterov=nesterov)
+    return model, opt
+
+
+def training_step(model, optimizer, x: np.ndarray, y: np.ndarray, step: int,
+                  schedule: Callable[[int], float]) -> float:
+    """Make update number ``step`` (1-based) on the batch (x, y); return its loss before the update.
+
+    Sets ``optimizer.lr`` from ``schedule``, then ``model.train_step``:
+    updates the parameters of ``model`` and the optimizer's state in place.
+    ``x`` is (batch, n_inputs), ``y`` int class indices (batch,).
+
+    Raises
+    ------
+    fastmlp.runlog.DivergenceError
+        If the loss is NaN or infinite (the core then leaves the parameters as
+        they were; the caller keeps its last good checkpoint).
+    """
+    optimizer.lr = schedule(step)
+    return check_finite(model.train_step(x, y, optimizer), step)
+
+
+# --------------------------------------------------------------------------- the loop's hooks
+class MLPHooks:
+    """fastmlp's parts of the training loop (:class:`fastmlp.loop.Hooks`).
+
+    Parameters
+    ----------
+    model, optimizer, schedule
+        From :func:`build_model_and_optimizer`; ``schedule(step)`` sets each update's rate.
+    train_set : fastmlp.data.DataSet
+        Flattened training images (n, n_inputs) and int labels; batches come from it.
+    eval_sets : dict
+        ``{split: batches}``: ``batches()`` yields that split's (x (b, n_inputs), y (b,))
+        evaluation batches, converted one at a time (uint8 pixels stay uint8 in memory).
+    batch_size, eval_batch_size : int
+        Examples per update; per evaluation chunk (memory only).
+    checkpoint_path : path
+        Where :meth:`save_checkpoint` writes.
+    """
+
+    def __init__(self, model, optimizer, schedule, train_set, eval_sets: Mapping[str, tuple], *,
+                 batch_size: int, eval_batch_size: int, checkpoint_path: Path):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.train_set = train_set
+        self.eval_sets = dict(eval_sets)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.checkpoint_path = Path(checkpoint_path)
+        self._last_batch = 0
+        n_inputs = model.n_inputs
+        self._batch = np.empty((batch_size, n_inputs), dtype=model.dtype)  # every step's batch lands here
+
+    @classmethod
+    def build(cls, args: argparse.Namespace, data: Mapping[str, Any], plan: loop.Plan, *, model_seed: int,
+              checkpoint_path: Path) -> "MLPHooks":
+        """The MLP, optimizer and schedule of checked flags ``args``, over ``data`` (see :func:`train`)."""
+        train_set = data["train"]
+        if np.dtype(train_set.dtype) != np.dtype(args.dtype):
+            raise ValueError(f"data: the pre-loaded images are {train_set.dtype}, but --dtype is "
+                             f"{args.dtype}; load them with get_cifar10(dtype=np.{args.dtype})")
+        splits = {split: data[split] for split in EVALUATION_SPLITS if data.get(split) is not None}
+        if not splits:
+            raise ValueError(f"data: no split to evaluate; give one of {EVALUATION_SPLITS} besides 'train'")
+        eval_sets = {split: _eval_batches(ds, args.eval_batch_size, plan.eval_limit) for split, ds in splits.items()}
+        n_inputs = int(np.prod(train_set.raw_images.shape[1:]))
+        n_classes = _n_classes(train_set.labels, *(ds.labels for ds in splits.values()))
+        model, optimizer = build_model_and_optimizer(
+            n_inputs, args.dnn_hidden_units, n_classes, dtype=np.dtype(args.dtype), init=args.init,
+            seed=model_seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
+            momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov)
+        schedule = LearningRateSchedule(args.learning_rate, plan.max_steps, args.lr_schedule,
+                                        warmup_steps=args.warmup_steps)
+        return cls(model, optimizer, schedule, train_set, eval_sets, batch_size=args.batch_size,
+                   eval_batch_size=args.eval_batch_size, checkpoint_path=checkpoint_path)
+
+    def step(self, step: int) -> float:
+        x, y = self.train_set.next_batch(self.batch_size, out=self._batch)
+        self._last_batch = len(x)
+        return training_step(self.model, self.optimizer, x.reshape(len(x), -1), y, step, self.schedule)
+
+    def batch_metrics(self) -> dict[str, float]:
+        # The core counted the batch's right answers before the update, as its loss.
+        return {"train_accuracy": self.model.last_batch_correct / self._last_batch,
+                "learning_rate": self.optimizer.lr}
+
+    def evaluate(self) -> dict[str, float]:
+        metrics = {}
+        for split, batches in self.eval_sets.items():
+            metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = self.model.evaluate_batches(batches())
+        return metrics
+
+    def save_checkpoint(self, step: int, record: Mapping[str, Any]) -> None:
+        save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer, step=step,
+                        data_state=self.train_set.get_state(), meta=record)
+
+    def restore(self, checkpoint: Mapping[str, Any], args: argparse.Namespace) -> None:
+        """Put back the model, optimizer, batch order and NumPy RNG of a :func:`load_checkpoint` result."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optim"])
+        # The checkpoint carries the old hyper-parameters: this run's flags win
+        # (the learning rate is set from the schedule at every step).
+        self.optimizer.weight_decay = args.weight_decay
+        if args.optimizer == "momentum":
+            self.optimizer.momentum = args.momentum
+        self.train_set.set_state(checkpoint["data_state"])
+        np.random.set_state(checkpoint["numpy_rng"])
+
+    @contextlib.contextmanager
+    def borrowing_train_set(self) -> Iterator[None]:
+        """Hand the training DataSet back with the batch position it came with (a caller's data is reused)."""
+        state = self.train_set.get_state()
+        try:
+            yield
+        finally:
+            self.train_set.set_state(state)
+
+
+def _eval_batches(dataset, batch_size: int, limit: int | None) -> Callable[[], Iterator]:
+    """A split's evaluation batches, made afresh at every evaluation."""
+    return lambda: dataset.batches(batch_size, flatten=True, limit=limit)
+
+
+def _n_classes(*label_arrays: np.ndarray) -> int:
+    n = 0
+    for y in label_arrays:
+        n = max(n, y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
+    return n
+
+
+# --------------------------------------------------------------------------- a whole run
+def load_data(args: argparse.Namespace, seed: int) -> dict:
+    """CIFAR-10 as checked flags ``args`` ask: ``train``, ``test`` and (``--validation_size``) ``validation``."""
+    from fastmlp.data import get_cifar10
+
+    return get_cifar10(args.data_dir, one_hot=False, validation_size=args.validation_size,
+                       preprocessing=args.preprocessing, flatten=True, dtype=np.dtype(args.dtype),
+                       augment=args.augment, seed=seed)
+
+
+def _checkpoint_to_resume(args: argparse.Namespace) -> dict | None:
+    if args.resume is None:
+        return None
+    checkpoint = load_checkpoint(args.resume)
+    loop.check_resumable(checkpoint["meta"].get("flags", {}), vars(args), str(checkpoint["path"]),
+                         architecture=ARCHITECTURE_FLAGS, trajectory=TRAJECTORY_FLAGS)
+    return checkpoint
+
+
+def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, Any] | None = None,
+          on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    """Run a whole training (or continue one with ``args.resume``) and write its outputs.
+
+    Parameters
+    ----------
+    args : argparse.Namespace or mapping
+        Flags (:data:`DEFAULTS`), e.g. ``fastmlp.train.build_parser().parse_args()``;
+        missing ones take their defaults, every value is checked again.
+    data : dict, optional
+        Pre-loaded ``fastmlp.data.get_cifar10(..., one_hot=False, flatten=True,
+        dtype=<--dtype>)`` DataSets: ``"train"``, and the splits to evaluate,
+        ``"validation"`` and/or ``"test"`` (each one present and not None is
+        evaluated); the data flags (``--data_dir``, ``--preprocessing``,
+        ``--augment``, ``--validation_size``) are then ignored. The training
+        DataSet's batch position is advanced during the run and put back at the
+        end, so reusing ``data`` gives every run the same batch order. Default:
+        CIFAR-10 loaded as the flags say (test set, and validation with
+        ``--validation_size``).
+    on_eval : callable, optional
+        ``on_eval(step, metrics)`` after every evaluation, once its row is in
+        ``curves.csv`` and the checkpoint is written; ``metrics`` holds ``step``,
+        ``train_loss``, ``train_accuracy``, ``learning_rate`` and ``<split>_loss``,
+        ``<split>_accuracy`` for every evaluated split. An exception it raises
+        stops the run and propagates.
+
+    Returns
+    -------
+    dict
+        What ``metrics.json`` holds: ``flags``, ``fastmlp_version``, the last
+        evaluation's ``test_*``/``validation_*``, ``best_test_accuracy`` /
+        ``best_validation_accuracy``, ``steps``, ``wall_seconds``, ``out_dir``, ``dry_run``.
+
+    Raises
+    ------
+    fastmlp.runlog.DivergenceError
+        On a NaN or infinite training loss (the last checkpoint is kept).
+    TypeError, ValueError, FileNotFoundError
+        On bad flags, an incompatible or missing checkpoint, missing data.
+    """
+    started = time.perf_counter()
+    args = checked_flags(args)
+    checkpoint = _checkpoint_to_resume(args)
+    out_dir = loop.choose_out_dir(args.out_dir, checkpoint and checkpoint["path"], dry_run=args.dry_run)
+    plan = loop.Plan.from_flags(args.max_steps, args.eval_freq, dry_run=args.dry_run)
+    model_seed, data_seed = derive_seeds(args.seed)
+    with blas_threads(args.threads):
+        data = load_data(args, data_seed) if data is None else data
+        hooks = MLPHooks.build(args, data, plan, model_seed=model_seed, checkpoint_path=out_dir / CHECKPOINT_NAME)
+        flags = {**vars(args), "max_steps": plan.max_steps, "eval_freq": plan.eval_freq, "out_dir": str(out_dir)}
+        progress = loop.Progress(RunLog(out_dir, flags), started=started, show=not args.quiet)
+        with hooks.borrowing_train_set():
+            if checkpoint is not None:
+                meta = checkpoint["meta"]
+                loop.resume(progress, step=int(meta["step"]), rows=meta.get("rows", []),
+                            wall_seconds=meta.get("wall_seconds", 0.0), max_steps=plan.max_steps)
+                hooks.restore(checkpoint, args)
+            loop.run(hooks, plan, progress, on_eval=on_eval)
+        return loop.finish(progress, out_dir=str(out_dir), dry_run=args.dry_run)

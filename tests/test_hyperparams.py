@@ -1,0 +1,173 @@
+"""The constraint table (``fastmlp.hyperparams``) and the one message each bad value gets.
+
+A bad hyper-parameter must read the same whether it came through ``python -m
+fastmlp.train``, ``MLPClassifier`` or the search (``--grid`` values, the search's own
+flags): ``<name>: expected <what>, got <value>``, with ``TypeError`` for a value of the
+wrong type and ``ValueError`` for one out of range.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from fastmlp import MLPClassifier
+from fastmlp import train as fm_train
+from fastmlp.hyperparams import (
+    CONSTRAINTS,
+    Boolean,
+    FloatDType,
+    HiddenUnits,
+    Interval,
+    NoneOr,
+    Options,
+    check,
+    flag_type,
+    format_hidden_units,
+    parse_hidden_units,
+)
+
+
+# --------------------------------------------------------------------------- the constraints
+def test_interval_bounds_and_wording():
+    assert Interval(int, 0, closed="neither").describe() == "an integer > 0"
+    assert Interval(float, 0.0, 1.0).describe() == "a finite number >= 0.0 and < 1.0"
+    assert Interval(int, 1, 4, closed="both").describe() == "an integer >= 1 and <= 4"
+    unit = Interval(float, 0.0, 1.0, closed="right")
+    assert unit.check(1) == 1.0 and isinstance(unit.check(np.float32(0.5)), float)
+    with pytest.raises(ValueError, match=r"expected a finite number > 0.0 and <= 1.0, got 0"):
+        unit.check(0)
+    positive = CONSTRAINTS["batch_size"]
+    assert positive.check(np.int64(3)) == 3 and type(positive.check(np.int64(3))) is int
+    for wrong_type in (2.5, 2.0, "3", None, True, np.bool_(True)):
+        with pytest.raises(TypeError, match="expected an integer > 0"):
+            positive.check(wrong_type)
+    for out_of_range in (0, -4):
+        with pytest.raises(ValueError, match="expected an integer > 0"):
+            positive.check(out_of_range)
+    for bad_number in (math.nan, math.inf, -1.0):
+        with pytest.raises(ValueError, match="finite number > 0.0"):
+            CONSTRAINTS["learning_rate"].check(bad_number)
+
+
+def test_text_becomes_a_number_before_the_check():
+    assert Interval(int).from_text("-5") == -5
+    assert Interval(int).from_text("1.5") == 1.5  # then refused as "not an integer", not as text
+    assert Interval(int).from_text("abc") == "abc"
+    assert Interval(float).from_text("1e-3") == 1e-3
+    assert flag_type("batch_size")("200") == 200
+    assert flag_type("dtype")("float64") == "float64"
+    assert flag_type("hidden_units")("512, 256") == [512, 256]
+    assert flag_type("threads")("2") == 2 and NoneOr(Interval(int)).check(None) is None
+
+
+def test_options_dtype_boolean():
+    optimizer = CONSTRAINTS["optimizer"]
+    assert isinstance(optimizer, Options) and optimizer.check("adam") == "adam"
+    with pytest.raises(ValueError, match=r"expected one of \('sgd', 'momentum', 'adam'\), got 'rmsprop'"):
+        optimizer.check("rmsprop")
+    with pytest.raises(TypeError, match="expected one of"):
+        optimizer.check(None)
+    dtype = FloatDType()
+    assert [dtype.check(d) for d in (np.float32, "float64", np.dtype("f4"), float)] == [
+        "float32", "float64", "float32", "float64"]
+    for bad in (np.float16, "float16", np.int32, None, "no such dtype"):
+        with pytest.raises(TypeError, match="expected float32 or float64"):
+            dtype.check(bad)
+    assert Boolean().check(np.bool_(True)) is True and Boolean().check(0) is False
+    with pytest.raises(TypeError, match="expected a bool"):
+        Boolean().check("yes")
+
+
+def test_hidden_units_forms():
+    assert parse_hidden_units("") == []
+    assert parse_hidden_units(" 512, 256 ") == [512, 256]
+    assert parse_hidden_units((64,)) == [64]
+    assert parse_hidden_units(np.array([8, 4])) == [8, 4]
+    assert parse_hidden_units(16) == [16]  # one layer
+    assert format_hidden_units(parse_hidden_units("1024,512")) == "1024,512"
+    for bad in ("10,", "abc", "-3", "1e3", [0], 0):
+        with pytest.raises(ValueError, match="is not a positive integer"):
+            parse_hidden_units(bad)
+    for bad in ([True], [2.5], ["8"], 2.5, None, {"a": 1}):
+        with pytest.raises(TypeError):
+            parse_hidden_units(bad)
+    assert isinstance(CONSTRAINTS["hidden_units"], HiddenUnits)
+
+
+def test_check_names_the_parameter_as_the_caller_calls_it():
+    with pytest.raises(ValueError, match=r"^batch_size: expected an integer > 0, got 0$"):
+        check("batch_size", 0)
+    with pytest.raises(ValueError, match=r"^--batch_size: expected"):
+        check("batch_size", 0, label="--batch_size")
+    with pytest.raises(ValueError, match=r"^expected an integer > 0, got 0$"):
+        check("batch_size", 0, label="")
+    with pytest.raises(TypeError, match=r"^verbose: expected a bool"):
+        check(Boolean(), "yes", label="verbose")
+
+
+# --------------------------------------------------------------------------- one message everywhere
+def _cli_message(main, flag: str, text: str, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main([f"--{flag}", text])
+    assert exc.value.code == 2
+    found = re.search(rf"argument --{flag}: (.*)$", capsys.readouterr().err.strip())
+    assert found, f"no argparse message for --{flag}"
+    return found.group(1)
+
+
+def _estimator_message(name: str, value, error: type) -> str:
+    with pytest.raises(error) as exc:
+        MLPClassifier(**{"max_steps": 1, name: value}).fit(np.eye(4), [0, 1, 0, 1])
+    prefix = f"{name}: "
+    assert str(exc.value).startswith(prefix), str(exc.value)
+    return str(exc.value)[len(prefix):]
+
+
+def _grid_message(key: str, value, error: type) -> str:
+    pytest.importorskip("optuna")  # the search package's extra
+    from fastmlp.search.space import parse_grid
+
+    with pytest.raises(error) as exc:
+        parse_grid({key: [value]}, model="numpy")
+    prefix = f"--grid[{key!r}]: "
+    assert str(exc.value).startswith(prefix), str(exc.value)
+    return str(exc.value)[len(prefix):]
+
+
+# (train flag, estimator argument, search grid axis or None, value, error)
+SAME_MESSAGE = [
+    ("learning_rate", "learning_rate", "learning_rate", -1.0, ValueError),
+    ("learning_rate", "learning_rate", "learning_rate", math.nan, ValueError),
+    ("batch_size", "batch_size", "batch_size", 0, ValueError),
+    ("batch_size", "batch_size", "batch_size", 2.5, TypeError),
+    ("max_steps", "max_steps", "max_steps", -3, ValueError),
+    ("weight_decay", "weight_decay", "weight_decay", -0.1, ValueError),
+    ("momentum", "momentum", None, 1.0, ValueError),
+    ("optimizer", "optimizer", "optimizer", "rmsprop", ValueError),
+    ("init", "init", None, "zeros", ValueError),
+    ("dtype", "dtype", None, "float16", TypeError),
+    ("dnn_hidden_units", "hidden_layer_sizes", "hidden_units", "10,abc", ValueError),
+    ("dnn_hidden_units", "hidden_layer_sizes", "hidden_units", "64,0", ValueError),
+]
+
+
+@pytest.mark.parametrize("flag, argument, axis, value, error", SAME_MESSAGE)
+def test_a_bad_value_reads_the_same_on_the_command_line_in_the_estimator_and_the_search(
+        flag, argument, axis, value, error, capsys):
+    cli = _cli_message(fm_train.main, flag, str(value), capsys)
+    assert cli.startswith("expected ") and cli.endswith((repr(value), "is not a positive integer")), cli
+    assert _estimator_message(argument, value, error) == cli
+    if axis is not None:
+        assert _grid_message(axis, value, error) == cli
+
+
+def test_the_searchs_flags_read_the_trainers_messages(capsys):
+    pytest.importorskip("optuna")
+    from fastmlp import search
+
+    for flag, text in (("seed", "-1"), ("eval_freq", "0"), ("threads", "1.5")):
+        assert _cli_message(search.main, flag, text, capsys) == _cli_message(fm_train.main, flag, text, capsys)
+    assert _cli_message(search.main, "seed", "-1", capsys) == _estimator_message("random_state", -1, ValueError)

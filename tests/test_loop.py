@@ -1,0 +1,139 @@
+"""The training loop (``fastmlp.loop``) on hooks that only record what they are asked.
+
+The loop's contract with any trainer: which hooks it calls, in which order, with what;
+what it records and writes; how it resumes. ``tests/test_train_cli.py`` runs it on the
+real MLP end to end.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from fastmlp import loop
+from fastmlp.runlog import DivergenceError, RunLog
+
+
+class RecordingHooks:
+    """Loss 1/step, accuracy 0.5 on one "validation" split; every call is logged."""
+
+    def __init__(self, diverge_at: int | None = None):
+        self.calls: list[tuple] = []
+        self.diverge_at = diverge_at
+
+    def step(self, step: int) -> float:
+        self.calls.append(("step", step))
+        if step == self.diverge_at:
+            raise DivergenceError(step, float("nan"))
+        return 1.0 / step
+
+    def batch_metrics(self) -> dict:
+        self.calls.append(("batch_metrics",))
+        return {"train_accuracy": 0.25, "learning_rate": 0.1}
+
+    def evaluate(self) -> dict:
+        self.calls.append(("evaluate",))
+        return {"validation_loss": 2.0, "validation_accuracy": 0.5}
+
+    def save_checkpoint(self, step: int, record) -> None:
+        self.calls.append(("save", step, [row["step"] for row in record["rows"]], sorted(record)))
+
+
+def _progress(tmp_path: Path, **kwargs) -> loop.Progress:
+    return loop.Progress(RunLog(tmp_path, {"max_steps": 5}), show=False, **kwargs)
+
+
+def test_a_fresh_run_evaluates_at_0_every_eval_freq_and_at_the_end(tmp_path):
+    hooks, progress, reports = RecordingHooks(), _progress(tmp_path), []
+    loop.run(hooks, loop.Plan(max_steps=5, eval_freq=2), progress, on_eval=lambda step, r: reports.append(r))
+    evaluated = [step for step, *_ in (c[1:] for c in hooks.calls if c[0] == "save")]
+    assert evaluated == [0, 2, 4, 5]
+    assert [c[1] for c in hooks.calls if c[0] == "step"] == [1, 2, 3, 4, 5]
+    # The checkpoint of an evaluation holds the curves up to it, the flags and the time.
+    assert hooks.calls[1] == ("save", 0, [0], ["flags", "rows", "wall_seconds"])
+    assert progress.step == 5 and [r["step"] for r in reports] == [0, 2, 4, 5]
+    assert reports[0] == {"step": 0, "validation_loss": 2.0, "validation_accuracy": 0.5}
+    assert reports[1] == {"step": 2, "train_loss": 0.5, "train_accuracy": 0.25, "learning_rate": 0.1,
+                          "validation_loss": 2.0, "validation_accuracy": 0.5}
+    metrics = loop.finish(progress, out_dir=str(tmp_path))
+    assert metrics["steps"] == 5 and metrics["validation_accuracy"] == 0.5
+    assert metrics["best_validation_accuracy"] == 0.5 and "test_accuracy" not in metrics
+    assert json.loads((tmp_path / "metrics.json").read_text())["out_dir"] == str(tmp_path)
+
+
+def test_resume_continues_after_the_checkpoint_without_the_step_0_evaluation(tmp_path):
+    progress = _progress(tmp_path)
+    rows = [{"step": 0, "validation_accuracy": 0.1}, {"step": 2, "validation_accuracy": 0.2},
+            {"step": 4, "validation_accuracy": 0.9}]  # step 4: past the checkpoint, to be redone
+    loop.resume(progress, step=2, rows=rows, wall_seconds=7.0, max_steps=5)
+    assert progress.step == 2 and [r["step"] for r in progress.log.rows] == [0, 2]
+    assert progress.wall_seconds() >= 7.0
+    hooks = RecordingHooks()
+    loop.run(hooks, loop.Plan(max_steps=5, eval_freq=2), progress)
+    assert [c[1] for c in hooks.calls if c[0] == "step"] == [3, 4, 5]
+    assert [c[1] for c in hooks.calls if c[0] == "save"] == [4, 5]
+    with pytest.raises(ValueError, match="checkpoint is at step 6, past --max_steps 5"):
+        loop.resume(_progress(tmp_path / "b"), step=6, rows=[], wall_seconds=0.0, max_steps=5)
+
+
+def test_an_error_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+    hooks = RecordingHooks(diverge_at=3)
+    with pytest.raises(DivergenceError):
+        loop.run(hooks, loop.Plan(max_steps=5, eval_freq=2), _progress(tmp_path))
+    assert [c[1] for c in hooks.calls if c[0] == "save"] == [0, 2]
+
+    def stop(step, report):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    hooks = RecordingHooks()
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(hooks, loop.Plan(max_steps=5, eval_freq=2), _progress(tmp_path / "b"), on_eval=stop)
+    assert hooks.calls[-1][:2] == ("save", 2)
+
+
+def test_plan_of_a_dry_run():
+    assert loop.Plan.from_flags(1500, 100) == loop.Plan(1500, 100, None)
+    dry = loop.Plan.from_flags(1500, 100, dry_run=True)
+    assert (dry.max_steps, dry.eval_freq, dry.eval_limit) == (loop.DRY_RUN_STEPS, loop.DRY_RUN_EVAL_FREQ,
+                                                              loop.DRY_RUN_EVAL_EXAMPLES)
+    assert [s for s in range(1, 8) if loop.Plan(7, 3).evaluates_at(s)] == [3, 6, 7]
+
+
+def test_train_steps_numbers_updates_and_calls_after_each(tmp_path):
+    from fastmlp.runlog import progress_bar
+
+    seen = []
+    bar = progress_bar(4, initial=10, disable=True)
+    loop.train_steps(lambda n: float(n), 10, 14, bar, after_step=lambda n, loss: seen.append((n, loss)))
+    assert seen == [(11, 11.0), (12, 12.0), (13, 13.0), (14, 14.0)]
+
+
+def test_check_resumable_refuses_architecture_and_warns_about_trajectory():
+    saved = {"dnn_hidden_units": [100], "learning_rate": 0.1, "max_steps": 100, "lr_schedule": "constant"}
+    with pytest.raises(ValueError, match=r"cannot resume from 'ck': it was trained with --dnn_hidden_units \[100\]"):
+        loop.check_resumable(saved, {**saved, "dnn_hidden_units": [50]}, "ck",
+                             architecture=("dnn_hidden_units",), trajectory=())
+    with pytest.warns(UserWarning, match=r"--learning_rate 0.1 -> 0.2"):
+        loop.check_resumable(saved, {**saved, "learning_rate": 0.2}, "ck", architecture=(),
+                             trajectory=("learning_rate",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loop.check_resumable(saved, {**saved, "max_steps": 200}, "ck", architecture=(), trajectory=())
+        loop.check_resumable(saved, {**saved, "learning_rate": 0.2}, "ck", architecture=(),
+                             trajectory=("learning_rate",), warn=False)  # ranks other than 0
+    # Under a decaying schedule --max_steps is its horizon: a change alters the result.
+    with pytest.warns(UserWarning, match="--max_steps 100 -> 200"):
+        loop.check_resumable({**saved, "lr_schedule": "cosine"}, {**saved, "lr_schedule": "cosine",
+                                                                  "max_steps": 200},
+                             "ck", architecture=(), trajectory=())
+
+
+def test_choose_out_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert loop.choose_out_dir("given", tmp_path / "run" / "checkpoint.npz", dry_run=True) == Path("given")
+    assert loop.choose_out_dir(None, tmp_path / "run" / "checkpoint.npz", dry_run=False) == tmp_path / "run"
+    assert loop.choose_out_dir(None, None, dry_run=True).name.startswith("dryrun-")
+    assert loop.choose_out_dir(None, None, dry_run=False).parent == Path("runs")
