@@ -73,6 +73,7 @@ from fastmlp.schedules import SCHEDULES, LearningRateSchedule
 # fastmlp.train's flag checks, so both trainers accept and reject the same values.
 from fastmlp.train import _argparse_type, _momentum, _nonnegative_int, parse_hidden_units
 from torch_models import trainer
+from torch_models.optimizers import make_optimizer, parameter_groups
 
 __all__ = [
     "COURSE_INIT_STD",
@@ -130,45 +131,6 @@ def initialize_parameters(model: nn.Module, init: str) -> None:
         else:
             nn.init.xavier_normal_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two optimizer parameter groups: the Linear weights (with ``weight_decay``), the rest (none).
-
-    fastmlp decays weights only. Here the weights are the parameters with 2 or more
-    dimensions; biases and BatchNorm scales/shifts are 1-D. Both groups always exist (the
-    second one may be empty of decay but never of parameters), so a checkpoint's optimizer
-    state fits whatever ``--weight_decay`` a resumed run uses.
-    """
-    decayed = [p for p in model.parameters() if p.ndim >= 2]
-    others = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decayed, "weight_decay": float(weight_decay)},
-            {"params": others, "weight_decay": 0.0}]
-
-
-def make_optimizer(name: str, groups: list[dict[str, Any]], learning_rate: float, *, momentum: float = 0.9,
-                   nesterov: bool = False) -> torch.optim.Optimizer:
-    """The torch counterpart of ``fastmlp.optim.make_optimizer`` over parameter groups.
-
-    ``"sgd"``: plain ``torch.optim.SGD``; ``"momentum"``: SGD with ``momentum`` (Nesterov
-    with ``nesterov``); ``"adam"``: ``torch.optim.Adam``. Weight decay comes from the groups
-    (see :func:`parameter_groups`); it is L2 added to the gradient, as in fastmlp.optim.
-
-    Raises
-    ------
-    ValueError
-        For an unknown ``name``, or ``nesterov`` without ``"momentum"`` and ``momentum > 0``.
-    """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {name!r}")
-    if nesterov and (name != "momentum" or momentum == 0):
-        raise ValueError(f"--nesterov needs --optimizer momentum and --momentum > 0, got --optimizer {name} "
-                         f"--momentum {momentum}")
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=learning_rate)
-    if name == "momentum":
-        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov)
-    return torch.optim.SGD(groups, lr=learning_rate)
 
 
 class ScheduledHyperParameters:
