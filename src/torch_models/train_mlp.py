@@ -309,7 +309,7 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
                                         warmup_steps=args.warmup_steps)
         return ScheduledHyperParameters(optimizer, schedule)
 
-    with trainer.distributed_context(args.device, args.num_threads) as ctx:
+    with trainer.distributed_context(args.device, args.num_threads, deterministic=args.deterministic) as ctx:
         if data is None:
             from fastmlp.data import get_cifar10
 
@@ -318,7 +318,8 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
                                seed=args.seed)
         return trainer.fit(args, trainer_name="train_mlp", ctx=ctx, data=data, input_shape=(N_INPUTS,),
                            build_model=build_model, build_optimizer=build_optimizer,
-                           build_scheduler=build_scheduler, dataset_augment=args.augment, on_eval=on_eval,
+                           build_scheduler=build_scheduler, dataset_augment=args.augment,
+                           min_local_batch=1 if batchnorm is None else 2, on_eval=on_eval,
                            architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
                            plan_notes=(f"hidden units {args.dnn_hidden_units or '[] (logistic regression)'}, "
                                        f"init {args.init}, dropout {args.dropout}, batchnorm {args.batchnorm}",
