@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from _trainer_runs import Interrupted, run_cut_and_resume  # noqa: E402
+from _trainer_runs import run_cut_and_resume, train_until  # noqa: E402
 from torch_models import precision, train_convnet, train_mlp, trainer  # noqa: E402
 from torch_models.step_stats import StepStats  # noqa: E402
 from torch_models.transfer import HostToDevice  # noqa: E402
@@ -60,16 +60,10 @@ def test_convnet_deterministic_resume_is_exact_on_the_gpu(tmp_path, small_cifar_
 def test_cpu_checkpoint_resumed_on_the_gpu_reseeds_the_cuda_generator(tmp_path, small_cifar_dir):
     flags = ["--data_dir", str(small_cifar_dir), "--batch_size", "8", "--max_steps", "4", "--eval_freq", "2",
              "--augment", "--quiet"]
-    parser = train_convnet.build_parser()
-
-    def stop(step, metrics):
-        if step == 2:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        train_convnet.train(parser.parse_args(["--device", "cpu", *flags, "--out_dir", str(tmp_path)]), on_eval=stop)
+    train_until(train_convnet, ["--device", "cpu", *flags, "--out_dir", str(tmp_path)], None, stop_step=2)
     with pytest.warns(UserWarning, match="written on the CPU, this run trains on CUDA"):
-        metrics = train_convnet.train(parser.parse_args([*GPU, *flags, "--resume", str(tmp_path)]))
+        metrics = train_convnet.train(train_convnet.build_parser().parse_args([*GPU, *flags, "--resume",
+                                                                               str(tmp_path)]))
     assert metrics["steps"] == 4
     assert torch.cuda.initial_seed() == trainer.resume_seed(42, 0, 2)  # not the step-0 stream of --seed
 

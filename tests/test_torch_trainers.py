@@ -22,7 +22,7 @@ pytest.importorskip("torchvision")
 from fastmlp.data import DataSet, get_cifar10  # noqa: E402
 from fastmlp.runlog import DivergenceError  # noqa: E402
 from torch_models import precision, train_convnet, train_mlp, trainer  # noqa: E402
-from _trainer_runs import Interrupted, run_cut_and_resume  # noqa: E402
+from _trainer_runs import Interrupted, run_cut_and_resume, train_until  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Every run here is a CPU run, also on a machine with a GPU (where --device auto would pick
@@ -390,19 +390,13 @@ def test_resume_on_another_device_type_reseeds_the_generators(tmp_path, mlp_data
     # --seed, the rank and the step, instead of replaying the stream a fresh run starts with.
     flags = [*CPU, "--dnn_hidden_units", "32", "--dropout", "0.5", "--max_steps", "4", "--eval_freq", "2",
              "--deterministic", "--quiet"]
-    parser = train_mlp.build_parser()
-
-    def stop(step, metrics):
-        if step == 2:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        train_mlp.train(parser.parse_args(flags + ["--out_dir", str(tmp_path)]), data=mlp_data, on_eval=stop)
+    train_until(train_mlp, flags + ["--out_dir", str(tmp_path)], mlp_data, stop_step=2)
     checkpoint = trainer.load_checkpoint(tmp_path)
     checkpoint["rng"]["per_rank"][0]["cuda"] = torch.zeros(16, dtype=torch.uint8)  # as a GPU run saves it
     trainer.save_checkpoint(tmp_path / trainer.CHECKPOINT_NAME, checkpoint)
     with pytest.warns(UserWarning, match="written on CUDA, this run trains on CPU"):
-        metrics = train_mlp.train(parser.parse_args(flags + ["--resume", str(tmp_path)]), data=mlp_data)
+        metrics = train_mlp.train(train_mlp.build_parser().parse_args(flags + ["--resume", str(tmp_path)]),
+                                  data=mlp_data)
     assert torch.initial_seed() == trainer.resume_seed(42, 0, 2)
     assert metrics["steps"] == 4 and metrics["deterministic"] is True
     assert not torch.are_deterministic_algorithms_enabled()  # --deterministic is undone after the run

@@ -155,15 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     speed = parser.add_argument_group("speed")
     speed.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                        help="mixed precision: bfloat16 autocast where the device computes bf16 natively (a CPU "
-                            "with AVX512-BF16/AMX: about 2x faster steps; an Ampere or newer GPU), float16 with "
-                            "a gradient scaler on older GPUs, float32 with a warning on CPUs without bf16. "
-                            "Costs: accuracy within noise of float32 in our runs; weights stay float32")
+                            "with AVX512-BF16/AMX, where steps run up to ~2x faster; an Ampere or newer GPU), "
+                            "float16 with a gradient scaler on older GPUs, float32 with a warning on CPUs without "
+                            "bf16. Cost: convolutions and matmuls round to 8 (bf16) or 11 (fp16) significant "
+                            "bits; weights, optimizer state and loss stay float32")
     speed.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                       help="NHWC memory format, faster convolutions on CPUs and tensor cores (no accuracy "
-                            "cost). Default (None): on whenever --amp applies an autocast dtype, else off")
+                       help="NHWC memory format: faster convolutions on CPUs and on tensor cores, the same "
+                            "arithmetic in another order. Default (None): on whenever --amp applies an autocast "
+                            "dtype, else off (so the plain command stays the course's run)")
     speed.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                        help="torch.compile the model once (training and evaluation): faster steps after a "
-                            "compilation of minutes (timed apart as compile_seconds)")
+                            "compilation of up to minutes (timed apart, as compile_seconds)")
     return parser
 
 
