@@ -6,6 +6,8 @@ GPU can show runs in test_torch_gpu.py.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -94,7 +96,7 @@ def test_backend_settings_set_and_restore(monkeypatch):
         assert applied == {"deterministic": True, "cudnn_benchmark": False, "tf32": True}
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         assert torch.are_deterministic_algorithms_enabled()
-        assert devices.os.environ["CUBLAS_WORKSPACE_CONFIG"] == devices.CUBLAS_WORKSPACE
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == devices.CUBLAS_WORKSPACE
     assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
             torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision()) == before
     with devices.backend_settings(cuda, deterministic=False) as applied:

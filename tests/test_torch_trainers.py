@@ -179,6 +179,21 @@ def test_convnet_resume_across_amp_settings(tmp_path, small_cifar_dir, monkeypat
     assert all(np.isfinite(float(r["test_loss"])) for r in read_curves(run))
 
 
+def test_convnet_checkpoint_with_one_optimizer_group_is_refused_clearly(tmp_path, conv_data):
+    # ConvNet checkpoints written before --weight_decay existed hold one Adam parameter group.
+    parser = train_convnet.build_parser()
+    flags = [*CPU, "--batch_size", "2", "--eval_freq", "1", "--quiet"]
+    train_convnet.train(parser.parse_args(flags + ["--max_steps", "1", "--out_dir", str(tmp_path)]), data=conv_data)
+    checkpoint = trainer.load_checkpoint(tmp_path)
+    from torch_models.convnet import ConvNet
+
+    checkpoint["optimizer"] = torch.optim.Adam(ConvNet(3, 10).parameters()).state_dict()
+    trainer.save_checkpoint(tmp_path / trainer.CHECKPOINT_NAME, checkpoint)
+    with pytest.raises(ValueError, match="--resume: the checkpoint's optimizer state does not fit"):
+        train_convnet.train(parser.parse_args(flags + ["--max_steps", "2", "--resume", str(tmp_path)]),
+                            data=conv_data)
+
+
 def test_batch_too_small_for_batchnorm_is_refused_up_front(tmp_path, small_cifar_dir, conv_data, capsys):
     code = train_convnet.main([*CPU, "--data_dir", str(small_cifar_dir), "--batch_size", "1", "--quiet",
                                "--out_dir", str(tmp_path / "one")])
@@ -449,7 +464,7 @@ def test_compile_traces_once_per_mode_and_times_compilation_apart(tmp_path, mlp_
     compile_module = torch.nn.Module.compile
     monkeypatch.setattr(torch.nn.Module, "compile",
                         lambda self, **kwargs: compile_module(self, backend=counting_backend))
-    torch._dynamo.reset()
+    torch.compiler.reset()
     args = train_mlp.build_parser().parse_args([*CPU, "--max_steps", "6", "--eval_freq", "3", "--batch_size", "50",
                                                 "--eval_batch_size", "64", "--quiet", "--out_dir", str(tmp_path)])
     from torch_models.mlp import MLP
@@ -458,7 +473,7 @@ def test_compile_traces_once_per_mode_and_times_compilation_apart(tmp_path, mlp_
                           data=mlp_data, input_shape=(3072,), build_model=lambda: MLP(3072, [16], 10),
                           build_optimizer=lambda model: torch.optim.SGD(model.parameters(), lr=1e-3),
                           compile_model=True)
-    torch._dynamo.reset()
+    torch.compiler.reset()
     # Evaluation (test 200 and validation 100 images in padded batches of 64) and training: one
     # graph each, shared by both splits and all 3 evaluations; a ragged batch would add one.
     assert len(graphs) == 2, graphs
