@@ -45,6 +45,12 @@ def synthetic_cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_cifar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller synthetic CIFAR-10 folder (100 training, 16 test images) for ConvNet CLI runs."""
+    return write_cifar_folder(tmp_path_factory.mktemp("small_cifar"), make_synthetic_cifar(20, 16, seed=1))
+
+
+@pytest.fixture(scope="session")
 def synthetic_cifar_archive(tmp_path_factory: pytest.TempPathFactory, synthetic_cifar_dir: Path) -> Path:
     """The same data as ``synthetic_cifar_dir``, as ``<tmp>/cifar-10-python.tar.gz`` (the file's path).
 

@@ -211,6 +211,34 @@ def test_module_upcasts_half_precision_input(module_cls):
     assert x.grad.dtype == torch.bfloat16 and module.gamma.grad.dtype == torch.float32
 
 
+@pytest.mark.parametrize("module_cls", CUSTOM_MODULES, ids=lambda cls: cls.__name__)
+def test_module_under_autocast_matches_nn_batchnorm1d_under_autocast(module_cls):
+    # Linear -> BatchNorm -> Linear as in the MLP trainer with --batchnorm custom, all under bf16
+    # autocast (the Linear layers then hand bf16 activations to the BatchNorm): outputs, input and
+    # parameter gradients, running statistics and the eval-mode output agree within bf16 precision.
+    torch.manual_seed(7)
+    first, last = nn.Linear(12, 6), nn.Linear(6, 3)
+    custom, reference = _make_pair(module_cls, 6, torch.float32)
+    x = _shifted_batch(32, 12, torch.float32)
+    dy = torch.randn(32, 3)
+    results = []
+    for norm, (gamma, beta) in ((custom, (custom.gamma, custom.beta)), (reference, (reference.weight, reference.bias))):
+        inputs = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = last(norm(first(inputs)))
+        grads = torch.autograd.grad(out, (inputs, gamma, beta, first.weight), dy)
+        norm.eval()
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+            evaluated = last(norm(first(x)))
+        results.append((out.float(), *(g.float() for g in grads), evaluated.float(), norm.running_mean.clone(),
+                        norm.running_var.clone()))
+    assert results[0][0].dtype == torch.float32  # bf16 Linear output, upcast for the loss as the trainer does
+    bf16 = dict(rtol=3e-2, atol=3e-2)  # bf16 keeps 8 significant bits: about 4e-3 relative per rounding
+    for name, mine, theirs in zip(("output", "dx", "dgamma", "dbeta", "dW", "eval output", "running mean",
+                                   "running var"), *results):
+        assert_close(mine, theirs, **bf16, msg=lambda m, name=name: f"{name}: {m}")
+
+
 # ------------------------------------------------------------------------- bad input
 
 

@@ -21,32 +21,18 @@ pytest.importorskip("torchvision")
 
 from fastmlp.data import DataSet, get_cifar10  # noqa: E402
 from fastmlp.runlog import DivergenceError  # noqa: E402
-from torch_models import train_convnet, train_mlp, trainer  # noqa: E402
+from torch_models import precision, train_convnet, train_mlp, trainer  # noqa: E402
+from _trainer_runs import Interrupted, run_cut_and_resume, train_until  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Every run here is a CPU run, also on a machine with a GPU (where --device auto would pick
+# it): these tests expect CPU behaviour, e.g. bit-identical resumes. GPU runs: test_torch_gpu.py.
+CPU = ["--device", "cpu"]
+needs_native_bf16 = pytest.mark.skipif(
+    not precision.cpu_bf16_features(),
+    reason="this CPU has no native bf16 (no avx512_bf16, amx_bf16 or bf16 flag): --amp trains in float32 here")
 METRIC_KEYS = {"test_accuracy", "test_loss", "best_test_accuracy", "steps", "wall_seconds", "flags",
                "seconds_per_step", "out_dir", "fastmlp_version"}
-
-
-class Interrupted(Exception):
-    """Raised from on_eval to simulate a run killed right after a checkpoint."""
-
-
-def run_cut_and_resume(module, flags, data, tmp_path, stop_step):
-    """Train ``flags`` whole into tmp_path/whole, and again into tmp_path/cut stopped after the
-    evaluation at ``stop_step`` and resumed from its checkpoint; return (whole, resumed) metrics."""
-    parser = module.build_parser()
-    whole = module.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "whole")]), data=data)
-
-    def stop(step, metrics):
-        if step == stop_step:
-            raise Interrupted
-
-    with pytest.raises(Interrupted):
-        module.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "cut")]), data=data, on_eval=stop)
-    resumed = module.train(parser.parse_args(flags + ["--resume", str(tmp_path / "cut")]), data=data)
-    assert resumed["out_dir"] == str(tmp_path / "cut")
-    return whole, resumed
 
 
 @pytest.fixture(autouse=True)
@@ -70,14 +56,6 @@ def conv_data(synthetic_cifar_dir):
     data = get_cifar10(synthetic_cifar_dir, one_hot=False, flatten=False)
     x, y = data["test"].as_arrays()
     return {"train": data["train"], "validation": None, "test": DataSet(x[:12], y[:12])}
-
-
-@pytest.fixture(scope="module")
-def small_cifar_dir(tmp_path_factory):
-    """A smaller synthetic CIFAR-10 folder (100 training, 16 test images) for ConvNet CLI runs."""
-    from _cifar_synth import make_synthetic_cifar, write_cifar_folder
-
-    return write_cifar_folder(tmp_path_factory.mktemp("small_cifar"), make_synthetic_cifar(20, 16, seed=1))
 
 
 def read_curves(out_dir: Path) -> list[dict[str, str]]:
@@ -114,7 +92,7 @@ def params_of(out_dir: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- end to end
 def test_mlp_cli_course_defaults_writes_outputs_and_beats_chance(tmp_path, synthetic_cifar_dir, capsys):
     out = tmp_path / "run"
-    code = train_mlp.main(["--data_dir", str(synthetic_cifar_dir), "--max_steps", "60", "--eval_freq", "20",
+    code = train_mlp.main([*CPU, "--data_dir", str(synthetic_cifar_dir), "--max_steps", "60", "--eval_freq", "20",
                            "--validation_size", "100", "--out_dir", str(out)])
     assert code == 0
     metrics = assert_outputs(out, steps=60, eval_steps=[0, 20, 40, 60], validation=True)
@@ -127,40 +105,112 @@ def test_mlp_cli_course_defaults_writes_outputs_and_beats_chance(tmp_path, synth
 
 
 def test_mlp_logistic_regression_adam_batchnorm_dropout(tmp_path, mlp_data):
-    args = train_mlp.build_parser().parse_args([
+    args = train_mlp.build_parser().parse_args([*CPU, 
         "--dnn_hidden_units", "", "--optimizer", "adam", "--learning_rate", "1e-3", "--max_steps", "10",
         "--eval_freq", "5", "--out_dir", str(tmp_path / "lr"), "--quiet"])
     metrics = train_mlp.train(args, data=mlp_data)
     assert args.dnn_hidden_units == []
     assert metrics["n_parameters"] == 3072 * 10 + 10  # one Linear layer
-    args = train_mlp.build_parser().parse_args([
+    args = train_mlp.build_parser().parse_args([*CPU, 
         "--dnn_hidden_units", "64,32", "--batchnorm", "custom", "--dropout", "0.2", "--weight_decay", "1e-4",
         "--max_steps", "10", "--eval_freq", "5", "--out_dir", str(tmp_path / "deep"), "--quiet"])
     metrics = train_mlp.train(args, data=mlp_data)
     assert_outputs(tmp_path / "deep", steps=10, eval_steps=[0, 5, 10], validation=True)
 
 
-def test_convnet_cli_dry_run_with_extras(tmp_path, small_cifar_dir, capsys):
+def test_convnet_cli_dry_run_with_extras(tmp_path, small_cifar_dir, capsys, monkeypatch):
+    # On a CPU without native bf16, --amp runs float32, says so once and records what it applied.
+    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ())
     out = tmp_path / "conv"
-    with pytest.warns(UserWarning, match="--amp"):  # bf16 autocast is CUDA-only: ignored on the CPU
+    with pytest.warns(UserWarning, match="no native bf16") as warned:
         code = train_convnet.main([
-            "--data_dir", str(small_cifar_dir), "--dry_run", "--batch_size", "4", "--eval_batch_size", "50",
-            "--augment", "--lr_schedule", "onecycle", "--channels_last", "--amp", "--preprocessing", "standardize",
+            *CPU, "--data_dir", str(small_cifar_dir), "--dry_run", "--batch_size", "4", "--eval_batch_size", "50",
+            "--augment", "--lr_schedule", "onecycle", "--amp", "--preprocessing", "standardize",
             "--num_threads", "1", "--out_dir", str(out)])
     assert code == 0
+    assert len([w for w in warned if "bf16" in str(w.message)]) == 1
     printed = capsys.readouterr().out
-    assert "dry run" in printed and "parameters" in printed
+    assert "dry run" in printed and "parameters" in printed and "precision: float32" in printed
     metrics = assert_outputs(out, steps=trainer.DRY_RUN_STEPS, eval_steps=[0, 2, 4], validation=False)
-    assert metrics["amp"] is False and metrics["dry_run"] is True
+    assert metrics["amp"] is False and metrics["amp_requested"] is True and metrics["autocast_dtype"] is None
+    assert metrics["channels_last"] is False  # the default follows the autocast actually applied
+    assert metrics["dry_run"] is True and metrics["device"] == "cpu"
     checkpoint = trainer.load_checkpoint(out)
+    assert checkpoint["precision"]["amp"] is False and checkpoint["flags"]["amp"] is True  # applied vs asked
     assert checkpoint["scheduler"]["total_steps"] == 5000  # OneCycleLR over the full --max_steps
     assert checkpoint["trainer"] == "train_convnet"
+
+
+@needs_native_bf16
+def test_convnet_amp_trains_in_bf16_on_a_cpu_with_native_bf16(tmp_path, conv_data):
+    flags = [*CPU, "--batch_size", "4", "--max_steps", "3", "--eval_freq", "3", "--learning_rate", "1e-3", "--quiet"]
+    parser = train_convnet.build_parser()
+    amp = train_convnet.train(parser.parse_args(flags + ["--amp", "--out_dir", str(tmp_path / "amp")]), data=conv_data)
+    fp32 = train_convnet.train(parser.parse_args(flags + ["--out_dir", str(tmp_path / "fp32")]), data=conv_data)
+    assert amp["amp"] is True and amp["autocast_dtype"] == "bfloat16" and amp["grad_scaler"] is False
+    assert amp["channels_last"] is True and set(amp["precision_features"]) <= set(precision.CPU_BF16_FLAGS)
+    assert fp32["amp"] is False and fp32["channels_last"] is False
+    rows = read_curves(tmp_path / "amp")
+    assert np.isfinite(amp["test_loss"]) and np.isfinite(float(rows[-1]["train_loss"]))
+    assert amp["test_loss"] != fp32["test_loss"]  # the bf16 arithmetic really ran
+    checkpoint = trainer.load_checkpoint(tmp_path / "amp")
+    assert checkpoint["precision"]["autocast_dtype"] == "bfloat16"
+    assert all(t.dtype in (torch.float32, torch.int64) for t in checkpoint["model"].values())  # weights stay fp32
+
+
+def test_convnet_resume_across_amp_settings(tmp_path, small_cifar_dir, monkeypatch):
+    # Any CPU can run bf16 autocast (natively or emulated): pretend this one has it.
+    monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ("avx512_bf16",))
+    run = tmp_path / "run"
+    common = [*CPU, "--data_dir", str(small_cifar_dir), "--batch_size", "4", "--eval_freq", "2",
+              "--num_threads", "1", "--quiet"]
+    assert train_convnet.main(common + ["--max_steps", "2", "--out_dir", str(run)]) == 0
+    with pytest.warns(UserWarning, match="trained under float32 autocast, this run trains under bfloat16"):
+        assert train_convnet.main(common + ["--resume", str(run), "--amp", "--max_steps", "4"]) == 0
+    checkpoint = trainer.load_checkpoint(run)
+    assert checkpoint["step"] == 4 and checkpoint["precision"]["autocast_dtype"] == "bfloat16"
+    assert all(t.dtype in (torch.float32, torch.int64) for t in checkpoint["model"].values())
+    # --amp is now taken from the checkpoint; --no-amp turns it off again.
+    with pytest.warns(UserWarning, match="trained under bfloat16 autocast, this run trains under float32"):
+        assert train_convnet.main(common + ["--resume", str(run), "--no-amp", "--max_steps", "6"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and metrics["amp"] is False and metrics["flags"]["amp"] is False
+    assert [int(r["step"]) for r in read_curves(run)] == [0, 2, 4, 6]
+    assert all(np.isfinite(float(r["test_loss"])) for r in read_curves(run))
+
+
+def test_convnet_checkpoint_with_one_optimizer_group_is_refused_clearly(tmp_path, conv_data):
+    # ConvNet checkpoints written before --weight_decay existed hold one Adam parameter group.
+    parser = train_convnet.build_parser()
+    flags = [*CPU, "--batch_size", "2", "--eval_freq", "1", "--quiet"]
+    train_convnet.train(parser.parse_args(flags + ["--max_steps", "1", "--out_dir", str(tmp_path)]), data=conv_data)
+    checkpoint = trainer.load_checkpoint(tmp_path)
+    from torch_models.convnet import ConvNet
+
+    checkpoint["optimizer"] = torch.optim.Adam(ConvNet(3, 10).parameters()).state_dict()
+    trainer.save_checkpoint(tmp_path / trainer.CHECKPOINT_NAME, checkpoint)
+    with pytest.raises(ValueError, match="--resume: the checkpoint's optimizer state does not fit"):
+        train_convnet.train(parser.parse_args(flags + ["--max_steps", "2", "--resume", str(tmp_path)]),
+                            data=conv_data)
+
+
+def test_batch_too_small_for_batchnorm_is_refused_up_front(tmp_path, small_cifar_dir, conv_data, capsys):
+    code = train_convnet.main([*CPU, "--data_dir", str(small_cifar_dir), "--batch_size", "1", "--quiet",
+                               "--out_dir", str(tmp_path / "one")])
+    assert code == 2
+    assert "--batch_size 1 gives 1 example(s), but the model's BatchNorm" in capsys.readouterr().err
+    # Under torchrun each rank trains on batch_size / world_size rows: checked before any collective.
+    args = train_convnet.build_parser().parse_args([*CPU, "--batch_size", "2", "--quiet"])
+    ctx = trainer.DistContext(torch.device("cpu"), world_size=2)
+    with pytest.raises(ValueError, match=r"--batch_size 2 gives 1 example\(s\) per rank \(world size 2\)"):
+        trainer.fit(args, trainer_name="train_convnet", ctx=ctx, data=conv_data, input_shape=(3, 32, 32),
+                    build_model=None, build_optimizer=None, min_local_batch=2)
 
 
 # --------------------------------------------------------------------------- API contract
 def test_train_api_leaves_args_and_argv_alone(tmp_path, mlp_data, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["pytest", "--not-a-trainer-flag"])
-    args = train_mlp.build_parser().parse_args(["--max_steps", "6", "--eval_freq", "3", "--quiet",
+    args = train_mlp.build_parser().parse_args([*CPU, "--max_steps", "6", "--eval_freq", "3", "--quiet",
                                                 "--out_dir", str(tmp_path / "a")])
     before = vars(args).copy()
     seen = []
@@ -173,7 +223,7 @@ def test_train_api_leaves_args_and_argv_alone(tmp_path, mlp_data, monkeypatch):
 
 
 def test_on_eval_exception_propagates_and_keeps_checkpoint(tmp_path, mlp_data):
-    args = train_mlp.build_parser().parse_args(["--max_steps", "20", "--eval_freq", "5", "--quiet",
+    args = train_mlp.build_parser().parse_args([*CPU, "--max_steps", "20", "--eval_freq", "5", "--quiet",
                                                 "--out_dir", str(tmp_path)])
 
     def prune(step, metrics):
@@ -192,7 +242,7 @@ def test_on_eval_exception_propagates_and_keeps_checkpoint(tmp_path, mlp_data):
     (["--num_threads", "0"], "--num_threads"),
 ])
 def test_bad_flags_raise_value_error_naming_the_flag(mlp_data, flags, match):
-    args = train_mlp.build_parser().parse_args(flags + ["--quiet"])
+    args = train_mlp.build_parser().parse_args(CPU + flags + ["--quiet"])
     with pytest.raises(ValueError, match=match):
         train_mlp.train(args, data=mlp_data)
 
@@ -215,17 +265,17 @@ def test_hidden_units_parsing():
 
 def test_resume_errors(tmp_path, mlp_data, conv_data, capsys):
     with pytest.raises(SystemExit):  # main: argparse error naming --resume
-        train_mlp.main(["--resume", str(tmp_path / "nowhere"), "--quiet"])
+        train_mlp.main([*CPU, "--resume", str(tmp_path / "nowhere"), "--quiet"])
     assert "--resume" in capsys.readouterr().err
-    conv_args = train_convnet.build_parser().parse_args([
+    conv_args = train_convnet.build_parser().parse_args([*CPU, 
         "--max_steps", "1", "--eval_freq", "1", "--batch_size", "2", "--quiet", "--out_dir", str(tmp_path / "c")])
     train_convnet.train(conv_args, data=conv_data)
-    args = train_mlp.build_parser().parse_args(["--resume", str(tmp_path / "c"), "--quiet"])
+    args = train_mlp.build_parser().parse_args([*CPU, "--resume", str(tmp_path / "c"), "--quiet"])
     with pytest.raises(ValueError, match="train_convnet checkpoint"):
         train_mlp.train(args, data=mlp_data)
-    train_mlp.train(train_mlp.build_parser().parse_args(["--max_steps", "2", "--quiet", "--out_dir",
+    train_mlp.train(train_mlp.build_parser().parse_args([*CPU, "--max_steps", "2", "--quiet", "--out_dir",
                                                          str(tmp_path / "m")]), data=mlp_data)
-    args = train_mlp.build_parser().parse_args(["--resume", str(tmp_path / "m"), "--dnn_hidden_units", "7",
+    args = train_mlp.build_parser().parse_args([*CPU, "--resume", str(tmp_path / "m"), "--dnn_hidden_units", "7",
                                                 "--max_steps", "4", "--quiet"])
     with pytest.raises(ValueError, match="--dnn_hidden_units"):
         train_mlp.train(args, data=mlp_data)
@@ -234,7 +284,8 @@ def test_resume_errors(tmp_path, mlp_data, conv_data, capsys):
 # --------------------------------------------------------------------------- divergence
 def test_nan_loss_raises_divergence_error_with_step_and_keeps_last_checkpoint(tmp_path, mlp_data, synthetic_cifar_dir,
                                                                              capsys):
-    flags = ["--learning_rate", "1e12", "--max_steps", "50", "--eval_freq", "1", "--quiet", "--out_dir", str(tmp_path)]
+    flags = [*CPU, "--learning_rate", "1e12", "--max_steps", "50", "--eval_freq", "1", "--quiet",
+             "--out_dir", str(tmp_path)]
     with pytest.raises(DivergenceError) as info:
         train_mlp.train(train_mlp.build_parser().parse_args(flags), data=mlp_data)
     step = info.value.step
@@ -254,7 +305,7 @@ def test_nan_loss_raises_divergence_error_with_step_and_keeps_last_checkpoint(tm
 def test_mlp_resume_matches_uninterrupted_run(tmp_path, mlp_data):
     # Adam + dropout + BatchNorm: optimizer state, torch RNG and buffers must all be restored;
     # 9 steps of 200 on 900 images cross an epoch boundary after the interruption.
-    flags = ["--dnn_hidden_units", "32", "--optimizer", "adam", "--learning_rate", "1e-3", "--dropout", "0.3",
+    flags = [*CPU, "--dnn_hidden_units", "32", "--optimizer", "adam", "--learning_rate", "1e-3", "--dropout", "0.3",
              "--batchnorm", "torch", "--max_steps", "9", "--eval_freq", "3", "--quiet"]
     whole, resumed = run_cut_and_resume(train_mlp, flags, mlp_data, tmp_path, stop_step=3)
     assert resumed["test_accuracy"] == whole["test_accuracy"] and resumed["test_loss"] == whole["test_loss"]
@@ -264,7 +315,7 @@ def test_mlp_resume_matches_uninterrupted_run(tmp_path, mlp_data):
 
 
 def test_mlp_resume_via_cli_takes_flags_from_checkpoint(tmp_path, synthetic_cifar_dir):
-    common = ["--data_dir", str(synthetic_cifar_dir), "--quiet", "--eval_freq", "4"]
+    common = [*CPU, "--data_dir", str(synthetic_cifar_dir), "--quiet", "--eval_freq", "4"]
     assert train_mlp.main(common + ["--dnn_hidden_units", "16", "--max_steps", "8", "--out_dir",
                                     str(tmp_path / "whole")]) == 0
     assert train_mlp.main(common + ["--dnn_hidden_units", "16", "--max_steps", "4", "--out_dir",
@@ -278,7 +329,7 @@ def test_mlp_resume_via_cli_takes_flags_from_checkpoint(tmp_path, synthetic_cifa
 
 def test_convnet_resume_matches_uninterrupted_run(tmp_path, conv_data):
     # Augmentation (torch RNG), a cosine schedule and BatchNorm buffers must all be restored.
-    flags = ["--batch_size", "4", "--max_steps", "3", "--eval_freq", "2", "--augment", "--lr_schedule", "cosine",
+    flags = [*CPU, "--batch_size", "4", "--max_steps", "3", "--eval_freq", "2", "--augment", "--lr_schedule", "cosine",
              "--learning_rate", "1e-3", "--quiet"]
     whole, resumed = run_cut_and_resume(train_convnet, flags, conv_data, tmp_path, stop_step=2)
     assert resumed["test_loss"] == whole["test_loss"]
@@ -308,25 +359,128 @@ def test_augment_batch_crops_and_flips_each_image_independently():
 
 
 # --------------------------------------------------------------------------- torchrun
+def run_torchrun_mlp(flags, cwd, n_processes=2):
+    """``torchrun --nproc_per_node=n -m torch_models.train_mlp *flags`` (one thread each); the CompletedProcess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_processes}",
+         "-m", "torch_models.train_mlp", *flags],
+        capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+
+
 def test_torchrun_two_cpu_processes_write_outputs_once(tmp_path, synthetic_cifar_dir):
     out = tmp_path / "ddp"
-    flags = ["--data_dir", str(synthetic_cifar_dir), "--max_steps", "10", "--eval_freq", "5", "--batch_size", "100",
-             "--learning_rate", "1e-3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT / "src")}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "torch_models.train_mlp", *flags, "--out_dir", str(out)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    flags = [*CPU, "--data_dir", str(synthetic_cifar_dir), "--max_steps", "10", "--eval_freq", "5",
+             "--batch_size", "100", "--learning_rate", "1e-3"]
+    result = run_torchrun_mlp(flags + ["--out_dir", str(out)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("test accuracy") == 1  # rank 0 alone reports
     metrics = assert_outputs(out, steps=10, eval_steps=[0, 5, 10], validation=False)
     assert metrics["world_size"] == 2
     assert len(trainer.load_checkpoint(out)["rng"]["per_rank"]) == 2
     # Slicing the global batch: the same global batches and mean gradient as one process.
-    single = train_mlp.train(train_mlp.build_parser().parse_args(flags + ["--quiet", "--out_dir", str(tmp_path / "one")]))
+    single = train_mlp.train(train_mlp.build_parser().parse_args(flags + ["--quiet", "--out_dir",
+                                                                          str(tmp_path / "one")]))
     assert metrics["test_loss"] == pytest.approx(single["test_loss"], rel=1e-4)
     a, b = params_of(out), params_of(tmp_path / "one")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+def test_torchrun_a_failed_write_on_rank_0_stops_every_rank(tmp_path, synthetic_cifar_dir):
+    # Rank 0 cannot write its checkpoint (a folder is in the way); rank 1 must learn of it and
+    # stop too, instead of waiting in the next collective until the process group times out.
+    out = tmp_path / "ddp"
+    (out / trainer.CHECKPOINT_NAME).mkdir(parents=True)
+    flags = [*CPU, "--data_dir", str(synthetic_cifar_dir), "--max_steps", "10", "--eval_freq", "5",
+             "--batch_size", "100", "--out_dir", str(out)]
+    result = run_torchrun_mlp(flags, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "another rank failed while writing the curves and checkpoint of step 0" in result.stderr
+    assert "IsADirectoryError" in result.stderr
+
+
+def test_resume_on_another_device_type_reseeds_the_generators(tmp_path, mlp_data):
+    # A checkpoint written on CUDA, resumed on the CPU (the other way round: test_torch_gpu.py):
+    # the other device's saved stream cannot continue here, so the generators are reseeded from
+    # --seed, the rank and the step, instead of replaying the stream a fresh run starts with.
+    flags = [*CPU, "--dnn_hidden_units", "32", "--dropout", "0.5", "--max_steps", "4", "--eval_freq", "2",
+             "--deterministic", "--quiet"]
+    train_until(train_mlp, flags + ["--out_dir", str(tmp_path)], mlp_data, stop_step=2)
+    checkpoint = trainer.load_checkpoint(tmp_path)
+    checkpoint["rng"]["per_rank"][0]["cuda"] = torch.zeros(16, dtype=torch.uint8)  # as a GPU run saves it
+    trainer.save_checkpoint(tmp_path / trainer.CHECKPOINT_NAME, checkpoint)
+    with pytest.warns(UserWarning, match="written on CUDA, this run trains on CPU"):
+        metrics = train_mlp.train(train_mlp.build_parser().parse_args(flags + ["--resume", str(tmp_path)]),
+                                  data=mlp_data)
+    assert torch.initial_seed() == trainer.resume_seed(42, 0, 2)
+    assert metrics["steps"] == 4 and metrics["deterministic"] is True
+    assert not torch.are_deterministic_algorithms_enabled()  # --deterministic is undone after the run
+
+
+class ShapeSpy(torch.nn.Module):
+    """Linear(12 -> 3) recording each call's batch size, inference mode and autocast state."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(12, 3)
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append((len(x), torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu")))
+        return self.linear(x)
+
+
+def test_evaluate_batches_under_inference_mode_and_pads_only_for_static_shapes():
+    torch.manual_seed(0)
+    images, labels = torch.randn(13, 12), torch.randint(0, 3, (13,))
+    eval_set = trainer.EvalSet(images, labels, total=13)
+    ctx = trainer.DistContext(torch.device("cpu"))
+    model = ShapeSpy().train()
+    with torch.no_grad():
+        logits = model.linear(images)
+    expected = (torch.nn.functional.cross_entropy(logits, labels).item(),
+                (logits.argmax(dim=1) == labels).float().mean().item())
+    ragged = trainer.evaluate(model, eval_set, batch_size=5, ctx=ctx)
+    assert [c[0] for c in model.calls] == [5, 5, 3] and all(c[1] and not c[2] for c in model.calls)
+    model.calls.clear()
+    padded = trainer.evaluate(model, eval_set, batch_size=5, ctx=ctx, static_shapes=True)
+    assert [c[0] for c in model.calls] == [5, 5, 5]  # one input shape: a compiled model never recompiles
+    assert ragged == pytest.approx(expected, rel=1e-6) and padded == pytest.approx(expected, rel=1e-6)
+    assert model.training  # put back in training mode
+    model.calls.clear()
+    low = trainer.evaluate(model, eval_set, batch_size=100, ctx=ctx, autocast_dtype=torch.bfloat16)
+    assert [c[0] for c in model.calls] == [13] and model.calls[0][2]  # the batch is capped at the split
+    assert low == pytest.approx(expected, rel=0.05, abs=0.02)
+
+
+def test_compile_traces_once_per_mode_and_times_compilation_apart(tmp_path, mlp_data, monkeypatch):
+    # A counting dynamo backend instead of inductor: the same tracing and guards, no C++ build.
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return graph_module.forward
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, **kwargs: compile_module(self, backend=counting_backend))
+    torch.compiler.reset()
+    args = train_mlp.build_parser().parse_args([*CPU, "--max_steps", "6", "--eval_freq", "3", "--batch_size", "50",
+                                                "--eval_batch_size", "64", "--quiet", "--out_dir", str(tmp_path)])
+    from torch_models.mlp import MLP
+
+    metrics = trainer.fit(args, trainer_name="train_mlp", ctx=trainer.DistContext(torch.device("cpu")),
+                          data=mlp_data, input_shape=(3072,), build_model=lambda: MLP(3072, [16], 10),
+                          build_optimizer=lambda model: torch.optim.SGD(model.parameters(), lr=1e-3),
+                          compile_model=True)
+    torch.compiler.reset()
+    # Evaluation (test 200 and validation 100 images in padded batches of 64) and training: one
+    # graph each, shared by both splits and all 3 evaluations; a ragged batch would add one.
+    assert len(graphs) == 2, graphs
+    assert metrics["compile"] is True and metrics["compile_seconds"] > 0
+    assert metrics["timed_steps"] == 5  # the first step (the compilation) is timed apart
+    assert metrics["seconds_per_step"] == pytest.approx(metrics["train_seconds"] / 5)
+    assert set(trainer.load_checkpoint(tmp_path)["model"]) == set(MLP(3072, [16], 10).state_dict())
 
 
 # --------------------------------------------------------------------------- fastmlp.train's flags
@@ -349,7 +503,7 @@ def test_mlp_init_normal_is_the_course_init_and_others_differ(tmp_path, mlp_data
         raise Interrupted
 
     with pytest.raises(Interrupted):
-        train_mlp.train(train_mlp.build_parser().parse_args(["--dnn_hidden_units", "100,50", "--quiet",
+        train_mlp.train(train_mlp.build_parser().parse_args([*CPU, "--dnn_hidden_units", "100,50", "--quiet",
                                                              "--out_dir", str(tmp_path)]),
                         data=mlp_data, on_eval=stop_at_0)
     params = params_of(tmp_path)
@@ -406,7 +560,7 @@ def test_mlp_fastmlp_flags_end_to_end(tmp_path, synthetic_cifar_dir):
     from fastmlp.schedules import LearningRateSchedule
 
     out = tmp_path / "run"
-    flags = ["--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "64", "--init", "kaiming",
+    flags = [*CPU, "--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "64", "--init", "kaiming",
              "--optimizer", "momentum", "--momentum", "0.8", "--nesterov", "--learning_rate", "0.02",
              "--weight_decay", "1e-3", "--lr_schedule", "cosine", "--warmup_steps", "4",
              "--preprocessing", "standardize", "--max_steps", "30", "--eval_freq", "5", "--quiet"]
@@ -442,13 +596,13 @@ def test_mlp_fastmlp_flags_end_to_end(tmp_path, synthetic_cifar_dir):
     (["--optimizer", "momentum", "--momentum", "0", "--nesterov"], "--nesterov"),
 ])
 def test_bad_fastmlp_flags_raise_value_error_naming_the_flag(mlp_data, flags, match):
-    args = train_mlp.build_parser().parse_args(flags + ["--quiet"])
+    args = train_mlp.build_parser().parse_args(CPU + flags + ["--quiet"])
     with pytest.raises(ValueError, match=match):
         train_mlp.train(args, data=mlp_data)
 
 
 def test_hand_built_namespace_is_checked_and_completed(tmp_path, mlp_data):
-    args = train_mlp.build_parser().parse_args(["--max_steps", "2", "--eval_freq", "2", "--quiet",
+    args = train_mlp.build_parser().parse_args([*CPU, "--max_steps", "2", "--eval_freq", "2", "--quiet",
                                                 "--out_dir", str(tmp_path)])
     for name, value, match in [("momentum", 1.5, "--momentum"), ("init", "uniform", "--init"),
                                ("lr_schedule", "linear", "--lr_schedule"), ("warmup_steps", -1, "--warmup_steps"),
@@ -475,7 +629,7 @@ def argparse_copy(args, **changes):
 def test_mlp_resume_matches_uninterrupted_run_with_fastmlp_flags(tmp_path, mlp_data):
     # Nesterov buffers, the warm-up + cosine schedule and the NumPy crop/flip draws must all
     # continue exactly; 9 steps of 200 on 900 images cross an epoch boundary after the cut.
-    flags = ["--dnn_hidden_units", "32", "--init", "kaiming", "--optimizer", "momentum", "--nesterov",
+    flags = [*CPU, "--dnn_hidden_units", "32", "--init", "kaiming", "--optimizer", "momentum", "--nesterov",
              "--learning_rate", "0.01", "--weight_decay", "1e-3", "--lr_schedule", "cosine",
              "--warmup_steps", "4", "--augment", "--max_steps", "9", "--eval_freq", "3", "--quiet"]
     whole, resumed = run_cut_and_resume(train_mlp, flags, mlp_data, tmp_path, stop_step=3)

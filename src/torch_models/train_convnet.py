@@ -5,13 +5,28 @@ Defaults are the course's (Adam, ``--learning_rate 1e-4 --max_steps 5000 --batch
 :func:`fastmlp.data.get_cifar10`. Extras for speed and accuracy:
 
 - ``--device {auto,cpu,cuda}``; ``--num_threads`` (CPU threads, default torch's own choice);
-- ``--amp``: bf16 autocast on CUDA. **On CPU it is ignored with a warning** (so one command
-  line works on any machine); ``metrics.json``'s ``amp`` says whether it was active;
-- ``--channels_last`` memory format; ``--compile`` (``torch.compile``; the first steps are slow);
+- ``--amp``: mixed precision as :mod:`torch_models.precision` decides for the device:
+  bfloat16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; 1.85-2.11x faster steps here)
+  or a GPU with it, float16 with a gradient scaler on an older GPU, float32 (with a warning)
+  on a CPU without bf16. ``metrics.json`` records what was applied (``amp``,
+  ``autocast_dtype``, ``grad_scaler``, the device and its features);
+- ``--channels_last``: NHWC memory format; by default on whenever ``--amp`` applies an
+  autocast dtype (so ``--device cpu --amp`` is the fastest configuration on this CPU), off
+  otherwise (the course's run stays the course's); ``--no-channels_last`` forces it off;
+- ``--compile`` (``torch.compile``, once for training and evaluation; its first step is
+  timed apart); ``--deterministic`` (see :mod:`torch_models.devices`);
 - ``--augment``: random crop (zero padding 4) + horizontal flip, drawn independently for each
   image of the batch, on the device (:func:`augment_batch`);
 - ``--lr_schedule {constant,cosine,onecycle}`` stepped every step, its state checkpointed;
+- ``--optimizer {sgd,momentum,adam}`` with ``--momentum``, ``--nesterov``, ``--weight_decay``
+  (convolution and Linear kernels only) as in ``torch_models.train_mlp``, and
+  ``--label_smoothing`` of the training loss;
 - ``--preprocessing {mean_image,standardize}``.
+
+On ``--resume`` the optimizer's hyper-parameters (momentum, weight decay) are the
+checkpoint's, as ``torch.optim.Optimizer.load_state_dict`` restores them; the schedule
+continues from its saved state. Resuming across ``--amp`` on and off works (the checkpoint
+is float32) with a warning that the result differs from an uninterrupted run.
 
 Outputs in ``--out_dir`` (default ``runs/<timestamp>``), the same as ``fastmlp.train``:
 ``metrics.json``, ``curves.csv``, ``curves.png`` and ``checkpoint.pt`` (model, optimizer,
@@ -21,10 +36,16 @@ in batches of ``--eval_batch_size``; ``--resume PATH`` continues a run.
 
 Examples
 --------
-One process::
+One process (the fastest CPU configuration: bf16 autocast and channels-last)::
 
-    python -m torch_models.train_convnet --augment --lr_schedule cosine --learning_rate 1e-3 \\
-        --amp --channels_last --out_dir runs/convnet
+    python -m torch_models.train_convnet --device cpu --amp --out_dir runs/convnet
+
+The recipe aimed at >= 0.88 test accuracy in an hour on a 2-core AVX512-BF16 CPU (prepared,
+not yet measured: BENCHMARKS.md section 7)::
+
+    python -m torch_models.train_convnet --device cpu --amp --preprocessing standardize --augment \\
+        --optimizer momentum --momentum 0.9 --nesterov --weight_decay 5e-4 --label_smoothing 0.1 \\
+        --lr_schedule onecycle --learning_rate 0.2 --batch_size 256 --max_steps 3000 --eval_freq 1000
 
 One machine with N GPUs (``--batch_size`` stays the global batch and must be a multiple of N;
 each rank trains on its slice of every batch)::
@@ -43,11 +64,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import warnings
 
 import torch
 
+from fastmlp.optim import OPTIMIZERS
 from torch_models import trainer
+from torch_models.optimizers import make_optimizer, parameter_groups
+from torch_models.precision import choose_precision
 
 __all__ = ["augment_batch", "build_parser", "main", "train"]
 
@@ -56,8 +79,10 @@ N_CLASSES = 10
 INPUT_SHAPE = (N_CHANNELS, 32, 32)
 CROP_PADDING = 4
 # --resume: flags fixing the saved state's layout, and flags whose change alters the result.
-ARCHITECTURE_FLAGS = ("lr_schedule",)
-TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "seed", "validation_size", "preprocessing", "augment", "amp")
+# (--amp is not among them: the autocast dtype actually applied is compared instead.)
+ARCHITECTURE_FLAGS = ("lr_schedule", "optimizer")
+TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "seed", "validation_size", "preprocessing", "augment",
+                    "momentum", "nesterov", "weight_decay", "label_smoothing")
 
 
 def augment_batch(images: torch.Tensor, *, padding: int = CROP_PADDING,
@@ -107,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line flags, with the course's defaults (shown by ``--help``)."""
     parser = argparse.ArgumentParser(
         prog="python -m torch_models.train_convnet",
-        description="Train the VGG-style ConvNet on CIFAR-10 with Adam (course defaults).",
+        description="Train the VGG-style ConvNet on CIFAR-10 (course defaults: Adam 1e-4, batch 32, 5000 steps).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     trainer.add_common_arguments(parser, learning_rate=1e-4, max_steps=5000, batch_size=32, eval_freq=500)
     parser.add_argument("--preprocessing", choices=("mean_image", "standardize"), default="mean_image",
@@ -117,20 +142,53 @@ def build_parser() -> argparse.ArgumentParser:
                         help="per-step learning-rate schedule over --max_steps (peak = --learning_rate)")
     parser.add_argument("--augment", action="store_true",
                         help="random crop (padding 4) + horizontal flip per training image, on the device")
-    parser.add_argument("--amp", action="store_true",
-                        help="bf16 autocast on CUDA (ignored with a warning on CPU)")
-    parser.add_argument("--channels_last", action="store_true", help="channels-last memory format")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    opt = parser.add_argument_group("optimisation (defaults: the course's Adam)")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                     help="adam; momentum: SGD with --momentum; sgd: plain SGD")
+    opt.add_argument("--momentum", type=float, default=0.9,
+                     help="momentum of --optimizer momentum (--lr_schedule onecycle cycles it 0.85-0.95)")
+    opt.add_argument("--nesterov", action="store_true", help="Nesterov momentum (with --optimizer momentum)")
+    opt.add_argument("--weight_decay", type=float, default=0.0,
+                     help="L2 weight decay of the convolution and Linear kernels only (not biases or BatchNorm)")
+    opt.add_argument("--label_smoothing", type=float, default=0.0,
+                     help="label smoothing of the training loss (the evaluation loss is the plain cross-entropy)")
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                       help="mixed precision: bfloat16 autocast where the device computes bf16 natively (a CPU "
+                            "with AVX512-BF16/AMX, where steps run up to ~2x faster; an Ampere or newer GPU), "
+                            "float16 with a gradient scaler on older GPUs, float32 with a warning on CPUs without "
+                            "bf16. Cost: convolutions and matmuls round to 8 (bf16) or 11 (fp16) significant "
+                            "bits; weights, optimizer state and loss stay float32")
+    speed.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                       help="NHWC memory format: faster convolutions on CPUs and on tensor cores, the same "
+                            "arithmetic in another order. Default (None): on whenever --amp applies an autocast "
+                            "dtype, else off (so the plain command stays the course's run)")
+    speed.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                       help="torch.compile the model once (training and evaluation): faster steps after a "
+                            "compilation of up to minutes (timed apart, as compile_seconds)")
     return parser
 
 
 def _checked_args(args: argparse.Namespace) -> argparse.Namespace:
-    args = copy.copy(args)  # the caller's Namespace (e.g. a search's) is left untouched
+    # A copy (the caller's Namespace, e.g. a search's, is left untouched); flags it lacks get their defaults.
+    args = argparse.Namespace(**{**vars(build_parser().parse_args([])), **vars(copy.copy(args))})
     trainer.check_common_args(args)
     if args.preprocessing not in ("mean_image", "standardize"):
         raise ValueError(f"--preprocessing must be mean_image or standardize, got {args.preprocessing!r}")
     if args.lr_schedule not in ("constant", "cosine", "onecycle"):
         raise ValueError(f"--lr_schedule must be one of constant, cosine, onecycle, got {args.lr_schedule!r}")
+    if args.optimizer not in OPTIMIZERS:
+        raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {args.optimizer!r}")
+    ranges = {"momentum": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "weight_decay": (0.0, float("inf"))}
+    for name, (low, high) in ranges.items():
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+            raise ValueError(f"--{name} must be a float in [{low}, {high}), got {value!r}")
+    if args.nesterov and (args.optimizer != "momentum" or args.momentum == 0):
+        raise ValueError(f"--nesterov needs --optimizer momentum and --momentum > 0, got --optimizer "
+                         f"{args.optimizer} --momentum {args.momentum}")
+    if args.channels_last not in (None, True, False):
+        raise ValueError(f"--channels_last must be a bool or None (auto), got {args.channels_last!r}")
     return args
 
 
@@ -178,14 +236,14 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
         return ConvNet(N_CHANNELS, N_CLASSES)
 
     def build_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+        return make_optimizer(args.optimizer, parameter_groups(model, args.weight_decay), args.learning_rate,
+                              momentum=args.momentum, nesterov=args.nesterov)
 
-    with trainer.distributed_context(args.device, args.num_threads) as ctx:
-        amp = bool(args.amp)
-        if amp and ctx.device.type != "cuda":
-            warnings.warn("--amp (bf16 autocast) is only used on CUDA; training in float32 on the CPU",
-                          stacklevel=2)
-            amp = False
+    with trainer.distributed_context(args.device, args.num_threads,
+                                     deterministic=getattr(args, "deterministic", False)) as ctx:
+        precision = choose_precision(bool(args.amp), ctx.device, warn=ctx.is_main)
+        # Channels-last pays off most with low-precision convolutions; by default it follows them.
+        channels_last = precision.enabled if args.channels_last is None else bool(args.channels_last)
         if data is None:
             from fastmlp.data import get_cifar10
 
@@ -195,11 +253,14 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
             args, trainer_name="train_convnet", ctx=ctx, data=data, input_shape=INPUT_SHAPE,
             build_model=build_model, build_optimizer=build_optimizer,
             build_scheduler=lambda optimizer: _make_scheduler(args.lr_schedule, optimizer, args.max_steps),
-            augment=augment_batch if args.augment else None, channels_last=args.channels_last,
-            compile_model=args.compile, amp=amp, on_eval=on_eval,
+            augment=augment_batch if args.augment else None, channels_last=channels_last,
+            compile_model=args.compile, precision=precision, label_smoothing=args.label_smoothing,
+            min_local_batch=2, on_eval=on_eval,
             architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
-            plan_notes=(f"augment {args.augment}, amp {amp}, channels_last {args.channels_last}, "
-                        f"compile {args.compile}, preprocessing {args.preprocessing}",))
+            plan_notes=(f"augment {args.augment}, channels_last {channels_last}, compile {args.compile}, "
+                        f"preprocessing {args.preprocessing}",
+                        f"{args.optimizer} (momentum {args.momentum}, nesterov {args.nesterov}), weight decay "
+                        f"{args.weight_decay} on kernels only, label smoothing {args.label_smoothing}"))
 
 
 def main(argv: list[str] | None = None) -> int:

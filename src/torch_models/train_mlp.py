@@ -73,6 +73,7 @@ from fastmlp.schedules import SCHEDULES, LearningRateSchedule
 # The constraint table's checks, so both trainers accept and reject the same values.
 from fastmlp.hyperparams import checker, flag_type, parse_hidden_units
 from torch_models import trainer
+from torch_models.optimizers import make_optimizer, parameter_groups
 
 __all__ = [
     "COURSE_INIT_STD",
@@ -130,45 +131,6 @@ def initialize_parameters(model: nn.Module, init: str) -> None:
         else:
             nn.init.xavier_normal_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two optimizer parameter groups: the Linear weights (with ``weight_decay``), the rest (none).
-
-    fastmlp decays weights only. Here the weights are the parameters with 2 or more
-    dimensions; biases and BatchNorm scales/shifts are 1-D. Both groups always exist (the
-    second one may be empty of decay but never of parameters), so a checkpoint's optimizer
-    state fits whatever ``--weight_decay`` a resumed run uses.
-    """
-    decayed = [p for p in model.parameters() if p.ndim >= 2]
-    others = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decayed, "weight_decay": float(weight_decay)},
-            {"params": others, "weight_decay": 0.0}]
-
-
-def make_optimizer(name: str, groups: list[dict[str, Any]], learning_rate: float, *, momentum: float = 0.9,
-                   nesterov: bool = False) -> torch.optim.Optimizer:
-    """The torch counterpart of ``fastmlp.optim.make_optimizer`` over parameter groups.
-
-    ``"sgd"``: plain ``torch.optim.SGD``; ``"momentum"``: SGD with ``momentum`` (Nesterov
-    with ``nesterov``); ``"adam"``: ``torch.optim.Adam``. Weight decay comes from the groups
-    (see :func:`parameter_groups`); it is L2 added to the gradient, as in fastmlp.optim.
-
-    Raises
-    ------
-    ValueError
-        For an unknown ``name``, or ``nesterov`` without ``"momentum"`` and ``momentum > 0``.
-    """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {name!r}")
-    if nesterov and (name != "momentum" or momentum == 0):
-        raise ValueError(f"--nesterov needs --optimizer momentum and --momentum > 0, got --optimizer {name} "
-                         f"--momentum {momentum}")
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=learning_rate)
-    if name == "momentum":
-        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov)
-    return torch.optim.SGD(groups, lr=learning_rate)
 
 
 class ScheduledHyperParameters:
@@ -343,7 +305,7 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
                                         warmup_steps=args.warmup_steps)
         return ScheduledHyperParameters(optimizer, schedule)
 
-    with trainer.distributed_context(args.device, args.num_threads) as ctx:
+    with trainer.distributed_context(args.device, args.num_threads, deterministic=args.deterministic) as ctx:
         if data is None:
             from fastmlp.data import get_cifar10
 
@@ -352,7 +314,8 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
                                seed=args.seed)
         return trainer.fit(args, trainer_name="train_mlp", ctx=ctx, data=data, input_shape=(N_INPUTS,),
                            build_model=build_model, build_optimizer=build_optimizer,
-                           build_scheduler=build_scheduler, dataset_augment=args.augment, on_eval=on_eval,
+                           build_scheduler=build_scheduler, dataset_augment=args.augment,
+                           min_local_batch=1 if batchnorm is None else 2, on_eval=on_eval,
                            architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
                            plan_notes=(f"hidden units {args.dnn_hidden_units or '[] (logistic regression)'}, "
                                        f"init {args.init}, dropout {args.dropout}, batchnorm {args.batchnorm}",

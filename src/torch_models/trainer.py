@@ -8,10 +8,24 @@ schedule and input layout it uses:
 - checkpoints written atomically through :func:`fastmlp.atomic.atomic_path` + ``torch.save``
   and read back for ``--resume`` (:func:`save_checkpoint`, :func:`load_checkpoint`);
 - whole-split evaluation (:func:`evaluate`);
+- one training forward/backward (:func:`forward_backward`, also timed by
+  ``benches/convnet_step.py``);
 - the step loop (:func:`fit`): tqdm bar with the running loss, NaN/inf check
   (:class:`fastmlp.runlog.DivergenceError`), evaluation + checkpoint every
   ``--eval_freq`` steps and at the end, curves and metrics through
   :class:`fastmlp.runlog.RunLog`.
+
+Precision, backends and the GPU
+-------------------------------
+The autocast dtype comes from :mod:`torch_models.precision` (what ``--amp`` applies on
+this device, recorded in the checkpoint and ``metrics.json``), the cuDNN/TF32/determinism
+switches from :mod:`torch_models.devices` (``--deterministic``; what ``--resume`` promises
+on a GPU is written there). On CUDA, batches reach the GPU from pinned buffers
+(:mod:`torch_models.transfer`) and the per-step losses are read every
+:data:`CUDA_READ_EVERY` steps (:mod:`torch_models.step_stats`), so the host does not wait
+for the GPU at every step; a NaN/inf loss is then found up to that many steps late, but
+still names its step and never reaches a checkpoint (the losses are read before every
+evaluation). On the CPU the loss is checked before every update.
 
 Distributed data parallel (torchrun)
 ------------------------------------
@@ -21,7 +35,9 @@ wrapped in ``DistributedDataParallel``. Batches are sharded by **slicing the glo
 batch**: every rank keeps an identical, identically seeded training ``DataSet``,
 draws the same global batch of ``--batch_size`` examples and trains on its own
 contiguous slice of ``batch_size / world_size`` rows (``--batch_size`` must be a
-multiple of the world size). So the sequence of global batches, the epoch
+multiple of the world size, with at least two rows per rank for BatchNorm). Each rank
+gathers the global batch on the host (the ``DataSet``'s order is what ``--resume``
+restores) and copies only its slice to its device. So the sequence of global batches, the epoch
 bookkeeping and the checkpointed data state are those of a single-process run,
 and DDP's gradient averaging gives the gradient of the global batch mean loss
 (BatchNorm layers still see only their rank's slice: no SyncBatchNorm).
@@ -33,7 +49,9 @@ and the loss/correct counts are all-reduced (BatchNorm running statistics are
 first broadcast from rank 0, whose state is what the checkpoint stores), so all
 ranks hold the same metrics and call ``on_eval`` with them (an exception raised
 by ``on_eval`` therefore stops every rank). Only rank 0 writes files and shows
-the progress bar; the per-step loss shown and checked for NaN is all-reduced.
+the progress bar; the per-step loss shown and checked for NaN is all-reduced. A failure
+while writing outputs is shared with every rank (all raise), and ranks wait for each
+other before the process group is destroyed.
 """
 from __future__ import annotations
 
@@ -65,6 +83,10 @@ from fastmlp.runlog import (
     resolve_checkpoint,
 )
 from fastmlp.cli import explicit_flags
+from torch_models.devices import backend_settings, describe_device, synchronize
+from torch_models.precision import Precision, choose_precision
+from torch_models.step_stats import StepStats
+from torch_models.transfer import HostToDevice
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -81,9 +103,11 @@ __all__ = [
     "evaluate",
     "explicit_flags",
     "fit",
+    "forward_backward",
     "load_checkpoint",
     "resolve_checkpoint_path",
     "resolve_device",
+    "resume_seed",
     "run_main",
     "save_checkpoint",
 ]
@@ -96,6 +120,8 @@ CHECKPOINT_FORMAT = "torch_models.checkpoint/1"
 DRY_RUN_STEPS = 4
 DRY_RUN_EVAL_FREQ = 2
 DRY_RUN_EVAL_EXAMPLES = 200
+#: On CUDA the per-step losses are read (a host-GPU synchronisation) every this many steps.
+CUDA_READ_EVERY = 25
 
 #: Flags that describe this invocation rather than the run: ``main`` never takes them
 #: from the checkpoint on ``--resume`` (all others not given again are taken from it).
@@ -112,7 +138,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: floa
                         help="global mini-batch size (split across ranks under torchrun)")
     parser.add_argument("--eval_freq", type=int, default=eval_freq,
                         help="evaluate on the whole test (and validation) set and checkpoint every N steps")
-    parser.add_argument("--eval_batch_size", type=int, default=1000, help="batch size for evaluation")
+    parser.add_argument("--eval_batch_size", type=int, default=1000,
+                        help="batch size for evaluation (larger: fewer passes, more memory)")
     parser.add_argument("--data_dir", default=None,
                         help="folder holding CIFAR-10 (default: $FASTMLP_DATA, else ~/.cache/fastmlp)")
     parser.add_argument("--validation_size", type=int, default=0,
@@ -126,6 +153,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: floa
                         help="auto = cuda when available, else cpu")
     parser.add_argument("--num_threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's own choice)")
+    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
+                        help="CUDA: deterministic cuDNN/cuBLAS algorithms (torch raises on an op that has none), so "
+                             "--resume repeats an uninterrupted run bit for bit on the same GPU; costs some speed. "
+                             "Without it cudnn.benchmark picks the fastest convolutions per process. The CPU is "
+                             "deterministic either way")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("--dry_run", action="store_true",
                         help=f"print the plan, then train {DRY_RUN_STEPS} steps, evaluating every "
@@ -149,6 +181,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--num_threads must be a positive int, got {args.num_threads!r}")
     if args.device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device must be one of auto, cpu, cuda, got {args.device!r}")
+    if not isinstance(getattr(args, "deterministic", False), bool):
+        raise ValueError(f"--deterministic must be a bool, got {args.deterministic!r}")
 
 
 def run_main(train: Callable[..., dict], build_parser: Callable[[], argparse.ArgumentParser],
@@ -203,7 +237,8 @@ class DistContext:
     """Where this process runs: its device and its place among the torchrun ranks.
 
     ``owns_group`` is True when :func:`distributed_context` created the process
-    group (and must destroy it).
+    group (and must destroy it); ``backend`` holds the settings of
+    :func:`torch_models.devices.backend_settings` in force.
     """
 
     device: torch.device
@@ -211,6 +246,7 @@ class DistContext:
     rank: int = 0
     local_rank: int = 0
     owns_group: bool = False
+    backend: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def distributed(self) -> bool:
@@ -239,12 +275,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 @contextlib.contextmanager
-def distributed_context(device_name: str, num_threads: int | None = None) -> Iterator[DistContext]:
-    """Set up device, CPU threads and (under torchrun) the process group; undo on exit.
+def distributed_context(device_name: str, num_threads: int | None = None, *,
+                        deterministic: bool = False) -> Iterator[DistContext]:
+    """Set up device, CPU threads, backend switches and (under torchrun) the process group; undo on exit.
 
     The world is read from ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; with a world of
     one nothing distributed happens. A process group that already exists (made by
-    the caller) is used and left alone. ``torch.set_num_threads`` is restored on exit.
+    the caller) is used and left alone; one made here is destroyed on exit, after a
+    barrier when the body finished normally (so no rank tears the group down while
+    another is still in a collective). ``torch.set_num_threads`` and the backend
+    switches (:func:`torch_models.devices.backend_settings`, ``deterministic``) are
+    restored on exit.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -263,7 +304,10 @@ def distributed_context(device_name: str, num_threads: int | None = None) -> Ite
                                         init_method="env://")
                 owns_group = True
             world_size, rank = dist.get_world_size(), dist.get_rank()
-        yield DistContext(device, world_size, rank, local_rank, owns_group)
+        with backend_settings(device, deterministic=deterministic) as backend:
+            yield DistContext(device, world_size, rank, local_rank, owns_group, backend)
+        if owns_group:
+            dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
     finally:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()
@@ -324,18 +368,37 @@ def _rng_state(ctx: DistContext) -> dict:
     }
 
 
+def resume_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of a rank's torch generators when a checkpoint's streams cannot be continued.
+
+    Distinct per rank and per resume step, so no rank repeats another's draws or the
+    stream a fresh run starts with.
+    """
+    return seed + rank + 7919 * step
+
+
 def _restore_rng_state(checkpoint: Mapping[str, Any], ctx: DistContext, seed: int) -> None:
     per_rank = checkpoint["rng"]["per_rank"]
-    if len(per_rank) != ctx.world_size:
-        # Still a valid continuation, just not bit-identical: the ranks' streams changed.
-        warnings.warn(f"checkpoint was written by {len(per_rank)} process(es), this run has "
-                      f"{ctx.world_size}: dropout/augmentation streams are reseeded", stacklevel=3)
-        torch.manual_seed(seed + ctx.rank + 7919 * int(checkpoint["step"]))
-        return
-    mine = per_rank[ctx.rank]
-    torch.set_rng_state(mine["torch"])
-    if mine["cuda"] is not None and ctx.device.type == "cuda":
-        torch.cuda.set_rng_state(mine["cuda"], ctx.device)
+    step = int(checkpoint["step"])
+    mine = per_rank[ctx.rank] if len(per_rank) == ctx.world_size else None
+    # Dropout masks and crops come from the generator of the device they run on: the
+    # checkpoint's stream of that device continues only if it was saved from that device.
+    saved_on_cuda = mine is not None and mine["cuda"] is not None
+    if mine is None or saved_on_cuda != (ctx.device.type == "cuda"):
+        # Still a valid continuation, just not bit-identical to an uninterrupted run.
+        if ctx.is_main:
+            why = (f"checkpoint was written by {len(per_rank)} process(es), this run has {ctx.world_size}"
+                   if mine is None else f"checkpoint was written on {'CUDA' if saved_on_cuda else 'the CPU'}, "
+                                        f"this run trains on {ctx.device.type.upper()}")
+            warnings.warn(f"{why}: dropout/augmentation streams are reseeded from --seed, the rank and the step",
+                          stacklevel=3)
+        torch.manual_seed(resume_seed(seed, ctx.rank, step))  # the CPU and every CUDA generator
+        if mine is None:
+            return
+    else:
+        torch.set_rng_state(mine["torch"])
+        if saved_on_cuda:
+            torch.cuda.set_rng_state(mine["cuda"], ctx.device)
     np.random.set_state(checkpoint["rng"]["numpy"])
     random.setstate(checkpoint["rng"]["python"])
 
@@ -383,44 +446,102 @@ def class_indices(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64, copy=False)
 
 
-def _images_to_tensor(x: np.ndarray, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Float32 CPU tensor of shape (n, *input_shape) sharing memory with ``x`` when possible."""
+def _model_input_array(x: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Contiguous float32 array of shape (n, *input_shape): ``x`` itself when it already is one."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     expected = math.prod(input_shape)
     if x.ndim < 2 or math.prod(x.shape[1:]) != expected:
         raise ValueError(f"images must have {expected} values per example (model input {input_shape}), "
                          f"got array of shape {x.shape}")
-    return torch.from_numpy(x).reshape(len(x), *input_shape)
+    return x.reshape(len(x), *input_shape)
 
 
-@torch.no_grad()
+def _images_to_tensor(x: np.ndarray, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Float32 CPU tensor of shape (n, *input_shape) sharing memory with ``x`` when possible."""
+    return torch.from_numpy(_model_input_array(x, input_shape))
+
+
 def evaluate(model: nn.Module, eval_set: EvalSet, *, batch_size: int, ctx: DistContext,
-             autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, float]:
+             autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
+             static_shapes: bool = False) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` over a whole split (all ranks together).
 
-    ``model`` is put in eval mode for the pass and restored to its previous mode.
+    Runs in batches of ``batch_size`` under ``torch.inference_mode()`` and, with
+    ``autocast_dtype``, under the training run's autocast. ``model`` is put in eval mode
+    for the pass and restored to its previous mode.
+
+    Parameters
+    ----------
+    static_shapes : bool
+        Zero-pad the last, ragged batch to the full batch (the padding rows are not
+        counted), so a compiled model sees one input shape and never recompiles. The
+        batch is ``min(batch_size, examples on this rank)``.
     """
     was_training = model.training
     model.eval()
+    n = len(eval_set.labels)
+    batch_size = max(1, min(batch_size, n))
+    padded_tail = None
+    if static_shapes and n % batch_size:
+        # Made here, outside inference mode, so it is an ordinary tensor like the other batches
+        # (a compiled model's guards tell the two kinds apart).
+        tail = eval_set.images[n - n % batch_size:]
+        padded_tail = torch.cat([tail, tail.new_zeros(batch_size - len(tail), *tail.shape[1:])])
     try:
-        stats = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, count
-        for start in range(0, len(eval_set.labels), batch_size):
-            x = eval_set.images[start:start + batch_size]
-            y = eval_set.labels[start:start + batch_size]
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(ctx.device.type, dtype=autocast_dtype or torch.bfloat16,
-                                enabled=autocast_dtype is not None):
-                logits = model(x)
-            stats[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
-            stats[1] += (logits.argmax(dim=1) == y).sum()
-            stats[2] += len(y)
+        with torch.inference_mode():
+            stats = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, count
+            for start in range(0, n, batch_size):
+                x = eval_set.images[start:start + batch_size]
+                y = eval_set.labels[start:start + batch_size]
+                if padded_tail is not None and len(y) < batch_size:
+                    x = padded_tail
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(ctx.device.type, dtype=autocast_dtype or torch.bfloat16,
+                                    enabled=autocast_dtype is not None):
+                    logits = model(x)[:len(y)]
+                stats[0] += F.cross_entropy(logits.float(), y, reduction="sum").double()
+                stats[1] += (logits.argmax(dim=1) == y).sum()
+                stats[2] += len(y)
         if ctx.distributed:
             dist.all_reduce(stats)
         loss_sum, correct, count = stats.tolist()
     finally:
         model.train(was_training)
     return loss_sum / count, correct / count
+
+
+def forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, precision: Precision,
+                     scaler: torch.amp.GradScaler, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training forward pass under ``precision``'s autocast, the loss, and its backward pass.
+
+    The caller zeroes the gradients before and steps the optimizer after (through
+    ``scaler.step``: with a float16 scaler the gradients are scaled).
+
+    Parameters
+    ----------
+    model : nn.Module
+        In training mode; maps ``x`` to logits of shape (batch, n_classes).
+    x : torch.Tensor, shape (batch, *input_shape)
+    y : torch.Tensor, shape (batch,), int64 class indices
+    precision : torch_models.precision.Precision
+    scaler : torch.amp.GradScaler
+        From ``precision.make_grad_scaler()``.
+    label_smoothing : float
+        Of the cross-entropy (``torch.nn.functional.cross_entropy``).
+
+    Returns
+    -------
+    loss : torch.Tensor, 0-d
+        The batch's mean loss (float32, detached, not read from the device).
+    correct : torch.Tensor, 0-d int64
+        How many rows of the batch the logits classify correctly.
+    """
+    with precision.autocast():
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)  # reduced in float32
+    scaler.scale(loss).backward()
+    return loss.detach(), (logits.detach().argmax(dim=1) == y).sum()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -448,6 +569,124 @@ def _check_resumable(saved: Mapping[str, Any], current: Mapping[str, Any], path:
                       "horizon it was created with", stacklevel=3)
 
 
+def _warn_on_precision_change(checkpoint: Mapping[str, Any], precision: Precision, path: str) -> None:
+    """Warn when the checkpoint trained under another autocast dtype than this run applies.
+
+    Weights and optimizer state are float32 either way, so the checkpoint loads; only the
+    trajectory changes. Checkpoints from before the applied dtype was recorded say
+    ``amp`` as requested: with ``--amp`` their dtype is unknown.
+    """
+    recorded = checkpoint.get("precision")
+    if recorded is not None:
+        saved = recorded["autocast_dtype"] or "float32"
+    else:
+        saved = "unknown (not recorded)" if checkpoint["flags"].get("amp") else "float32"
+    current = precision.dtype_name or "float32"
+    if saved != current:
+        warnings.warn(f"--resume {path}: the checkpoint trained under {saved} autocast, this run trains under "
+                      f"{current} ({precision.reason}); the float32 weights and optimizer state load unchanged, "
+                      "but the result will differ from an uninterrupted run", stacklevel=3)
+
+
+def _checkpoint_to_resume(args: argparse.Namespace, ctx: DistContext, trainer_name: str, flags: Mapping[str, Any],
+                          architecture_flags: tuple[str, ...], trajectory_flags: tuple[str, ...]) -> dict | None:
+    """The ``--resume`` checkpoint (None without it), checked against this run's flags.
+
+    Read by rank 0 and sent to the others, so a bad path fails on every rank instead of
+    leaving the others waiting in a collective.
+    """
+    if not args.resume:
+        return None
+    loaded: Any = None
+    if ctx.is_main:
+        try:
+            loaded = load_checkpoint(args.resume)
+        except (OSError, ValueError) as err:
+            loaded = err
+    loaded = _broadcast_object(loaded, ctx)
+    if isinstance(loaded, BaseException):
+        raise loaded
+    if loaded["trainer"] != trainer_name:
+        raise ValueError(f"--resume: {args.resume} is a {loaded['trainer']} checkpoint, not a {trainer_name} one")
+    _check_resumable(loaded["flags"], flags, str(args.resume), architecture_flags, trajectory_flags,
+                     warn=ctx.is_main)
+    return loaded
+
+
+def _local_batch_size(batch_size: int, world_size: int, min_local_batch: int) -> int:
+    """Rows of the global batch each rank trains on (``ValueError`` naming ``--batch_size`` when unusable)."""
+    if batch_size % world_size:
+        raise ValueError(f"--batch_size {batch_size} must be a multiple of the world size "
+                         f"{world_size} (each rank trains on an equal slice of the global batch)")
+    local = batch_size // world_size
+    if local < min_local_batch:
+        per_rank = f" per rank (world size {world_size})" if world_size > 1 else ""
+        raise ValueError(f"--batch_size {batch_size} gives {local} example(s){per_rank}, but the model's BatchNorm "
+                         f"layers need at least {min_local_batch} per batch to compute batch statistics")
+    return local
+
+
+def _on_every_rank(ctx: DistContext, action: Callable[[], None], what: str) -> None:
+    """Run ``action`` on every rank; if it raised on any rank, raise on all.
+
+    Used around file writes (which rank 0 alone makes): a rank whose write fails would
+    otherwise leave the others blocked in their next collective until it times out.
+    """
+    error = None
+    try:
+        action()
+    except Exception as err:  # noqa: BLE001 - shared with the other ranks, then re-raised
+        error = err
+    if ctx.distributed:
+        failures = [f for f in _gather_objects(None if error is None else f"{type(error).__name__}: {error}", ctx)
+                    if f is not None]
+        if error is None and failures:
+            raise RuntimeError(f"another rank failed while {what}: {failures[0]}")
+    if error is not None:
+        raise error
+
+
+class _TrainingClock:
+    """Seconds spent training, measured between synchronisation points.
+
+    CUDA kernels finish after the host has moved on, so the time of a stretch of steps is
+    only known once the device has caught up: the clock is stopped (after synchronising)
+    before each evaluation and started again after it. The first step of a compiled model
+    (compilation) is counted apart, in ``warmup_seconds``.
+    """
+
+    def __init__(self, device: torch.device, state: Mapping[str, Any] | None = None):
+        state = state or {}
+        self.device = device
+        self.seconds = float(state.get("train_seconds", 0.0))
+        self.steps = int(state.get("timed_steps", state.get("step", 0)))  # older checkpoints timed every step
+        self.warmup_seconds = float(state.get("compile_seconds", 0.0))
+        self._start, self._pending = time.perf_counter(), 0
+
+    def start(self) -> None:
+        self._start, self._pending = time.perf_counter(), 0
+
+    def tick(self) -> None:
+        self._pending += 1
+
+    def stop(self, *, warmup: bool = False) -> None:
+        synchronize(self.device)
+        elapsed = time.perf_counter() - self._start
+        if warmup:
+            self.warmup_seconds += elapsed
+        else:
+            self.seconds += elapsed
+            self.steps += self._pending
+        self._pending = 0
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / self.steps if self.steps else float("nan")
+
+    def state(self) -> dict[str, Any]:
+        return {"train_seconds": self.seconds, "timed_steps": self.steps, "compile_seconds": self.warmup_seconds}
+
+
 def _format_report(step: int, row: Mapping[str, float]) -> str:
     parts = [f"step {step:6d}"]
     for split in ("train", "validation", "test"):
@@ -457,8 +696,9 @@ def _format_report(step: int, row: Mapping[str, float]) -> str:
 
 
 def _describe_plan(*, trainer_name, ctx, model, optimizer, scheduler, data_sizes, args, max_steps,
-                   out_dir, extra) -> str:
+                   out_dir, precision, extra) -> str:
     n_params = sum(p.numel() for p in model.parameters())
+    backend = ", ".join(f"{k} {v}" for k, v in ctx.backend.items())
     lines = [
         f"{trainer_name} --dry_run: the full run would train {args.max_steps} steps of global batch "
         f"{args.batch_size} on {ctx.device} (world size {ctx.world_size}), evaluating on the whole "
@@ -469,6 +709,7 @@ def _describe_plan(*, trainer_name, ctx, model, optimizer, scheduler, data_sizes
         f"  model: {n_params:,} parameters\n" + "\n".join("    " + line for line in repr(model).splitlines()),
         f"  optimizer: {type(optimizer).__name__} lr={args.learning_rate}"
         + (f", schedule {type(scheduler).__name__}" if scheduler is not None else ", constant lr"),
+        f"  precision: {precision.dtype_name or 'float32'} ({precision.reason}); backends: {backend}",
         *(f"  {line}" for line in extra),
         f"  outputs: {out_dir}",
         f"  resume: {args.resume or 'no'}",
@@ -482,7 +723,8 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
         build_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         dataset_augment: bool = False,
-        channels_last: bool = False, compile_model: bool = False, amp: bool = False,
+        channels_last: bool = False, compile_model: bool = False, precision: Precision | None = None,
+        label_smoothing: float = 0.0, min_local_batch: int = 1,
         on_eval: Callable[[int, dict], None] | None = None,
         architecture_flags: tuple[str, ...] = (), trajectory_flags: tuple[str, ...] = (),
         plan_notes: tuple[str, ...] = ()) -> dict:
@@ -519,9 +761,16 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
         Crop and flip training batches in NumPy (``fastmlp.data.DataSet(augment=True)``)
         before they reach the device; the draws come from the batch-order generator, so
         the checkpointed data state keeps ``--resume`` exact.
-    channels_last, compile_model, amp : bool
-        Channels-last memory format; ``torch.compile``; bf16 autocast (the caller makes
-        sure the device is CUDA).
+    channels_last, compile_model : bool
+        Channels-last memory format; ``torch.compile`` (the model is compiled once, for
+        training and evaluation, and its first step is timed apart as ``compile_seconds``).
+    precision : torch_models.precision.Precision, optional
+        Autocast dtype and gradient scaling (default: float32); recorded in the
+        checkpoint and ``metrics.json``.
+    label_smoothing : float
+        Of the training loss (the evaluation loss is the plain cross-entropy).
+    min_local_batch : int
+        Fewest rows a rank's slice of the batch may have (2 for models with BatchNorm).
     on_eval : callable, optional
         ``on_eval(step, metrics)`` after each evaluation and checkpoint, ``metrics`` holding
         ``step`` and the ``curves.csv`` row; may raise to stop the run (it propagates).
@@ -534,40 +783,20 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
     Raises
     ------
     fastmlp.runlog.DivergenceError
-        On a NaN/inf training loss, before that step's update; the checkpoint of the
-        last evaluation is kept.
+        On a NaN/inf training loss (on the CPU before that step's update, on CUDA up to
+        :data:`CUDA_READ_EVERY` steps later); the checkpoint of the last evaluation is kept.
     """
-    from fastmlp.data import DataSet
 
     dry_run = bool(args.dry_run)
     max_steps = min(args.max_steps, DRY_RUN_STEPS) if dry_run else args.max_steps
     eval_freq = DRY_RUN_EVAL_FREQ if dry_run else args.eval_freq
     eval_limit = DRY_RUN_EVAL_EXAMPLES if dry_run else None
-    if args.batch_size % ctx.world_size:
-        raise ValueError(f"--batch_size {args.batch_size} must be a multiple of the world size "
-                         f"{ctx.world_size} (each rank trains on an equal slice of the global batch)")
-    local_batch = args.batch_size // ctx.world_size
+    local_batch = _local_batch_size(args.batch_size, ctx.world_size, min_local_batch)
+    precision = precision if precision is not None else choose_precision(False, ctx.device)
     flags = {**_flags_of(args), "max_steps": max_steps, "eval_freq": eval_freq}
-
-    # ---- checkpoint to resume from (read by rank 0 and sent to the others, so a bad
-    # path fails on every rank instead of leaving the others waiting in a collective)
-    checkpoint = None
-    if args.resume:
-        loaded: Any = None
-        if ctx.is_main:
-            try:
-                loaded = load_checkpoint(args.resume)
-            except (OSError, ValueError) as err:
-                loaded = err
-        loaded = _broadcast_object(loaded, ctx)
-        if isinstance(loaded, BaseException):
-            raise loaded
-        checkpoint = loaded
-        if checkpoint["trainer"] != trainer_name:
-            raise ValueError(f"--resume: {args.resume} is a {checkpoint['trainer']} checkpoint, "
-                             f"not a {trainer_name} one")
-        _check_resumable(checkpoint["flags"], flags, str(args.resume), architecture_flags,
-                         trajectory_flags, warn=ctx.is_main)
+    checkpoint = _checkpoint_to_resume(args, ctx, trainer_name, flags, architecture_flags, trajectory_flags)
+    if checkpoint is not None and ctx.is_main:
+        _warn_on_precision_change(checkpoint, precision, str(args.resume))
 
     # ---- where outputs go (decided on rank 0, which alone writes)
     out_dir = None
@@ -582,7 +811,7 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
 
     # ---- data: a private, seeded batch order; evaluation splits moved to the device once
     source = data["train"]
-    train_set = DataSet(source.images, source.labels, seed=args.seed, augment=dataset_augment, flatten=False)
+    train_set = source.reseeded(args.seed, augment=dataset_augment, flatten=False)
     # The splits evaluated are the ones ``data`` holds (a search's trials: validation only).
     eval_sets = {split: EvalSet.from_dataset(data[split], input_shape=input_shape, ctx=ctx, limit=eval_limit)
                  for split in ("validation", "test") if data.get(split) is not None and data[split].num_examples}
@@ -601,29 +830,33 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
         raw_model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(raw_model)
     scheduler = build_scheduler(optimizer) if build_scheduler is not None else None
+    scaler = precision.make_grad_scaler()
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except ValueError as err:
+            raise ValueError(f"--resume: the checkpoint's optimizer state does not fit the optimizer the flags "
+                             f"build: {err}") from None
         if scheduler is not None and checkpoint.get("scheduler") is not None:
             scheduler.load_state_dict(checkpoint["scheduler"])
+        if scaler.is_enabled() and checkpoint.get("grad_scaler"):
+            scaler.load_state_dict(checkpoint["grad_scaler"])
+    if compile_model:
+        raw_model.compile()  # in place, once: the DDP wrapper and evaluation call the same compiled module
     train_model: nn.Module = raw_model
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             raw_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    eval_model: nn.Module = raw_model
-    if compile_model:
-        train_model = torch.compile(train_model)
-        eval_model = torch.compile(raw_model)
-    autocast_dtype = torch.bfloat16 if amp else None
 
     # ---- run state
     runlog = RunLog(out_dir, flags, enabled=ctx.is_main)
-    step, prior_wall, train_seconds = 0, 0.0, 0.0
+    step, prior_wall = 0, 0.0
+    clock = _TrainingClock(ctx.device, checkpoint)
     if checkpoint is not None:
         step = int(checkpoint["step"])
         if step > max_steps:
             raise ValueError(f"cannot resume: the checkpoint is at step {step}, past --max_steps {max_steps}")
         prior_wall = float(checkpoint["wall_seconds"])
-        train_seconds = float(checkpoint["train_seconds"])
         train_set.set_state(checkpoint["train_data"])
         # The checkpoint carries its curve rows, so resuming into another --out_dir keeps them.
         runlog.restore(checkpoint["curves"], up_to_step=step)
@@ -635,7 +868,7 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
         sizes = {"train": source.num_examples, **{k: v.total for k, v in eval_sets.items()}}
         print(_describe_plan(trainer_name=trainer_name, ctx=ctx, model=raw_model, optimizer=optimizer,
                              scheduler=scheduler, data_sizes=sizes, args=args, max_steps=max_steps,
-                             out_dir=out_dir, extra=plan_notes), flush=True)
+                             out_dir=out_dir, precision=precision, extra=plan_notes), flush=True)
 
     started = time.perf_counter()
     bar = progress_bar(max_steps, initial=step, disable=args.quiet or not ctx.is_main, desc=trainer_name)
@@ -647,94 +880,113 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
                 dist.broadcast(buffer, src=0)
         for split, eval_set in eval_sets.items():
             row[f"{split}_loss"], row[f"{split}_accuracy"] = evaluate(
-                eval_model, eval_set, batch_size=args.eval_batch_size, ctx=ctx,
-                autocast_dtype=autocast_dtype, channels_last=channels_last)
-        runlog.record(step, **row)
+                raw_model, eval_set, batch_size=args.eval_batch_size, ctx=ctx, autocast_dtype=precision.dtype,
+                channels_last=channels_last, static_shapes=compile_model)
         rng = _gather_objects(_rng_state(ctx), ctx)  # a collective: before the rank-0-only write
-        if ctx.is_main:
+
+        def write() -> None:
+            runlog.record(step, **row)
+            if not ctx.is_main:
+                return
             save_checkpoint(out_dir / CHECKPOINT_NAME, {
                 "format": CHECKPOINT_FORMAT,
                 "trainer": trainer_name,
                 "step": step,
                 "flags": flags,
+                "precision": precision.record(),
                 "model": raw_model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "grad_scaler": scaler.state_dict(),
                 "train_data": train_set.get_state(),
                 "rng": {"per_rank": rng, "numpy": np.random.get_state(), "python": random.getstate()},
                 "curves": [dict(r) for r in runlog.rows],
                 "wall_seconds": prior_wall + time.perf_counter() - started,
-                "train_seconds": train_seconds,
+                **clock.state(),
                 "world_size": ctx.world_size,
             })
             if not args.quiet:
                 bar.write(_format_report(step, row))
+
+        _on_every_rank(ctx, write, f"writing the curves and checkpoint of step {step}")
         if on_eval is not None:
             on_eval(step, {"step": step, **row})
 
     try:
         if step == 0:  # the untrained model: chance level, the start of the curves
             evaluate_and_checkpoint(0, {})
-        running_loss, running_steps = 0.0, 0
+        to_device = HostToDevice(ctx.device)
+        stats = StepStats(ctx.device, 1 if ctx.device.type == "cpu" else CUDA_READ_EVERY, ctx.world_size)
+        running_loss, running_steps, last = 0.0, 0, (math.nan, math.nan)
         lo, hi = ctx.rank * local_batch, (ctx.rank + 1) * local_batch
+        first_step = step + 1
         raw_model.train()
+        clock.start()
         while step < max_steps:
-            tick = time.perf_counter()
             step += 1
             x_np, y_np = train_set.next_batch(args.batch_size)  # the global batch; this rank's slice:
-            x = _images_to_tensor(x_np[lo:hi], input_shape).to(ctx.device, non_blocking=True)
-            y = torch.from_numpy(class_indices(y_np[lo:hi])).to(ctx.device, non_blocking=True)
+            x = to_device(_model_input_array(x_np[lo:hi], input_shape))
+            y = to_device(class_indices(y_np[lo:hi]))
             if augment is not None:
                 x = augment(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = train_model(x)
-            loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, correct = forward_backward(train_model, x, y, precision=precision, scaler=scaler,
+                                             label_smoothing=label_smoothing)
+            stats.add(step, loss, correct)
             at_eval = step % eval_freq == 0 or step == max_steps
-            stats = torch.stack([loss.detach().double(),
-                                 (logits.detach().argmax(dim=1) == y).sum().double()])
-            if ctx.distributed:
-                dist.all_reduce(stats)
-                stats[0] /= ctx.world_size
-            batch_loss, batch_correct = stats.tolist()
-            # Checked before the update: a diverged step never reaches the parameters or a checkpoint.
-            batch_loss = check_finite(batch_loss, step)
+            if at_eval or stats.full:
+                # Read before the update: with one step per read (the CPU) a diverged step never
+                # reaches the parameters; an evaluation never checkpoints one.
+                for read_step, batch_loss, batch_correct in stats.read():
+                    last = (check_finite(batch_loss, read_step), batch_correct)
+                    running_loss += last[0]
+                    running_steps += 1
+                bar.set_postfix(loss=f"{running_loss / running_steps:.4f}", refresh=False)
             learning_rate = optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step(), after unscaling when float16 needs a scaler
+            scaler.update()
             if scheduler is not None:
                 scheduler.step()
-            train_seconds += time.perf_counter() - tick
-            running_loss += batch_loss
-            running_steps += 1
-            bar.set_postfix(loss=f"{running_loss / running_steps:.4f}", refresh=False)
+            clock.tick()
             bar.update(1)
+            if compile_model and step == first_step:
+                clock.stop(warmup=True)  # compilation: kept out of seconds_per_step
+                clock.start()
             if at_eval:
-                evaluate_and_checkpoint(step, {"train_loss": batch_loss,
-                                               "train_accuracy": batch_correct / args.batch_size,
+                clock.stop()
+                evaluate_and_checkpoint(step, {"train_loss": last[0], "train_accuracy": last[1] / args.batch_size,
                                                "learning_rate": learning_rate})
                 running_loss, running_steps = 0.0, 0
+                clock.start()
     finally:
         bar.close()
 
-    last = runlog.rows[-1]
-    final = {k: last[k] for k in ("test_loss", "test_accuracy", "validation_loss", "validation_accuracy")
-             if k in last}
-    trained = step - (int(checkpoint["step"]) if checkpoint is not None else 0)
-    return runlog.finish(
-        **final,
-        trainer=trainer_name,
-        steps=step,
-        wall_seconds=prior_wall + time.perf_counter() - started,
-        train_seconds=train_seconds,
-        seconds_per_step=train_seconds / step if step else float("nan"),
-        steps_this_session=trained,
-        n_parameters=sum(p.numel() for p in raw_model.parameters()),
-        device=str(ctx.device),
-        world_size=ctx.world_size,
-        amp=amp,
-        dry_run=dry_run,
-        out_dir=str(out_dir) if ctx.is_main else None,
-    )
+    last_row = runlog.rows[-1]
+    final = {k: last_row[k] for k in ("test_loss", "test_accuracy", "validation_loss", "validation_accuracy")
+             if k in last_row}
+    metrics: dict[str, Any] = {}
+
+    def finish() -> None:
+        metrics.update(runlog.finish(
+            **final,
+            trainer=trainer_name,
+            steps=step,
+            wall_seconds=prior_wall + time.perf_counter() - started,
+            seconds_per_step=clock.seconds_per_step,
+            steps_this_session=step - (int(checkpoint["step"]) if checkpoint is not None else 0),
+            n_parameters=sum(p.numel() for p in raw_model.parameters()),
+            world_size=ctx.world_size,
+            **clock.state(),
+            **describe_device(ctx.device),
+            **ctx.backend,
+            **precision.record(),
+            channels_last=bool(channels_last),
+            compile=bool(compile_model),
+            dry_run=dry_run,
+            out_dir=str(out_dir) if ctx.is_main else None,
+        ))
+
+    _on_every_rank(ctx, finish, "writing metrics.json")
+    return metrics
