@@ -63,8 +63,8 @@ def read_curves(out_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def assert_outputs(out_dir: Path, *, steps: int, eval_steps: list[int], validation: bool) -> dict:
-    """Check the four output files of a finished run; return metrics.json."""
+def assert_outputs(out_dir: Path, *, steps: int, eval_steps: list[int], validation: bool, plot: bool = False) -> dict:
+    """Check the output files of a finished run (curves.png with ``plot``, i.e. --plot); return metrics.json."""
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     assert metrics["steps"] == steps
@@ -75,8 +75,10 @@ def assert_outputs(out_dir: Path, *, steps: int, eval_steps: list[int], validati
     assert all(r["test_accuracy"] != "" for r in rows)
     assert all(r["train_loss"] != "" and r["learning_rate"] != "" for r in rows[1:])  # step 0: no batch yet
     assert float(rows[-1]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
-    png = (out_dir / "curves.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert (out_dir / "curves.png").is_file() == plot
+    if plot:
+        png = (out_dir / "curves.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     checkpoint = trainer.load_checkpoint(out_dir)
     assert checkpoint["step"] == steps
     assert {"model", "optimizer", "scheduler", "rng", "train_data", "curves"} <= set(checkpoint)
@@ -93,9 +95,9 @@ def params_of(out_dir: Path) -> dict[str, torch.Tensor]:
 def test_mlp_cli_course_defaults_writes_outputs_and_beats_chance(tmp_path, synthetic_cifar_dir, capsys):
     out = tmp_path / "run"
     code = train_mlp.main([*CPU, "--data_dir", str(synthetic_cifar_dir), "--max_steps", "60", "--eval_freq", "20",
-                           "--validation_size", "100", "--out_dir", str(out)])
+                           "--validation_size", "100", "--out_dir", str(out), "--plot"])
     assert code == 0
-    metrics = assert_outputs(out, steps=60, eval_steps=[0, 20, 40, 60], validation=True)
+    metrics = assert_outputs(out, steps=60, eval_steps=[0, 20, 40, 60], validation=True, plot=True)
     assert metrics["flags"]["optimizer"] == "sgd" and metrics["flags"]["learning_rate"] == 2e-3
     assert metrics["flags"]["dnn_hidden_units"] == [100]
     # 10 balanced classes: chance is 0.1; the synthetic classes are easy to separate.

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import pytest
 
+from fastmlp import plot as fm_plot
 from fastmlp import train as fm_train
 
 CHANCE = 0.1  # ten balanced classes
@@ -89,7 +90,6 @@ def test_default_run_writes_all_outputs_and_learns(synthetic_cifar_dir, tmp_path
         assert float(row["learning_rate"]) == 2e-3
     assert float(rows[-1]["test_accuracy"]) == metrics["test_accuracy"]
 
-    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     arrays = checkpoint_arrays(out)
     assert {"model/layers.0.weight", "model/layers.0.bias", "model/layers.2.weight", "rng/keys", "meta",
             "data/permutation"} <= set(arrays)
@@ -98,8 +98,10 @@ def test_default_run_writes_all_outputs_and_learns(synthetic_cifar_dir, tmp_path
     assert any(k.startswith("optim/") for k in arrays)
     meta = json.loads(str(arrays["meta"]))
     assert meta["step"] == 300 and meta["flags"]["max_steps"] == 300
-    # Only finished files: atomic writes leave no temporaries behind.
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.csv", "curves.png", "metrics.json"]
+    # Only finished files: atomic writes leave no temporaries behind; no picture unless --plot.
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.csv", "metrics.json"]
+    assert fm_plot.main([str(out)]) == 0  # the picture, drawn afterwards from curves.csv
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_logistic_regression_and_options(synthetic_cifar_dir, tmp_path, capsys):
@@ -130,7 +132,7 @@ def test_module_entry_point_dry_run(synthetic_cifar_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "fastmlp.train", "--dry_run", "--quiet", "--data_dir", str(synthetic_cifar_dir),
-         "--out_dir", str(out), "--dnn_hidden_units", "64,32", "--threads", "1"],
+         "--out_dir", str(out), "--dnn_hidden_units", "64,32", "--threads", "1", "--plot"],
         capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())

@@ -43,7 +43,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 #: Flags that describe this invocation rather than the run: ``--resume`` never takes
 #: them from the checkpoint (every other flag not given again is). ``--data_dir`` is
 #: the run's (the same images); give it again to read them from another folder.
-INVOCATION_FLAGS = ("resume", "out_dir", "dry_run", "quiet", "threads", "num_threads", "device")
+INVOCATION_FLAGS = ("resume", "out_dir", "dry_run", "quiet", "plot", "threads", "num_threads", "device")
 
 
 def flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -103,14 +103,19 @@ class RunLog:
         The run's configuration; stored under ``"flags"`` in ``metrics.json``.
     enabled : bool
         ``False`` on non-zero distributed ranks: nothing is written.
+    plot : bool
+        ``finish`` also draws ``curves.png`` (matplotlib: 0.5-1 s, so only on request;
+        ``python -m fastmlp.plot`` draws any run later).
 
     ``record`` appends a row (and rewrites ``curves.csv`` atomically: the file
-    is small); ``finish`` writes ``metrics.json`` and the plot. On ``--resume``
+    is small); ``finish`` writes ``metrics.json`` (and the plot). On ``--resume``
     the checkpoint's rows are put back with :meth:`restore`.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, flags: Mapping[str, Any], *, enabled: bool = True):
+    def __init__(self, out_dir: str | os.PathLike, flags: Mapping[str, Any], *, enabled: bool = True,
+                 plot: bool = False):
         self.out_dir = Path(out_dir)
+        self.draws_plot = bool(plot)
         self.flags = dict(flags)
         self.enabled = enabled
         self.rows: list[dict[str, float]] = []
@@ -156,7 +161,7 @@ class RunLog:
         return max(values) if values else None
 
     def finish(self, **metrics: Any) -> dict[str, Any]:
-        """Write ``metrics.json`` (flags, version, ``metrics``) and ``curves.png``; return the dict."""
+        """Write ``metrics.json`` (flags, version, ``metrics``), and ``curves.png`` if asked; return the dict."""
         out = {"flags": self.flags, "fastmlp_version": __version__}
         for column in ("test_accuracy", "validation_accuracy"):
             best = self.best(column)
@@ -165,38 +170,12 @@ class RunLog:
         out.update(metrics)
         if self.enabled:
             atomic_write_json(self.out_dir / "metrics.json", out)
-            self.plot()
+            if self.draws_plot:
+                self.plot()
         return out
 
     def plot(self) -> Path | None:
-        """Draw loss and accuracy curves (train on the batch, validation and test) to ``curves.png``.
+        """Draw the curves to ``curves.png`` (:func:`fastmlp.plot.draw_curves`); None without matplotlib."""
+        from fastmlp.plot import draw_curves
 
-        Returns the path, or ``None`` when matplotlib is not installed (the
-        ``plot`` extra); the numbers are in ``curves.csv`` either way.
-        """
-        try:
-            # Figure + the Agg canvas directly: importing pyplot costs more than drawing.
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:
-            return None
-        fig = Figure(figsize=(11, 4))
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(1, 2)
-        for ax, metric in zip(axes, ("loss", "accuracy")):
-            for split, style in (("train", "-"), ("validation", "--"), ("test", "-o")):
-                pts = [(r["step"], r[f"{split}_{metric}"]) for r in self.rows if f"{split}_{metric}" in r]
-                if pts:
-                    xs, ys = zip(*pts)
-                    label = "train (batch)" if split == "train" else f"{split} (whole set)"
-                    ax.plot(xs, ys, style, label=label, markersize=3, alpha=0.6 if split == "train" else 1.0)
-            ax.set_xlabel("step")
-            ax.set_ylabel(metric)
-            ax.set_title(metric.capitalize())
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        path = self.out_dir / "curves.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        return path
+        return draw_curves({"": self.rows}, self.out_dir / "curves.png")

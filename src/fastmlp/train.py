@@ -133,12 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     flag(run, "resume", metavar="PATH",
          help="continue from a checkpoint.npz or a run folder; flags not given are taken from it")
     flag(run, "quiet", action="store_true", help="no progress bar or evaluation lines")
+    flag(run, "plot", action="store_true",
+         help="also draw curves.png at the end (imports matplotlib: ~0.5-1 s; "
+              "or later: python -m fastmlp.plot <out_dir>)")
     flag(run, "dry_run", action="store_true",
          help=f"{DRY_RUN_STEPS} steps and evaluations on {DRY_RUN_EVAL_EXAMPLES} examples, "
               "to check the set-up (outputs go to runs/dryrun-<timestamp>)")
     flag(run, "eval_batch_size", "eval_batch_size",
          help="batch size of the evaluations (memory only; results do not depend on it)")
-    flag(run, "threads", "threads", help="BLAS threads (through threadpoolctl; default: BLAS's own choice)")
+    flag(run, "threads", "threads",
+         help="threads of fastmlp's kernels (and of every other BLAS pool; default: one per core)")
     return parser
 
 

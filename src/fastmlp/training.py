@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -49,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "init": "normal",
     "lr_schedule": "constant", "warmup_steps": 0,
     "preprocessing": "mean_image", "augment": False, "validation_size": 0, "dtype": "float32",
-    "seed": 42, "out_dir": None, "resume": None, "quiet": False, "dry_run": False,
+    "seed": 42, "out_dir": None, "resume": None, "quiet": False, "dry_run": False, "plot": False,
     "eval_batch_size": 1000, "threads": None,
 }
 # A flag's entry in the constraint table when its name differs (the course's flag name).
@@ -88,7 +87,7 @@ def checked_flags(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Name
         entry = _TABLE_NAME.get(flag, flag)
         if entry in CONSTRAINTS:
             values[flag] = check(entry, value, label=f"--{flag}")
-    for flag in ("quiet", "dry_run"):
+    for flag in ("quiet", "dry_run", "plot"):
         values[flag] = bool(values[flag])
     for flag in ("data_dir", "out_dir", "resume"):
         if values[flag] is not None:
@@ -104,17 +103,12 @@ def derive_seeds(seed: int) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def blas_threads(threads: int | None) -> Iterator[None]:
-    """Limit BLAS/OpenMP threads for the duration of the block (needs threadpoolctl)."""
+    """Limit every BLAS/OpenMP pool of the process, fastmlp's kernels included, for the block."""
     if threads is None:
         yield
         return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        warnings.warn("--threads needs the threadpoolctl package; set OMP_NUM_THREADS before starting "
-                      "Python instead. Running with BLAS's default thread count.", stacklevel=3)
-        yield
-        return
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(limits=threads):
         yield
 
@@ -337,7 +331,7 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
         data = load_data(args, data_seed) if data is None else data
         hooks = MLPHooks.build(args, data, plan, model_seed=model_seed, checkpoint_path=out_dir / CHECKPOINT_NAME)
         flags = {**vars(args), "max_steps": plan.max_steps, "eval_freq": plan.eval_freq, "out_dir": str(out_dir)}
-        progress = loop.Progress(RunLog(out_dir, flags), started=started, show=not args.quiet)
+        progress = loop.Progress(RunLog(out_dir, flags, plot=args.plot), started=started, show=not args.quiet)
         with hooks.borrowing_train_set():
             if checkpoint is not None:
                 meta = checkpoint["meta"]

@@ -159,6 +159,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, learning_rate: floa
                              "Without it cudnn.benchmark picks the fastest convolutions per process. The CPU is "
                              "deterministic either way")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--plot", action="store_true",
+                        help="also draw curves.png at the end (or later: python -m fastmlp.plot <out_dir>)")
     parser.add_argument("--dry_run", action="store_true",
                         help=f"print the plan, then train {DRY_RUN_STEPS} steps, evaluating every "
                              f"{DRY_RUN_EVAL_FREQ} on {DRY_RUN_EVAL_EXAMPLES} examples per split "
@@ -849,7 +851,7 @@ def fit(args: argparse.Namespace, *, trainer_name: str, ctx: DistContext, data: 
             raw_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
     # ---- run state
-    runlog = RunLog(out_dir, flags, enabled=ctx.is_main)
+    runlog = RunLog(out_dir, flags, enabled=ctx.is_main, plot=bool(getattr(args, "plot", False)))
     step, prior_wall = 0, 0.0
     clock = _TrainingClock(ctx.device, checkpoint)
     if checkpoint is not None:
