@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fastmlp.atomic import atomic_savez
+from fastmlp.atomic import atomic_savez, json_text
 from fastmlp.runlog import resolve_checkpoint
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "load_checkpoint", "resolve_checkpoint_path", "save_checkpoint"]
@@ -63,12 +63,6 @@ def _join_state(state: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     return state
 
 
-def _numpy_scalar_to_python(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint's JSON meta")
-
-
 def save_checkpoint(path: str | Path, *, model, optimizer, step: int, data_state: Mapping[str, Any],
                     meta: Mapping[str, Any]) -> None:
     """Write the full training state to ``path`` (``.npz``) atomically.
@@ -100,7 +94,7 @@ def save_checkpoint(path: str | Path, *, model, optimizer, step: int, data_state
                       "cached_gaussian": float(cached_gaussian)},
         **meta,
     }
-    arrays["meta"] = np.array(json.dumps(full_meta, default=_numpy_scalar_to_python))
+    arrays["meta"] = np.array(json_text(full_meta))  # strict JSON: a NaN would be null
     atomic_savez(path, **arrays)
 
 
