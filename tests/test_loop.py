@@ -137,3 +137,30 @@ def test_choose_out_dir(tmp_path, monkeypatch):
     assert loop.choose_out_dir(None, tmp_path / "run" / "checkpoint.npz", dry_run=False) == tmp_path / "run"
     assert loop.choose_out_dir(None, None, dry_run=True).name.startswith("dryrun-")
     assert loop.choose_out_dir(None, None, dry_run=False).parent == Path("runs")
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    """The default folder is claimed by creating it: a second run in the same second gets ``-1``."""
+    import threading
+    import time
+
+    from fastmlp.runlog import default_out_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20250101-120000")  # every call in one second
+    first, second = default_out_dir(), default_out_dir()
+    assert first.is_dir() and second.is_dir()
+    assert (first.name, second.name) == ("20250101-120000", "20250101-120000-1")
+    # Many at the very same moment (threads released together): all distinct.
+    barrier, chosen = threading.Barrier(8), []
+
+    def choose():
+        barrier.wait()
+        chosen.append(default_out_dir(prefix="dryrun-"))
+
+    threads = [threading.Thread(target=choose) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(chosen)) == 8 and all(path.is_dir() for path in chosen)

@@ -21,7 +21,27 @@ from typing import Any, Iterator
 
 import numpy as np
 
-__all__ = ["atomic_path", "atomic_savez", "atomic_write_json", "atomic_write_text", "fsync_dir", "json_text"]
+__all__ = ["atomic_path", "atomic_savez", "atomic_write_json", "atomic_write_text", "fsync_dir", "json_text",
+           "make_new_dir"]
+
+
+def make_new_dir(base: str | os.PathLike) -> Path:
+    """Create and return a folder no one else has: ``base``, else ``base-1``, ``base-2``...
+
+    Each name is claimed by an exclusive ``mkdir`` (it fails when the folder exists),
+    so two processes choosing at the same moment never get the same folder. The
+    parent folders are created as needed.
+    """
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = base, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from fastmlp.atomic import atomic_path, atomic_write_json, atomic_write_text
+from fastmlp.atomic import atomic_path, atomic_write_json, atomic_write_text, make_new_dir
 from fastmlp.version import __version__
 
 __all__ = [
@@ -62,14 +62,12 @@ def check_finite(loss: float, step: int) -> float:
 
 
 def default_out_dir(root: str | os.PathLike = "runs", prefix: str = "") -> Path:
-    """``runs/<prefix><YYYYmmdd-HHMMSS>``, made unique with a suffix if it exists."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{prefix}{stamp}"
-    candidate, n = base, 1
-    while candidate.exists():
-        candidate = base.with_name(f"{base.name}-{n}")
-        n += 1
-    return candidate
+    """A new folder ``runs/<prefix><YYYYmmdd-HHMMSS>`` (``-1``, ``-2``... when taken), created here.
+
+    The folder is claimed by creating it (:func:`fastmlp.atomic.make_new_dir`): two
+    runs started in the same second get two folders.
+    """
+    return make_new_dir(Path(root) / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def resolve_checkpoint(path: str | os.PathLike, name: str) -> Path:
