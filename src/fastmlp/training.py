@@ -21,7 +21,7 @@ import numpy as np
 
 from fastmlp import loop
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from fastmlp.hyperparams import CONSTRAINTS, check
+from fastmlp.hyperparams import CAST_TO_DTYPE, CONSTRAINTS, check, check_in_dtype
 from fastmlp.runlog import RunLog, check_finite
 from fastmlp.schedules import LearningRateSchedule
 
@@ -87,6 +87,9 @@ def checked_flags(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Name
         entry = _TABLE_NAME.get(flag, flag)
         if entry in CONSTRAINTS:
             values[flag] = check(entry, value, label=f"--{flag}")
+    for flag in CAST_TO_DTYPE:
+        if flag in values:
+            values[flag] = check_in_dtype(flag, values[flag], values["dtype"], label=f"--{flag}")
     for flag in ("quiet", "dry_run", "plot"):
         values[flag] = bool(values[flag])
     for flag in ("data_dir", "out_dir", "resume"):
