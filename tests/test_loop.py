@@ -164,3 +164,34 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
     for thread in threads:
         thread.join()
     assert len(set(chosen)) == 8 and all(path.is_dir() for path in chosen)
+
+
+class DivergingHooks(RecordingHooks):
+    """From update ``bad_from`` on, the evaluation loss is NaN, or (``params=True``) only the parameters are."""
+
+    def __init__(self, bad_from: int, params: bool):
+        super().__init__()
+        self.bad_from, self.params, self.updates = bad_from, params, 0
+
+    def step(self, step: int) -> float:
+        self.updates = step
+        return super().step(step)
+
+    def evaluate(self) -> dict:
+        metrics = super().evaluate()
+        if not self.params and self.updates >= self.bad_from:
+            metrics["validation_loss"] = float("nan")
+        return metrics
+
+    def parameters_finite(self) -> bool:
+        return not (self.params and self.updates >= self.bad_from)
+
+
+@pytest.mark.parametrize("params", [False, True], ids=["evaluation loss", "parameters"])
+def test_a_diverged_update_is_reported_and_not_checkpointed(tmp_path, params):
+    """The batch loss (before the update) is fine; what the update did shows at the next evaluation."""
+    hooks, progress = DivergingHooks(bad_from=3, params=params), _progress(tmp_path)
+    with pytest.raises(DivergenceError, match="validation_loss is nan" if not params else "a parameter is NaN"):
+        loop.run(hooks, loop.Plan(max_steps=6, eval_freq=2), progress)
+    assert [c[1] for c in hooks.calls if c[0] == "save"] == [0, 2]  # the last good checkpoint stays
+    assert [row["step"] for row in progress.log.rows] == [0, 2]

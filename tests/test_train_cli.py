@@ -259,6 +259,39 @@ def test_divergence_stops_with_message_and_keeps_checkpoint(synthetic_cifar_dir,
     assert not (out / "metrics.json").exists()
 
 
+def test_an_update_to_infinite_weights_is_never_checkpointed(synthetic_cifar_dir, tmp_path, capsys):
+    """--learning_rate 1e38 (float32 holds it): the first update makes weights inf while its own batch loss,
+    taken before the update, is finite. The evaluation after it must report divergence, not save them."""
+    out = tmp_path / "inf"
+    status, _, err = run_main(["--data_dir", synthetic_cifar_dir, "--learning_rate", "1e38", "--init", "kaiming",
+                               "--max_steps", 5, "--eval_freq", 1, "--batch_size", 50, "--quiet",
+                               "--out_dir", out], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert err.startswith("error: training diverged at step 1: test_loss is nan")
+    arrays = checkpoint_arrays(out)
+    assert json.loads(str(arrays["meta"]))["step"] == 0  # the last good one
+    assert all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("model/"))
+    assert [int(r["step"]) for r in read_curves(out)] == [0]  # the diverged evaluation is not a curve point
+    assert not (out / "metrics.json").exists()
+
+
+def test_mlp_hooks_see_a_non_finite_parameter(synthetic_cifar_dir, tmp_path):
+    """What loop.check_before_checkpoint asks the MLP's hooks before each checkpoint."""
+    from fastmlp import loop, training
+    from fastmlp.runlog import DivergenceError
+
+    args = training.checked_flags({"dnn_hidden_units": [8], "data_dir": str(synthetic_cifar_dir)})
+    data = training.load_data(args, 0)
+    hooks = training.MLPHooks.build(args, data, loop.Plan(5, 1), model_seed=0,
+                                    checkpoint_path=tmp_path / "checkpoint.npz")
+    assert hooks.parameters_finite()
+    _, module, key = list(hooks.model.named_parameters())[1]  # a bias: may not change the loss at all
+    module.params[key][0] = np.inf
+    assert not hooks.parameters_finite()
+    with pytest.raises(DivergenceError, match="diverged at step 3: a parameter is NaN or infinite"):
+        loop.check_before_checkpoint(hooks, 3, {"test_loss": 2.0})
+
+
 # ------------------------------------------------------------------ bad flags
 @pytest.mark.parametrize("argv,flag,words", [
     (["--dnn_hidden_units", "10,abc"], "--dnn_hidden_units", ["'abc' is not a positive integer"]),

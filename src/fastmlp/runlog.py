@@ -42,22 +42,25 @@ CURVE_COLUMNS = (
 
 
 class DivergenceError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss (or parameters).
 
-    def __init__(self, step: int, loss: float):
+    ``detail`` says what was found (default ``"loss is <loss>"``).
+    """
+
+    def __init__(self, step: int, loss: float, detail: str | None = None):
         super().__init__(
-            f"training diverged at step {step}: loss is {loss!r}. The last good "
+            f"training diverged at step {step}: {detail or f'loss is {loss!r}'}. The last good "
             "checkpoint (if any) was kept; try a smaller --learning_rate."
         )
         self.step = step
         self.loss = loss
 
 
-def check_finite(loss: float, step: int) -> float:
-    """Return ``loss`` as a float, or raise :class:`DivergenceError` naming ``step``."""
+def check_finite(loss: float, step: int, what: str = "loss") -> float:
+    """Return ``loss`` as a float, or raise :class:`DivergenceError` naming ``step`` (and ``what``)."""
     loss = float(loss)
     if not math.isfinite(loss):
-        raise DivergenceError(step, loss)
+        raise DivergenceError(step, loss, None if what == "loss" else f"{what} is {loss!r}")
     return loss
 
 

@@ -227,6 +227,9 @@ class MLPHooks:
             metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = self.model.evaluate_batches(batches())
         return metrics
 
+    def parameters_finite(self) -> bool:
+        return all(np.isfinite(module.params[key]).all() for _, module, key in self.model.named_parameters())
+
     def save_checkpoint(self, step: int, record: Mapping[str, Any]) -> None:
         save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer, step=step,
                         data_state=self.train_set.get_state(), meta=record)
