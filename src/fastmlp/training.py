@@ -235,7 +235,22 @@ class MLPHooks:
                         data_state=self.train_set.get_state(), meta=record)
 
     def restore(self, checkpoint: Mapping[str, Any], args: argparse.Namespace) -> None:
-        """Put back the model, optimizer, batch order and NumPy RNG of a :func:`load_checkpoint` result."""
+        """Put back the model, optimizer, batch order and NumPy RNG of a :func:`load_checkpoint` result.
+
+        Raises
+        ------
+        ValueError
+            Naming the checkpoint, when its state does not fit this run (another
+            network's weights, another data set's batch order...).
+        """
+        try:
+            self._restore(checkpoint, args)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise ValueError(f"cannot resume from {str(checkpoint['path'])!r}: its state does not fit this "
+                             f"run: {message}") from None
+
+    def _restore(self, checkpoint: Mapping[str, Any], args: argparse.Namespace) -> None:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optim"])
         # The checkpoint carries the old hyper-parameters: this run's flags win
