@@ -195,3 +195,13 @@ def test_a_diverged_update_is_reported_and_not_checkpointed(tmp_path, params):
         loop.run(hooks, loop.Plan(max_steps=6, eval_freq=2), progress)
     assert [c[1] for c in hooks.calls if c[0] == "save"] == [0, 2]  # the last good checkpoint stays
     assert [row["step"] for row in progress.log.rows] == [0, 2]
+
+
+def test_a_run_resumed_from_the_step_0_checkpoint_does_not_evaluate_step_0_again(tmp_path):
+    """A run killed between its first and second evaluation resumes from step 0: one row per step."""
+    progress = _progress(tmp_path)
+    loop.resume(progress, step=0, rows=[{"step": 0, "validation_accuracy": 0.1}], wall_seconds=1.0, max_steps=4)
+    hooks = RecordingHooks()
+    loop.run(hooks, loop.Plan(max_steps=4, eval_freq=2), progress)
+    assert [c[1] for c in hooks.calls if c[0] == "save"] == [2, 4]
+    assert [row["step"] for row in progress.log.rows] == [0, 2, 4]

@@ -264,7 +264,8 @@ def run(hooks: Hooks, plan: Plan, progress: Progress, *, desc: str = "train",
         on_eval: Callable[[int, dict], None] | None = None) -> None:
     """Train from ``progress.step`` to ``plan.max_steps``, evaluating and checkpointing on the way.
 
-    A fresh run (step 0) first evaluates the untrained model: the start of the curves.
+    A fresh run (step 0, no curve yet) first evaluates the untrained model: the start
+    of the curves (a run resumed from that evaluation's checkpoint has its row already).
     An exception of a hook or of ``on_eval`` (e.g. ``optuna.TrialPruned``,
     ``DivergenceError``, ``KeyboardInterrupt``) stops the run and propagates; the
     checkpoint of the last evaluation stays.
@@ -278,7 +279,7 @@ def run(hooks: Hooks, plan: Plan, progress: Progress, *, desc: str = "train",
                                     write=bar.write, on_eval=on_eval)
 
     try:
-        if progress.step == 0:
+        if progress.step == 0 and not progress.log.rows:  # not again when resumed from step 0's checkpoint
             evaluate_and_checkpoint(hooks, progress, 0, {}, write=bar.write, on_eval=on_eval)
         train_steps(hooks.step, progress.step, plan.max_steps, bar, after_step=after_step)
     finally:
