@@ -203,6 +203,32 @@ def test_resume_after_interruption_with_schedule(synthetic_cifar_dir, tmp_path):
     assert read_curves(whole) == read_curves(split)
 
 
+def test_resume_acts_on_a_changed_nesterov(synthetic_cifar_dir, tmp_path):
+    """A checkpoint of plain momentum resumed with --nesterov trains with Nesterov from there on: resumed
+    from step 0 (no momentum yet), it is exactly a Nesterov run from the start."""
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_0(step, metrics):
+        raise Stop
+
+    parser = fm_train.build_parser()
+    flags = ["--data_dir", str(synthetic_cifar_dir), "--optimizer", "momentum", "--learning_rate", "5e-3",
+             "--max_steps", "40", "--eval_freq", "20", "--batch_size", "50", "--quiet"]
+    nesterov = fm_train.train(parser.parse_args([*flags, "--nesterov", "--out_dir", str(tmp_path / "nesterov")]))
+    with pytest.raises(Stop):  # a plain-momentum run whose checkpoint is at step 0
+        fm_train.train(parser.parse_args([*flags, "--out_dir", str(tmp_path / "plain")]), on_eval=stop_at_0)
+    assert not json.loads(str(checkpoint_arrays(tmp_path / "plain")["meta"]))["flags"]["nesterov"]
+    with pytest.warns(UserWarning, match="--nesterov False -> True"):
+        resumed = fm_train.train(parser.parse_args([*flags, "--nesterov", "--resume", str(tmp_path / "plain")]))
+    assert resumed["flags"]["nesterov"] is True
+    assert_same_metrics(nesterov, resumed)
+    arrays = checkpoint_arrays(tmp_path / "plain")
+    assert arrays["optim/nesterov"].item() is True
+    assert_same_checkpoint(tmp_path / "nesterov", tmp_path / "plain")
+
+
 def test_resume_errors(synthetic_cifar_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         fm_train.main(["--resume", str(tmp_path / "nowhere")])

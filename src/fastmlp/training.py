@@ -258,6 +258,7 @@ class MLPHooks:
         self.optimizer.weight_decay = args.weight_decay
         if args.optimizer == "momentum":
             self.optimizer.momentum = args.momentum
+            self.optimizer.nesterov = args.nesterov
         self.train_set.set_state(checkpoint["data_state"])
         np.random.set_state(checkpoint["numpy_rng"])
 
