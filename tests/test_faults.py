@@ -202,3 +202,62 @@ def test_the_command_line_refuses_a_hostile_checkpoint_without_a_traceback(good_
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "error: " in proc.stderr and "holds Python objects" in proc.stderr
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- kill -9, then --resume
+RESULT_KEYS = ("test_accuracy", "test_loss", "best_test_accuracy", "validation_accuracy", "validation_loss",
+               "best_validation_accuracy", "steps")
+
+
+def _train_process(argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fastmlp.train", *argv], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_after_progress(proc: subprocess.Popen, checkpoint: Path, delay: float) -> bool:
+    """Wait until ``proc`` writes a new checkpoint, then ``delay`` s more, then SIGKILL it; False if it ended first."""
+    before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists() and checkpoint.stat().st_mtime_ns != before:
+            break
+        time.sleep(0.01)
+    time.sleep(delay)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    return True
+
+
+def test_kill_9_at_random_moments_then_resume_ends_as_an_uninterrupted_run(synthetic_cifar_dir, tmp_path):
+    """SIGKILL three times at random moments of training (seeded, so a failure can be replayed), --resume
+    after each: the final metrics, curves and checkpoint equal those of a run never interrupted."""
+    flags = ["--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "64", "--optimizer", "momentum",
+             "--augment", "--validation_size", "100", "--max_steps", "600", "--eval_freq", "20",
+             "--batch_size", "50", "--threads", "1", "--quiet"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = _train_process([*flags, "--out_dir", str(whole)])
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+
+    rng, kills = random.Random(11), []
+    argv = [*flags, "--out_dir", str(killed)]
+    for _ in range(3):
+        delay = rng.uniform(0.0, 0.4)
+        if not _kill_after_progress(_train_process(argv), killed / "checkpoint.npz", delay):
+            break
+        kills.append(json.loads(str(np.load(killed / "checkpoint.npz")["meta"]))["step"])
+        argv = ["--resume", str(killed), "--threads", "1", "--quiet"]
+    assert kills, "no kill landed before the run ended"
+    proc = _train_process(argv)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert {k: a.get(k) for k in RESULT_KEYS} == {k: b.get(k) for k in RESULT_KEYS}, f"killed at steps {kills}"
+    assert (whole / "curves.csv").read_text() == (killed / "curves.csv").read_text()
+    with np.load(whole / "checkpoint.npz") as x, np.load(killed / "checkpoint.npz") as y:
+        assert sorted(x.files) == sorted(y.files)
+        # rng/keys: NumPy's global generator, which no fastmlp code draws from; each process seeds it
+        # afresh, so only a resumed process carries its first process's state.
+        assert [k for k in x.files if k not in ("meta", "rng/keys") and not np.array_equal(x[k], y[k])] == []
