@@ -755,3 +755,26 @@ def test_state_naming_an_unknown_bit_generator_is_refused():
     hostile = json.dumps({**json.loads(state["rng_state"]), "bit_generator": "seed"})  # np.random.seed() exists
     with pytest.raises(ValueError, match="names the bit generator 'seed'"):
         id_dataset(10).set_state({**state, "rng_state": hostile})
+
+
+def test_missing_real_data_fails_when_it_is_required(tmp_path):
+    """FASTMLP_REQUIRE_DATA=1 (set by .ci/run) turns real_cifar_dir's skip into a failure."""
+    import subprocess
+    import sys
+
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("def test_probe(real_cifar_dir):\n    pass\n")
+    conftest = Path(__file__).with_name("conftest.py")
+    (tmp_path / "conftest.py").write_text(conftest.read_text())
+    (tmp_path / "_cifar_synth.py").write_text(conftest.with_name("_cifar_synth.py").read_text())
+    # The tests' conftest copied beside the probe: the "repository root" it derives is then tmp_path's
+    # parent, whose ../shared/data does not exist, and FASTMLP_DATA names an empty folder.
+    env = {**os.environ, "FASTMLP_DATA": str(tmp_path / "empty"), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    results = {}
+    for require in ("0", "1"):
+        env["FASTMLP_REQUIRE_DATA"] = require
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        results[require] = (proc.returncode, proc.stdout)
+    assert results["0"][0] == 0 and "1 skipped" in results["0"][1], results["0"][1]
+    assert results["1"][0] == 1 and "1 error" in results["1"][1] and "FASTMLP_REQUIRE_DATA=1" in results["1"][1]
