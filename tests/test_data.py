@@ -199,6 +199,35 @@ def test_archive_missing_a_batch(small_folder, tmp_path):
     assert cache_leftovers(tmp_path / "cache") == []
 
 
+def _declared_bomb(path: Path, name: str, size: int) -> Path:
+    """A .tar.gz whose member ``name`` declares ``size`` bytes (as a decompression bomb's header does) and
+    holds a few kilobytes of zeros: the header alone must stop the reader."""
+    import gzip
+
+    header = tarfile.TarInfo(name)
+    header.size = size
+    path.write_bytes(gzip.compress(header.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 65536))
+    return path
+
+
+@pytest.mark.parametrize("name, size, words", [
+    ("cifar-10-batches-py/padding", 2**31, "decompressed bytes, far more than CIFAR-10 holds"),
+    ("cifar-10-batches-py/data_batch_1", 300 * 2**20, "more than a CIFAR-10 batch file can be"),
+], ids=["whole stream", "one batch file"])
+def test_archive_size_limits_stop_a_bomb_at_its_header(tmp_path, name, size, words):
+    archive = _declared_bomb(tmp_path / D.ARCHIVE_NAME, name, size)
+    with pytest.raises(D.DataError, match=f"refusing to unpack: member {name!r}.*{words}"):
+        D.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+def test_a_batch_file_too_large_is_not_read(small_folder, tmp_path, monkeypatch):
+    folder = write_cifar_folder(tmp_path / "big", make_synthetic_cifar(10, 10, seed=5))
+    monkeypatch.setattr(F, "MAX_FILE_BYTES", 1000)  # the synthetic batches are ~30 KB
+    with pytest.raises(D.DataError, match=r"data_batch_1 is \d+ bytes, more than a CIFAR-10 batch file can be"):
+        D.load_cifar10(folder, cache_dir=tmp_path / "cache")
+
+
 @pytest.mark.parametrize(
     "member",
     [
