@@ -202,3 +202,5 @@ def test_learning_rate_overflowing_float32_is_refused_everywhere(tmp_path, monke
     assert "can hold" not in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^learning_rate: .* got 1e\+39 \(inf as float32\)"):
         MLPClassifier(learning_rate=1e39, max_steps=1).fit(np.eye(4), [0, 1, 0, 1])
+    message = err.strip()[len("error: --learning_rate: "):]
+    assert _grid_message("learning_rate", 1e39, ValueError) == message  # refused before any trial runs
