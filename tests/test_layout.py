@@ -19,7 +19,7 @@ MAX_FUNCTION_LINES = 80
 CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.search.__main__",
                "fastmlp.__main__", "fastmlp.plot", "torch_models.train_mlp", "torch_models.train_convnet"}
 LIBRARY_MODULES = {
-    "fastmlp", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.data", "fastmlp.data.cache",
+    "fastmlp", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.curves", "fastmlp.data", "fastmlp.data.cache",
     "fastmlp.data.dataset", "fastmlp.data.files", "fastmlp.data.preprocessing", "fastmlp._blas", "fastmlp.estimator",
     "fastmlp.hyperparams", "fastmlp.loop", "fastmlp.mlp", "fastmlp.modules", "fastmlp.optim", "fastmlp.reference",
     "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training", "fastmlp.version", "fastmlp.search.space",
