@@ -48,7 +48,8 @@ __all__ = [
 
 # --dry_run: enough steps to exercise every code path (an evaluation in the middle
 # and one at the end), evaluated on a slice of each split (a ConvNet's evaluation
-# of whole splits is slow on a CPU).
+# of whole splits is slow on a CPU). Every trainer's learning-rate schedule keeps the
+# full --max_steps as its horizon, so a dry run's rates are the real run's first ones.
 DRY_RUN_STEPS = 4
 DRY_RUN_EVAL_FREQ = 2
 DRY_RUN_EVAL_EXAMPLES = 200
