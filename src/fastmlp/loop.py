@@ -9,10 +9,10 @@ A run is five named steps; the framework-specific work is done by a *hooks* obje
                                            #   eval_freq steps, at step 0 and after the last one
     finish(progress, ...)                  # metrics.json from the last evaluation
 
-Who runs it: ``fastmlp.train`` (hooks :class:`fastmlp.training.MLPHooks`) and
-:class:`fastmlp.MLPClassifier`, which needs only the stepping part
-(:func:`train_steps`: no evaluation, no files). The torch trainers are to follow;
-what their hooks must do is written on each method of :class:`Hooks`.
+Who runs it: ``fastmlp.train`` (hooks :class:`fastmlp.training.MLPHooks`), the torch
+trainers (``torch_models.hooks.TorchHooks``) and :class:`fastmlp.MLPClassifier`, which
+needs only the stepping part (:func:`train_steps`: no evaluation, no files). What the
+hooks must do is written on each method of :class:`Hooks`.
 
 Distributed runs: every rank runs the loop and calls every hook (evaluation and the
 checkpoint's state gathering are collectives); a hook that writes a file writes it
