@@ -68,7 +68,9 @@ def real_cifar_dir() -> Path:
 
     Looks at ``$FASTMLP_DATA`` (relative to the working folder, then to the
     repository root), then at ``<repo root>/../shared/data``; skips the test
-    when none of them holds the data.
+    when none of them holds the data, or fails it when ``FASTMLP_REQUIRE_DATA=1``
+    (CI sets it: a run that lost the data must not pass by skipping every
+    real-data test).
     """
     candidates = []
     env = os.environ.get("FASTMLP_DATA")
@@ -78,10 +80,11 @@ def real_cifar_dir() -> Path:
     for candidate in candidates:
         if (candidate / ARCHIVE_NAME).is_file() or (candidate / FOLDER_NAME).is_dir():
             return candidate.resolve()
-    pytest.skip(
-        f"real CIFAR-10 not found: none of {[str(c) for c in candidates]} holds {ARCHIVE_NAME} or {FOLDER_NAME}/; "
-        "set FASTMLP_DATA to the folder that does"
-    )
+    message = (f"real CIFAR-10 not found: none of {[str(c) for c in candidates]} holds {ARCHIVE_NAME} or "
+               f"{FOLDER_NAME}/; set FASTMLP_DATA to the folder that does")
+    if os.environ.get("FASTMLP_REQUIRE_DATA") == "1":
+        pytest.fail(message + " (FASTMLP_REQUIRE_DATA=1: the real data is required)", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture

@@ -199,6 +199,35 @@ def test_archive_missing_a_batch(small_folder, tmp_path):
     assert cache_leftovers(tmp_path / "cache") == []
 
 
+def _declared_bomb(path: Path, name: str, size: int) -> Path:
+    """A .tar.gz whose member ``name`` declares ``size`` bytes (as a decompression bomb's header does) and
+    holds a few kilobytes of zeros: the header alone must stop the reader."""
+    import gzip
+
+    header = tarfile.TarInfo(name)
+    header.size = size
+    path.write_bytes(gzip.compress(header.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 65536))
+    return path
+
+
+@pytest.mark.parametrize("name, size, words", [
+    ("cifar-10-batches-py/padding", 2**31, "decompressed bytes, far more than CIFAR-10 holds"),
+    ("cifar-10-batches-py/data_batch_1", 300 * 2**20, "more than a CIFAR-10 batch file can be"),
+], ids=["whole stream", "one batch file"])
+def test_archive_size_limits_stop_a_bomb_at_its_header(tmp_path, name, size, words):
+    archive = _declared_bomb(tmp_path / D.ARCHIVE_NAME, name, size)
+    with pytest.raises(D.DataError, match=f"refusing to unpack: member {name!r}.*{words}"):
+        D.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+def test_a_batch_file_too_large_is_not_read(small_folder, tmp_path, monkeypatch):
+    folder = write_cifar_folder(tmp_path / "big", make_synthetic_cifar(10, 10, seed=5))
+    monkeypatch.setattr(F, "MAX_FILE_BYTES", 1000)  # the synthetic batches are ~30 KB
+    with pytest.raises(D.DataError, match=r"data_batch_1 is \d+ bytes, more than a CIFAR-10 batch file can be"):
+        D.load_cifar10(folder, cache_dir=tmp_path / "cache")
+
+
 @pytest.mark.parametrize(
     "member",
     [
@@ -755,3 +784,26 @@ def test_state_naming_an_unknown_bit_generator_is_refused():
     hostile = json.dumps({**json.loads(state["rng_state"]), "bit_generator": "seed"})  # np.random.seed() exists
     with pytest.raises(ValueError, match="names the bit generator 'seed'"):
         id_dataset(10).set_state({**state, "rng_state": hostile})
+
+
+def test_missing_real_data_fails_when_it_is_required(tmp_path):
+    """FASTMLP_REQUIRE_DATA=1 (set by .ci/run) turns real_cifar_dir's skip into a failure."""
+    import subprocess
+    import sys
+
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("def test_probe(real_cifar_dir):\n    pass\n")
+    conftest = Path(__file__).with_name("conftest.py")
+    (tmp_path / "conftest.py").write_text(conftest.read_text())
+    (tmp_path / "_cifar_synth.py").write_text(conftest.with_name("_cifar_synth.py").read_text())
+    # The tests' conftest copied beside the probe: the "repository root" it derives is then tmp_path's
+    # parent, whose ../shared/data does not exist, and FASTMLP_DATA names an empty folder.
+    env = {**os.environ, "FASTMLP_DATA": str(tmp_path / "empty"), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    results = {}
+    for require in ("0", "1"):
+        env["FASTMLP_REQUIRE_DATA"] = require
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        results[require] = (proc.returncode, proc.stdout)
+    assert results["0"][0] == 0 and "1 skipped" in results["0"][1], results["0"][1]
+    assert results["1"][0] == 1 and "1 error" in results["1"][1] and "FASTMLP_REQUIRE_DATA=1" in results["1"][1]

@@ -273,3 +273,13 @@ if _checks is not None:
 else:  # pragma: no cover - scikit-learn not installed
     def test_sklearn_estimator_checks():
         pytest.skip("scikit-learn is not installed")
+
+
+def test_a_huge_max_steps_builds_nothing_of_its_length():
+    """max_steps=2**62 used to allocate a list of 2**62 batch sizes (MemoryError) before the first update;
+    now updates start at once (and this run diverges at its second update, which ends it)."""
+    X, y = make_blobs(n=100)
+    clf = MLPClassifier(learning_rate=1e30, max_steps=2**62, random_state=0)
+    with pytest.raises(FloatingPointError, match="diverged at update 2"):
+        clf.fit(X * 1e3, y)
+    assert clf.n_steps_ == 1

@@ -227,3 +227,36 @@ def test_the_torch_trainers_own_flags_read_the_tables_message(flag, entry, text,
     for name in which:
         assert _cli_message(trainers[name].main, flag, text, capsys) == str(exc.value)
         assert _train_message(trainers[name], flag, value) == str(exc.value)
+
+
+# --------------------------------------------------------------------------- the model's dtype
+def test_values_the_model_dtype_cannot_hold_are_refused():
+    from fastmlp.hyperparams import check_in_dtype
+
+    assert check_in_dtype("learning_rate", 1e38, "float32") == 1e38  # fits: 3.4e38 is float32's largest
+    assert check_in_dtype("learning_rate", 1e39, "float64") == 1e39
+    with pytest.raises(ValueError, match=r"^--learning_rate: expected a finite number > 0.0 that float32 can "
+                                         r"hold .* got 1e\+39 \(inf as float32\)$"):
+        check_in_dtype("learning_rate", 1e39, np.float32, label="--learning_rate")
+    with pytest.raises(ValueError, match=r"got 1e-50 \(0.0 as float32\)"):  # > 0 no more
+        check_in_dtype("learning_rate", 1e-50, "float32")
+    with pytest.raises(ValueError, match=r"^weight_decay: .* got 1e\+40 \(inf as float32\)"):
+        check_in_dtype("weight_decay", 1e40, "float32")
+
+
+def test_learning_rate_overflowing_float32_is_refused_everywhere(tmp_path, monkeypatch, capsys):
+    """--learning_rate 1e39 with float32 would be inf in the kernels: exit 2 before anything is trained."""
+    monkeypatch.chdir(tmp_path)  # where the default output folder would go
+    status = fm_train.main(["--learning_rate", "1e39", "--data_dir", str(tmp_path / "no-data")])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert err.strip().startswith("error: --learning_rate: expected a finite number > 0.0 that float32 can hold")
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # no empty run folder
+    # float64 holds it: the flag passes (and the run then fails on the missing data, not on the flag)
+    assert fm_train.main(["--learning_rate", "1e39", "--dtype", "float64", "--out_dir", str(tmp_path / "o"),
+                          "--data_dir", str(tmp_path / "no-data")]) == 2
+    assert "can hold" not in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^learning_rate: .* got 1e\+39 \(inf as float32\)"):
+        MLPClassifier(learning_rate=1e39, max_steps=1).fit(np.eye(4), [0, 1, 0, 1])
+    message = err.strip()[len("error: --learning_rate: "):]
+    assert _grid_message("learning_rate", 1e39, ValueError) == message  # refused before any trial runs

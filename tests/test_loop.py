@@ -137,3 +137,71 @@ def test_choose_out_dir(tmp_path, monkeypatch):
     assert loop.choose_out_dir(None, tmp_path / "run" / "checkpoint.npz", dry_run=False) == tmp_path / "run"
     assert loop.choose_out_dir(None, None, dry_run=True).name.startswith("dryrun-")
     assert loop.choose_out_dir(None, None, dry_run=False).parent == Path("runs")
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    """The default folder is claimed by creating it: a second run in the same second gets ``-1``."""
+    import threading
+    import time
+
+    from fastmlp.runlog import default_out_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20250101-120000")  # every call in one second
+    first, second = default_out_dir(), default_out_dir()
+    assert first.is_dir() and second.is_dir()
+    assert (first.name, second.name) == ("20250101-120000", "20250101-120000-1")
+    # Many at the very same moment (threads released together): all distinct.
+    barrier, chosen = threading.Barrier(8), []
+
+    def choose():
+        barrier.wait()
+        chosen.append(default_out_dir(prefix="dryrun-"))
+
+    threads = [threading.Thread(target=choose) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(chosen)) == 8 and all(path.is_dir() for path in chosen)
+
+
+class DivergingHooks(RecordingHooks):
+    """From update ``bad_from`` on, the evaluation loss is NaN, or (``params=True``) only the parameters are."""
+
+    def __init__(self, bad_from: int, params: bool):
+        super().__init__()
+        self.bad_from, self.params, self.updates = bad_from, params, 0
+
+    def step(self, step: int) -> float:
+        self.updates = step
+        return super().step(step)
+
+    def evaluate(self) -> dict:
+        metrics = super().evaluate()
+        if not self.params and self.updates >= self.bad_from:
+            metrics["validation_loss"] = float("nan")
+        return metrics
+
+    def parameters_finite(self) -> bool:
+        return not (self.params and self.updates >= self.bad_from)
+
+
+@pytest.mark.parametrize("params", [False, True], ids=["evaluation loss", "parameters"])
+def test_a_diverged_update_is_reported_and_not_checkpointed(tmp_path, params):
+    """The batch loss (before the update) is fine; what the update did shows at the next evaluation."""
+    hooks, progress = DivergingHooks(bad_from=3, params=params), _progress(tmp_path)
+    with pytest.raises(DivergenceError, match="validation_loss is nan" if not params else "a parameter is NaN"):
+        loop.run(hooks, loop.Plan(max_steps=6, eval_freq=2), progress)
+    assert [c[1] for c in hooks.calls if c[0] == "save"] == [0, 2]  # the last good checkpoint stays
+    assert [row["step"] for row in progress.log.rows] == [0, 2]
+
+
+def test_a_run_resumed_from_the_step_0_checkpoint_does_not_evaluate_step_0_again(tmp_path):
+    """A run killed between its first and second evaluation resumes from step 0: one row per step."""
+    progress = _progress(tmp_path)
+    loop.resume(progress, step=0, rows=[{"step": 0, "validation_accuracy": 0.1}], wall_seconds=1.0, max_steps=4)
+    hooks = RecordingHooks()
+    loop.run(hooks, loop.Plan(max_steps=4, eval_freq=2), progress)
+    assert [c[1] for c in hooks.calls if c[0] == "save"] == [2, 4]
+    assert [row["step"] for row in progress.log.rows] == [0, 2, 4]

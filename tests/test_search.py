@@ -204,7 +204,8 @@ def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_
                 try:
                     running = [t for t in _load(out, "k").get_trials()
                                if t.state.name == "RUNNING" and search.HEARTBEAT_ATTR in t.system_attrs
-                               and t.params]
+                               and t.params and "trial_dir" in t.user_attrs
+                               and (Path(t.user_attrs["trial_dir"]) / "checkpoint.npz").is_file()]
                 except KeyError:  # the study is not created yet
                     running = []
         assert running, "the worker never started a trial: " + (victim.stderr.read().decode()
@@ -213,6 +214,8 @@ def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
     killed = running[0].number
+    left = Path(running[0].user_attrs["trial_dir"]) / "checkpoint.npz"
+    assert left.is_file()  # what the killed worker left behind
 
     # The next run waits out the grace period, fails the dead trial, runs it again, finishes the grid
     # (--timeout: a run that never noticed the dead trial would wait for it for ever).
@@ -226,6 +229,8 @@ def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_
     assert {t.params["hidden_units"] for t in by_state["COMPLETE"]} == {"8", "16"}
     retried = [t for t in by_state["COMPLETE"] if t.system_attrs.get("failed_trial") == killed]
     assert len(retried) == 1 and retried[0].params == running[0].params
+    # The dead trial's checkpoint is cleaned up, as every finished trial's is.
+    assert not left.exists() and not list(out.rglob("checkpoint.npz"))
 
 
 def test_torch_model_search_and_final_retrain(synthetic_cifar_dir, tmp_path):
@@ -312,3 +317,97 @@ def test_heartbeat_journal_storage_marks_stale_trials(tmp_path):
     states = [t.state.name for t in study.get_trials()]
     assert states == ["FAIL", "WAITING"]  # failed, and queued again by the retry callback
     assert study.get_trials()[1].params == trial.params
+
+
+# --------------------------------------------------------------------------- concurrency and faults
+def _start_workers(data_dir: Path, out: Path, n: int, *extra: str) -> list[subprocess.Popen]:
+    """``n`` separate ``python -m fastmlp.search`` workers started at once (each a distinct --worker_index)."""
+    return [subprocess.Popen([sys.executable, "-m", "fastmlp.search",
+                              *_flags(data_dir, out, "--skip_final", "--worker_index", str(i), *extra)],
+                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for i in range(n)]
+
+
+def _all_succeed(processes: list[subprocess.Popen]) -> None:
+    errors = []
+    for proc in processes:
+        proc.wait(timeout=240)
+        err = proc.stderr.read()
+        if proc.returncode != 0 or "error" in err.lower():
+            errors.append(f"exit {proc.returncode}: {err.strip()[-500:]}")
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_workers_started_at_once_on_a_fresh_storage_all_join(synthetic_cifar_dir, tmp_path, storage):
+    """Three workers racing to create the storage (an SQLite database's tables, or the journal) and the study:
+    none dies, and each grid point is run once (a trial started on a taken point is failed unrun)."""
+    out = tmp_path / storage
+    out.mkdir()
+    where = ["--storage", f"sqlite:///{out / 'study.db'}"] if storage == "sqlite" else []
+    grid = {**TINY_GRID, "hidden_units": [[8]], "max_steps": [4]}
+    _all_succeed(_start_workers(synthetic_cifar_dir, out, 3, "--grid", json.dumps(grid), "--study_name", "c",
+                                *where))
+    study = optuna.load_study(study_name="c", storage=search.open_storage(where[1] if where else None, out,
+                                                                          heartbeat_interval=0))
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert sorted(t.params["batch_size"] for t in complete) == [20, 40]
+    assert all(t.user_attrs.get("surplus") and t.state.name == "FAIL" for t in trials if t not in complete)
+
+
+def test_surplus_trials_are_failed_unrun(tmp_path):
+    """The rule each trial applies when it starts: the earlier-numbered trials decide."""
+    from fastmlp.search.study import surplus_reason
+
+    study = optuna.create_study(direction="maximize")
+    x = optuna.distributions.FloatDistribution(0, 1)
+    first, second, third = (study.ask({"x": x}) for _ in range(3))  # three workers decided at once
+    budget = checked_args({"model": "numpy", "sampler": "random", "n_trials": 2})
+    assert surplus_reason(study, first.number, None, budget) is None
+    assert surplus_reason(study, second.number, None, budget) is None
+    assert "--n_trials 2" in surplus_reason(study, third.number, None, budget)
+    study.tell(second, 0.5)  # a later trial that finished still counts
+    assert "--n_trials 2" in surplus_reason(study, third.number, None, budget)
+    study.tell(first, state=optuna.trial.TrialState.FAIL)  # a failed one does not
+    assert surplus_reason(study, third.number, None, budget) is None
+    grid = checked_args({"model": "numpy", "sampler": "grid"})  # n_trials: the whole grid
+    study = optuna.create_study(direction="maximize")
+    trials = [study.ask({"x": x}) for _ in range(3)]
+    for trial, point in zip(trials, (0, 1, 1)):  # trial 2 took trial 1's point (both started together)
+        trial.storage.set_trial_system_attr(search_storage.trial_id(trial), "grid_id", point)
+    assert surplus_reason(study, 1, 1, grid) is None
+    assert surplus_reason(study, 2, 1, grid) == "grid point 1 is taken by trial 1"
+    search_storage.release_grid_point(trials[2])  # what the surplus trial does before it fails
+    assert search_storage.live_grid_point(trials[2]) is None
+    assert search_storage.grid_point(study.trials[2]) is None and search_storage.grid_point(study.trials[1]) == 1
+
+
+def test_n_trials_is_not_overshot_by_workers_deciding_together(synthetic_cifar_dir, tmp_path):
+    """Three workers, --n_trials 2: exactly two trials finish; any third one started is failed unrun."""
+    out = tmp_path / "budget"
+    _all_succeed(_start_workers(synthetic_cifar_dir, out, 3, "--sampler", "random", "--n_trials", "2",
+                                "--max_steps_cap", "4", "--pruner", "none", "--study_name", "b"))
+    trials = _load(out, "b").get_trials()
+    assert [t.state.name for t in trials].count("COMPLETE") == 2
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state.name != "COMPLETE")
+    assert not any("surplus" in line for line in (out / "results.md").read_text().splitlines()
+                   if line.startswith("| "))
+    for trial in trials:
+        assert not trial.user_attrs.get("surplus") or "trial_dir" not in trial.user_attrs  # nothing written
+
+
+def test_two_studies_sharing_out_dir_keep_their_trial_folders(synthetic_cifar_dir, tmp_path):
+    """Trial folders are per study name, and claimed exclusively: neither study overwrites the other's."""
+    out = tmp_path / "shared"
+    grid = json.dumps({**TINY_GRID, "hidden_units": [[8]], "batch_size": [20], "max_steps": [4]})
+    for name, storage in (("a", []), ("b", []), ("a", ["--storage", str(tmp_path / "other.journal")])):
+        assert search.main(_flags(synthetic_cifar_dir, out, "--grid", grid, "--study_name", name,
+                                  "--skip_final", *storage)) == 0
+    folders = sorted(p.relative_to(out).as_posix() for p in out.glob("trials/*/*"))
+    assert folders == ["trials/a/trial_0000", "trials/a/trial_0000-1", "trials/b/trial_0000"]
+    for storage, name in ((None, "a"), (None, "b"), (str(tmp_path / "other.journal"), "a")):
+        trial = optuna.load_study(study_name=name, storage=search.open_storage(storage, out, heartbeat_interval=0)
+                                  ).trials[0]
+        info = json.loads((Path(trial.user_attrs["trial_dir"]) / "trial_info.json").read_text())
+        assert info["study_name"] == name and (Path(trial.user_attrs["trial_dir"]) / "metrics.json").is_file()

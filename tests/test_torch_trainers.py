@@ -352,6 +352,41 @@ def test_nan_loss_raises_divergence_error_with_step_and_keeps_last_checkpoint(tm
     assert f"diverged at step {step}" in capsys.readouterr().err
 
 
+def test_an_update_to_infinite_weights_is_never_checkpointed(tmp_path, synthetic_cifar_dir, capsys):
+    """--learning_rate 1e38: the first update makes the weights huge or inf while its own batch loss, taken
+    before the update, is finite. The evaluation after it must report divergence (exit 1), not save them."""
+    out = tmp_path / "inf"
+    code = train_mlp.main([*CPU, "--data_dir", str(synthetic_cifar_dir), "--learning_rate", "1e38", "--init",
+                           "kaiming", "--max_steps", "5", "--eval_freq", "1", "--batch_size", "50", "--quiet",
+                           "--out_dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("error: training diverged at step 1: "), err  # caught by the evaluation, not step 2
+    checkpoint = tcheckpoint.load_checkpoint(out)
+    assert checkpoint["step"] == 0 and all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    assert [int(r["step"]) for r in read_curves(out)] == [0]  # the diverged evaluation is not a curve point
+    assert not (out / "metrics.json").exists()
+
+
+def test_torch_hooks_see_a_non_finite_parameter(tmp_path, mlp_data):
+    """What fastmlp.loop.check_before_checkpoint asks the torch hooks before each checkpoint."""
+    from torch_models.hooks import TorchHooks
+    from torch_models.precision import choose_precision
+
+    args = train_mlp.build_parser().parse_args([*CPU, "--dnn_hidden_units", "8"])
+    spec = TrainerSpec(name="train_mlp", input_shape=(3072,), build_model=lambda: torch.nn.Linear(3072, 10),
+                       build_optimizer=lambda model: torch.optim.SGD(model.parameters(), lr=0.1))
+    ctx = DistContext(torch.device("cpu"))
+    hooks = TorchHooks.build(spec, args, mlp_data, ctx=ctx, plan=loop.Plan(5, 1),
+                             precision=choose_precision(False, ctx.device), checkpoint_path=tmp_path / "c.pt")
+    assert hooks.parameters_finite()
+    with torch.no_grad():
+        hooks.parts.model.bias[3] = float("inf")  # a bias: the evaluation loss alone might not show it
+    assert not hooks.parameters_finite()
+    with pytest.raises(DivergenceError, match="diverged at step 3: a parameter is NaN or infinite"):
+        loop.check_before_checkpoint(hooks, 3, {"test_loss": 2.0})
+
+
 # --------------------------------------------------------------------------- resume
 def test_mlp_resume_matches_uninterrupted_run(tmp_path, mlp_data):
     # Adam + dropout + BatchNorm: optimizer state, torch RNG and buffers must all be restored;

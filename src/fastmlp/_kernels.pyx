@@ -318,10 +318,11 @@ ctypedef struct Gemm:
 
 
 cdef Split _plan(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint allow_k) noexcept nogil:
-    """How to cut C (M, N) = A (M, K) B (K, N): depends on the shapes only, so results do not depend on threads.
+    """How to cut C (M, N) = A (M, K) B (K, N), from the shapes alone.
 
     Cutting M packs B once per chunk, cutting N packs A once per chunk, cutting K
-    packs nothing twice but costs a partial (M, N) sum: pick the cheapest.
+    packs nothing twice but costs a partial (M, N) sum: pick the cheapest. (The
+    number of M or N chunks is the thread count; a K-split always has K_PARTS.)
     """
     if M * N * K < PARALLEL_MIN_MACS or M == 1 or N == 1 or K == 1:
         return SPLIT_NONE

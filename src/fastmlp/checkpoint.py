@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from fastmlp.atomic import atomic_savez
+from fastmlp.atomic import atomic_savez, json_text
 from fastmlp.runlog import resolve_checkpoint
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "load_checkpoint", "resolve_checkpoint_path", "save_checkpoint"]
@@ -63,12 +64,6 @@ def _join_state(state: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     return state
 
 
-def _numpy_scalar_to_python(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint's JSON meta")
-
-
 def save_checkpoint(path: str | Path, *, model, optimizer, step: int, data_state: Mapping[str, Any],
                     meta: Mapping[str, Any]) -> None:
     """Write the full training state to ``path`` (``.npz``) atomically.
@@ -100,8 +95,66 @@ def save_checkpoint(path: str | Path, *, model, optimizer, step: int, data_state
                       "cached_gaussian": float(cached_gaussian)},
         **meta,
     }
-    arrays["meta"] = np.array(json.dumps(full_meta, default=_numpy_scalar_to_python))
+    arrays["meta"] = np.array(json_text(full_meta))  # strict JSON: a NaN would be null
     atomic_savez(path, **arrays)
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` at ``path``, read without pickles and with bounded memory.
+
+    Members must be stored uncompressed (as :func:`save_checkpoint` writes them), hold
+    no Python objects, and be exactly as long as their headers say: a small hostile
+    file can neither unpickle code nor unpack into a huge array.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            _check_member(archive, info)
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"member {info.filename!r} is compressed; checkpoints are written uncompressed")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"member {info.filename!r}: .npy format {version} is not one fastmlp writes")
+        if dtype.hasobject:
+            raise ValueError(f"member {info.filename!r} holds Python objects (pickles are never loaded)")
+        declared = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if declared != info.file_size:
+        raise ValueError(f"member {info.filename!r}: its header declares {declared} bytes, it has {info.file_size}")
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise ValueError(what)
+
+
+def _check_layout(meta: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    """The parts :func:`load_checkpoint` and ``--resume`` read, with the types they need."""
+    _require(isinstance(meta, dict), "'meta' is not a JSON object")
+    _require(meta.get("format") in READABLE_FORMATS,
+             f"checkpoint format {meta.get('format')!r} is not one this version of fastmlp reads "
+             f"({CHECKPOINT_FORMAT!r})")
+    step = meta.get("step")
+    _require(isinstance(step, int) and not isinstance(step, bool) and step >= 0, f"'step' is {step!r}")
+    rng = meta.get("numpy_rng")
+    _require(isinstance(rng, dict) and {"name", "pos", "has_gauss", "cached_gaussian"} <= set(rng),
+             "no NumPy RNG state ('numpy_rng')")
+    keys = arrays.get("rng/keys")
+    _require(keys is not None and keys.shape == (624,) and keys.dtype == np.uint32, "no MT19937 keys ('rng/keys')")
+    _require(isinstance(meta.get("data_state"), dict), "no batch-order state ('data_state')")
+    _require(isinstance(meta.get("flags", {}), dict), "'flags' is not a JSON object")
+    rows = meta.get("rows", [])
+    _require(isinstance(rows, list) and all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in rows),
+             "'rows' is not a list of curve rows")
+    _require(isinstance(meta.get("wall_seconds", 0.0), (int, float)), "'wall_seconds' is not a number")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -117,26 +170,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises
     ------
     FileNotFoundError, ValueError
-        If ``path`` is missing or is not a fastmlp checkpoint of a format this version reads.
+        If ``path`` is missing, or is not a fastmlp checkpoint of a format this version
+        reads: a truncated or corrupt file, another program's ``.npz``, a member holding
+        pickled objects (never unpickled) all give a ValueError naming the file.
     """
     path = resolve_checkpoint_path(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        arrays = _read_arrays(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
         raise ValueError(f"{str(path)!r} is not a readable .npz checkpoint: {exc}") from None
-    if "meta" not in arrays:
-        raise ValueError(f"{str(path)!r} is not a fastmlp checkpoint (no 'meta' entry)")
-    meta = json.loads(str(arrays.pop("meta")))
-    if meta.get("format") not in READABLE_FORMATS:
-        raise ValueError(f"{str(path)!r}: checkpoint format {meta.get('format')!r} is not one this version "
-                         f"of fastmlp reads ({CHECKPOINT_FORMAT!r})")
-    rng = meta.pop("numpy_rng")
+    try:
+        _require("meta" in arrays, "no 'meta' entry")
+        try:
+            meta = json.loads(str(arrays.pop("meta")))
+        except ValueError:
+            _require(False, "'meta' is not JSON")
+        _check_layout(meta, arrays)
+        rng = meta.pop("numpy_rng")
+        data_state = _join_state(meta.pop("data_state"), arrays)
+    except (ValueError, KeyError, TypeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise ValueError(f"{str(path)!r} is not a fastmlp checkpoint this version reads: {message}") from None
     return {
         "path": path,
         "meta": meta,
         "model": {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")},
         "optim": {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
-        "data_state": _join_state(meta.pop("data_state"), arrays),
+        "data_state": data_state,
         "numpy_rng": (rng["name"], arrays["rng/keys"], rng["pos"], rng["has_gauss"], rng["cached_gaussian"]),
     }

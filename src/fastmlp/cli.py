@@ -18,6 +18,7 @@ import this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -111,9 +112,11 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
         except (FileNotFoundError, ValueError) as exc:
             parser.error(str(exc))
         merge_resume_flags(args, saved, explicit_flags(build_parser(), argv))
+    made_out_dir = None
     if args.out_dir is None and args.resume is None:
-        # Chosen here rather than in train() so that the Ctrl-C message can name it.
-        args.out_dir = str(default_out_dir(prefix="dryrun-" if args.dry_run else ""))
+        # Chosen (and created) here rather than in train() so that the Ctrl-C message can name it.
+        made_out_dir = default_out_dir(prefix="dryrun-" if args.dry_run else "")
+        args.out_dir = str(made_out_dir)
     say = (lambda text: print(text, file=sys.stderr)) if is_main else (lambda text: None)
     try:
         metrics = train(args)
@@ -126,6 +129,9 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
         return EXIT_DIVERGED
     except (FileNotFoundError, ValueError, TypeError) as exc:
         say(f"error: {exc}")
+        if made_out_dir is not None:
+            with contextlib.suppress(OSError):  # a run refused before it wrote anything leaves no folder
+                made_out_dir.rmdir()
         return EXIT_BAD_INPUT
     if is_main and not args.quiet:
         print(summary_line(metrics))

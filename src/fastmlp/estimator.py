@@ -33,12 +33,12 @@ import inspect
 import numbers
 import sys
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from fastmlp import runlog
-from fastmlp.hyperparams import Boolean, check
+from fastmlp.hyperparams import CAST_TO_DTYPE, Boolean, check, check_in_dtype
 from fastmlp.loop import train_steps
 from fastmlp.schedules import LearningRateSchedule
 from fastmlp.training import build_model_and_optimizer, derive_seeds, training_step
@@ -210,6 +210,9 @@ class MLPClassifier:
             Naming the first bad one (see :mod:`fastmlp.hyperparams`).
         """
         params = {name: check(entry, getattr(self, name), label=name) for name, entry in _TABLE_NAMES.items()}
+        for name in CAST_TO_DTYPE:
+            if name in params:
+                params[name] = check_in_dtype(name, params[name], params["dtype"], label=name)
         params["verbose"] = check(Boolean(), self.verbose, label="verbose")
         params["seed"] = _resolve_seed(self.random_state)
         return params
@@ -327,24 +330,28 @@ class MLPClassifier:
         self.loss_curve_ = []
         self.n_steps_ = 0
 
-    def _run(self, X: np.ndarray, y_index: np.ndarray, batch_sizes: list[int], learning_rate: float) -> None:
-        """One update per entry of ``batch_sizes``, drawing shuffled batches of (X, y_index) in epochs."""
+    def _run(self, X: np.ndarray, y_index: np.ndarray, n_updates: int, batch_size: Callable[[int], int],
+             learning_rate: float) -> None:
+        """``n_updates`` updates, update ``i`` (0-based) on a batch of ``batch_size(i)`` shuffled examples.
+
+        The sizes are asked one update at a time: nothing of length ``n_updates`` is built.
+        """
         from fastmlp.data import DataSet
 
         batches = DataSet(X, y_index, seed=int(self._batch_rng.integers(np.iinfo(np.int64).max)))
-        schedule = LearningRateSchedule(learning_rate, max(len(batch_sizes), 1))
-        sizes = iter(batch_sizes)
+        schedule = LearningRateSchedule(learning_rate, max(n_updates, 1))
+        first = self.n_steps_
 
         def step(number: int) -> float:
-            x, y = batches.next_batch(next(sizes))
+            x, y = batches.next_batch(batch_size(number - first - 1))
             loss = training_step(self.model_, self._optimizer, x, y, number, schedule)
             self.n_steps_ = number
             self.loss_curve_.append(loss)
             return loss
 
-        bar = runlog.progress_bar(len(batch_sizes), disable=not self.verbose, desc="fit")
+        bar = runlog.progress_bar(n_updates, disable=not self.verbose, desc="fit")
         try:
-            train_steps(step, self.n_steps_, self.n_steps_ + len(batch_sizes), bar)
+            train_steps(step, first, first + n_updates, bar)
         except runlog.DivergenceError as exc:
             raise FloatingPointError(
                 f"{type(self).__name__}: training diverged at update {exc.step} (loss {exc.loss!r}); "
@@ -373,7 +380,7 @@ class MLPClassifier:
         classes = self._unique_classes(y, "y")
         self._initialize(X.shape[1], classes, params)
         batch = min(params["batch_size"], X.shape[0])
-        self._run(X, self._encode(y), [batch] * params["max_steps"], params["learning_rate"])
+        self._run(X, self._encode(y), params["max_steps"], lambda i: batch, params["learning_rate"])
         return self
 
     def partial_fit(self, X, y, classes=None) -> "MLPClassifier":
@@ -418,8 +425,7 @@ class MLPClassifier:
             self._initialize(X.shape[1], classes, params)
         y_index = self._encode(y)
         n, size = X.shape[0], params["batch_size"]
-        batch_sizes = [min(size, n - start) for start in range(0, n, size)]
-        self._run(X, y_index, batch_sizes, params["learning_rate"])
+        self._run(X, y_index, -(-n // size), lambda i: min(size, n - i * size), params["learning_rate"])
         return self
 
     # ---------------------------------------------------------- prediction

@@ -61,7 +61,9 @@ __all__ = [
     "Interval",
     "NoneOr",
     "Options",
+    "CAST_TO_DTYPE",
     "check",
+    "check_in_dtype",
     "checker",
     "flag_type",
     "format_hidden_units",
@@ -277,6 +279,37 @@ CONSTRAINTS: dict[str, Constraint] = {
     "threads": NoneOr(POSITIVE_INT),
     "device": Options(DEVICES),
 }
+
+
+#: Entries whose value the kernels use in the model's floating-point type (``--dtype``):
+#: a value must keep its constraint once cast (:func:`check_in_dtype`).
+CAST_TO_DTYPE = ("learning_rate", "momentum", "weight_decay", "dropout")
+
+
+def check_in_dtype(name: str, value: float, dtype: Any, *, label: str | None = None) -> float:
+    """``value`` (already checked by :func:`check`) if it still meets ``CONSTRAINTS[name]`` as ``dtype``.
+
+    The float32 kernels cast the learning rate and the other numbers of
+    :data:`CAST_TO_DTYPE`: ``1e39`` becomes inf (every parameter would turn NaN at the
+    first update) and a positive ``1e-50`` becomes 0, which its constraint forbids.
+
+    Raises
+    ------
+    ValueError
+        ``"<label>: expected <what> that float32 can hold (|x| <= 3.403e+38), got 1e+39 (inf as float32)"``.
+    """
+    dtype = np.dtype(dtype)
+    rule = CONSTRAINTS[name]
+    with np.errstate(over="ignore", under="ignore"):
+        cast = float(dtype.type(value))
+    try:
+        rule.check(cast)
+    except (TypeError, ValueError):
+        prefix = label if label is not None else name
+        raise ValueError(f"{prefix}: expected {rule.describe()} that {dtype.name} can hold "
+                         f"(|x| <= {np.finfo(dtype).max:.4g}, and not so small that it becomes 0), "
+                         f"got {value!r} ({cast!r} as {dtype.name})") from None
+    return value
 
 
 def check(name: str | Constraint, value: Any, *, label: str | None = None) -> Any:

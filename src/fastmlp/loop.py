@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-from fastmlp.runlog import RunLog, default_out_dir, progress_bar
+from fastmlp.runlog import DivergenceError, RunLog, check_finite, default_out_dir, progress_bar
 
 __all__ = [
     "DRY_RUN_EVAL_EXAMPLES",
@@ -36,6 +36,7 @@ __all__ = [
     "Hooks",
     "Plan",
     "Progress",
+    "check_before_checkpoint",
     "check_resumable",
     "choose_out_dir",
     "evaluate_and_checkpoint",
@@ -62,7 +63,12 @@ FINAL_METRICS = ("test_loss", "test_accuracy", "validation_loss", "validation_ac
 
 
 class Hooks(Protocol):
-    """The framework-specific parts of a run, called by :func:`run` on every rank."""
+    """The framework-specific parts of a run, called by :func:`run` on every rank.
+
+    Optional: ``parameters_finite() -> bool``, False when a parameter is NaN or
+    infinite; when the hooks have it, :func:`evaluate_and_checkpoint` calls it before
+    every checkpoint (see :func:`check_before_checkpoint`).
+    """
 
     def step(self, step: int) -> float:
         """Make update number ``step`` (1-based) and return its batch loss, before the update.
@@ -206,15 +212,35 @@ def train_steps(step: Callable[[int], float], start: int, stop: int, bar, *,
             after_step(n, loss)
 
 
+def check_before_checkpoint(hooks: Hooks, step: int, row: Mapping[str, float]) -> None:
+    """Refuse to checkpoint a diverged model: raise :class:`DivergenceError` naming ``step``.
+
+    The hooks' ``step`` checks the loss of each batch *before* its update, so an
+    update that made the parameters NaN/inf is seen here, at the evaluation after
+    it: every ``*_loss`` of ``row`` (the batch's and each evaluated split's) must be
+    finite, and so must the parameters when the hooks have ``parameters_finite()``.
+    The checkpoint of the last evaluation that passed stays.
+    """
+    for key, value in row.items():
+        if key.endswith("_loss"):
+            check_finite(value, step, what=key)
+    parameters_finite = getattr(hooks, "parameters_finite", None)
+    if parameters_finite is not None and not parameters_finite():
+        raise DivergenceError(step, float("nan"), "a parameter is NaN or infinite after the update")
+
+
 def evaluate_and_checkpoint(hooks: Hooks, progress: Progress, step: int, row: Mapping[str, float], *,
                             write: Callable[[str], None] = print,
                             on_eval: Callable[[int, dict], None] | None = None) -> dict[str, float]:
-    """Evaluate, add the curves' row, write the checkpoint, show the line, call ``on_eval``.
+    """Evaluate, check for divergence, add the curves' row, write the checkpoint, show the line, call ``on_eval``.
 
     ``row`` holds the training batch's numbers (empty at step 0). Returns the
-    report ``on_eval`` gets: ``step`` and the row.
+    report ``on_eval`` gets: ``step`` and the row. A diverged model
+    (:func:`check_before_checkpoint`) raises :class:`DivergenceError` before anything is
+    recorded or written.
     """
     row = {key: float(value) for key, value in {**row, **hooks.evaluate()}.items()}
+    check_before_checkpoint(hooks, step, row)
     progress.log.record(step, **row)
     hooks.save_checkpoint(step, {"flags": progress.log.flags, "rows": progress.log.rows,
                                  "wall_seconds": progress.wall_seconds()})
@@ -239,7 +265,8 @@ def run(hooks: Hooks, plan: Plan, progress: Progress, *, desc: str = "train",
         on_eval: Callable[[int, dict], None] | None = None) -> None:
     """Train from ``progress.step`` to ``plan.max_steps``, evaluating and checkpointing on the way.
 
-    A fresh run (step 0) first evaluates the untrained model: the start of the curves.
+    A fresh run (step 0, no curve yet) first evaluates the untrained model: the start
+    of the curves (a run resumed from that evaluation's checkpoint has its row already).
     An exception of a hook or of ``on_eval`` (e.g. ``optuna.TrialPruned``,
     ``DivergenceError``, ``KeyboardInterrupt``) stops the run and propagates; the
     checkpoint of the last evaluation stays.
@@ -253,7 +280,7 @@ def run(hooks: Hooks, plan: Plan, progress: Progress, *, desc: str = "train",
                                     write=bar.write, on_eval=on_eval)
 
     try:
-        if progress.step == 0:
+        if progress.step == 0 and not progress.log.rows:  # not again when resumed from step 0's checkpoint
             evaluate_and_checkpoint(hooks, progress, 0, {}, write=bar.write, on_eval=on_eval)
         train_steps(hooks.step, progress.step, plan.max_steps, bar, after_step=after_step)
     finally:

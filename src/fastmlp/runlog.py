@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from fastmlp.atomic import atomic_path, atomic_write_json, atomic_write_text
+from fastmlp.atomic import atomic_path, atomic_write_json, atomic_write_text, make_new_dir
 from fastmlp.version import __version__
 
 __all__ = [
@@ -42,34 +42,35 @@ CURVE_COLUMNS = (
 
 
 class DivergenceError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss (or parameters).
 
-    def __init__(self, step: int, loss: float):
+    ``detail`` says what was found (default ``"loss is <loss>"``).
+    """
+
+    def __init__(self, step: int, loss: float, detail: str | None = None):
         super().__init__(
-            f"training diverged at step {step}: loss is {loss!r}. The last good "
+            f"training diverged at step {step}: {detail or f'loss is {loss!r}'}. The last good "
             "checkpoint (if any) was kept; try a smaller --learning_rate."
         )
         self.step = step
         self.loss = loss
 
 
-def check_finite(loss: float, step: int) -> float:
-    """Return ``loss`` as a float, or raise :class:`DivergenceError` naming ``step``."""
+def check_finite(loss: float, step: int, what: str = "loss") -> float:
+    """Return ``loss`` as a float, or raise :class:`DivergenceError` naming ``step`` (and ``what``)."""
     loss = float(loss)
     if not math.isfinite(loss):
-        raise DivergenceError(step, loss)
+        raise DivergenceError(step, loss, None if what == "loss" else f"{what} is {loss!r}")
     return loss
 
 
 def default_out_dir(root: str | os.PathLike = "runs", prefix: str = "") -> Path:
-    """``runs/<prefix><YYYYmmdd-HHMMSS>``, made unique with a suffix if it exists."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{prefix}{stamp}"
-    candidate, n = base, 1
-    while candidate.exists():
-        candidate = base.with_name(f"{base.name}-{n}")
-        n += 1
-    return candidate
+    """A new folder ``runs/<prefix><YYYYmmdd-HHMMSS>`` (``-1``, ``-2``... when taken), created here.
+
+    The folder is claimed by creating it (:func:`fastmlp.atomic.make_new_dir`): two
+    runs started in the same second get two folders.
+    """
+    return make_new_dir(Path(root) / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def resolve_checkpoint(path: str | os.PathLike, name: str) -> Path:

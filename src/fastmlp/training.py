@@ -21,7 +21,7 @@ import numpy as np
 
 from fastmlp import loop
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from fastmlp.hyperparams import CONSTRAINTS, check
+from fastmlp.hyperparams import CAST_TO_DTYPE, CONSTRAINTS, check, check_in_dtype
 from fastmlp.runlog import RunLog, check_finite
 from fastmlp.schedules import LearningRateSchedule
 
@@ -87,6 +87,9 @@ def checked_flags(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Name
         entry = _TABLE_NAME.get(flag, flag)
         if entry in CONSTRAINTS:
             values[flag] = check(entry, value, label=f"--{flag}")
+    for flag in CAST_TO_DTYPE:
+        if flag in values:
+            values[flag] = check_in_dtype(flag, values[flag], values["dtype"], label=f"--{flag}")
     for flag in ("quiet", "dry_run", "plot"):
         values[flag] = bool(values[flag])
     for flag in ("data_dir", "out_dir", "resume"):
@@ -225,12 +228,30 @@ class MLPHooks:
             metrics[f"{split}_loss"], metrics[f"{split}_accuracy"] = self.model.evaluate_batches(batches())
         return metrics
 
+    def parameters_finite(self) -> bool:
+        return all(np.isfinite(module.params[key]).all() for _, module, key in self.model.named_parameters())
+
     def save_checkpoint(self, step: int, record: Mapping[str, Any]) -> None:
         save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer, step=step,
                         data_state=self.train_set.get_state(), meta=record)
 
     def restore(self, checkpoint: Mapping[str, Any], args: argparse.Namespace) -> None:
-        """Put back the model, optimizer, batch order and NumPy RNG of a :func:`load_checkpoint` result."""
+        """Put back the model, optimizer, batch order and NumPy RNG of a :func:`load_checkpoint` result.
+
+        Raises
+        ------
+        ValueError
+            Naming the checkpoint, when its state does not fit this run (another
+            network's weights, another data set's batch order...).
+        """
+        try:
+            self._restore(checkpoint, args)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise ValueError(f"cannot resume from {str(checkpoint['path'])!r}: its state does not fit this "
+                             f"run: {message}") from None
+
+    def _restore(self, checkpoint: Mapping[str, Any], args: argparse.Namespace) -> None:
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optim"])
         # The checkpoint carries the old hyper-parameters: this run's flags win
@@ -238,6 +259,7 @@ class MLPHooks:
         self.optimizer.weight_decay = args.weight_decay
         if args.optimizer == "momentum":
             self.optimizer.momentum = args.momentum
+            self.optimizer.nesterov = args.nesterov
         self.train_set.set_state(checkpoint["data_state"])
         np.random.set_state(checkpoint["numpy_rng"])
 

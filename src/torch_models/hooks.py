@@ -354,6 +354,16 @@ class TorchHooks:
                 channels_last=self.spec.channels_last, static_shapes=self.spec.compile_model)
         return metrics
 
+    def parameters_finite(self) -> bool:
+        """False when a parameter is NaN or infinite (asked by :func:`fastmlp.loop.check_before_checkpoint`).
+
+        A step checks its batch loss before its update, so an update that made the weights
+        inf shows only here or in the evaluation after it. Every rank holds the same
+        parameters (DDP averages the gradients), so all give the same answer without a collective.
+        """
+        with torch.no_grad():
+            return bool(all(torch.isfinite(p).all() for p in self.parts.model.parameters()))
+
     def save_checkpoint(self, step: int, record: Mapping[str, Any]) -> None:
         """Gather every rank's RNG state (a collective), then write ``checkpoint.pt`` on rank 0."""
         per_rank = gather_objects(rng.rank_state(self.ctx), self.ctx)

@@ -193,7 +193,8 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
     Raises
     ------
     fastmlp.runlog.DivergenceError
-        On a NaN/inf loss (the last checkpoint is kept).
+        On a NaN/inf training or evaluation loss, or NaN/inf weights after an update (the last
+        good checkpoint is kept).
     TypeError, ValueError, FileNotFoundError
         For a flag out of range (naming it) or an unusable ``--resume`` path.
     """

@@ -204,8 +204,9 @@ def fit(args: argparse.Namespace, spec: TrainerSpec, *, ctx: DistContext, data: 
     ------
     fastmlp.runlog.DivergenceError
         On a NaN/inf training loss (on the CPU before that step's update, on CUDA up to
-        :data:`torch_models.hooks.CUDA_READ_EVERY` steps later); the checkpoint of the
-        last evaluation is kept.
+        :data:`torch_models.hooks.CUDA_READ_EVERY` steps later), or on a NaN/inf
+        evaluation loss or parameter after an update (:func:`fastmlp.loop.check_before_checkpoint`);
+        the checkpoint of the last good evaluation is kept.
     ValueError, FileNotFoundError
         For a batch that does not split between the ranks, or an unusable ``--resume``.
     """

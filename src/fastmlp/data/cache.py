@@ -33,22 +33,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fastmlp.atomic import fsync_dir
 from fastmlp.data.files import IMAGE_SHAPE, LABEL_NAMES, NUM_CLASSES
 
 __all__ = ["ARRAY_NAMES", "cached_decode", "content_hash", "fsync_dir"]
 
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 _FORMAT = "fastmlp.decoded-cifar10/1"
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (a rename or a new file in it) to disk; a no-op where folders cannot be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _is_digest(value: Any) -> bool:

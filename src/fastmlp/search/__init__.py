@@ -42,12 +42,18 @@ machine); any SQLAlchemy URL (``postgresql://user:pw@host/db``, ``mysql://...``,
 worker processes on this machine; more workers anywhere join by running the same command
 with the same ``--study_name`` and ``--storage`` (give each a distinct ``--worker_index``
 so that their samplers draw different random numbers, and ``--skip_final`` to all but
-one). Trial numbers are handed out by the storage, so no trial is lost or run twice;
-the GridSampler maps trial number k to grid point k.
+one). Workers started at the same moment on a fresh storage all join: the races of
+creating an SQL database's tables or the study are retried. Trial numbers are handed out
+by the storage, so no trial is lost; the GridSampler maps trial number k to grid point k.
 
 ``--n_trials`` is the TOTAL number of finished (complete or pruned) trials the study
 should reach, not a number per invocation: re-running the same command resumes an
-interrupted study and only runs what is missing (a finished study runs nothing).
+interrupted study and only runs what is missing (a finished study runs nothing). It is
+never overshot: a worker decides to start a trial before the storage numbers it, so
+workers deciding together can start one trial too many (or two on one grid point); the
+later-numbered one sees the earlier ones when it starts and fails at once without
+training, marked ``surplus`` (its grid point is given back; ``results.md`` leaves it
+out and counts it apart, ``trials.csv`` lists it as FAIL with ``user_attrs_surplus``).
 
 A worker that dies in the middle of a trial (killed, machine lost) stops sending the
 trial's heartbeat; after ``--grace_period`` seconds another worker (or the next run)
@@ -63,8 +69,10 @@ Outputs in ``--out_dir`` (default ``runs/search/<study_name>``), written atomica
 ``trials.csv`` (one row per trial: the columns of ``study.trials_dataframe()``),
 ``results.md`` (the trials as in the reports' Table 1, then the retrained best with its
 test accuracy), ``final.json``, ``optimization_history.png``, ``param_importances.png``,
-``intermediate_values.png``, the journal, and ``trials/trial_NNNN/`` (each trial's
-curves and metrics; checkpoints are deleted) and ``final/`` (the retrained best run).
+``intermediate_values.png``, the journal, and ``trials/<study_name>/trial_NNNN/`` (each
+trial's curves and metrics; created exclusively, with ``-1``... when another study of
+that name in another storage took it; checkpoints are deleted, those of killed workers
+too when a worker finishes) and ``final/`` (the retrained best run).
 
 Examples
 --------

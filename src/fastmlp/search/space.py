@@ -22,7 +22,15 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from fastmlp.hyperparams import Constraint, Interval, check, format_hidden_units, parse_hidden_units
+from fastmlp.hyperparams import (
+    CAST_TO_DTYPE,
+    Constraint,
+    Interval,
+    check,
+    check_in_dtype,
+    format_hidden_units,
+    parse_hidden_units,
+)
 from fastmlp.optim import OPTIMIZERS  # names both trainers understand ("momentum": SGD, momentum 0.9)
 
 __all__ = [
@@ -86,6 +94,8 @@ def _canonical_grid_value(key: str, value, *, model: str):
     """Check one grid value (the trainers' table) and return it in the scalar form stored in the study."""
     where = f"--grid[{key!r}]"
     value = check(key, value, label=where)
+    if key in CAST_TO_DTYPE:  # a trial trains in float32 unless --trainer_flags says otherwise
+        value = check_in_dtype(key, value, "float32", label=where)
     if key == "hidden_units":
         return format_hidden_units(value)
     if key == "dropout":
@@ -178,6 +188,8 @@ def _space_range(key: str, value, *, with_step: bool = False) -> list:
         raise ValueError(f"{where} must be {form}, got {value!r}")
     entry = _RANGE_ENDS.get(key, key)
     ends = [check(entry, end, label=where) for end in value]
+    if entry in CAST_TO_DTYPE:
+        ends = [check_in_dtype(entry, end, "float32", label=where) for end in ends]
     low, high = ends[0], ends[1]
     if low > high:
         raise ValueError(f"{where} needs low <= high, got {value!r}")

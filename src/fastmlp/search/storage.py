@@ -13,17 +13,26 @@ What is not Optuna's public API, kept here so that an Optuna upgrade breaks one 
 - a trial's storage id (``FrozenTrial._trial_id``), which the storage calls take:
   :func:`trial_id`;
 - the ``"grid_id"`` system attribute by which the GridSampler marks the grid point
-  a trial took: :func:`grid_point`.
+  a trial took: :func:`grid_point`, :func:`live_grid_point`, :func:`release_grid_point`;
+- the logger of Optuna's optimize loop, whose "Trial N failed" lines
+  :func:`hide_trial_failure_logs` holds back for trials failed on purpose.
+
+Workers started together on a fresh storage race to create it: an SQL database's
+tables and version rows, or the study. :func:`open_storage` and
+:func:`fastmlp.search.study.open_study` retry what such a race makes fail
+(:func:`retry_creation_race`) instead of letting the worker die.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import random
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, TypeVar
 
 from fastmlp.search.errors import SearchError
 
@@ -32,12 +41,22 @@ __all__ = [
     "HEARTBEAT_ATTR",
     "grid_point",
     "heartbeat_journal_class",
+    "hide_trial_failure_logs",
+    "live_grid_point",
     "one_line",
     "open_storage",
     "optuna_module",
     "quiet_optuna_warnings",
+    "release_grid_point",
+    "retry_creation_race",
     "trial_id",
 ]
+
+T = TypeVar("T")
+
+#: Words of the errors that workers creating one storage at the same moment get from
+#: SQLite, PostgreSQL or MySQL (a table or row another worker just created, a locked file).
+CREATION_RACE_WORDS = ("already exists", "unique constraint", "duplicate", "database is locked")
 
 #: Trial system attribute holding the unix time of the trial's last heartbeat (journal storage).
 HEARTBEAT_ATTR = "fastmlp:heartbeat"
@@ -73,6 +92,59 @@ def trial_id(trial) -> int:
 def grid_point(trial) -> int | None:
     """The grid point the GridSampler gave ``trial`` (None: none yet, or another sampler)."""
     return trial.system_attrs.get("grid_id")
+
+
+def live_grid_point(trial) -> int | None:
+    """The grid point of a running ``optuna.Trial`` (the storage's current value)."""
+    return trial.storage.get_trial_system_attrs(trial_id(trial)).get("grid_id")
+
+
+def release_grid_point(trial) -> None:
+    """Give back the grid point of a running ``optuna.Trial`` that will not train (a surplus one).
+
+    The GridSampler counts the point of every finished trial (FAIL too) as visited; a
+    trial without a point counts for none, so the point is handed out again.
+    """
+    trial.storage.set_trial_system_attr(trial_id(trial), "grid_id", None)
+
+
+class _HideTrialFailures(logging.Filter):
+    def __init__(self, numbers: set[int]):
+        super().__init__()
+        self.numbers = numbers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(tuple(f"Trial {n} failed" for n in self.numbers))
+
+
+@contextlib.contextmanager
+def hide_trial_failure_logs(numbers: set[int]) -> Iterator[None]:
+    """Drop Optuna's "Trial N failed ..." log lines (with their traceback) for the trial numbers in ``numbers``.
+
+    ``numbers`` may grow inside the block: a trial failed on purpose adds its number.
+    """
+    hide = _HideTrialFailures(numbers)
+    logger = logging.getLogger("optuna.study._optimize")
+    logger.addFilter(hide)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hide)
+
+
+def retry_creation_race(create: Callable[[], T], *, attempts: int = 20) -> T:
+    """``create()``, tried again (after 0.05-0.5 s) while it fails as workers creating one storage at once do.
+
+    Other errors, and the last attempt's, propagate.
+    """
+    for attempt in range(attempts):
+        try:
+            return create()
+        except Exception as exc:
+            if attempt == attempts - 1 or not any(w in str(exc).lower() for w in CREATION_RACE_WORDS):
+                raise
+            time.sleep(random.uniform(0.05, 0.5))
+    raise AssertionError("unreachable")
 
 
 def one_line(exc: BaseException) -> str:
@@ -220,9 +292,9 @@ def _open_rdb(optuna, url: str, heartbeat_interval: int, grace_period: int | Non
         raise SearchError(f"--storage {url!r}: Redis is not supported here; use a journal "
                           "file path or an SQLAlchemy URL (postgresql://, mysql://, sqlite:///)")
     try:
-        return optuna.storages.RDBStorage(
+        return retry_creation_race(lambda: optuna.storages.RDBStorage(
             url, heartbeat_interval=heartbeat_interval or None,
             grace_period=(grace_period if heartbeat_interval else None),
-            heartbeat_stale_trial_callback=callback)
+            heartbeat_stale_trial_callback=callback))
     except Exception as exc:  # driver missing, host unreachable, bad URL...
         raise SearchError(f"cannot open --storage {url!r}: {one_line(exc)}") from None

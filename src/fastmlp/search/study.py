@@ -5,6 +5,12 @@ A study is created once and resumed by every later run and worker with the same
 settings (:func:`settings`). :func:`next_action` decides, before each trial, whether a
 worker runs one, waits for running ones, or is done: ``--n_trials`` counts the finished
 trials of the whole study, the grid is done when every point has been taken.
+
+Deciding and starting are two steps, so workers deciding at the same moment can start
+more trials than the budget (or two trials on one grid point). :func:`surplus_reason`
+settles it once each trial has its number: a trial that the earlier-numbered ones
+already cover is one too many; it is failed before training, marked ``surplus``, its
+grid point given back, and is never counted as finished.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import numpy as np
 
 from fastmlp.search.errors import SearchError
 from fastmlp.search.space import grid_size
-from fastmlp.search.storage import grid_point, one_line, optuna_module, quiet_optuna_warnings
+from fastmlp.search.storage import grid_point, one_line, optuna_module, quiet_optuna_warnings, retry_creation_race
 
 __all__ = [
     "PRUNERS",
@@ -33,6 +39,7 @@ __all__ = [
     "open_study",
     "requeue_interrupted",
     "settings",
+    "surplus_reason",
 ]
 
 SAMPLERS = ("grid", "evolution", "tpe", "random")
@@ -93,7 +100,8 @@ def open_study(args: argparse.Namespace, storage, *, create: bool = True):
     """Create or load the study and check it was created with compatible settings (None: absent, ``create=False``)."""
     optuna = optuna_module()
     try:
-        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+        summaries = retry_creation_race(lambda: optuna.get_all_study_summaries(storage, include_best_trial=False))
+        existing = {s.study_name: s for s in summaries}
     except Exception as exc:
         raise SearchError(f"cannot read the studies in the storage: {one_line(exc)}") from None
     summary = existing.get(args.study_name)
@@ -101,9 +109,9 @@ def open_study(args: argparse.Namespace, storage, *, create: bool = True):
         return None
     n_existing = summary.n_trials if summary is not None else 0
     try:
-        study = optuna.create_study(storage=storage, sampler=make_sampler(args, n_existing),
-                                    pruner=make_pruner(args), study_name=args.study_name,
-                                    direction="maximize", load_if_exists=True)
+        study = retry_creation_race(lambda: optuna.create_study(
+            storage=storage, sampler=make_sampler(args, n_existing), pruner=make_pruner(args),
+            study_name=args.study_name, direction="maximize", load_if_exists=True))
     except OSError as exc:
         raise SearchError(f"cannot write to the storage: {exc.strerror or exc}") from None
     _check_settings(study, args, optuna)
@@ -130,12 +138,16 @@ def _check_settings(study, args: argparse.Namespace, optuna) -> None:
 
 
 def counts(study) -> dict[str, int]:
-    """Trials per state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``)."""
+    """Trials per state name (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``), and ``SURPLUS``.
+
+    ``SURPLUS``: trials failed before training as one too many (:func:`surplus_reason`),
+    not counted as ``FAIL``.
+    """
     from optuna.trial import TrialState
 
-    by_state = {state.name: 0 for state in TrialState}
+    by_state = {**{state.name: 0 for state in TrialState}, "SURPLUS": 0}
     for trial in study.get_trials(deepcopy=False):
-        by_state[trial.state.name] += 1
+        by_state["SURPLUS" if trial.user_attrs.get("surplus") else trial.state.name] += 1
     return by_state
 
 
@@ -164,6 +176,30 @@ def next_action(study, args: argparse.Namespace, heartbeat: bool) -> str:
     elif below_target:
         return "run"
     return "wait" if (n_running and heartbeat) else "done"
+
+
+def surplus_reason(study, number: int, point: int | None, args: argparse.Namespace) -> str | None:
+    """Why the trial numbered ``number`` (on grid point ``point``), just started, is one too many; None if needed.
+
+    It is when the trials before it fill ``--n_trials`` (finished ones, and running or
+    queued ones of lower number), or when a running or finished trial of lower number
+    holds its grid point. Each trial compares itself with lower numbers only, so of two
+    workers that decided together the earlier trial always runs.
+    """
+    from optuna.trial import TrialState
+
+    before, finished = [], (TrialState.COMPLETE, TrialState.PRUNED)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number != number and (trial.state in finished or (
+                trial.number < number and trial.state in (TrialState.RUNNING, TrialState.WAITING))):
+            before.append(trial)
+    if args.n_trials is not None and len(before) >= args.n_trials:
+        return f"--n_trials {args.n_trials} are finished or under way in earlier trials"
+    if point is not None:
+        holders = [t.number for t in before if t.number < number and grid_point(t) == point]
+        if holders:
+            return f"grid point {point} is taken by trial {holders[0]}"
+    return None
 
 
 def requeue_interrupted(study, args: argparse.Namespace) -> int:

@@ -5,6 +5,13 @@ processes (:func:`run_workers`), and workers on other machines join by running t
 command. A trial (:func:`make_objective`) trains one configuration on the training split,
 reports its validation accuracy at every evaluation (which the pruners read) and scores
 the configuration by its final validation accuracy.
+
+A trial first checks that it is not one too many (``fastmlp.search.study.surplus_reason``:
+workers deciding together may start more than ``--n_trials``); a surplus trial fails at
+once, without training. Its outputs go to a folder of its own,
+``<out_dir>/trials/<study name>/trial_NNNN``, created exclusively (``-1``... when taken:
+two studies given one ``--out_dir`` never share one). A finished trial's checkpoint is
+deleted; so are the checkpoints that killed workers left, when a worker finishes.
 """
 from __future__ import annotations
 
@@ -12,12 +19,13 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-from fastmlp.atomic import atomic_write_json
+from fastmlp.atomic import atomic_write_json, make_new_dir
 from fastmlp.hyperparams import format_hidden_units
 from fastmlp.runlog import DivergenceError
 from fastmlp.search import study as studies
@@ -25,9 +33,17 @@ from fastmlp.search.adapter import TrainerAdapter, threads_per_worker
 from fastmlp.search.errors import SearchError, WorkerError
 from fastmlp.search.reports import describe, say
 from fastmlp.search.space import suggest_config
-from fastmlp.search.storage import open_storage, optuna_module, quiet_optuna_warnings
+from fastmlp.search.storage import (
+    hide_trial_failure_logs,
+    live_grid_point,
+    open_storage,
+    optuna_module,
+    quiet_optuna_warnings,
+    release_grid_point,
+)
 
-__all__ = ["EVAL_SLEEP_ENV", "make_objective", "run_worker", "run_workers", "trial_dir", "worker_process"]
+__all__ = ["EVAL_SLEEP_ENV", "SurplusTrial", "make_objective", "remove_left_checkpoints", "run_worker",
+           "run_workers", "trial_dir", "worker_process"]
 
 # Test hook (not a flag): seconds to sleep in every evaluation callback, so that a test can
 # kill a worker deterministically in the middle of a trial.
@@ -36,20 +52,67 @@ EVAL_SLEEP_ENV = "FASTMLP_SEARCH_TEST_EVAL_SLEEP"
 _CHECKPOINTS = ("checkpoint.npz", "checkpoint.pt")
 
 
+class SurplusTrial(Exception):
+    """A trial started once the earlier ones already cover the budget or its grid point: it is failed unrun."""
+
+
 def trial_dir(args: argparse.Namespace, number: int) -> Path:
-    """``<out_dir>/trials/trial_NNNN``: a trial's curves and metrics."""
-    return Path(args.out_dir) / "trials" / f"trial_{number:04d}"
+    """``<out_dir>/trials/<study name>/trial_NNNN``, where a trial's curves and metrics go.
+
+    The study's name is kept to letters, digits, ``.``, ``-`` and ``_`` (others become
+    ``_``). The trial claims the folder with :func:`fastmlp.atomic.make_new_dir`, which adds
+    ``-1``, ``-2``... when another study of the same name already took it.
+    """
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", args.study_name).strip("._") or "study"
+    return Path(args.out_dir) / "trials" / name / f"trial_{number:04d}"
 
 
-def make_objective(args: argparse.Namespace, adapter: TrainerAdapter, data: dict) -> Callable:
-    """The function Optuna maximises: train the trial's configuration, return its validation accuracy."""
+def remove_left_checkpoints(study) -> int:
+    """Delete the checkpoints left in the folders of trials no longer running (their workers were killed).
+
+    Returns how many were deleted. Folders of other machines (not here) are skipped.
+    """
+    from optuna.trial import TrialState
+
+    removed = 0
+    for trial in study.get_trials(deepcopy=False):
+        folder = trial.user_attrs.get("trial_dir")
+        if folder is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+            continue
+        for name in _CHECKPOINTS:
+            with contextlib.suppress(FileNotFoundError):
+                (Path(folder) / name).unlink()
+                removed += 1
+    return removed
+
+
+def _refuse_surplus(trial, args: argparse.Namespace, surplus: set[int]) -> None:
+    """Raise :class:`SurplusTrial` (after giving back its grid point) if ``trial`` is one too many."""
+    point = live_grid_point(trial)
+    reason = studies.surplus_reason(trial.study, trial.number, point, args)
+    if reason is not None:
+        if point is not None:
+            release_grid_point(trial)
+        trial.set_user_attr("surplus", reason)
+        surplus.add(trial.number)
+        raise SurplusTrial(reason)
+
+
+def make_objective(args: argparse.Namespace, adapter: TrainerAdapter, data: dict,
+                   surplus: set[int] | None = None) -> Callable:
+    """The function Optuna maximises: train the trial's configuration, return its validation accuracy.
+
+    A surplus trial raises :class:`SurplusTrial` before anything else; its number is added to ``surplus``.
+    """
     optuna = optuna_module()
     eval_sleep = float(os.environ.get(EVAL_SLEEP_ENV, "0") or 0)
+    surplus = set() if surplus is None else surplus
 
     def objective(trial) -> float:
+        _refuse_surplus(trial, args, surplus)
         config = suggest_config(trial, model=args.model, grid=args.grid_values,
                                 space=args.space_values, max_steps_cap=args.max_steps_cap)
-        out_dir = trial_dir(args, trial.number)
+        out_dir = make_new_dir(trial_dir(args, trial.number))
         ns = adapter.namespace(config, args, out_dir=out_dir)
         trial.set_user_attr("hidden_units", format_hidden_units(config["hidden_units"]))
         trial.set_user_attr("steps", int(config["max_steps"]))
@@ -96,6 +159,9 @@ def _trial_line(args: argparse.Namespace, prefix: str):
     from optuna.trial import TrialState
 
     def report(study, trial) -> None:
+        if trial.user_attrs.get("surplus"):
+            say(args, f"{prefix}trial {trial.number}: not run, one too many: {trial.user_attrs['surplus']}")
+            return
         config = suggest_config(optuna.trial.FixedTrial(trial.params), model=args.model,
                                 grid=args.grid_values, space=args.space_values,
                                 max_steps_cap=args.max_steps_cap)
@@ -130,25 +196,27 @@ def run_worker(args: argparse.Namespace, *, adapter: TrainerAdapter | None = Non
     heartbeat = bool(args.heartbeat_interval)
     prefix = f"[worker {args.worker_index}] " if args.n_workers > 1 else ""
     report = _trial_line(args, prefix)
-    objective = None
+    objective, surplus = None, set()
     while True:
         if args.timeout is not None and time.monotonic() - started > args.timeout:
             say(args, f"{prefix}--timeout {args.timeout:g} s reached: no new trial")
-            return
+            break
         if heartbeat:
             with quiet_optuna_warnings():
                 optuna.storages.fail_stale_trials(study)
         action = studies.next_action(study, args, heartbeat)
         if action == "done":
-            return
+            break
         if action == "wait":
             time.sleep(min(5.0, max(0.5, args.heartbeat_interval / 2)))
             continue
         if objective is None:
-            objective = _marking_interrupts(make_objective(args, adapter, adapter.trial_data(args)))
-        # A KeyboardInterrupt or an error of the trainer propagates (Optuna marks the trial FAIL).
-        with quiet_optuna_warnings():
-            study.optimize(objective, n_trials=1, callbacks=[report], gc_after_trial=True)
+            objective = _marking_interrupts(make_objective(args, adapter, adapter.trial_data(args), surplus))
+        # A KeyboardInterrupt or an error of the trainer propagates (Optuna marks the trial FAIL);
+        # a surplus trial is failed on purpose, without Optuna's failure message.
+        with quiet_optuna_warnings(), hide_trial_failure_logs(surplus):
+            study.optimize(objective, n_trials=1, callbacks=[report], gc_after_trial=True, catch=(SurplusTrial,))
+    remove_left_checkpoints(study)
 
 
 def _marking_interrupts(objective: Callable) -> Callable:
