@@ -69,9 +69,10 @@ def test_the_hostile_file_does_run_code_when_unpickled_unsafely(tmp_path):
 def test_a_hostile_checkpoint_is_refused_unread_by_the_command_line(tmp_path, synthetic_cifar_dir):
     path, marker = hostile_checkpoint(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    # 300 s: a child importing torch on a loaded 2-core box took over 120 s (the test then failed by timeout).
     result = subprocess.run([sys.executable, "-m", "torch_models.train_mlp", "--device", "cpu", "--data_dir",
                              str(synthetic_cifar_dir), "--quiet", "--resume", str(path.parent)],
-                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "error: --resume:" in result.stderr and "could run code" in result.stderr
