@@ -3,7 +3,7 @@
     python benches/convnet_step.py                              # batches 32 and 128, 7 rounds
     python benches/convnet_step.py --batch_sizes 32 128 256 --rounds 9 --json out.json
 
-The step is the trainer's own (``torch_models.trainer.forward_backward`` with the course's
+The step is the trainer's own (``torch_models.hooks.forward_backward`` with the course's
 Adam, lr 1e-4) on a fixed random batch, in four configurations: float32 NCHW (the default),
 float32 channels-last, bfloat16 autocast NCHW, and bfloat16 autocast channels-last (what
 ``--device cpu --amp`` runs on a CPU with native bf16). Each contender has its own copy of
@@ -26,7 +26,7 @@ import torch
 
 from torch_models.convnet import ConvNet
 from torch_models.precision import Precision, cpu_bf16_features
-from torch_models.trainer import forward_backward
+from torch_models.hooks import forward_backward
 
 TARGET = 1.6
 CONTENDERS = {  # name -> (autocast dtype, channels-last)

@@ -173,6 +173,62 @@ def test_the_searchs_flags_read_the_trainers_messages(capsys):
     assert _cli_message(search.main, "seed", "-1", capsys) == _estimator_message("random_state", -1, ValueError)
 
 
+# --------------------------------------------------------------------------- the torch trainers
+# fastmlp.train's flags that the torch trainers share: a bad value reads the same on all three
+# command lines, and in the torch trainers' train() given a Namespace built by hand.
+SHARED_WITH_TORCH = [
+    ("learning_rate", "-1"), ("learning_rate", "nan"), ("batch_size", "0"), ("batch_size", "2.5"), ("max_steps", "-3"),
+    ("eval_freq", "0"), ("eval_batch_size", "0"), ("validation_size", "-1"), ("seed", "-1"), ("threads", "0"),
+    ("weight_decay", "-0.1"), ("momentum", "1.0"), ("optimizer", "rmsprop"), ("lr_schedule", "linear"),
+    ("warmup_steps", "-1"), ("preprocessing", "zca"),
+]
+# The torch trainers' own flags (not fastmlp.train's): (flag, table entry, text, trainers).
+TORCH_ONLY = [
+    ("device", "device", "tpu", ("mlp", "convnet")), ("dropout", "dropout", "1.0", ("mlp",)),
+    ("init", "torch_init", "zeros", ("mlp",)), ("batchnorm", "batchnorm", "layer", ("mlp",)),
+    ("dnn_hidden_units", "hidden_units", "64,0", ("mlp",)), ("label_smoothing", "label_smoothing", "-0.1", ("convnet",)),
+]
+
+
+def _torch_trainers():
+    pytest.importorskip("torch")
+    from torch_models import train_convnet, train_mlp
+
+    return {"mlp": train_mlp, "convnet": train_convnet}
+
+
+def _train_message(module, flag: str, value) -> str:
+    """What ``module.train`` says of ``flag=value`` in a hand-built Namespace (it fails before any data is read)."""
+    import argparse
+
+    with pytest.raises((TypeError, ValueError)) as exc:
+        module.train(argparse.Namespace(**{flag: value}))
+    prefix = f"--{flag}: "
+    assert str(exc.value).startswith(prefix), str(exc.value)
+    return str(exc.value)[len(prefix):]
+
+
+@pytest.mark.parametrize("flag, text", SHARED_WITH_TORCH)
+def test_the_torch_trainers_read_fastmlp_trains_messages(flag, text, capsys):
+    trainers = _torch_trainers()
+    expected = _cli_message(fm_train.main, flag, text, capsys)
+    value = CONSTRAINTS[flag].from_text(text)
+    for module in trainers.values():
+        assert _cli_message(module.main, flag, text, capsys) == expected
+        assert _train_message(module, flag, value) == expected
+
+
+@pytest.mark.parametrize("flag, entry, text, which", TORCH_ONLY)
+def test_the_torch_trainers_own_flags_read_the_tables_message(flag, entry, text, which, capsys):
+    trainers = _torch_trainers()
+    value = CONSTRAINTS[entry].from_text(text)
+    with pytest.raises((TypeError, ValueError)) as exc:
+        check(entry, value, label="")
+    for name in which:
+        assert _cli_message(trainers[name].main, flag, text, capsys) == str(exc.value)
+        assert _train_message(trainers[name], flag, value) == str(exc.value)
+
+
 # --------------------------------------------------------------------------- the model's dtype
 def test_values_the_model_dtype_cannot_hold_are_refused():
     from fastmlp.hyperparams import check_in_dtype

@@ -17,21 +17,21 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
 CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.search.__main__",
-               "fastmlp.__main__", "fastmlp.plot", "torch_models.train_mlp", "torch_models.train_convnet"}
+               "fastmlp.__main__", "fastmlp.plot", "torch_models.cli", "torch_models.train_mlp",
+               "torch_models.train_convnet"}
 LIBRARY_MODULES = {
-    "fastmlp", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.data", "fastmlp.data.cache",
+    "fastmlp", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.curves", "fastmlp.data", "fastmlp.data.cache",
     "fastmlp.data.dataset", "fastmlp.data.files", "fastmlp.data.preprocessing", "fastmlp._blas", "fastmlp.estimator",
     "fastmlp.hyperparams", "fastmlp.loop", "fastmlp.mlp", "fastmlp.modules", "fastmlp.optim", "fastmlp.reference",
     "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training", "fastmlp.version", "fastmlp.search.space",
-    "torch_models", "torch_models.batchnorm", "torch_models.convnet", "torch_models.mlp", "torch_models.trainer",
+    "torch_models", "torch_models.batchnorm", "torch_models.checkpoint", "torch_models.convnet",
+    "torch_models.devices", "torch_models.distributed", "torch_models.evaluation", "torch_models.hooks",
+    "torch_models.mlp", "torch_models.optimizers", "torch_models.precision", "torch_models.rng",
+    "torch_models.step_stats", "torch_models.trainer", "torch_models.transfer",
 }
 # The core's own private modules, which the core imports.
 PACKAGE_PRIVATE = {"fastmlp._kernels", "fastmlp._validation", "fastmlp._blas"}
-KNOWN = {
-    ("file", "torch_models/trainer.py"): "its fit() moves onto fastmlp.loop in issue #10 stage 2",
-    ("function", "torch_models/trainer.py:fit"): "moves onto fastmlp.loop in issue #10 stage 2",
-    ("cli", "torch_models/trainer.py:fastmlp.cli.explicit_flags"): "run_main (CLI code) leaves trainer.py in issue #10 stage 2",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _modules():

@@ -68,3 +68,25 @@ def test_one_cycle_is_pytorchs_one_cycle_lr(total, warmup):
         optimizer.step()
         if step < total:
             scheduler.step()
+
+
+@pytest.mark.parametrize("total, warmup", [(100, 0), (7, 0), (3, 0), (50, 10)])
+def test_one_cycle_momentum_is_pytorchs(total, warmup):
+    """The momentum OneCycleLR cycles (SGD's momentum, Adam's beta1) equals ``momentum(step)``."""
+    torch = pytest.importorskip("torch")
+    pct_start = warmup / total if warmup else 0.3
+    sgd = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    adam = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedulers = [torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total, pct_start=pct_start)
+                  for opt in (sgd, adam)]
+    ours = LearningRateSchedule(0.1, total, "onecycle", warmup_steps=warmup)
+    for step in range(1, total + 1):
+        assert ours.momentum(step) == pytest.approx(sgd.param_groups[0]["momentum"], rel=1e-12), step
+        assert ours.momentum(step) == pytest.approx(adam.param_groups[0]["betas"][0], rel=1e-12), step
+        for optimizer, scheduler in zip((sgd, adam), schedulers):
+            optimizer.step()
+            if step < total:
+                scheduler.step()
+    assert all(0.85 <= ours.momentum(step) <= 0.95 for step in range(1, total + 1))
+    with pytest.raises(ValueError, match="only a 'onecycle' schedule"):
+        LearningRateSchedule(0.1, 10, "cosine").momentum(1)

@@ -19,7 +19,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from _trainer_runs import run_cut_and_resume, train_until  # noqa: E402
-from torch_models import precision, train_convnet, train_mlp, trainer  # noqa: E402
+from torch_models import checkpoint as tcheckpoint  # noqa: E402
+from torch_models import precision, rng, train_convnet, train_mlp  # noqa: E402
 from torch_models.step_stats import StepStats  # noqa: E402
 from torch_models.transfer import HostToDevice  # noqa: E402
 
@@ -40,7 +41,7 @@ def test_convnet_amp_records_the_dtype_the_gpu_runs(tmp_path, small_cifar_dir):
     assert metrics["device"] == "cuda:0" and metrics["gpu"] == torch.cuda.get_device_name(0)
     assert metrics["channels_last"] is True and metrics["cudnn_benchmark"] is True and metrics["tf32"] is True
     assert np.isfinite(metrics["test_loss"])
-    checkpoint = trainer.load_checkpoint(out)
+    checkpoint = tcheckpoint.load_checkpoint(out)
     assert checkpoint["precision"]["autocast_dtype"] == metrics["autocast_dtype"]
     assert checkpoint["rng"]["per_rank"][0]["cuda"] is not None
 
@@ -52,7 +53,7 @@ def test_convnet_deterministic_resume_is_exact_on_the_gpu(tmp_path, small_cifar_
              "--quiet"]
     whole, resumed = run_cut_and_resume(train_convnet, flags, None, tmp_path, stop_step=2)
     assert resumed["test_loss"] == whole["test_loss"] and resumed["deterministic"] is True
-    a, b = trainer.load_checkpoint(tmp_path / "whole"), trainer.load_checkpoint(tmp_path / "cut")
+    a, b = tcheckpoint.load_checkpoint(tmp_path / "whole"), tcheckpoint.load_checkpoint(tmp_path / "cut")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert not torch.are_deterministic_algorithms_enabled()  # undone after each run
 
@@ -65,7 +66,7 @@ def test_cpu_checkpoint_resumed_on_the_gpu_reseeds_the_cuda_generator(tmp_path, 
         metrics = train_convnet.train(train_convnet.build_parser().parse_args([*GPU, *flags, "--resume",
                                                                                str(tmp_path)]))
     assert metrics["steps"] == 4
-    assert torch.cuda.initial_seed() == trainer.resume_seed(42, 0, 2)  # not the step-0 stream of --seed
+    assert torch.cuda.initial_seed() == rng.resume_seed(42, 0, 2)  # not the step-0 stream of --seed
 
 
 def test_host_to_device_reuses_pinned_buffers_safely_and_step_stats_read_late():
@@ -82,7 +83,7 @@ def test_host_to_device_reuses_pinned_buffers_safely_and_step_stats_read_late():
 
 
 def test_mlp_nan_loss_on_the_gpu_names_its_step_and_keeps_the_checkpoint(tmp_path, synthetic_cifar_dir):
-    # On CUDA the losses are read every trainer.CUDA_READ_EVERY steps: the divergence is found
+    # On CUDA the losses are read every hooks.CUDA_READ_EVERY steps: the divergence is found
     # late but still named by its step, and the last checkpoint precedes it.
     flags = [*GPU, "--data_dir", str(synthetic_cifar_dir), "--learning_rate", "1e12", "--max_steps", "50",
              "--eval_freq", "40", "--quiet", "--out_dir", str(tmp_path)]
@@ -90,7 +91,7 @@ def test_mlp_nan_loss_on_the_gpu_names_its_step_and_keeps_the_checkpoint(tmp_pat
 
     with pytest.raises(DivergenceError) as info:
         train_mlp.train(train_mlp.build_parser().parse_args(flags))
-    assert 1 <= info.value.step < 40 and trainer.load_checkpoint(tmp_path)["step"] == 0
+    assert 1 <= info.value.step < 40 and tcheckpoint.load_checkpoint(tmp_path)["step"] == 0
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
@@ -104,7 +105,7 @@ def test_torchrun_two_gpus(tmp_path, synthetic_cifar_dir):
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and len(trainer.load_checkpoint(out)["rng"]["per_rank"]) == 2
+    assert metrics["world_size"] == 2 and len(tcheckpoint.load_checkpoint(out)["rng"]["per_rank"]) == 2
 
 
 @pytest.mark.slow

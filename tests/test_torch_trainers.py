@@ -6,9 +6,11 @@ network is heavy for a 2-core machine.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +21,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
+from fastmlp import loop  # noqa: E402
 from fastmlp.data import DataSet, get_cifar10  # noqa: E402
 from fastmlp.runlog import DivergenceError  # noqa: E402
-from torch_models import precision, train_convnet, train_mlp, trainer  # noqa: E402
+from torch_models import checkpoint as tcheckpoint  # noqa: E402
+from torch_models import evaluation, precision, rng, train_convnet, train_mlp  # noqa: E402
+from torch_models.distributed import DistContext  # noqa: E402
+from torch_models.trainer import TrainerSpec, fit  # noqa: E402
 from _trainer_runs import Interrupted, run_cut_and_resume, train_until  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +85,7 @@ def assert_outputs(out_dir: Path, *, steps: int, eval_steps: list[int], validati
     if plot:
         png = (out_dir / "curves.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
-    checkpoint = trainer.load_checkpoint(out_dir)
+    checkpoint = tcheckpoint.load_checkpoint(out_dir)
     assert checkpoint["step"] == steps
     assert {"model", "optimizer", "scheduler", "rng", "train_data", "curves"} <= set(checkpoint)
     assert checkpoint["rng"]["per_rank"][0]["torch"].dtype == torch.uint8
@@ -88,7 +94,7 @@ def assert_outputs(out_dir: Path, *, steps: int, eval_steps: list[int], validati
 
 
 def params_of(out_dir: Path) -> dict[str, torch.Tensor]:
-    return trainer.load_checkpoint(out_dir)["model"]
+    return tcheckpoint.load_checkpoint(out_dir)["model"]
 
 
 # --------------------------------------------------------------------------- end to end
@@ -128,18 +134,18 @@ def test_convnet_cli_dry_run_with_extras(tmp_path, small_cifar_dir, capsys, monk
         code = train_convnet.main([
             *CPU, "--data_dir", str(small_cifar_dir), "--dry_run", "--batch_size", "4", "--eval_batch_size", "50",
             "--augment", "--lr_schedule", "onecycle", "--amp", "--preprocessing", "standardize",
-            "--num_threads", "1", "--out_dir", str(out)])
+            "--threads", "1", "--out_dir", str(out)])
     assert code == 0
     assert len([w for w in warned if "bf16" in str(w.message)]) == 1
     printed = capsys.readouterr().out
     assert "dry run" in printed and "parameters" in printed and "precision: float32" in printed
-    metrics = assert_outputs(out, steps=trainer.DRY_RUN_STEPS, eval_steps=[0, 2, 4], validation=False)
+    metrics = assert_outputs(out, steps=loop.DRY_RUN_STEPS, eval_steps=[0, 2, 4], validation=False)
     assert metrics["amp"] is False and metrics["amp_requested"] is True and metrics["autocast_dtype"] is None
     assert metrics["channels_last"] is False  # the default follows the autocast actually applied
     assert metrics["dry_run"] is True and metrics["device"] == "cpu"
-    checkpoint = trainer.load_checkpoint(out)
+    checkpoint = tcheckpoint.load_checkpoint(out)
     assert checkpoint["precision"]["amp"] is False and checkpoint["flags"]["amp"] is True  # applied vs asked
-    assert checkpoint["scheduler"]["total_steps"] == 5000  # OneCycleLR over the full --max_steps
+    assert checkpoint["scheduler"]["total_steps"] == 5000  # the schedule spans the full --max_steps
     assert checkpoint["trainer"] == "train_convnet"
 
 
@@ -155,7 +161,7 @@ def test_convnet_amp_trains_in_bf16_on_a_cpu_with_native_bf16(tmp_path, conv_dat
     rows = read_curves(tmp_path / "amp")
     assert np.isfinite(amp["test_loss"]) and np.isfinite(float(rows[-1]["train_loss"]))
     assert amp["test_loss"] != fp32["test_loss"]  # the bf16 arithmetic really ran
-    checkpoint = trainer.load_checkpoint(tmp_path / "amp")
+    checkpoint = tcheckpoint.load_checkpoint(tmp_path / "amp")
     assert checkpoint["precision"]["autocast_dtype"] == "bfloat16"
     assert all(t.dtype in (torch.float32, torch.int64) for t in checkpoint["model"].values())  # weights stay fp32
 
@@ -165,11 +171,11 @@ def test_convnet_resume_across_amp_settings(tmp_path, small_cifar_dir, monkeypat
     monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ("avx512_bf16",))
     run = tmp_path / "run"
     common = [*CPU, "--data_dir", str(small_cifar_dir), "--batch_size", "4", "--eval_freq", "2",
-              "--num_threads", "1", "--quiet"]
+              "--threads", "1", "--quiet"]
     assert train_convnet.main(common + ["--max_steps", "2", "--out_dir", str(run)]) == 0
     with pytest.warns(UserWarning, match="trained under float32 autocast, this run trains under bfloat16"):
         assert train_convnet.main(common + ["--resume", str(run), "--amp", "--max_steps", "4"]) == 0
-    checkpoint = trainer.load_checkpoint(run)
+    checkpoint = tcheckpoint.load_checkpoint(run)
     assert checkpoint["step"] == 4 and checkpoint["precision"]["autocast_dtype"] == "bfloat16"
     assert all(t.dtype in (torch.float32, torch.int64) for t in checkpoint["model"].values())
     # --amp is now taken from the checkpoint; --no-amp turns it off again.
@@ -186,11 +192,11 @@ def test_convnet_checkpoint_with_one_optimizer_group_is_refused_clearly(tmp_path
     parser = train_convnet.build_parser()
     flags = [*CPU, "--batch_size", "2", "--eval_freq", "1", "--quiet"]
     train_convnet.train(parser.parse_args(flags + ["--max_steps", "1", "--out_dir", str(tmp_path)]), data=conv_data)
-    checkpoint = trainer.load_checkpoint(tmp_path)
+    checkpoint = tcheckpoint.load_checkpoint(tmp_path)
     from torch_models.convnet import ConvNet
 
     checkpoint["optimizer"] = torch.optim.Adam(ConvNet(3, 10).parameters()).state_dict()
-    trainer.save_checkpoint(tmp_path / trainer.CHECKPOINT_NAME, checkpoint)
+    tcheckpoint.save_checkpoint(tmp_path / tcheckpoint.CHECKPOINT_NAME, checkpoint)
     with pytest.raises(ValueError, match="--resume: the checkpoint's optimizer state does not fit"):
         train_convnet.train(parser.parse_args(flags + ["--max_steps", "2", "--resume", str(tmp_path)]),
                             data=conv_data)
@@ -203,10 +209,11 @@ def test_batch_too_small_for_batchnorm_is_refused_up_front(tmp_path, small_cifar
     assert "--batch_size 1 gives 1 example(s), but the model's BatchNorm" in capsys.readouterr().err
     # Under torchrun each rank trains on batch_size / world_size rows: checked before any collective.
     args = train_convnet.build_parser().parse_args([*CPU, "--batch_size", "2", "--quiet"])
-    ctx = trainer.DistContext(torch.device("cpu"), world_size=2)
+    ctx = DistContext(torch.device("cpu"), world_size=2)
+    spec = TrainerSpec(name="train_convnet", input_shape=(3, 32, 32), build_model=None, build_optimizer=None,
+                       min_local_batch=2)
     with pytest.raises(ValueError, match=r"--batch_size 2 gives 1 example\(s\) per rank \(world size 2\)"):
-        trainer.fit(args, trainer_name="train_convnet", ctx=ctx, data=conv_data, input_shape=(3, 32, 32),
-                    build_model=None, build_optimizer=None, min_local_batch=2)
+        fit(args, spec, ctx=ctx, data=conv_data)
 
 
 # --------------------------------------------------------------------------- API contract
@@ -234,19 +241,37 @@ def test_on_eval_exception_propagates_and_keeps_checkpoint(tmp_path, mlp_data):
 
     with pytest.raises(Interrupted):
         train_mlp.train(args, data=mlp_data, on_eval=prune)
-    assert trainer.load_checkpoint(tmp_path)["step"] == 10
+    assert tcheckpoint.load_checkpoint(tmp_path)["step"] == 10
     assert not (tmp_path / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("flags, match", [
-    (["--batch_size", "0"], "--batch_size"),
-    (["--dropout", "1.5"], "--dropout"),
-    (["--num_threads", "0"], "--num_threads"),
+@pytest.mark.parametrize("flag, value, message", [
+    ("batch_size", 0, "expected an integer > 0, got 0"),
+    ("dropout", 1.5, "expected a finite number >= 0.0 and < 1.0, got 1.5"),
+    ("threads", 0, "expected an integer > 0, got 0"),
+    ("num_threads", 0, "expected an integer > 0, got 0"),
 ])
-def test_bad_flags_raise_value_error_naming_the_flag(mlp_data, flags, match):
-    args = train_mlp.build_parser().parse_args(CPU + flags + ["--quiet"])
-    with pytest.raises(ValueError, match=match):
-        train_mlp.train(args, data=mlp_data)
+def test_a_bad_flag_is_refused_by_the_parser_and_by_train(mlp_data, flag, value, message, capsys):
+    # The command line refuses it while parsing (exit 2); a Namespace built by hand, in train().
+    with pytest.raises(SystemExit) as exited:
+        train_mlp.build_parser().parse_args([*CPU, f"--{flag}", str(value)])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    args = argparse_copy(train_mlp.build_parser().parse_args([*CPU, "--quiet"]), **{flag: value})
+    shown = "threads" if flag == "num_threads" else flag  # the earlier name sets --threads
+    with pytest.warns(FutureWarning) if flag == "num_threads" else contextlib.nullcontext():
+        with pytest.raises(ValueError, match=f"^--{shown}: {re.escape(message)}$"):
+            train_mlp.train(args, data=mlp_data)
+
+
+def test_num_threads_is_the_old_name_of_threads(mlp_data, tmp_path):
+    with pytest.warns(FutureWarning, match="--num_threads is deprecated: use --threads"):
+        args = train_mlp.build_parser().parse_args([*CPU, "--num_threads", "1"])
+    assert args.threads == 1 and "num_threads" not in vars(args)
+    old = argparse_copy(train_mlp.build_parser().parse_args([*CPU, "--quiet", "--max_steps", "1", "--eval_freq", "1",
+                                                             "--out_dir", str(tmp_path)]), num_threads=1)
+    with pytest.warns(FutureWarning, match="--num_threads"):
+        metrics = train_mlp.train(old, data=mlp_data)
+    assert metrics["flags"]["threads"] == 1 and "num_threads" not in metrics["flags"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
@@ -283,6 +308,30 @@ def test_resume_errors(tmp_path, mlp_data, conv_data, capsys):
         train_mlp.train(args, data=mlp_data)
 
 
+def test_ctrl_c_exits_130_naming_the_resume_command_which_then_finishes_the_run(tmp_path, synthetic_cifar_dir,
+                                                                               monkeypatch, capsys):
+    from torch_models import hooks
+
+    out = tmp_path / "run"
+    flags = [*CPU, "--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "16", "--max_steps", "6",
+             "--eval_freq", "2", "--quiet"]
+    step = hooks.TorchHooks.step
+
+    def interrupted_at_3(self, n):
+        if n == 3:
+            raise KeyboardInterrupt
+        return step(self, n)
+
+    monkeypatch.setattr(hooks.TorchHooks, "step", interrupted_at_3)
+    assert train_mlp.main(flags + ["--out_dir", str(out)]) == 130
+    assert f"python -m torch_models.train_mlp --resume {out}" in capsys.readouterr().err
+    assert tcheckpoint.load_checkpoint(out)["step"] == 2
+    monkeypatch.setattr(hooks.TorchHooks, "step", step)
+    # --resume alone: every flag but the invocation's (--device...) comes from the checkpoint, --data_dir too.
+    assert train_mlp.main([*CPU, "--quiet", "--resume", str(out)]) == 0
+    assert [int(r["step"]) for r in read_curves(out)] == [0, 2, 4, 6]
+
+
 # --------------------------------------------------------------------------- divergence
 def test_nan_loss_raises_divergence_error_with_step_and_keeps_last_checkpoint(tmp_path, mlp_data, synthetic_cifar_dir,
                                                                              capsys):
@@ -293,7 +342,7 @@ def test_nan_loss_raises_divergence_error_with_step_and_keeps_last_checkpoint(tm
     step = info.value.step
     assert 1 <= step < 50 and not np.isfinite(info.value.loss)
     assert f"diverged at step {step}" in str(info.value)
-    checkpoint = trainer.load_checkpoint(tmp_path)
+    checkpoint = tcheckpoint.load_checkpoint(tmp_path)
     assert checkpoint["step"] == step - 1  # the last evaluation before the bad step, not the bad step
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
     # The CLI reports the same step and exits with status 1.
@@ -301,6 +350,41 @@ def test_nan_loss_raises_divergence_error_with_step_and_keeps_last_checkpoint(tm
     code = train_mlp.main(["--data_dir", str(synthetic_cifar_dir), "--validation_size", "100", *flags[:-1], str(out)])
     assert code == 1
     assert f"diverged at step {step}" in capsys.readouterr().err
+
+
+def test_an_update_to_infinite_weights_is_never_checkpointed(tmp_path, synthetic_cifar_dir, capsys):
+    """--learning_rate 1e38: the first update makes the weights huge or inf while its own batch loss, taken
+    before the update, is finite. The evaluation after it must report divergence (exit 1), not save them."""
+    out = tmp_path / "inf"
+    code = train_mlp.main([*CPU, "--data_dir", str(synthetic_cifar_dir), "--learning_rate", "1e38", "--init",
+                           "kaiming", "--max_steps", "5", "--eval_freq", "1", "--batch_size", "50", "--quiet",
+                           "--out_dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith("error: training diverged at step 1: "), err  # caught by the evaluation, not step 2
+    checkpoint = tcheckpoint.load_checkpoint(out)
+    assert checkpoint["step"] == 0 and all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+    assert [int(r["step"]) for r in read_curves(out)] == [0]  # the diverged evaluation is not a curve point
+    assert not (out / "metrics.json").exists()
+
+
+def test_torch_hooks_see_a_non_finite_parameter(tmp_path, mlp_data):
+    """What fastmlp.loop.check_before_checkpoint asks the torch hooks before each checkpoint."""
+    from torch_models.hooks import TorchHooks
+    from torch_models.precision import choose_precision
+
+    args = train_mlp.build_parser().parse_args([*CPU, "--dnn_hidden_units", "8"])
+    spec = TrainerSpec(name="train_mlp", input_shape=(3072,), build_model=lambda: torch.nn.Linear(3072, 10),
+                       build_optimizer=lambda model: torch.optim.SGD(model.parameters(), lr=0.1))
+    ctx = DistContext(torch.device("cpu"))
+    hooks = TorchHooks.build(spec, args, mlp_data, ctx=ctx, plan=loop.Plan(5, 1),
+                             precision=choose_precision(False, ctx.device), checkpoint_path=tmp_path / "c.pt")
+    assert hooks.parameters_finite()
+    with torch.no_grad():
+        hooks.parts.model.bias[3] = float("inf")  # a bias: the evaluation loss alone might not show it
+    assert not hooks.parameters_finite()
+    with pytest.raises(DivergenceError, match="diverged at step 3: a parameter is NaN or infinite"):
+        loop.check_before_checkpoint(hooks, 3, {"test_loss": 2.0})
 
 
 # --------------------------------------------------------------------------- resume
@@ -329,16 +413,19 @@ def test_mlp_resume_via_cli_takes_flags_from_checkpoint(tmp_path, synthetic_cifa
     assert [int(r["step"]) for r in read_curves(tmp_path / "short")] == [0, 4, 8]
 
 
-def test_convnet_resume_matches_uninterrupted_run(tmp_path, conv_data):
-    # Augmentation (torch RNG), a cosine schedule and BatchNorm buffers must all be restored.
-    flags = [*CPU, "--batch_size", "4", "--max_steps", "3", "--eval_freq", "2", "--augment", "--lr_schedule", "cosine",
+@pytest.mark.parametrize("schedule", [
+    ["--lr_schedule", "cosine"],
+    ["--lr_schedule", "onecycle", "--optimizer", "momentum", "--nesterov", "--weight_decay", "1e-3"],
+], ids=["adam-cosine", "nesterov-onecycle"])
+def test_convnet_resume_matches_uninterrupted_run(tmp_path, conv_data, schedule):
+    # Augmentation (torch RNG), the schedule (with one-cycle's momentum) and BatchNorm buffers must all be restored.
+    flags = [*CPU, "--batch_size", "4", "--max_steps", "3", "--eval_freq", "2", "--augment", *schedule,
              "--learning_rate", "1e-3", "--quiet"]
     whole, resumed = run_cut_and_resume(train_convnet, flags, conv_data, tmp_path, stop_step=2)
     assert resumed["test_loss"] == whole["test_loss"]
-    a, b = trainer.load_checkpoint(tmp_path / "whole"), trainer.load_checkpoint(tmp_path / "cut")
+    a, b = tcheckpoint.load_checkpoint(tmp_path / "whole"), tcheckpoint.load_checkpoint(tmp_path / "cut")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 3
-    assert a["scheduler"]["_last_lr"] == b["scheduler"]["_last_lr"]
+    assert a["scheduler"] == b["scheduler"] and a["scheduler"]["updates_done"] == 3
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -379,7 +466,7 @@ def test_torchrun_two_cpu_processes_write_outputs_once(tmp_path, synthetic_cifar
     assert result.stdout.count("test accuracy") == 1  # rank 0 alone reports
     metrics = assert_outputs(out, steps=10, eval_steps=[0, 5, 10], validation=False)
     assert metrics["world_size"] == 2
-    assert len(trainer.load_checkpoint(out)["rng"]["per_rank"]) == 2
+    assert len(tcheckpoint.load_checkpoint(out)["rng"]["per_rank"]) == 2
     # Slicing the global batch: the same global batches and mean gradient as one process.
     single = train_mlp.train(train_mlp.build_parser().parse_args(flags + ["--quiet", "--out_dir",
                                                                           str(tmp_path / "one")]))
@@ -392,12 +479,12 @@ def test_torchrun_a_failed_write_on_rank_0_stops_every_rank(tmp_path, synthetic_
     # Rank 0 cannot write its checkpoint (a folder is in the way); rank 1 must learn of it and
     # stop too, instead of waiting in the next collective until the process group times out.
     out = tmp_path / "ddp"
-    (out / trainer.CHECKPOINT_NAME).mkdir(parents=True)
+    (out / tcheckpoint.CHECKPOINT_NAME).mkdir(parents=True)
     flags = [*CPU, "--data_dir", str(synthetic_cifar_dir), "--max_steps", "10", "--eval_freq", "5",
              "--batch_size", "100", "--out_dir", str(out)]
     result = run_torchrun_mlp(flags, cwd=tmp_path)
     assert result.returncode != 0
-    assert "another rank failed while writing the curves and checkpoint of step 0" in result.stderr
+    assert "another rank failed while writing the checkpoint of step 0" in result.stderr
     assert "IsADirectoryError" in result.stderr
 
 
@@ -408,13 +495,13 @@ def test_resume_on_another_device_type_reseeds_the_generators(tmp_path, mlp_data
     flags = [*CPU, "--dnn_hidden_units", "32", "--dropout", "0.5", "--max_steps", "4", "--eval_freq", "2",
              "--deterministic", "--quiet"]
     train_until(train_mlp, flags + ["--out_dir", str(tmp_path)], mlp_data, stop_step=2)
-    checkpoint = trainer.load_checkpoint(tmp_path)
+    checkpoint = tcheckpoint.load_checkpoint(tmp_path)
     checkpoint["rng"]["per_rank"][0]["cuda"] = torch.zeros(16, dtype=torch.uint8)  # as a GPU run saves it
-    trainer.save_checkpoint(tmp_path / trainer.CHECKPOINT_NAME, checkpoint)
+    tcheckpoint.save_checkpoint(tmp_path / tcheckpoint.CHECKPOINT_NAME, checkpoint)
     with pytest.warns(UserWarning, match="written on CUDA, this run trains on CPU"):
         metrics = train_mlp.train(train_mlp.build_parser().parse_args(flags + ["--resume", str(tmp_path)]),
                                   data=mlp_data)
-    assert torch.initial_seed() == trainer.resume_seed(42, 0, 2)
+    assert torch.initial_seed() == rng.resume_seed(42, 0, 2)
     assert metrics["steps"] == 4 and metrics["deterministic"] is True
     assert not torch.are_deterministic_algorithms_enabled()  # --deterministic is undone after the run
 
@@ -435,22 +522,22 @@ class ShapeSpy(torch.nn.Module):
 def test_evaluate_batches_under_inference_mode_and_pads_only_for_static_shapes():
     torch.manual_seed(0)
     images, labels = torch.randn(13, 12), torch.randint(0, 3, (13,))
-    eval_set = trainer.EvalSet(images, labels, total=13)
-    ctx = trainer.DistContext(torch.device("cpu"))
+    eval_set = evaluation.EvalSet(images, labels, total=13)
+    ctx = DistContext(torch.device("cpu"))
     model = ShapeSpy().train()
     with torch.no_grad():
         logits = model.linear(images)
     expected = (torch.nn.functional.cross_entropy(logits, labels).item(),
                 (logits.argmax(dim=1) == labels).float().mean().item())
-    ragged = trainer.evaluate(model, eval_set, batch_size=5, ctx=ctx)
+    ragged = evaluation.evaluate(model, eval_set, batch_size=5, ctx=ctx)
     assert [c[0] for c in model.calls] == [5, 5, 3] and all(c[1] and not c[2] for c in model.calls)
     model.calls.clear()
-    padded = trainer.evaluate(model, eval_set, batch_size=5, ctx=ctx, static_shapes=True)
+    padded = evaluation.evaluate(model, eval_set, batch_size=5, ctx=ctx, static_shapes=True)
     assert [c[0] for c in model.calls] == [5, 5, 5]  # one input shape: a compiled model never recompiles
     assert ragged == pytest.approx(expected, rel=1e-6) and padded == pytest.approx(expected, rel=1e-6)
     assert model.training  # put back in training mode
     model.calls.clear()
-    low = trainer.evaluate(model, eval_set, batch_size=100, ctx=ctx, autocast_dtype=torch.bfloat16)
+    low = evaluation.evaluate(model, eval_set, batch_size=100, ctx=ctx, autocast_dtype=torch.bfloat16)
     assert [c[0] for c in model.calls] == [13] and model.calls[0][2]  # the batch is capped at the split
     assert low == pytest.approx(expected, rel=0.05, abs=0.02)
 
@@ -471,10 +558,10 @@ def test_compile_traces_once_per_mode_and_times_compilation_apart(tmp_path, mlp_
                                                 "--eval_batch_size", "64", "--quiet", "--out_dir", str(tmp_path)])
     from torch_models.mlp import MLP
 
-    metrics = trainer.fit(args, trainer_name="train_mlp", ctx=trainer.DistContext(torch.device("cpu")),
-                          data=mlp_data, input_shape=(3072,), build_model=lambda: MLP(3072, [16], 10),
-                          build_optimizer=lambda model: torch.optim.SGD(model.parameters(), lr=1e-3),
-                          compile_model=True)
+    spec = TrainerSpec(name="train_mlp", input_shape=(3072,), build_model=lambda: MLP(3072, [16], 10),
+                       build_optimizer=lambda model: torch.optim.SGD(model.parameters(), lr=1e-3),
+                       compile_model=True)
+    metrics = fit(args, spec, ctx=DistContext(torch.device("cpu")), data=mlp_data)
     torch.compiler.reset()
     # Evaluation (test 200 and validation 100 images in padded batches of 64) and training: one
     # graph each, shared by both splits and all 3 evaluations; a ragged batch would add one.
@@ -482,7 +569,7 @@ def test_compile_traces_once_per_mode_and_times_compilation_apart(tmp_path, mlp_
     assert metrics["compile"] is True and metrics["compile_seconds"] > 0
     assert metrics["timed_steps"] == 5  # the first step (the compilation) is timed apart
     assert metrics["seconds_per_step"] == pytest.approx(metrics["train_seconds"] / 5)
-    assert set(trainer.load_checkpoint(tmp_path)["model"]) == set(MLP(3072, [16], 10).state_dict())
+    assert set(tcheckpoint.load_checkpoint(tmp_path)["model"]) == set(MLP(3072, [16], 10).state_dict())
 
 
 # --------------------------------------------------------------------------- fastmlp.train's flags
@@ -558,6 +645,37 @@ def test_weight_decay_shrinks_weights_but_not_biases_or_batchnorm():
     assert len([p for p in model.parameters() if p.ndim == 2]) == 2
 
 
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_the_schedules_keep_the_rates_and_momenta_of_torchs_schedulers(name):
+    # The ConvNet used to step OneCycleLR and CosineAnnealingLR; its schedules now come from
+    # fastmlp.schedules with the same rates, and one-cycle still cycles the momentum (or beta1).
+    from fastmlp.schedules import LearningRateSchedule
+    from torch_models.optimizers import ScheduledHyperParameters
+
+    model, total = torch.nn.Linear(4, 2), 40
+    torch_schedulers = {"onecycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=total),
+                        "cosine": lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)}
+    for kind, make_torch_scheduler in torch_schedulers.items():
+        theirs = train_mlp.make_optimizer(name, train_mlp.parameter_groups(model, 0.0), 0.1)
+        ours = train_mlp.make_optimizer(name, train_mlp.parameter_groups(model, 0.0), 0.1)
+        torch_scheduler = make_torch_scheduler(theirs)
+        scheduler = ScheduledHyperParameters(ours, LearningRateSchedule(0.1, total, kind), cycle_momentum=True)
+        for step in range(1, total + 1):
+            for a, b in zip(theirs.param_groups, ours.param_groups):
+                assert b["lr"] == pytest.approx(a["lr"], rel=1e-9, abs=1e-13), (kind, step)
+                key = "betas" if name == "adam" else "momentum"
+                assert b[key] == pytest.approx(a[key], rel=1e-12), (kind, step)
+            theirs.step(), ours.step()  # no gradients: nothing moves, but the schedulers expect it
+            if step < total:
+                torch_scheduler.step()
+            scheduler.step()
+    # Plain SGD stays plain (OneCycleLR used to give it a momentum of 0.85-0.95).
+    plain = train_mlp.make_optimizer("sgd", train_mlp.parameter_groups(model, 0.0), 0.1)
+    scheduler = ScheduledHyperParameters(plain, LearningRateSchedule(0.1, total, "onecycle"), cycle_momentum=True)
+    scheduler.step()
+    assert [group["momentum"] for group in plain.param_groups] == [0, 0]
+
+
 def test_mlp_fastmlp_flags_end_to_end(tmp_path, synthetic_cifar_dir):
     from fastmlp.schedules import LearningRateSchedule
 
@@ -574,7 +692,7 @@ def test_mlp_fastmlp_flags_end_to_end(tmp_path, synthetic_cifar_dir):
     schedule = LearningRateSchedule(0.02, 30, "cosine", warmup_steps=4)
     assert [float(r["learning_rate"]) for r in read_curves(out)[1:]] == pytest.approx(
         [schedule(s) for s in range(5, 31, 5)], rel=1e-12)
-    checkpoint = trainer.load_checkpoint(out)
+    checkpoint = tcheckpoint.load_checkpoint(out)
     groups = checkpoint["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [1e-3, 0.0]
     assert all(g["momentum"] == 0.8 and g["nesterov"] for g in groups)
@@ -636,7 +754,7 @@ def test_mlp_resume_matches_uninterrupted_run_with_fastmlp_flags(tmp_path, mlp_d
              "--warmup_steps", "4", "--augment", "--max_steps", "9", "--eval_freq", "3", "--quiet"]
     whole, resumed = run_cut_and_resume(train_mlp, flags, mlp_data, tmp_path, stop_step=3)
     assert resumed["test_loss"] == whole["test_loss"] and resumed["test_accuracy"] == whole["test_accuracy"]
-    a, b = trainer.load_checkpoint(tmp_path / "whole"), trainer.load_checkpoint(tmp_path / "cut")
+    a, b = tcheckpoint.load_checkpoint(tmp_path / "whole"), tcheckpoint.load_checkpoint(tmp_path / "cut")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     momentum_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
     momentum_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
@@ -650,7 +768,7 @@ def test_mlp_resume_matches_uninterrupted_run_with_fastmlp_flags(tmp_path, mlp_d
         train_mlp.train(train_mlp.build_parser().parse_args(extend), data=mlp_data)
     messages = " ".join(str(w.message) for w in warned)
     assert "--weight_decay 0.001 -> 0.05" in messages and "keeps the horizon" in messages
-    extended = trainer.load_checkpoint(tmp_path / "whole")
+    extended = tcheckpoint.load_checkpoint(tmp_path / "whole")
     assert [g["weight_decay"] for g in extended["optimizer"]["param_groups"]] == [0.05, 0.0]
     # The cosine keeps the horizon the run was started with (the trainer's warning says so).
     assert extended["scheduler"]["total_steps"] == 9 and extended["scheduler"]["updates_done"] == 12

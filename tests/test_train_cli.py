@@ -141,6 +141,19 @@ def test_module_entry_point_dry_run(synthetic_cifar_dir, tmp_path):
     assert (out / "checkpoint.npz").is_file() and (out / "curves.png").is_file()
 
 
+def test_dry_run_rates_are_the_full_runs_first_ones(synthetic_cifar_dir, tmp_path):
+    # The schedule keeps the full --max_steps as its horizon (every trainer's convention).
+    from fastmlp.schedules import LearningRateSchedule
+
+    out = tmp_path / "dry"
+    assert fm_train.main(["--dry_run", "--quiet", "--data_dir", str(synthetic_cifar_dir), "--out_dir", str(out),
+                          "--lr_schedule", "cosine", "--max_steps", "40", "--dnn_hidden_units", "8"]) == 0
+    rates = [float(row["learning_rate"]) for row in read_curves(out)[1:]]
+    full = LearningRateSchedule(2e-3, 40, "cosine")
+    assert rates == pytest.approx([full(2), full(4)], rel=1e-12)
+    assert rates[-1] > 1.5e-3  # a 4-step cosine would be near its end
+
+
 def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit) as exc:
         fm_train.main(["--help"])

@@ -1,7 +1,7 @@
 """What the trainers' command lines share: flag types, ``--resume``'s flags, exit codes, the summary.
 
-A trainer's command-line module (``fastmlp.train``; the torch trainers are to
-follow) declares its flags and calls :func:`run_main`, which
+A trainer's command-line module (``fastmlp.train``, and the torch trainers through
+``torch_models.cli``) declares its flags and calls :func:`run_main`, which
 
 1. parses them, each value checked against the constraint table by
    :func:`fastmlp.hyperparams.flag_type`, so a bad value reads the same on every

@@ -11,9 +11,9 @@ scikit-learn's ``_parameter_constraints``. It is read by
 - :class:`fastmlp.MLPClassifier`, at ``fit``;
 - the search space (:mod:`fastmlp.search.space`: every ``--grid`` value and every
   end of a ``--space`` range);
-- the torch trainers: the MLP's ``--dnn_hidden_units``, ``--momentum`` and
-  ``--warmup_steps`` so far; ``device``, ``dropout`` and ``threads`` (for
-  ``--num_threads``) are the entries their other flags are to use.
+- the torch trainers (``torch_models.train_mlp``, ``torch_models.train_convnet``):
+  every flag named here, on the command line and in a Namespace handed to ``train()``
+  (the torch MLP's ``--init`` is the entry ``torch_init``).
 
 So a bad value gets one message everywhere, ``<name>: expected <what>, got <value>``,
 where ``<name>`` is what the interface calls it: ``--batch_size`` (command line),
@@ -47,11 +47,13 @@ from fastmlp.optim import OPTIMIZERS
 from fastmlp.schedules import SCHEDULES
 
 __all__ = [
+    "BATCHNORMS",
     "CONSTRAINTS",
     "DEVICES",
     "NONNEGATIVE_INT",
     "POSITIVE_INT",
     "POSITIVE_NUMBER",
+    "TORCH_INITS",
     "Boolean",
     "Constraint",
     "FloatDType",
@@ -70,6 +72,10 @@ __all__ = [
 
 #: ``--device`` of the torch trainers (and of the search's torch trials).
 DEVICES = ("auto", "cpu", "cuda")
+#: ``--batchnorm`` of the torch MLP: none, ``torch.nn.BatchNorm1d`` or the course's own module.
+BATCHNORMS = ("none", "torch", "custom")
+#: ``--init`` of the torch MLP: fastmlp's initialisations, or PyTorch's own (``torch``).
+TORCH_INITS = (*INITS, "torch")
 
 
 def _is_bool(value: Any) -> bool:
@@ -241,14 +247,16 @@ POSITIVE_NUMBER = Interval(float, 0.0, closed="neither")
 
 #: Every hyper-parameter's constraint, by name. Interfaces that name a parameter
 #: differently map their name to these: ``--dnn_hidden_units`` and the estimator's
-#: ``hidden_layer_sizes`` are ``hidden_units``; the torch trainers' ``--num_threads``
-#: is ``threads``.
+#: ``hidden_layer_sizes`` are ``hidden_units``; the torch MLP's ``--init`` is
+#: ``torch_init`` (it also offers PyTorch's own initialisation).
 CONSTRAINTS: dict[str, Constraint] = {
     # the network
     "hidden_units": HiddenUnits(),
     "init": Options(INITS),
+    "torch_init": Options(TORCH_INITS),
     "dtype": FloatDType(),
     "dropout": Interval(float, 0.0, 1.0),
+    "batchnorm": Options(BATCHNORMS),
     # the optimisation
     "optimizer": Options(OPTIMIZERS),
     "learning_rate": POSITIVE_NUMBER,
@@ -257,6 +265,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "weight_decay": Interval(float, 0.0),
     "lr_schedule": Options(SCHEDULES),
     "warmup_steps": NONNEGATIVE_INT,
+    "label_smoothing": Interval(float, 0.0, 1.0),
     "batch_size": POSITIVE_INT,
     "max_steps": POSITIVE_INT,
     # the data

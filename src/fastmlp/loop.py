@@ -9,10 +9,10 @@ A run is five named steps; the framework-specific work is done by a *hooks* obje
                                            #   eval_freq steps, at step 0 and after the last one
     finish(progress, ...)                  # metrics.json from the last evaluation
 
-Who runs it: ``fastmlp.train`` (hooks :class:`fastmlp.training.MLPHooks`) and
-:class:`fastmlp.MLPClassifier`, which needs only the stepping part
-(:func:`train_steps`: no evaluation, no files). The torch trainers are to follow;
-what their hooks must do is written on each method of :class:`Hooks`.
+Who runs it: ``fastmlp.train`` (hooks :class:`fastmlp.training.MLPHooks`), the torch
+trainers (``torch_models.hooks.TorchHooks``) and :class:`fastmlp.MLPClassifier`, which
+needs only the stepping part (:func:`train_steps`: no evaluation, no files). What the
+hooks must do is written on each method of :class:`Hooks`.
 
 Distributed runs: every rank runs the loop and calls every hook (evaluation and the
 checkpoint's state gathering are collectives); a hook that writes a file writes it
@@ -49,7 +49,8 @@ __all__ = [
 
 # --dry_run: enough steps to exercise every code path (an evaluation in the middle
 # and one at the end), evaluated on a slice of each split (a ConvNet's evaluation
-# of whole splits is slow on a CPU).
+# of whole splits is slow on a CPU). Every trainer's learning-rate schedule keeps the
+# full --max_steps as its horizon, so a dry run's rates are the real run's first ones.
 DRY_RUN_STEPS = 4
 DRY_RUN_EVAL_FREQ = 2
 DRY_RUN_EVAL_EXAMPLES = 200

@@ -176,7 +176,7 @@ class RunLog:
         return out
 
     def plot(self) -> Path | None:
-        """Draw the curves to ``curves.png`` (:func:`fastmlp.plot.draw_curves`); None without matplotlib."""
-        from fastmlp.plot import draw_curves
+        """Draw the curves to ``curves.png`` (:func:`fastmlp.curves.draw_curves`); None without matplotlib."""
+        from fastmlp.curves import draw_curves
 
         return draw_curves({"": self.rows}, self.out_dir / "curves.png")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["SCHEDULES", "LearningRateSchedule"]
+__all__ = ["ONECYCLE_MOMENTUM", "SCHEDULES", "LearningRateSchedule"]
 
 #: Names accepted by ``--lr_schedule`` / :class:`LearningRateSchedule`.
 SCHEDULES = ("constant", "cosine", "step", "onecycle")
@@ -26,6 +26,9 @@ STEP_DECAY = 0.1
 ONECYCLE_RISE = 0.3
 ONECYCLE_START_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
+#: OneCycleLR's momentum cycle (its base_momentum, max_momentum): high while the rate is
+#: low, low at the peak rate. :meth:`LearningRateSchedule.momentum` gives it.
+ONECYCLE_MOMENTUM = (0.85, 0.95)
 
 
 @dataclass(frozen=True)
@@ -93,18 +96,45 @@ class LearningRateSchedule:
         passed = sum(progress >= m for m in STEP_MILESTONES)
         return self.base_lr * STEP_DECAY**passed
 
+    def momentum(self, step: int) -> float:
+        """OneCycleLR's momentum (or Adam's beta1) for update ``step`` of a ``"onecycle"`` schedule.
+
+        Half a cosine from 0.95 down to 0.85 while the rate rises, then back up to 0.95
+        while it falls (:data:`ONECYCLE_MOMENTUM`); a trainer that cycles the momentum, as
+        ``torch_models.train_convnet`` does, sets it from here before every update.
+
+        Raises
+        ------
+        ValueError
+            For a schedule of another ``kind`` (only one-cycle moves the momentum).
+        """
+        if self.kind != "onecycle":
+            raise ValueError(f"only a 'onecycle' schedule cycles the momentum, this one is {self.kind!r}")
+        rising, progress = self._one_cycle_position(step)
+        low, high = ONECYCLE_MOMENTUM
+        return _cosine_between(high, low, progress) if rising else _cosine_between(low, high, progress)
+
     def _one_cycle(self, step: int) -> float:
-        """OneCycleLR's rate for update ``step``: its formula, on PyTorch's 0-based step count."""
-        n = min(step, self.total_steps) - 1
+        """OneCycleLR's rate for update ``step``."""
+        rising, progress = self._one_cycle_position(step)
         start = self.base_lr / ONECYCLE_START_DIV
-        end = start / ONECYCLE_FINAL_DIV
+        if rising:
+            return _cosine_between(start, self.base_lr, progress)
+        return _cosine_between(self.base_lr, start / ONECYCLE_FINAL_DIV, progress)
+
+    def _one_cycle_position(self, step: int) -> tuple[bool, float]:
+        """Whether update ``step`` is in the rise, and how far through its half (0..1).
+
+        OneCycleLR's phases, on PyTorch's 0-based step count.
+        """
+        n = min(step, self.total_steps) - 1
         peak = (self.warmup_steps or ONECYCLE_RISE * self.total_steps) - 1  # index of the update at base_lr
         last = self.total_steps - 1
         if n <= peak and peak > 0:
-            return _cosine_between(start, self.base_lr, n / peak)
+            return True, n / peak
         if last <= peak:  # one update, which the rise (warmup_steps=1) puts at the peak
-            return self.base_lr
-        return _cosine_between(self.base_lr, end, (n - peak) / (last - peak))
+            return True, 1.0
+        return False, (n - peak) / (last - peak)
 
 
 def _cosine_between(start: float, end: float, progress: float) -> float:

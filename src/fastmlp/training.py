@@ -206,7 +206,8 @@ class MLPHooks:
             n_inputs, args.dnn_hidden_units, n_classes, dtype=np.dtype(args.dtype), init=args.init,
             seed=model_seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
             momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov)
-        schedule = LearningRateSchedule(args.learning_rate, plan.max_steps, args.lr_schedule,
+        # The full --max_steps, also in a --dry_run (fastmlp.loop's convention for every trainer).
+        schedule = LearningRateSchedule(args.learning_rate, args.max_steps, args.lr_schedule,
                                         warmup_steps=args.warmup_steps)
         return cls(model, optimizer, schedule, train_set, eval_sets, batch_size=args.batch_size,
                    eval_batch_size=args.eval_batch_size, checkpoint_path=checkpoint_path)

@@ -4,7 +4,8 @@ Defaults are the course's (Adam, ``--learning_rate 1e-4 --max_steps 5000 --batch
 --eval_freq 500``, per-pixel mean-image preprocessing), read with
 :func:`fastmlp.data.get_cifar10`. Extras for speed and accuracy:
 
-- ``--device {auto,cpu,cuda}``; ``--num_threads`` (CPU threads, default torch's own choice);
+- ``--device {auto,cpu,cuda}``; ``--threads`` (CPU threads, default torch's own choice;
+  ``--num_threads``, its earlier name, still works and warns);
 - ``--amp``: mixed precision as :mod:`torch_models.precision` decides for the device:
   bfloat16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; 1.85-2.11x faster steps here)
   or a GPU with it, float16 with a gradient scaler on an older GPU, float32 (with a warning)
@@ -17,20 +18,25 @@ Defaults are the course's (Adam, ``--learning_rate 1e-4 --max_steps 5000 --batch
   timed apart); ``--deterministic`` (see :mod:`torch_models.devices`);
 - ``--augment``: random crop (zero padding 4) + horizontal flip, drawn independently for each
   image of the batch, on the device (:func:`augment_batch`);
-- ``--lr_schedule {constant,cosine,onecycle}`` stepped every step, its state checkpointed;
+- ``--lr_schedule {constant,cosine,step,onecycle}`` and ``--warmup_steps``: fastmlp's
+  schedules (:mod:`fastmlp.schedules`), as in ``torch_models.train_mlp``; ``onecycle`` has
+  PyTorch's ``OneCycleLR`` rates and, as it does, cycles the momentum of ``--optimizer
+  momentum`` (or Adam's beta1) between 0.95 and 0.85;
 - ``--optimizer {sgd,momentum,adam}`` with ``--momentum``, ``--nesterov``, ``--weight_decay``
   (convolution and Linear kernels only) as in ``torch_models.train_mlp``, and
   ``--label_smoothing`` of the training loss;
 - ``--preprocessing {mean_image,standardize}``.
 
-On ``--resume`` the optimizer's hyper-parameters (momentum, weight decay) are the
-checkpoint's, as ``torch.optim.Optimizer.load_state_dict`` restores them; the schedule
-continues from its saved state. Resuming across ``--amp`` on and off works (the checkpoint
-is float32) with a warning that the result differs from an uninterrupted run.
+On ``--resume`` the schedule keeps the horizon (``--max_steps``) the run was started
+with, and this invocation's ``--learning_rate``, ``--weight_decay``, ``--momentum`` and
+``--nesterov`` replace the hyper-parameters stored with the optimizer state (a change is
+warned about). Resuming across ``--amp`` on and off works (the checkpoint is float32)
+with a warning that the result differs from an uninterrupted run.
 
 Outputs in ``--out_dir`` (default ``runs/<timestamp>``), the same as ``fastmlp.train``:
-``metrics.json``, ``curves.csv``, ``curves.png`` and ``checkpoint.pt`` (model, optimizer,
-scheduler, step, data-order and RNG states; rewritten atomically at every evaluation). The
+``metrics.json``, ``curves.csv``, ``curves.png`` (with ``--plot``) and ``checkpoint.pt``
+(model, optimizer, schedule, step, data-order and RNG states, as data only:
+:mod:`torch_models.checkpoint`; rewritten atomically at every evaluation). The
 whole test set (and validation set) is evaluated every ``--eval_freq`` steps and at the end,
 in batches of ``--eval_batch_size``; ``--resume PATH`` continues a run.
 
@@ -63,14 +69,17 @@ batches and evaluation are shared between ranks.
 from __future__ import annotations
 
 import argparse
-import copy
+from typing import Any, Mapping
 
 import torch
 
-from fastmlp.optim import OPTIMIZERS
-from torch_models import trainer
+from fastmlp.hyperparams import flag_type
+from torch_models import cli
+from torch_models.distributed import distributed_context
+from torch_models.hooks import TrainerSpec
 from torch_models.optimizers import make_optimizer, parameter_groups
 from torch_models.precision import choose_precision
+from torch_models.trainer import fit
 
 __all__ = ["augment_batch", "build_parser", "main", "train"]
 
@@ -80,9 +89,9 @@ INPUT_SHAPE = (N_CHANNELS, 32, 32)
 CROP_PADDING = 4
 # --resume: flags fixing the saved state's layout, and flags whose change alters the result.
 # (--amp is not among them: the autocast dtype actually applied is compared instead.)
-ARCHITECTURE_FLAGS = ("lr_schedule", "optimizer")
+ARCHITECTURE_FLAGS = ("optimizer",)
 TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "seed", "validation_size", "preprocessing", "augment",
-                    "momentum", "nesterov", "weight_decay", "label_smoothing")
+                    "momentum", "nesterov", "weight_decay", "label_smoothing", "lr_schedule", "warmup_steps")
 
 
 def augment_batch(images: torch.Tensor, *, padding: int = CROP_PADDING,
@@ -134,23 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m torch_models.train_convnet",
         description="Train the VGG-style ConvNet on CIFAR-10 (course defaults: Adam 1e-4, batch 32, 5000 steps).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    trainer.add_common_arguments(parser, learning_rate=1e-4, max_steps=5000, batch_size=32, eval_freq=500)
-    parser.add_argument("--preprocessing", choices=("mean_image", "standardize"), default="mean_image",
-                        help="mean_image = course (per-pixel mean image subtracted, 0..255); "
-                             "standardize = per-channel mean/std on 0..1")
-    parser.add_argument("--lr_schedule", choices=("constant", "cosine", "onecycle"), default="constant",
-                        help="per-step learning-rate schedule over --max_steps (peak = --learning_rate)")
+    cli.add_run_arguments(parser, learning_rate=1e-4, max_steps=5000, batch_size=32, eval_freq=500)
     parser.add_argument("--augment", action="store_true",
                         help="random crop (padding 4) + horizontal flip per training image, on the device")
     opt = parser.add_argument_group("optimisation (defaults: the course's Adam)")
-    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
-                     help="adam; momentum: SGD with --momentum; sgd: plain SGD")
-    opt.add_argument("--momentum", type=float, default=0.9,
-                     help="momentum of --optimizer momentum (--lr_schedule onecycle cycles it 0.85-0.95)")
-    opt.add_argument("--nesterov", action="store_true", help="Nesterov momentum (with --optimizer momentum)")
-    opt.add_argument("--weight_decay", type=float, default=0.0,
-                     help="L2 weight decay of the convolution and Linear kernels only (not biases or BatchNorm)")
-    opt.add_argument("--label_smoothing", type=float, default=0.0,
+    cli.add_optimization_arguments(opt, optimizer="adam", decayed="convolution and Linear kernels",
+                                   momentum_note=" (--lr_schedule onecycle cycles it 0.85-0.95)")
+    opt.add_argument("--label_smoothing", type=flag_type("label_smoothing"), default=0.0,
                      help="label smoothing of the training loss (the evaluation loss is the plain cross-entropy)")
     speed = parser.add_argument_group("speed")
     speed.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
@@ -169,45 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checked_args(args: argparse.Namespace) -> argparse.Namespace:
-    # A copy (the caller's Namespace, e.g. a search's, is left untouched); flags it lacks get their defaults.
-    args = argparse.Namespace(**{**vars(build_parser().parse_args([])), **vars(copy.copy(args))})
-    trainer.check_common_args(args)
-    if args.preprocessing not in ("mean_image", "standardize"):
-        raise ValueError(f"--preprocessing must be mean_image or standardize, got {args.preprocessing!r}")
-    if args.lr_schedule not in ("constant", "cosine", "onecycle"):
-        raise ValueError(f"--lr_schedule must be one of constant, cosine, onecycle, got {args.lr_schedule!r}")
-    if args.optimizer not in OPTIMIZERS:
-        raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {args.optimizer!r}")
-    ranges = {"momentum": (0.0, 1.0), "label_smoothing": (0.0, 1.0), "weight_decay": (0.0, float("inf"))}
-    for name, (low, high) in ranges.items():
-        value = getattr(args, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-            raise ValueError(f"--{name} must be a float in [{low}, {high}), got {value!r}")
-    if args.nesterov and (args.optimizer != "momentum" or args.momentum == 0):
-        raise ValueError(f"--nesterov needs --optimizer momentum and --momentum > 0, got --optimizer "
-                         f"{args.optimizer} --momentum {args.momentum}")
-    if args.channels_last not in (None, True, False):
-        raise ValueError(f"--channels_last must be a bool or None (auto), got {args.channels_last!r}")
-    return args
-
-
-def _make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int):
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=optimizer.param_groups[0]["lr"],
-                                                   total_steps=total_steps)
-    return None
-
-
-def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
+def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=None) -> dict:
     """Run one training as described by ``args`` (from :func:`build_parser`); return its metrics.
 
     Parameters
     ----------
-    args : argparse.Namespace
-        E.g. ``build_parser().parse_args([...])``; not modified. ``sys.argv`` is not read.
+    args : argparse.Namespace or mapping
+        E.g. ``build_parser().parse_args([...])``; not modified (flags it lacks take their
+        defaults; every value is checked against :mod:`fastmlp.hyperparams`). ``sys.argv``
+        is not read.
     data : dict, optional
         A pre-loaded ``fastmlp.data.get_cifar10(...)`` result (any ``flatten``/``one_hot``;
         its own numpy augmentation is not used, ``--augment`` is); when given,
@@ -224,11 +193,12 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
     Raises
     ------
     fastmlp.runlog.DivergenceError
-        On a NaN/inf loss (the last checkpoint is kept).
-    ValueError, FileNotFoundError
-        For a flag out of range or an unusable ``--resume`` path.
+        On a NaN/inf training or evaluation loss, or NaN/inf weights after an update (the last
+        good checkpoint is kept).
+    TypeError, ValueError, FileNotFoundError
+        For a flag out of range (naming it) or an unusable ``--resume`` path.
     """
-    args = _checked_args(args)
+    args = cli.checked_args(args, build_parser)
 
     def build_model() -> torch.nn.Module:
         from torch_models.convnet import ConvNet
@@ -239,33 +209,33 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
         return make_optimizer(args.optimizer, parameter_groups(model, args.weight_decay), args.learning_rate,
                               momentum=args.momentum, nesterov=args.nesterov)
 
-    with trainer.distributed_context(args.device, args.num_threads,
-                                     deterministic=getattr(args, "deterministic", False)) as ctx:
-        precision = choose_precision(bool(args.amp), ctx.device, warn=ctx.is_main)
+    with distributed_context(args.device, args.threads, deterministic=args.deterministic) as ctx:
+        precision = choose_precision(args.amp, ctx.device, warn=ctx.is_main)
         # Channels-last pays off most with low-precision convolutions; by default it follows them.
-        channels_last = precision.enabled if args.channels_last is None else bool(args.channels_last)
+        channels_last = precision.enabled if args.channels_last is None else args.channels_last
+        spec = TrainerSpec(
+            name="train_convnet", input_shape=INPUT_SHAPE, build_model=build_model, build_optimizer=build_optimizer,
+            precision=precision, augment=augment_batch if args.augment else None, channels_last=channels_last,
+            compile_model=args.compile, label_smoothing=args.label_smoothing, cycle_momentum=True,
+            min_local_batch=2, architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
+            plan_notes=(f"augment {args.augment}, channels_last {channels_last}, compile {args.compile}, "
+                        f"preprocessing {args.preprocessing}",
+                        f"{args.optimizer} (momentum {args.momentum}, nesterov {args.nesterov}), weight decay "
+                        f"{args.weight_decay} on kernels only, label smoothing {args.label_smoothing}"))
         if data is None:
             from fastmlp.data import get_cifar10
 
             data = get_cifar10(args.data_dir, one_hot=False, validation_size=args.validation_size,
                                preprocessing=args.preprocessing, flatten=False, seed=args.seed)
-        return trainer.fit(
-            args, trainer_name="train_convnet", ctx=ctx, data=data, input_shape=INPUT_SHAPE,
-            build_model=build_model, build_optimizer=build_optimizer,
-            build_scheduler=lambda optimizer: _make_scheduler(args.lr_schedule, optimizer, args.max_steps),
-            augment=augment_batch if args.augment else None, channels_last=channels_last,
-            compile_model=args.compile, precision=precision, label_smoothing=args.label_smoothing,
-            min_local_batch=2, on_eval=on_eval,
-            architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
-            plan_notes=(f"augment {args.augment}, channels_last {channels_last}, compile {args.compile}, "
-                        f"preprocessing {args.preprocessing}",
-                        f"{args.optimizer} (momentum {args.momentum}, nesterov {args.nesterov}), weight decay "
-                        f"{args.weight_decay} on kernels only, label smoothing {args.label_smoothing}"))
+        return fit(args, spec, ctx=ctx, data=data, on_eval=on_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m torch_models.train_convnet``: parse ``argv`` (default ``sys.argv[1:]``), train, return the exit code."""
-    return trainer.run_main(train, build_parser, argv)
+    """``python -m torch_models.train_convnet``: parse ``argv`` (default ``sys.argv[1:]``), train, return the exit code.
+
+    0 done, 1 diverged, 2 bad input (a flag, the checkpoint, the data), 130 Ctrl-C.
+    """
+    return cli.main(argv, build_parser=build_parser, train=lambda args: train(args))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ The optimisation and data flags are fastmlp.train's, built on its code: ``--opti
 ``--weight_decay`` on the Linear weights only (fastmlp's convention: no decay of biases
 or BatchNorm parameters), ``--lr_schedule``/``--warmup_steps``
 (:class:`fastmlp.schedules.LearningRateSchedule`, which sets every parameter group's
-learning rate before each update), ``--preprocessing`` and ``--augment`` (random crop and
+learning rate before each update; :mod:`torch_models.optimizers`), ``--preprocessing``
+and ``--augment`` (random crop and
 flip done by :class:`fastmlp.data.DataSet`). ``--init torch`` keeps PyTorch's default
 initialisation; ``kaiming``/``xavier`` are He/Glorot normal with zero biases.
 
@@ -52,6 +53,8 @@ Several machines (run on each machine, with its own ``--node_rank``)::
 
 Only rank 0 writes outputs; ``--resume`` needs the checkpoint readable on rank 0's machine.
 See :mod:`torch_models.trainer` for how batches and evaluation are shared between ranks.
+``--threads`` sets torch's CPU threads (``--num_threads``, its earlier name, still works
+and warns).
 On ``--resume`` the learning-rate schedule keeps the horizon (``--max_steps``) the run was
 started with, and this invocation's ``--learning_rate``, ``--weight_decay``, ``--momentum``
 and ``--nesterov`` replace the hyper-parameters stored with the optimizer state.
@@ -59,26 +62,21 @@ and ``--nesterov`` replace the hyper-parameters stored with the optimizer state.
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
-from typing import Any, Callable
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from fastmlp.data import PREPROCESSINGS
-from fastmlp.modules import INITS
-from fastmlp.optim import OPTIMIZERS
-from fastmlp.schedules import SCHEDULES, LearningRateSchedule
-# The constraint table's checks, so both trainers accept and reject the same values.
-from fastmlp.hyperparams import checker, flag_type, parse_hidden_units
-from torch_models import trainer
+from fastmlp.hyperparams import BATCHNORMS, TORCH_INITS, flag_type, parse_hidden_units
+from torch_models import cli
+from torch_models.distributed import distributed_context
+from torch_models.hooks import TrainerSpec
 from torch_models.optimizers import make_optimizer, parameter_groups
+from torch_models.trainer import fit
 
 __all__ = [
     "COURSE_INIT_STD",
     "INIT_CHOICES",
-    "ScheduledHyperParameters",
     "build_parser",
     "initialize_parameters",
     "main",
@@ -93,7 +91,7 @@ N_CLASSES = 10
 #: Standard deviation of the course's weight initialisation (``--init normal``, fastmlp's default).
 COURSE_INIT_STD = 1e-4
 #: ``--init``: fastmlp's initialisations plus ``torch`` (leave PyTorch's default one).
-INIT_CHOICES = (*INITS, "torch")
+INIT_CHOICES = TORCH_INITS
 # --resume: flags fixing the saved tensors' shapes (and the optimizer's state layout), and
 # flags whose change alters the result. The schedule is a pure function of the step, so
 # --lr_schedule can change on resume (the result then differs from an uninterrupted run).
@@ -102,7 +100,7 @@ TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "momentum", "nesterov", "weig
                     "warmup_steps", "init", "dropout", "preprocessing", "augment", "seed", "validation_size")
 
 
-# --------------------------------------------------------------------------- model and optimizer
+# --------------------------------------------------------------------------- model
 @torch.no_grad()
 def initialize_parameters(model: nn.Module, init: str) -> None:
     """Re-initialise every ``nn.Linear`` of ``model`` in place as fastmlp does (``torch``: leave it).
@@ -133,55 +131,6 @@ def initialize_parameters(model: nn.Module, init: str) -> None:
         nn.init.zeros_(module.bias)
 
 
-class ScheduledHyperParameters:
-    """Sets an optimizer's hyper-parameters from the run's flags; ``trainer.fit``'s scheduler.
-
-    Before every update each parameter group's learning rate is ``schedule(step)``
-    (:class:`fastmlp.schedules.LearningRateSchedule`, steps counted from 1), a pure function
-    of the step: the state is just the number of updates made, so ``--resume`` is exact.
-    ``load_state_dict`` (which ``fit`` calls right after the optimizer's) also puts back the
-    group settings the optimizer was built with (weight decay, momentum, Nesterov), which
-    ``Optimizer.load_state_dict`` had replaced with the checkpoint's: this run's flags win.
-
-    Parameters
-    ----------
-    optimizer : torch.optim.Optimizer
-        Its ``param_groups`` are modified in place (``"lr"`` now and at every :meth:`step`).
-    schedule : fastmlp.schedules.LearningRateSchedule
-        ``total_steps`` is the horizon; a resumed run keeps the checkpoint's horizon.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: LearningRateSchedule):
-        self.optimizer = optimizer
-        self.schedule = schedule
-        self.updates_done = 0
-        self._group_settings = [{k: v for k, v in group.items() if k != "params"}
-                                for group in optimizer.param_groups]
-        self._apply_lr()
-
-    def _apply_lr(self) -> None:
-        lr = self.schedule(self.updates_done + 1)  # the rate of the next update
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def step(self) -> None:
-        """Count the update just made; set the rate of the next one."""
-        self.updates_done += 1
-        self._apply_lr()
-
-    def state_dict(self) -> dict[str, Any]:
-        """``updates_done``, the schedule's ``kind``/``base_lr``/``warmup_steps``/``total_steps``."""
-        return {"updates_done": self.updates_done, **dataclasses.asdict(self.schedule)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (the update count and the horizon), with this run's group settings."""
-        self.updates_done = int(state["updates_done"])
-        self.schedule = dataclasses.replace(self.schedule, total_steps=int(state["total_steps"]))
-        for group, settings in zip(self.optimizer.param_groups, self._group_settings):
-            group.update(settings)
-        self._apply_lr()
-
-
 # --------------------------------------------------------------------------- flags
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags, with the course's defaults (shown by ``--help``)."""
@@ -192,75 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dnn_hidden_units", type=flag_type("hidden_units"),
                         default="100", help="comma-separated hidden layer sizes; empty = logistic regression")
-    trainer.add_common_arguments(parser, learning_rate=2e-3, max_steps=1500, batch_size=200, eval_freq=100)
+    cli.add_run_arguments(parser, learning_rate=2e-3, max_steps=1500, batch_size=200, eval_freq=100)
     opt = parser.add_argument_group("optimisation (as in fastmlp.train)")
-    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
-                     help="sgd: plain SGD as in the course; momentum: SGD with --momentum; adam")
-    opt.add_argument("--momentum", type=flag_type("momentum"), default=0.9,
-                     help="momentum of --optimizer momentum")
-    opt.add_argument("--nesterov", action="store_true", help="Nesterov momentum (with --optimizer momentum)")
-    opt.add_argument("--weight_decay", type=float, default=0.0,
-                     help="L2 weight decay of the Linear weights only (not biases or BatchNorm parameters), "
-                          "as fastmlp does")
-    opt.add_argument("--init", choices=INIT_CHOICES, default="normal",
+    cli.add_optimization_arguments(opt, optimizer="sgd", decayed="Linear weights")
+    opt.add_argument("--init", type=flag_type("torch_init"), choices=INIT_CHOICES, default="normal",
                      help="Linear weights: normal = the course's N(0, 1e-4^2), kaiming = He normal, "
                           "xavier = Glorot normal (zero biases for these); torch = PyTorch's default init")
-    opt.add_argument("--lr_schedule", choices=SCHEDULES, default="constant",
-                     help="cosine: decay to 0 over --max_steps; step: x0.1 at 50%% and 75%% of the steps "
-                          "(fastmlp.schedules)")
-    opt.add_argument("--warmup_steps", type=flag_type("warmup_steps"), default=0,
-                     help="linear learning-rate warm-up over this many steps")
     model = parser.add_argument_group("model")
-    model.add_argument("--dropout", type=float, default=0.0, help="dropout after each hidden ReLU")
-    model.add_argument("--batchnorm", choices=("none", "torch", "custom"), default="none",
+    model.add_argument("--dropout", type=flag_type("dropout"), default=0.0, help="dropout after each hidden ReLU")
+    model.add_argument("--batchnorm", type=flag_type("batchnorm"), choices=BATCHNORMS, default="none",
                        help="BatchNorm before each hidden Linear: torch.nn.BatchNorm1d or the custom one")
-    data = parser.add_argument_group("data")
-    data.add_argument("--preprocessing", choices=PREPROCESSINGS, default="mean_image",
-                      help="mean_image: subtract the mean training image (course); standardize: per-channel "
-                           "mean/std")
-    data.add_argument("--augment", action="store_true",
-                      help="random crop (zero padding 4) and horizontal flip of training images, done by "
-                           "fastmlp.data.DataSet")
+    parser.add_argument("--augment", action="store_true",
+                        help="random crop (zero padding 4) and horizontal flip of training images, done by "
+                             "fastmlp.data.DataSet")
     return parser
 
 
-def _checked_args(args: argparse.Namespace) -> argparse.Namespace:
-    """A checked copy of ``args``; flags it lacks (a Namespace built by hand) get their defaults."""
-    defaults = vars(build_parser().parse_args([]))
-    args = argparse.Namespace(**{**defaults, **vars(copy.copy(args))})  # the caller's Namespace is untouched
-    trainer.check_common_args(args)
-    checks: dict[str, Callable[[Any], Any]] = {"dnn_hidden_units": parse_hidden_units, "momentum": checker("momentum"),
-                                               "warmup_steps": checker("warmup_steps")}
-    for name, check in checks.items():
-        try:
-            setattr(args, name, check(getattr(args, name)))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"--{name}: {err}") from None
-    choices = {"optimizer": OPTIMIZERS, "init": INIT_CHOICES, "lr_schedule": SCHEDULES,
-               "preprocessing": PREPROCESSINGS, "batchnorm": ("none", "torch", "custom")}
-    for name, allowed in choices.items():
-        if getattr(args, name) not in allowed:
-            raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(args, name)!r}")
-    if not (isinstance(args.weight_decay, (int, float)) and args.weight_decay >= 0):
-        raise ValueError(f"--weight_decay must be a float >= 0, got {args.weight_decay!r}")
-    if not (isinstance(args.dropout, (int, float)) and 0 <= args.dropout < 1):
-        raise ValueError(f"--dropout must be a float in [0, 1), got {args.dropout!r}")
-    args.nesterov, args.augment = bool(args.nesterov), bool(args.augment)
-    if args.nesterov and (args.optimizer != "momentum" or args.momentum == 0):
-        raise ValueError(f"--nesterov needs --optimizer momentum and --momentum > 0, got --optimizer "
-                         f"{args.optimizer} --momentum {args.momentum}")
-    return args
-
-
 # --------------------------------------------------------------------------- training
-def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
+def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=None) -> dict:
     """Run one training as described by ``args`` (from :func:`build_parser`); return its metrics.
 
     Parameters
     ----------
-    args : argparse.Namespace
+    args : argparse.Namespace or mapping
         E.g. ``build_parser().parse_args([...])``; not modified (flags it lacks take their
-        defaults). ``sys.argv`` is not read.
+        defaults; every value is checked against :mod:`fastmlp.hyperparams`). ``sys.argv``
+        is not read.
     data : dict, optional
         A pre-loaded ``fastmlp.data.get_cifar10(...)`` result (any ``flatten``/``one_hot``);
         when given, ``--data_dir``, ``--validation_size`` and ``--preprocessing`` are the
@@ -281,11 +187,12 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
     Raises
     ------
     fastmlp.runlog.DivergenceError
-        On a NaN/inf loss (the last checkpoint is kept).
-    ValueError, FileNotFoundError
-        For a flag out of range or an unusable ``--resume`` path.
+        On a NaN/inf training or evaluation loss, or NaN/inf weights after an update (the last
+        good checkpoint is kept).
+    TypeError, ValueError, FileNotFoundError
+        For a flag out of range (naming it) or an unusable ``--resume`` path.
     """
-    args = _checked_args(args)
+    args = cli.checked_args(args, build_parser)
     batchnorm = None if args.batchnorm == "none" else args.batchnorm
 
     def build_model() -> nn.Module:
@@ -299,35 +206,31 @@ def train(args: argparse.Namespace, *, data=None, on_eval=None) -> dict:
         return make_optimizer(args.optimizer, parameter_groups(model, args.weight_decay), args.learning_rate,
                               momentum=args.momentum, nesterov=args.nesterov)
 
-    def build_scheduler(optimizer: torch.optim.Optimizer) -> ScheduledHyperParameters:
-        # The horizon is the full --max_steps even in a --dry_run: it shows the real run's first steps.
-        schedule = LearningRateSchedule(args.learning_rate, args.max_steps, args.lr_schedule,
-                                        warmup_steps=args.warmup_steps)
-        return ScheduledHyperParameters(optimizer, schedule)
-
-    with trainer.distributed_context(args.device, args.num_threads, deterministic=args.deterministic) as ctx:
+    spec = TrainerSpec(
+        name="train_mlp", input_shape=(N_INPUTS,), build_model=build_model, build_optimizer=build_optimizer,
+        dataset_augment=args.augment, min_local_batch=1 if batchnorm is None else 2,
+        architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
+        plan_notes=(f"hidden units {args.dnn_hidden_units or '[] (logistic regression)'}, init {args.init}, "
+                    f"dropout {args.dropout}, batchnorm {args.batchnorm}",
+                    f"{args.optimizer} (momentum {args.momentum}, nesterov {args.nesterov}), weight decay "
+                    f"{args.weight_decay} on weights only",
+                    f"preprocessing {args.preprocessing}, augment {args.augment}"))
+    with distributed_context(args.device, args.threads, deterministic=args.deterministic) as ctx:
         if data is None:
             from fastmlp.data import get_cifar10
 
             data = get_cifar10(args.data_dir, one_hot=False, validation_size=args.validation_size,
                                preprocessing=args.preprocessing, flatten=True, augment=args.augment,
                                seed=args.seed)
-        return trainer.fit(args, trainer_name="train_mlp", ctx=ctx, data=data, input_shape=(N_INPUTS,),
-                           build_model=build_model, build_optimizer=build_optimizer,
-                           build_scheduler=build_scheduler, dataset_augment=args.augment,
-                           min_local_batch=1 if batchnorm is None else 2, on_eval=on_eval,
-                           architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
-                           plan_notes=(f"hidden units {args.dnn_hidden_units or '[] (logistic regression)'}, "
-                                       f"init {args.init}, dropout {args.dropout}, batchnorm {args.batchnorm}",
-                                       f"{args.optimizer} (momentum {args.momentum}, nesterov {args.nesterov}), "
-                                       f"weight decay {args.weight_decay} on weights only, lr schedule "
-                                       f"{args.lr_schedule} with {args.warmup_steps} warm-up steps",
-                                       f"preprocessing {args.preprocessing}, augment {args.augment}"))
+        return fit(args, spec, ctx=ctx, data=data, on_eval=on_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m torch_models.train_mlp``: parse ``argv`` (default ``sys.argv[1:]``), train, return the exit code."""
-    return trainer.run_main(train, build_parser, argv)
+    """``python -m torch_models.train_mlp``: parse ``argv`` (default ``sys.argv[1:]``), train, return the exit code.
+
+    0 done, 1 diverged, 2 bad input (a flag, the checkpoint, the data), 130 Ctrl-C.
+    """
+    return cli.main(argv, build_parser=build_parser, train=lambda args: train(args))
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ class TrainerAdapter:
             self.optimizers = tuple(o for o in self.optimizers if o == "momentum")
             self.optimizer_note = "with --trainer_flags --nesterov"
         self.has_dropout = "dropout" in actions
-        self.threads_flag = "num_threads" if "num_threads" in actions else "threads"
+        self.threads_flag = "threads"  # every trainer's (the torch trainers' --num_threads is its old name)
 
     def check_optimizers(self, choices) -> None:
         """Refuse a grid or space whose optimizers this trainer, with its fixed flags, cannot run."""
