@@ -209,8 +209,8 @@ RESULT_KEYS = ("test_accuracy", "test_loss", "best_test_accuracy", "validation_a
                "best_validation_accuracy", "steps")
 
 
-def _train_process(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fastmlp.train", *argv], env=_env(),
+def _train_process(argv: list[str], module: str = "fastmlp.train") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module, *argv], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -261,3 +261,32 @@ def test_kill_9_at_random_moments_then_resume_ends_as_an_uninterrupted_run(synth
         # rng/keys: NumPy's global generator, which no fastmlp code draws from; each process seeds it
         # afresh, so only a resumed process carries its first process's state.
         assert [k for k in x.files if k not in ("meta", "rng/keys") and not np.array_equal(x[k], y[k])] == []
+
+
+def test_kill_9_of_a_torch_trainer_then_resume_ends_as_an_uninterrupted_run(synthetic_cifar_dir, tmp_path):
+    """The same for ``torch_models.train_mlp`` on the CPU, whose --resume also promises an exact continuation:
+    SIGKILL twice at seeded random moments after a fresh checkpoint.pt, --resume after each."""
+    pytest.importorskip("torch")
+    flags = ["--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "64", "--optimizer", "momentum",
+             "--dropout", "0.1", "--validation_size", "100", "--max_steps", "400", "--eval_freq", "20",
+             "--batch_size", "50", "--device", "cpu", "--threads", "1", "--quiet"]
+    module = "torch_models.train_mlp"
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = _train_process([*flags, "--out_dir", str(whole)], module)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+
+    rng, kills = random.Random(5), 0
+    argv = [*flags, "--out_dir", str(killed)]
+    for _ in range(2):
+        if not _kill_after_progress(_train_process(argv, module), killed / "checkpoint.pt", rng.uniform(0.0, 0.3)):
+            break
+        kills += 1
+        argv = ["--resume", str(killed), "--threads", "1", "--quiet"]
+    assert kills, "no kill landed before the run ended"
+    proc = _train_process(argv, module)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert {k: a.get(k) for k in RESULT_KEYS} == {k: b.get(k) for k in RESULT_KEYS}
+    assert (whole / "curves.csv").read_text() == (killed / "curves.csv").read_text()
