@@ -179,10 +179,15 @@ def test_two_worker_processes_share_the_study_without_duplicates(synthetic_cifar
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     trials = _load(out, "w").get_trials()
-    assert [t.number for t in trials] == [0, 1, 2, 3]
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
-    assert sorted(t.system_attrs["grid_id"] for t in trials) == [0, 1, 2, 3]
-    assert len({(t.params["hidden_units"], t.params["batch_size"]) for t in trials}) == 4
+    # The two workers may decide together to start one trial too many: it fails unrun, marked
+    # surplus, with its grid point given back (the rule the module docstring states).
+    run = [t for t in trials if not t.user_attrs.get("surplus")]
+    extra = [t for t in trials if t.user_attrs.get("surplus")]
+    assert [t.state.name for t in run] == ["COMPLETE"] * 4
+    assert sorted(t.system_attrs["grid_id"] for t in run) == [0, 1, 2, 3]
+    assert len({(t.params["hidden_units"], t.params["batch_size"]) for t in run}) == 4
+    assert all(t.state.name == "FAIL" and t.system_attrs.get("grid_id") is None for t in extra)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
     assert (out / "results.md").is_file() and (out / "trials.csv").is_file()
 
 
