@@ -388,6 +388,48 @@ def test_surplus_trials_are_failed_unrun(tmp_path):
     assert search_storage.grid_point(study.trials[2]) is None and search_storage.grid_point(study.trials[1]) == 1
 
 
+def test_a_trial_waits_for_the_grid_point_of_an_earlier_trial_before_deciding():
+    """The race a loaded machine showed: trial 2 starts on point 1 while trial 1, created before it,
+    has no point yet (its worker starved of CPU); trial 1 then takes point 1 as the GridSampler maps
+    trial k to point k. Trial 2 waits for that point to be written, and is surplus."""
+    import threading
+
+    from fastmlp.search.study import settled_surplus_reason, surplus_reason, unplaced_earlier
+
+    def place(trial, point):
+        trial.storage.set_trial_system_attr(search_storage.trial_id(trial), "grid_id", point)
+
+    grid = checked_args({"model": "numpy", "sampler": "grid"})
+    x = optuna.distributions.FloatDistribution(0, 1)
+    study = optuna.create_study(direction="maximize")
+    trials = [study.ask({"x": x}) for _ in range(3)]
+    place(trials[0], 0)
+    place(trials[2], 1)
+    assert unplaced_earlier(study, 2) == [1] and unplaced_earlier(study, 1) == []
+    assert surplus_reason(study, 2, 1, grid) is None  # what trial 2 concluded without waiting
+    threading.Timer(0.3, place, (trials[1], 1)).start()
+    start = time.monotonic()
+    assert settled_surplus_reason(study, 2, 1, grid, timeout=30) == "grid point 1 is taken by trial 1"
+    assert time.monotonic() - start >= 0.25
+    assert settled_surplus_reason(study, 1, 1, grid, timeout=30) is None  # the earlier one runs, at once
+
+    # A point given back counts as written; an enqueued trial gets none and is not waited for.
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial({"x": 0.5})
+    queued, released, last = (study.ask({"x": x}) for _ in range(3))
+    place(released, None)
+    place(last, 0)
+    assert unplaced_earlier(study, last.number) == []
+    # An earlier worker that died before writing its point is waited for only ``timeout`` seconds.
+    study = optuna.create_study(direction="maximize")
+    dead, late = study.ask({"x": x}), study.ask({"x": x})
+    place(late, 0)
+    start = time.monotonic()
+    assert settled_surplus_reason(study, late.number, 0, grid, timeout=0.2) is None
+    assert 0.2 <= time.monotonic() - start < 5
+    assert settled_surplus_reason(study, late.number, None, grid, timeout=30) is None  # no point, no wait
+
+
 def test_n_trials_is_not_overshot_by_workers_deciding_together(synthetic_cifar_dir, tmp_path):
     """Three workers, --n_trials 2: exactly two trials finish; any third one started is failed unrun."""
     out = tmp_path / "budget"

@@ -51,8 +51,8 @@ should reach, not a number per invocation: re-running the same command resumes a
 interrupted study and only runs what is missing (a finished study runs nothing). It is
 never overshot: a worker decides to start a trial before the storage numbers it, so
 workers deciding together can start one trial too many (or two on one grid point); the
-later-numbered one sees the earlier ones when it starts and fails at once without
-training, marked ``surplus`` (its grid point is given back; ``results.md`` leaves it
+later-numbered one sees the earlier ones when it starts (waiting, if need be, until
+their grid points are written) and fails at once without training, marked ``surplus`` (its grid point is given back; ``results.md`` leaves it
 out and counts it apart, ``trials.csv`` lists it as FAIL with ``user_attrs_surplus``).
 
 A worker that dies in the middle of a trial (killed, machine lost) stops sending the

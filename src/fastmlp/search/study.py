@@ -8,7 +8,8 @@ trials of the whole study, the grid is done when every point has been taken.
 
 Deciding and starting are two steps, so workers deciding at the same moment can start
 more trials than the budget (or two trials on one grid point). :func:`surplus_reason`
-settles it once each trial has its number: a trial that the earlier-numbered ones
+settles it once each trial has its number (:func:`settled_surplus_reason`: and once the
+earlier trials' grid points are written): a trial that the earlier-numbered ones
 already cover is one too many; it is failed before training, marked ``surplus``, its
 grid point given back, and is never counted as finished.
 """
@@ -18,6 +19,7 @@ import argparse
 import copy
 import json
 import shlex
+import time
 from typing import Any
 
 import numpy as np
@@ -39,7 +41,9 @@ __all__ = [
     "open_study",
     "requeue_interrupted",
     "settings",
+    "settled_surplus_reason",
     "surplus_reason",
+    "unplaced_earlier",
 ]
 
 SAMPLERS = ("grid", "evolution", "tpe", "random")
@@ -200,6 +204,41 @@ def surplus_reason(study, number: int, point: int | None, args: argparse.Namespa
         if holders:
             return f"grid point {point} is taken by trial {holders[0]}"
     return None
+
+
+def unplaced_earlier(study, number: int) -> list[int]:
+    """Numbers of the running trials before ``number`` whose grid point is not written yet.
+
+    Optuna's GridSampler writes a trial's point (system attribute ``grid_id``) just after
+    the trial is created, from the worker that created it; until then a later trial
+    cannot tell which point the earlier one holds. A point given back (``grid_id`` None)
+    counts as written; enqueued trials (``fixed_params``) get none.
+    """
+    from optuna.trial import TrialState
+
+    return [t.number for t in study.get_trials(deepcopy=False)
+            if t.number < number and t.state == TrialState.RUNNING
+            and "grid_id" not in t.system_attrs and "fixed_params" not in t.system_attrs]
+
+
+def settled_surplus_reason(study, number: int, point: int | None, args: argparse.Namespace, *,
+                           timeout: float = 30.0, poll: float = 0.05) -> str | None:
+    """:func:`surplus_reason`, decided once every earlier running trial's grid point is written.
+
+    Without the wait, a trial whose earlier twin was created but not yet given its point
+    (its worker starved of CPU for a moment) would run the same point. Waits at most
+    ``timeout`` seconds (an earlier worker that died before writing its point is not
+    waited for longer), polling every ``poll`` seconds; no wait without a grid point.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        # Earlier points first, the verdict second: a verdict read after every earlier
+        # point was seen written cannot miss one of them.
+        pending = unplaced_earlier(study, number) if point is not None else []
+        reason = surplus_reason(study, number, point, args)
+        if reason is not None or not pending or time.monotonic() >= deadline:
+            return reason
+        time.sleep(poll)
 
 
 def requeue_interrupted(study, args: argparse.Namespace) -> int:

@@ -89,7 +89,7 @@ def remove_left_checkpoints(study) -> int:
 def _refuse_surplus(trial, args: argparse.Namespace, surplus: set[int]) -> None:
     """Raise :class:`SurplusTrial` (after giving back its grid point) if ``trial`` is one too many."""
     point = live_grid_point(trial)
-    reason = studies.surplus_reason(trial.study, trial.number, point, args)
+    reason = studies.settled_surplus_reason(trial.study, trial.number, point, args)
     if reason is not None:
         if point is not None:
             release_grid_point(trial)
