@@ -49,7 +49,7 @@ class _OldThreadsFlag(argparse.Action):
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, max_steps: int,
-                      batch_size: int, eval_freq: int) -> None:
+                      batch_size: int, eval_freq: int, eval_batch_size: int = 1000) -> None:
     """Add the run, data and device flags both torch trainers share, with the trainer's course defaults."""
     parser.add_argument("--learning_rate", type=flag_type("learning_rate"), default=learning_rate,
                         help="(peak) learning rate")
@@ -59,7 +59,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, 
                         help="global mini-batch size (split across ranks under torchrun)")
     parser.add_argument("--eval_freq", type=flag_type("eval_freq"), default=eval_freq,
                         help="evaluate on the whole test (and validation) set and checkpoint every N steps")
-    parser.add_argument("--eval_batch_size", type=flag_type("eval_batch_size"), default=1000,
+    parser.add_argument("--eval_batch_size", type=flag_type("eval_batch_size"), default=eval_batch_size,
                         help="batch size for evaluation (larger: fewer passes, more memory)")
     parser.add_argument("--data_dir", default=None,
                         help="folder holding CIFAR-10 (default: $FASTMLP_DATA, else ~/.cache/fastmlp)")

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dnn_hidden_units", type=flag_type("hidden_units"),
                         default="100", help="comma-separated hidden layer sizes; empty = logistic regression")
-    cli.add_run_arguments(parser, learning_rate=2e-3, max_steps=1500, batch_size=200, eval_freq=100)
+    cli.add_run_arguments(parser, learning_rate=2e-3, max_steps=1500, batch_size=200, eval_freq=100,
+                          eval_batch_size=2500)  # fastmlp.train's defaults
     opt = parser.add_argument_group("optimisation (as in fastmlp.train)")
     cli.add_optimization_arguments(opt, optimizer="sgd", decayed="Linear weights")
     opt.add_argument("--init", type=flag_type("torch_init"), choices=INIT_CHOICES, default="normal",
