@@ -205,3 +205,18 @@ def test_a_run_resumed_from_the_step_0_checkpoint_does_not_evaluate_step_0_again
     loop.run(hooks, loop.Plan(max_steps=4, eval_freq=2), progress)
     assert [c[1] for c in hooks.calls if c[0] == "save"] == [2, 4]
     assert [row["step"] for row in progress.log.rows] == [0, 2, 4]
+
+
+def test_evaluation_splits_are_the_present_ones_and_none_is_an_error():
+    from types import SimpleNamespace
+
+    full, empty = SimpleNamespace(num_examples=5), SimpleNamespace(num_examples=0)
+    data = {"train": full, "validation": None, "test": full}
+    assert loop.evaluation_splits(data) == {"test": full}
+    both = {"train": full, "validation": empty, "test": full}
+    assert list(loop.evaluation_splits(both)) == ["validation", "test"]  # validation first, empty or not
+    assert list(loop.evaluation_splits(both, skip_empty=True)) == ["test"]
+    with pytest.raises(ValueError, match="no split to evaluate"):
+        loop.evaluation_splits({"train": full, "test": None})
+    with pytest.raises(ValueError, match="no split to evaluate"):
+        loop.evaluation_splits({"train": full, "test": empty}, skip_empty=True)

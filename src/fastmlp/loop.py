@@ -33,6 +33,7 @@ __all__ = [
     "DRY_RUN_EVAL_EXAMPLES",
     "DRY_RUN_EVAL_FREQ",
     "DRY_RUN_STEPS",
+    "EVALUATION_SPLITS",
     "Hooks",
     "Plan",
     "Progress",
@@ -40,6 +41,7 @@ __all__ = [
     "check_resumable",
     "choose_out_dir",
     "evaluate_and_checkpoint",
+    "evaluation_splits",
     "finish",
     "format_evaluation",
     "resume",
@@ -60,6 +62,25 @@ LOSS_WINDOW = 20
 
 #: Final metrics taken from the last evaluation, when measured.
 FINAL_METRICS = ("test_loss", "test_accuracy", "validation_loss", "validation_accuracy")
+#: The splits a run evaluates, when its data holds them (a search's trials: validation only).
+EVALUATION_SPLITS = ("validation", "test")
+
+
+def evaluation_splits(data: Mapping[str, Any], *, skip_empty: bool = False) -> dict[str, Any]:
+    """``{split: data[split]}`` for the :data:`EVALUATION_SPLITS` that ``data`` holds (not None).
+
+    With ``skip_empty``, a split of no examples (``num_examples`` 0) counts as absent.
+
+    Raises
+    ------
+    ValueError
+        When no split is left to evaluate.
+    """
+    splits = {split: data[split] for split in EVALUATION_SPLITS if data.get(split) is not None
+              and not (skip_empty and data[split].num_examples == 0)}
+    if not splits:
+        raise ValueError(f"data: no split to evaluate; give one of {EVALUATION_SPLITS} besides 'train'")
+    return splits
 
 
 class Hooks(Protocol):

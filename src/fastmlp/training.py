@@ -55,8 +55,8 @@ DEFAULTS: dict[str, Any] = {
 # A flag's entry in the constraint table when its name differs (the course's flag name).
 _TABLE_NAME = {"dnn_hidden_units": "hidden_units"}
 
-#: The splits a run evaluates, when its data holds them (the search gives "validation" only).
-EVALUATION_SPLITS = ("validation", "test")
+#: The splits a run evaluates, when its data holds them (every trainer's: :data:`fastmlp.loop.EVALUATION_SPLITS`).
+EVALUATION_SPLITS = loop.EVALUATION_SPLITS
 
 # --resume: flags fixing the shapes of the saved arrays (a change is refused), and
 # flags whose change makes the result differ from an uninterrupted run (a warning).
@@ -197,9 +197,7 @@ class MLPHooks:
         if np.dtype(train_set.dtype) != np.dtype(args.dtype):
             raise ValueError(f"data: the pre-loaded images are {train_set.dtype}, but --dtype is "
                              f"{args.dtype}; load them with get_cifar10(dtype=np.{args.dtype})")
-        splits = {split: data[split] for split in EVALUATION_SPLITS if data.get(split) is not None}
-        if not splits:
-            raise ValueError(f"data: no split to evaluate; give one of {EVALUATION_SPLITS} besides 'train'")
+        splits = loop.evaluation_splits(data)
         eval_sets = {split: _eval_batches(ds, args.eval_batch_size, plan.eval_limit) for split, ds in splits.items()}
         n_inputs = int(np.prod(train_set.raw_images.shape[1:]))
         n_classes = _n_classes(train_set.labels, *(ds.labels for ds in splits.values()))

@@ -51,8 +51,6 @@ __all__ = ["CUDA_READ_EVERY", "TorchHooks", "TrainerSpec", "TrainingClock", "Tra
 
 #: On CUDA the per-step losses are read (a host-GPU synchronisation) every this many steps.
 CUDA_READ_EVERY = 25
-#: The splits a run evaluates, when its data holds them (a search's trials: validation only).
-EVALUATION_SPLITS = ("validation", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,11 +294,9 @@ class TorchHooks:
               plan: loop.Plan, precision: Precision, checkpoint_path: Path) -> "TorchHooks":
         """The hooks of checked flags ``args`` over ``data`` (``get_cifar10`` DataSets; not modified)."""
         train_set = data["train"].reseeded(args.seed, augment=spec.dataset_augment, flatten=False)
-        eval_sets = {split: EvalSet.from_dataset(data[split], input_shape=spec.input_shape, ctx=ctx,
+        eval_sets = {split: EvalSet.from_dataset(dataset, input_shape=spec.input_shape, ctx=ctx,
                                                  limit=plan.eval_limit)
-                     for split in EVALUATION_SPLITS if data.get(split) is not None and data[split].num_examples}
-        if not eval_sets:
-            raise ValueError(f"data: no split to evaluate; give one of {EVALUATION_SPLITS} besides 'train'")
+                     for split, dataset in loop.evaluation_splits(data, skip_empty=True).items()}
         parts = TrainingParts.build(spec, args, ctx, precision)
         return cls(spec, parts, ctx=ctx, plan=plan, precision=precision, train_set=train_set, eval_sets=eval_sets,
                    batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, checkpoint_path=checkpoint_path)
