@@ -230,32 +230,54 @@ def _kill_after_progress(proc: subprocess.Popen, checkpoint: Path, delay: float)
     return True
 
 
+def _whole_and_killed_runs(tmp_path: Path, flags: list[str], *, module: str, checkpoint_name: str, kills: int,
+                           seed: int, max_delay: float) -> tuple[Path, Path, list[int]]:
+    """Run ``flags`` once uninterrupted, and once killed ``kills`` times at seeded random moments (each
+    ``uniform(0, max_delay)`` s after a fresh checkpoint), resumed with ``--resume`` after each kill.
+
+    Returns the two output folders and the steps of the checkpoints the kills left.
+    """
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = _train_process([*flags, "--out_dir", str(whole)], module)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    rng, steps = random.Random(seed), []
+    argv = [*flags, "--out_dir", str(killed)]
+    for _ in range(kills):
+        if not _kill_after_progress(_train_process(argv, module), killed / checkpoint_name,
+                                    rng.uniform(0.0, max_delay)):
+            break
+        steps.append(_checkpoint_step(killed / checkpoint_name))
+        argv = ["--resume", str(killed), "--threads", "1", "--quiet"]
+    assert steps, "no kill landed before the run ended"
+    proc = _train_process(argv, module)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    return whole, killed, steps
+
+
+def _checkpoint_step(path: Path) -> int:
+    if path.suffix == ".npz":
+        return json.loads(str(np.load(path)["meta"]))["step"]
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+
+
+def _same_results(whole: Path, killed: Path, steps: list[int]) -> None:
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert {k: a.get(k) for k in RESULT_KEYS} == {k: b.get(k) for k in RESULT_KEYS}, f"killed at steps {steps}"
+    assert (whole / "curves.csv").read_text() == (killed / "curves.csv").read_text()
+
+
 def test_kill_9_at_random_moments_then_resume_ends_as_an_uninterrupted_run(synthetic_cifar_dir, tmp_path):
     """SIGKILL three times at random moments of training (seeded, so a failure can be replayed), --resume
     after each: the final metrics, curves and checkpoint equal those of a run never interrupted."""
     flags = ["--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "64", "--optimizer", "momentum",
              "--augment", "--validation_size", "100", "--max_steps", "600", "--eval_freq", "20",
              "--batch_size", "50", "--threads", "1", "--quiet"]
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    proc = _train_process([*flags, "--out_dir", str(whole)])
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-
-    rng, kills = random.Random(11), []
-    argv = [*flags, "--out_dir", str(killed)]
-    for _ in range(3):
-        delay = rng.uniform(0.0, 0.4)
-        if not _kill_after_progress(_train_process(argv), killed / "checkpoint.npz", delay):
-            break
-        kills.append(json.loads(str(np.load(killed / "checkpoint.npz")["meta"]))["step"])
-        argv = ["--resume", str(killed), "--threads", "1", "--quiet"]
-    assert kills, "no kill landed before the run ended"
-    proc = _train_process(argv)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-
-    a = json.loads((whole / "metrics.json").read_text())
-    b = json.loads((killed / "metrics.json").read_text())
-    assert {k: a.get(k) for k in RESULT_KEYS} == {k: b.get(k) for k in RESULT_KEYS}, f"killed at steps {kills}"
-    assert (whole / "curves.csv").read_text() == (killed / "curves.csv").read_text()
+    whole, killed, steps = _whole_and_killed_runs(tmp_path, flags, module="fastmlp.train",
+                                                  checkpoint_name="checkpoint.npz", kills=3, seed=11, max_delay=0.4)
+    _same_results(whole, killed, steps)
     with np.load(whole / "checkpoint.npz") as x, np.load(killed / "checkpoint.npz") as y:
         assert sorted(x.files) == sorted(y.files)
         # rng/keys: NumPy's global generator, which no fastmlp code draws from; each process seeds it
@@ -270,23 +292,6 @@ def test_kill_9_of_a_torch_trainer_then_resume_ends_as_an_uninterrupted_run(synt
     flags = ["--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "64", "--optimizer", "momentum",
              "--dropout", "0.1", "--validation_size", "100", "--max_steps", "400", "--eval_freq", "20",
              "--batch_size", "50", "--device", "cpu", "--threads", "1", "--quiet"]
-    module = "torch_models.train_mlp"
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    proc = _train_process([*flags, "--out_dir", str(whole)], module)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-
-    rng, kills = random.Random(5), 0
-    argv = [*flags, "--out_dir", str(killed)]
-    for _ in range(2):
-        if not _kill_after_progress(_train_process(argv, module), killed / "checkpoint.pt", rng.uniform(0.0, 0.3)):
-            break
-        kills += 1
-        argv = ["--resume", str(killed), "--threads", "1", "--quiet"]
-    assert kills, "no kill landed before the run ended"
-    proc = _train_process(argv, module)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
-
-    a = json.loads((whole / "metrics.json").read_text())
-    b = json.loads((killed / "metrics.json").read_text())
-    assert {k: a.get(k) for k in RESULT_KEYS} == {k: b.get(k) for k in RESULT_KEYS}
-    assert (whole / "curves.csv").read_text() == (killed / "curves.csv").read_text()
+    whole, killed, steps = _whole_and_killed_runs(tmp_path, flags, module="torch_models.train_mlp",
+                                                  checkpoint_name="checkpoint.pt", kills=2, seed=5, max_delay=0.3)
+    _same_results(whole, killed, steps)
