@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from fastmlp.atomic import atomic_path, atomic_write_json, atomic_write_text, make_new_dir
+from fastmlp.atomic import atomic_write_json, atomic_write_text, make_new_dir
 from fastmlp.version import __version__
 
 __all__ = [

@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
     0 done, 1 diverged, 2 bad input (a flag, the checkpoint, the data), 130 Ctrl-C.
     """
-    return cli.main(argv, build_parser=build_parser, train=lambda args: train(args))
+    return cli.main(argv, build_parser=build_parser, train=train)
 
 
 if __name__ == "__main__":

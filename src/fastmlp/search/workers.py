@@ -6,7 +6,7 @@ command. A trial (:func:`make_objective`) trains one configuration on the traini
 reports its validation accuracy at every evaluation (which the pruners read) and scores
 the configuration by its final validation accuracy.
 
-A trial first checks that it is not one too many (``fastmlp.search.study.surplus_reason``:
+A trial first checks that it is not one too many (``fastmlp.search.study.settled_surplus_reason``:
 workers deciding together may start more than ``--n_trials``); a surplus trial fails at
 once, without training. Its outputs go to a folder of its own,
 ``<out_dir>/trials/<study name>/trial_NNNN``, created exclusively (``-1``... when taken:
