@@ -117,6 +117,27 @@ def test_replaced_archive_is_decoded_again(tmp_path):
     assert len(cache_leftovers(cache)) == 1  # the stale entry was removed
 
 
+def test_cached_arrays_are_private_and_outlive_their_entry(tmp_path):
+    # From the cache the arrays are copy-on-write mappings: writable, writes stay in
+    # this process, and they stay readable after the entry is pruned.
+    cache, archive = tmp_path / "cache", tmp_path / "src" / D.ARCHIVE_NAME
+    first = make_synthetic_cifar(20, 20, seed=1)
+    write_cifar_archive(archive, write_cifar_folder(tmp_path / "a", first))
+    D.load_cifar10(archive, cache_dir=cache)  # decodes and writes the entry
+    mapped = D.load_cifar10(archive, cache_dir=cache)  # from the entry
+    assert all(type(mapped[name]) is np.ndarray and mapped[name].flags.writeable for name in C.ARRAY_NAMES)
+    assert isinstance(mapped["x_train"].base, np.memmap)  # mapped, not read into fresh memory
+    mapped["x_train"][0] = 255 - mapped["x_train"][0]
+    assert_same_data(D.load_cifar10(archive, cache_dir=cache), first)  # the entry's file is unchanged
+    write_cifar_archive(archive, write_cifar_folder(tmp_path / "b", make_synthetic_cifar(20, 20, seed=2)))
+    os.utime(archive, ns=(1, 1))
+    D.load_cifar10(archive, cache_dir=cache)  # a new entry; the old one is removed
+    assert len(cache_leftovers(cache)) == 1
+    np.testing.assert_array_equal(mapped["x_train"][1:], first["x_train"][1:])
+    np.testing.assert_array_equal(mapped["x_train"][0], 255 - first["x_train"][0])
+    np.testing.assert_array_equal(mapped["y_test"], first["y_test"])
+
+
 def test_archive_rewritten_in_place_with_same_size_and_mtime_is_not_served_stale(small_folder, tmp_path):
     cache, archive = tmp_path / "cache", write_cifar_archive(tmp_path / D.ARCHIVE_NAME, small_folder)
     D.load_cifar10(archive, cache_dir=cache)

@@ -106,7 +106,8 @@ def load_cifar10(
     dict
         ``x_train`` uint8 (n_train, 3, 32, 32) and ``y_train`` int64 (n_train,)
         (the five training batches in order), ``x_test`` uint8 (n_test, 3, 32, 32),
-        ``y_test`` int64 (n_test,), ``label_names`` list of 10 str. Fresh arrays.
+        ``y_test`` int64 (n_test,), ``label_names`` list of 10 str. Arrays private to
+        the caller (writable; from the cache, copy-on-write mappings of its files).
 
     Raises
     ------

@@ -1,7 +1,10 @@
 """Decoded CIFAR-10 arrays kept on disk, keyed by the content of the files they came from.
 
-Decoding the archive (gunzip, unpickle, check) takes about a second; reading the
-decoded ``.npy`` files back takes a few hundredths. Layout under the cache folder::
+Decoding the archive (gunzip, unpickle, check) takes about a second. The decoded
+``.npy`` files are mapped back copy-on-write rather than read: their pages come
+straight from the OS's file cache, where reading 180 MB into fresh memory costs
+0.5-0.7 s on a virtual machine whose every new page the kernel must first zero
+(BENCHMARKS.md §3). Layout under the cache folder::
 
     decoded/<sha256 of the source's bytes>/x_train.npy, y_train.npy, x_test.npy, y_test.npy, meta.json
     decoded/sources/<sha256 of the source's absolute path>.json   {"signature": ..., "sha256": ...}
@@ -18,6 +21,12 @@ are flushed to disk, then renamed into place (and the parent flushed): a reader
 sees a whole entry or none. A folder that fails its checks is treated as absent
 and decoded again. When the cache cannot be written (a read-only home, a full
 disk), the arrays are returned without caching.
+
+A mapped entry is never written through (copy-on-write: a caller that writes into
+the arrays changes its private copy), and fastmlp never rewrites an entry's files
+in place: a replaced or pruned entry is unlinked, which leaves existing mappings
+intact. Truncating an entry's file by hand while a run uses it would end that run
+with SIGBUS, as with any memory-mapped file.
 """
 from __future__ import annotations
 
@@ -95,11 +104,16 @@ def _write_json(path: Path, obj: Any) -> None:
     fsync_dir(path.parent)
 
 
+def _map(path: Path) -> np.ndarray:
+    """The array of a ``.npy`` file, mapped copy-on-write, as a plain ndarray (not an np.memmap)."""
+    return np.asarray(np.load(path, mmap_mode="c", allow_pickle=False))
+
+
 def _read_entry(entry: Path) -> dict[str, Any] | None:
     """The arrays of a complete, well-formed entry; None for anything else."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
-        arrays = {name: np.load(entry / f"{name}.npy", allow_pickle=False) for name in ARRAY_NAMES}
+        arrays = {name: _map(entry / f"{name}.npy") for name in ARRAY_NAMES}
     except (OSError, ValueError, EOFError):
         return None
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
@@ -171,7 +185,8 @@ def cached_decode(source: Path, files: list[Path], decode: Callable[[], dict[str
     Returns
     -------
     dict
-        Fresh arrays (``x_*`` uint8 (n, 3, 32, 32), ``y_*`` int64 (n,)) and ``label_names``.
+        Arrays private to the caller (``x_*`` uint8 (n, 3, 32, 32), ``y_*`` int64 (n,); from the
+        cache they are copy-on-write mappings of its files) and ``label_names``.
     """
     root = cache_dir / "decoded"
     record_path = _record_path(root, source)
