@@ -22,6 +22,7 @@ from _cifar_synth import (
     write_cifar_folder,
 )
 from fastmlp import data as D
+from fastmlp.images import ImageBatch
 from fastmlp.data import cache as C
 from fastmlp.data import files as F
 
@@ -792,6 +793,33 @@ def test_next_batch_out_is_checked(synthetic_cifar_dir):
         train.next_batch(4, out=np.empty((4, 3072), np.float64))
     with pytest.raises(ValueError, match="out: expected"):
         train.next_batch(4, out=np.empty((3072, 4), np.float32).T)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_next_image_batch_serves_what_next_batch_would(synthetic_cifar_dir, dtype):
+    # Same rows, labels and order (across epoch boundaries), mixed freely with next_batch.
+    a = D.get_cifar10(synthetic_cifar_dir, one_hot=False, seed=3, flatten=True, dtype=dtype)["train"]
+    b = a.reseeded(None)
+    b.set_state(a.get_state())
+    assert a.serves_image_batches
+    for size in (7, 400, 3, 400, 400):  # 1,000 training images: the last batches span epochs
+        images, y_images = a.next_image_batch(size)
+        x, y = b.next_batch(size)
+        assert isinstance(images, ImageBatch) and images.shape == x.shape and images.dtype == dtype
+        np.testing.assert_array_equal(images.to_array(), x)
+        np.testing.assert_array_equal(y_images, y)
+        a.next_batch(2), b.next_batch(2)
+    assert a.epochs_completed == b.epochs_completed >= 1 and a.index_in_epoch == b.index_in_epoch
+
+
+def test_next_image_batch_refuses_what_it_cannot_serve(synthetic_cifar_dir):
+    train = D.get_cifar10(synthetic_cifar_dir, one_hot=False, seed=1)["train"]
+    with pytest.raises(ValueError, match="cannot serve uint8 batches .it augments"):
+        train.reseeded(1, augment=True).next_image_batch(4)
+    floats = D.DataSet(np.zeros((5, 3), np.float32), np.zeros(5, np.int64))
+    assert not floats.serves_image_batches
+    with pytest.raises(ValueError, match="holds model inputs, not uint8 pixels"):
+        floats.next_image_batch(2)
 
 
 def test_preprocessing_wants_uint8_images():

@@ -567,6 +567,18 @@ def _bad_shape_calls():
         ("convert-src", "src", lambda: K.convert_images(np.empty((2, 4)), u8, None, np.zeros(4))),
         ("convert-index", "index", lambda: K.convert_images(np.empty((2, 3)), u8, np.zeros(3, np.int64), off)),
         ("convert-out", "out", lambda: K.convert_images(np.empty((6, 3)), u8, None, off)),
+        ("images-offset", "offset", lambda: K.linear_forward_images(
+            np.empty((2, 2)), np.empty((2, 3)), u8, None, np.zeros(4), None, np.ones((2, 3)))),
+        ("images-src", "src", lambda: K.linear_forward_images(
+            np.empty((2, 2)), np.empty((2, 4)), u8, None, np.zeros(4), None, np.ones((2, 4)))),
+        ("images-index", "index", lambda: K.linear_forward_images(
+            np.empty((2, 2)), np.empty((2, 3)), u8, np.zeros(3, np.int64), off, None, np.ones((2, 3)))),
+        ("images-Y", "Y", lambda: K.linear_forward_images(
+            np.empty((3, 2)), np.empty((2, 3)), u8, None, off, None, np.ones((2, 3)))),
+        ("images-W", "W", lambda: K.linear_forward_images(
+            np.empty((2, 2)), np.empty((2, 3)), u8, None, off, None, np.ones((2, 4)))),
+        ("images-b", "b", lambda: K.linear_forward_images(
+            np.empty((2, 2)), np.empty((2, 3)), u8, None, off, None, np.ones((2, 3)), np.zeros(3))),
     ]
 
 
@@ -584,6 +596,13 @@ def test_convert_images_refuses_rows_outside_the_source():
         K.convert_images(np.empty((2, 3)), np.zeros((5, 3), np.uint8), np.array([0, 5]), np.zeros(3))
     with pytest.raises(ValueError, match=r"got -1 at position 0"):
         K.convert_images(np.empty((1, 3)), np.zeros((5, 3), np.uint8), np.array([-1]), np.zeros(3))
+
+
+def test_linear_forward_images_refuses_rows_outside_the_source_before_writing():
+    x, y = np.full((2, 3), 7.0), np.full((2, 2), 7.0)
+    with pytest.raises(ValueError, match=r"index: expected row numbers in \[0, 5\), got 9 at position 1"):
+        K.linear_forward_images(y, x, np.zeros((5, 3), np.uint8), np.array([0, 9]), np.zeros(3), None, np.ones((2, 3)))
+    assert (x == 7).all() and (y == 7).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -12,6 +12,7 @@ from _gradcheck import assert_gradient_close, numerical_gradient
 from fastmlp import MLP, CrossEntropyModule
 from fastmlp import optim
 from fastmlp import reference as R
+from fastmlp.images import ImageBatch
 
 DTYPES = (np.float32, np.float64)
 # Several steps through a whole network: looser than a single kernel call.
@@ -359,6 +360,67 @@ def test_train_step_reuses_its_buffers():
         assert all(a is lin.params[k] for a, (lin, k) in
                    zip(param_arrays, [(lin, k) for lin in model.linears for k in ("weight", "bias")]))
     assert list(model._buffers) == [8]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("n_hidden", [[], [16, 8]])
+@pytest.mark.parametrize("batch", [1, 37])
+def test_train_step_on_an_image_batch_equals_converting_first(dtype, opt_name, n_hidden, batch):
+    # The first layer converts uint8 rows itself: the same loss, counts and parameters, bit for bit.
+    rng = np.random.default_rng(batch + len(n_hidden))
+    pixels = rng.integers(0, 256, (60, 50), dtype=np.uint8)
+    offset, scale = (rng.random(50) * 255).astype(dtype), (rng.random(50) * 60 + 1).astype(dtype)
+    runs = []
+    for as_images in (True, False):
+        model = MLP(50, n_hidden, 4, dtype=dtype, seed=1, init="kaiming")
+        opt = optim.SGD(model, 0.05) if opt_name == "sgd" else optim.Adam(model, 1e-2)
+        data_rng = np.random.default_rng(7)
+        out = []
+        for _ in range(3):
+            images = ImageBatch(pixels, data_rng.integers(0, 60, batch), offset, scale)
+            x = images if as_images else images.to_array()
+            out.append((model.train_step(x, data_rng.integers(0, 4, batch), opt), model.last_batch_correct))
+        runs.append((out, model.state_dict()))
+    (out_images, state_images), (out_arrays, state_arrays) = runs
+    assert out_images == out_arrays
+    for name in state_arrays:
+        np.testing.assert_array_equal(state_images[name], state_arrays[name])
+
+
+def test_image_batch_keeps_its_row_numbers_as_int64():
+    batch = ImageBatch(np.zeros((4, 5), np.uint8), [3, 0], np.zeros(5, np.float32))
+    assert batch.index.dtype == np.int64 and batch.index.tolist() == [3, 0] and batch.shape == (2, 5)
+    np.testing.assert_array_equal(batch.to_array(), np.zeros((2, 5), np.float32))
+
+
+def test_train_step_checks_an_image_batch_against_the_model():
+    model = MLP(50, [5], 3, dtype=np.float32, seed=0)
+    opt = optim.SGD(model, 0.1)
+    pixels, index = np.zeros((4, 50), np.uint8), np.arange(2)
+    with pytest.raises(ValueError, match="x: expected images of 50 values each, got 49"):
+        model.train_step(ImageBatch(pixels[:, :49], index, np.zeros(49, np.float32)), [0, 1], opt)
+    with pytest.raises(ValueError, match="x: expected an ImageBatch converting to float32, got float64"):
+        model.train_step(ImageBatch(pixels, index, np.zeros(50)), [0, 1], opt)
+    with pytest.raises(ValueError, match=r"index: expected row numbers in \[0, 4\), got 4"):
+        model.train_step(ImageBatch(pixels, np.array([0, 4]), np.zeros(50, np.float32)), [0, 1], opt)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("pixels", np.zeros((4, 5), np.float32), "pixels: expected a 2-D uint8 array"),
+    ("pixels", np.zeros(5, np.uint8), "pixels: expected a 2-D uint8 array"),
+    ("index", np.zeros(2, np.float64), "index: expected a non-empty 1-D array of integer row numbers"),
+    ("index", np.zeros(0, np.int64), "index: expected a non-empty 1-D array of integer row numbers"),
+    ("index", np.zeros((2, 1), np.int64), "index: expected a non-empty 1-D array"),
+    ("offset", np.zeros(4, np.float32), r"offset: expected a float32 or float64 array of shape \(5,\)"),
+    ("offset", np.zeros(5, np.int64), "offset: expected a float32 or float64"),
+    ("scale", np.ones(5, np.float64), "scale: expected None or a float32 array of shape"),
+])
+def test_image_batch_names_the_bad_field(field, value, match):
+    fields = dict(pixels=np.zeros((4, 5), np.uint8), index=np.zeros(2, np.int64), offset=np.zeros(5, np.float32))
+    fields[field] = value
+    with pytest.raises(TypeError, match=match):
+        ImageBatch(**fields)
 
 
 def test_in_place_param_edits_are_seen():

@@ -183,6 +183,40 @@ def test_k_split_forward_does_not_depend_on_the_thread_count(restore_threads):
     np.testing.assert_array_equal(outputs[0], outputs[2])
 
 
+# (B, D, O): batch 1 (GEMV), a small transposed batch, one BLAS call, a K-split, an M-split, an N-split.
+IMAGE_SHAPES = [(1, 70, 5), (7, 70, 9), (33, 300, 40), (200, 3072, 100), (300, 40, 200), (64, 600, 1024)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("variant", ["index+scale", "rows", "strided-src", "no-scratch"])
+def test_linear_forward_images_equals_converting_first(shape, variant, dtype, restore_threads):
+    # The conversion inside the GEMM's chunks gives the very numbers of convert_images + linear_forward.
+    B, D, O = shape
+    rng = np.random.default_rng(B * D + O)
+    wide = rng.integers(0, 256, (3 * B + 2, D + 5), dtype=np.uint8)
+    src = wide[:, :D] if variant == "strided-src" else np.ascontiguousarray(wide[:, :D])  # row stride D + 5
+    index = None if variant == "rows" else rng.integers(0, len(src), B).astype(np.int64)
+    offset = (rng.random(D) * 255).astype(dtype)
+    scale = (rng.random(D) + 0.5).astype(dtype) if variant == "index+scale" else None
+    w = (rng.standard_normal((O, D)) / 255).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    need = max(1, K.forward_scratch_size(B, D, O))
+    for threads in (1, 2, 3):
+        fastmlp.set_num_threads(threads)
+        scratch = None if variant == "no-scratch" else np.full((1, need), np.nan, dtype)
+        x_first, y_first = np.full((B, D), np.nan, dtype), np.full((B, O), np.nan, dtype)
+        K.convert_images(x_first, src, index, offset, scale)
+        K.linear_forward(y_first, x_first, w, b, True, scratch)
+        x, y = np.full((B, D), np.nan, dtype), np.full((B, O), np.nan, dtype)
+        K.linear_forward_images(y, x, src, index, offset, scale, w, b, True, scratch)
+        np.testing.assert_array_equal(x, x_first)
+        np.testing.assert_array_equal(y, y_first)
+        rows = src[index] if index is not None else src[:B]
+        x64 = (rows.astype(np.float64) - offset) / (scale if scale is not None else 1)
+        np.testing.assert_allclose(y, np.maximum(x64 @ w.astype(np.float64).T + b, 0), **TOL[dtype])
+
+
 def test_mlp_training_is_reproducible_with_threads(restore_threads):
     from fastmlp import MLP, optim
 

@@ -366,6 +366,36 @@ def test_train_checks_a_hand_made_namespace():
 
 
 # ------------------------------------------------------------------ train() contract
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_training_on_uint8_batches_equals_training_on_converted_ones(synthetic_cifar_dir, tmp_path, optimizer):
+    # The trainer hands uint8 rows to the model (the first layer converts them); the same run
+    # on the same images converted beforehand gives the same curves and weights, bit for bit.
+    from fastmlp.checkpoint import load_checkpoint
+    from fastmlp.data import DataSet, get_cifar10
+
+    data = get_cifar10(synthetic_cifar_dir, one_hot=False, flatten=True, seed=0)
+    train_u8, test = data["train"], data["test"]
+    train_floats = DataSet(train_u8.images, train_u8.labels, flatten=True)
+    train_floats.set_state(train_u8.get_state())
+    assert train_u8.serves_image_batches and not train_floats.serves_image_batches
+    served = []
+    image_batch = train_u8.next_image_batch
+    train_u8.next_image_batch = lambda size: served.append(size) or image_batch(size)
+    args = dict(max_steps=12, eval_freq=5, batch_size=64, dnn_hidden_units=[20], quiet=True,
+                optimizer=optimizer, learning_rate=1e-3)
+    runs = {}
+    for name, train_set in (("u8", train_u8), ("floats", train_floats)):
+        metrics = fm_train.train(argparse.Namespace(**{**args, "out_dir": str(tmp_path / name)}),
+                                 data={"train": train_set, "test": test})
+        runs[name] = (metrics, read_curves(tmp_path / name), load_checkpoint(tmp_path / name / "checkpoint.npz"))
+    assert served == [64] * 12  # the uint8 run did take the model's own conversion
+    (m_u8, curves_u8, ckpt_u8), (m_floats, curves_floats, ckpt_floats) = runs["u8"], runs["floats"]
+    assert m_u8["test_loss"] == m_floats["test_loss"] and m_u8["test_accuracy"] == m_floats["test_accuracy"]
+    assert [row["train_loss"] for row in curves_u8] == [row["train_loss"] for row in curves_floats]
+    for name, value in ckpt_floats["model"].items():
+        np.testing.assert_array_equal(ckpt_u8["model"][name], value)
+
+
 def test_train_contract_preloaded_data_and_on_eval(synthetic_cifar_dir, tmp_path):
     from fastmlp.data import get_cifar10
 

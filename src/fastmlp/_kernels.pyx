@@ -299,6 +299,18 @@ cdef enum Split:
     SPLIT_K = 3
 
 
+ctypedef struct Convert:
+    char* out                   # (n, D) row-major
+    const cnp.uint8_t* src      # rows of D pixels, ``src_stride`` bytes apart
+    const cnp.int64_t* index    # which source row makes each output row, or NULL for rows 0..n-1
+    Py_ssize_t src_stride
+    const char* offset          # (D,)
+    const char* scale           # (D,) divisors, or NULL
+    Py_ssize_t n, D
+    bint is_double
+    int chunks
+
+
 ctypedef struct Gemm:
     bint is_double
     bint ta, tb
@@ -315,6 +327,7 @@ ctypedef struct Gemm:
     char* partial       # SPLIT_K: parts - 1 row-major (M, N) buffers for parts 1.. (part 0 writes C)
     const char* mask    # optional post-op: C[i, j] = 0 where not mask[i, j] > 0 (a ReLU's output)
     Py_ssize_t ms0, ms1  # element strides of mask
+    Convert* pre        # optional pre-op: each chunk first converts the part of A (images) it reads
 
 
 cdef Split _plan(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint allow_k) noexcept nogil:
@@ -343,6 +356,37 @@ cdef void _mask_rows(Gemm* g, floating* C, const floating* mask, Py_ssize_t r0, 
                     C[i * g.ldc + j] = 0
 
 
+cdef void _convert_rows(Convert* c, floating* out, const floating* offset, const floating* scale,
+                        Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef const cnp.uint8_t* row
+    cdef const floating* sc = scale + c0 if scale != NULL else NULL
+    for i in range(r0, r1):
+        row = c.src + (c.index[i] if c.index != NULL else i) * c.src_stride + c0
+        if floating is float:
+            fm_convert_f32(out + i * c.D + c0, row, offset + c0, sc, c1 - c0)
+        else:
+            fm_convert_f64(out + i * c.D + c0, row, offset + c0, sc, c1 - c0)
+
+
+cdef void _convert_block(Convert* c, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """out[r0:r1, c0:c1] = (src[index[r0:r1], c0:c1] - offset[c0:c1]) / scale[c0:c1]."""
+    if c.is_double:
+        _convert_rows(c, <double*>c.out, <const double*>c.offset, <const double*>c.scale, r0, r1, c0, c1)
+    else:
+        _convert_rows(c, <float*>c.out, <const float*>c.offset, <const float*>c.scale, r0, r1, c0, c1)
+
+
+cdef void _convert_chunk(void* ctx, int chunk) noexcept nogil:
+    cdef Convert* c = <Convert*>ctx
+    _convert_block(c, c.n * chunk // c.chunks, c.n * (chunk + 1) // c.chunks, 0, c.D)
+
+
+cdef void _run_convert(Convert* c, int threads) noexcept nogil:
+    c.chunks = threads if c.n * c.D >= PARALLEL_MIN_ELEMENTS and c.n >= threads else 1
+    fm_parallel_for(c.chunks, threads, _convert_chunk, c)
+
+
 cdef void _gemm_mask(Gemm* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     """C[r0:r1, c0:c1] *= (mask > 0), a ReLU's derivative folded into the dX GEMM."""
     if g.is_double:
@@ -363,6 +407,8 @@ cdef void _gemm_chunk(void* ctx, int chunk) noexcept nogil:
     cdef double beta = g.beta
     if g.split == SPLIT_M:
         lo, hi = _span(g.M, chunk, g.parts), _span(g.M, chunk + 1, g.parts)
+        if g.pre != NULL:
+            _convert_block(g.pre, lo, hi, 0, g.pre.D)
         A = A + (lo if g.ta else lo * g.lda) * item
         _blas_gemm(g.is_double, g.ta, g.tb, hi - lo, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta,
                    Cm + lo * ldc * item, ldc)
@@ -377,12 +423,16 @@ cdef void _gemm_chunk(void* ctx, int chunk) noexcept nogil:
             _gemm_mask(g, 0, g.M, lo, hi)
     elif g.split == SPLIT_K:
         lo, hi = _span(g.K, chunk, g.parts), _span(g.K, chunk + 1, g.parts)
+        if g.pre != NULL:
+            _convert_block(g.pre, 0, g.pre.n, lo, hi)
         A = A + (lo * g.lda if g.ta else lo) * item
         Bm = Bm + (lo if g.tb else lo * g.ldb) * item
         if chunk > 0:  # parts 1.. go to their own buffer; the caller adds them up
             Cm, ldc, beta = g.partial + (chunk - 1) * g.M * g.N * item, g.N, 0.0
         _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, hi - lo, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc)
     else:
+        if g.pre != NULL:
+            _convert_block(g.pre, 0, g.pre.n, 0, g.pre.D)
         _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc)
         if g.mask != NULL:
             _gemm_mask(g, 0, g.M, 0, g.N)
@@ -406,7 +456,7 @@ cdef inline void _gemm_init(Gemm* g, bint is_double, bint ta, bint tb, Py_ssize_
     g.is_double, g.ta, g.tb, g.M, g.N, g.K = is_double, ta, tb, M, N, K
     g.alpha, g.beta = alpha, beta
     g.A, g.lda, g.Bm, g.ldb, g.Cm, g.ldc = <const char*>A, lda, <const char*>Bm, ldb, <char*>Cm, ldc
-    g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1 = SPLIT_NONE, 1, NULL, NULL, 0, 0
+    g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1, g.pre = SPLIT_NONE, 1, NULL, NULL, 0, 0, NULL
 
 
 # ---------------------------------------------------------------------------
@@ -578,6 +628,17 @@ def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:,
     transposed GEMM (W X^T) and holds partial sums; without it a K-split
     allocates its buffer and small batches take the plain GEMM.
     """
+    _linear_forward(Y, X, W, b, relu, scratch, NULL)
+
+
+cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:, :] W, const floating[:] b,
+                         bint relu, floating[:, ::1] scratch, Convert* pre) except -1:
+    """:func:`linear_forward`; with ``pre``, X is first filled by that conversion (X being its ``out``).
+
+    The conversion runs inside the GEMM's chunks when their cut allows it (each
+    chunk converts the rows or columns of X it multiplies, on the same core, just
+    before), else as a parallel pass of its own before the GEMM.
+    """
     cdef Py_ssize_t B = X.shape[0], I = X.shape[1], O = W.shape[0]
     cdef bint tx, tw, t
     cdef Py_ssize_t ldx, ldw, need
@@ -612,6 +673,11 @@ def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:,
             _gemm_init(&g, floating is double, tx, not tw, B, O, I, 1.0, _ptr(X), ldx, _ptr(W), ldw, 0.0,
                        &Y[0, 0], O)
             g.split = _plan(B, O, I, True)
+        if pre != NULL:
+            if t or g.split == SPLIT_N:  # every chunk reads all of X: convert it first
+                _run_convert(pre, threads)
+            else:
+                g.pre = pre
         if g.split == SPLIT_K:
             g.partial = <char*>&work[B * O] if t else <char*>&work[0]
         _run_gemm(&g, threads)
@@ -622,6 +688,7 @@ def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:,
         if t or e.n_partial or e.b != NULL or relu:
             _run_epilogue(&e, threads)
         _end_threads(threads)
+    return 0
 
 
 cdef void _colsum_axpy(floating[:] db, const floating[:, :] dY, floating alpha, floating beta) noexcept nogil:
@@ -741,52 +808,16 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
 # images: stored uint8 pixels -> model inputs
 # ---------------------------------------------------------------------------
 
-ctypedef struct Convert:
-    char* out                   # (n, D) row-major
-    const cnp.uint8_t* src      # rows of D pixels, ``src_stride`` bytes apart
-    Py_ssize_t src_stride
-    const cnp.int64_t* index    # which source row makes each output row, or NULL for rows 0..n-1
-    const char* offset          # (D,)
-    const char* scale           # (D,) divisors, or NULL
-    Py_ssize_t n, D
-    bint is_double
-    int chunks
 
 
-cdef void _convert_rows(Convert* c, floating* out, const floating* offset, const floating* scale,
-                        Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef const cnp.uint8_t* row
-    for i in range(r0, r1):
-        row = c.src + (c.index[i] if c.index != NULL else i) * c.src_stride
-        if floating is float:
-            fm_convert_f32(out + i * c.D, row, offset, scale, c.D)
-        else:
-            fm_convert_f64(out + i * c.D, row, offset, scale, c.D)
+cdef tuple _convert_setup(Convert* c, floating[:, ::1] out, const cnp.uint8_t[:, :] src,
+                          const cnp.int64_t[:] index, const floating[::1] offset, const floating[::1] scale):
+    """Check the arguments of a conversion into ``out`` and describe it in ``c``.
 
-
-cdef void _convert_chunk(void* ctx, int chunk) noexcept nogil:
-    cdef Convert* c = <Convert*>ctx
-    cdef Py_ssize_t r0 = c.n * chunk // c.chunks, r1 = c.n * (chunk + 1) // c.chunks
-    if c.is_double:
-        _convert_rows(c, <double*>c.out, <const double*>c.offset, <const double*>c.scale, r0, r1)
-    else:
-        _convert_rows(c, <float*>c.out, <const float*>c.offset, <const float*>c.scale, r0, r1)
-
-
-def convert_images(floating[:, ::1] out, const cnp.uint8_t[:, :] src, const cnp.int64_t[:] index,
-                   const floating[::1] offset, const floating[::1] scale=None):
-    """out (n, D) = (src[index] - offset) / scale, row by row: gather, cast and centre in one pass.
-
-    src (N, D) uint8 pixels (rows with unit stride along D); index (n,) int64 row
-    numbers in [0, N), or None for rows 0..n-1 (then n <= N); offset (D,) and
-    scale (D,) of out's dtype, scale None for no division. The arithmetic is
-    float(pixel) - offset, then / scale, in out's dtype: exactly what NumPy's
-    ``np.subtract(src, offset, dtype=...)`` then ``/= scale`` computes.
+    Returns the (src, index) the description points into (contiguous copies when
+    needed): the caller keeps them alive while ``c`` is used.
     """
     cdef Py_ssize_t n = out.shape[0], D = out.shape[1], i, bad = -1
-    cdef Convert c
-    cdef int threads
     _check1("offset", offset.shape[0], D)
     if scale is not None:
         _check1("scale", scale.shape[0], D)
@@ -807,18 +838,54 @@ def convert_images(floating[:, ::1] out, const cnp.uint8_t[:, :] src, const cnp.
             raise ValueError(f"index: expected row numbers in [0, {src.shape[0]}), got {index[bad]} at position {bad}")
         if n and index.strides[0] != sizeof(cnp.int64_t):
             index = np.ascontiguousarray(index)
-    if n == 0 or D == 0:
+    c.n, c.D, c.is_double, c.chunks = n, D, floating is double, 1
+    if n and D:
+        c.out, c.src, c.src_stride = <char*>&out[0, 0], &src[0, 0], src.strides[0]
+        c.index = &index[0] if index is not None else NULL
+        c.offset = <const char*>&offset[0]
+        c.scale = <const char*>&scale[0] if scale is not None else NULL
+    return src, index
+
+
+def convert_images(floating[:, ::1] out, const cnp.uint8_t[:, :] src, const cnp.int64_t[:] index,
+                   const floating[::1] offset, const floating[::1] scale=None):
+    """out (n, D) = (src[index] - offset) / scale, row by row: gather, cast and centre in one pass.
+
+    src (N, D) uint8 pixels (rows with unit stride along D); index (n,) int64 row
+    numbers in [0, N), or None for rows 0..n-1 (then n <= N); offset (D,) and
+    scale (D,) of out's dtype, scale None for no division. The arithmetic is
+    float(pixel) - offset, then / scale, in out's dtype: exactly what NumPy's
+    ``np.subtract(src, offset, dtype=...)`` then ``/= scale`` computes.
+    """
+    cdef Convert c
+    cdef int threads
+    keep = _convert_setup(&c, out, src, index, offset, scale)
+    if c.n == 0 or c.D == 0:
         return
-    c.out, c.src, c.src_stride = <char*>&out[0, 0], &src[0, 0], src.strides[0]
-    c.index = &index[0] if index is not None else NULL
-    c.offset = <const char*>&offset[0]
-    c.scale = <const char*>&scale[0] if scale is not None else NULL
-    c.n, c.D, c.is_double = n, D, floating is double
     with nogil:
         threads = _begin_threads()
-        c.chunks = threads if n * D >= PARALLEL_MIN_ELEMENTS and n >= threads else 1
-        fm_parallel_for(c.chunks, threads, _convert_chunk, &c)
+        _run_convert(&c, threads)
         _end_threads(threads)
+
+
+def linear_forward_images(floating[:, ::1] Y, floating[:, ::1] X, const cnp.uint8_t[:, :] src,
+                          const cnp.int64_t[:] index, const floating[::1] offset, const floating[::1] scale,
+                          const floating[:, :] W, const floating[:] b=None, bint relu=False,
+                          floating[:, ::1] scratch=None):
+    """X (B, D) = (src[index] - offset) / scale;  Y (B, O) = act(X @ W (O, D)^T + b): a first layer fed uint8 images.
+
+    The same numbers as :func:`convert_images` into X followed by
+    :func:`linear_forward` on X (arguments as there; scale may be None), in one
+    call: each GEMM chunk converts the part of X it multiplies just before, on
+    the same core. X is overwritten and keeps the converted batch (a backward
+    pass needs it); Y as in :func:`linear_forward`.
+    """
+    cdef Convert c
+    cdef const floating[:, :] X_in = X
+    keep = _convert_setup(&c, X, src, index, offset, scale)
+    if c.n == 0 or c.D == 0:
+        raise ValueError(f"X: expected a non-empty 2-D array, got shape ({X.shape[0]}, {X.shape[1]})")
+    _linear_forward(Y, X_in, W, b, relu, scratch, &c)
 
 
 # ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 
 from fastmlp import _kernels as K
 from fastmlp._validation import as_float_2d, as_labels, check_dtype, check_positive_int
+from fastmlp.images import ImageBatch
 from fastmlp.modules import INITS, LinearModule, ReLUModule, SoftMaxModule
 
 __all__ = ["MLP"]
@@ -70,6 +71,7 @@ class MLP:
             self.layers += [lin, ReLUModule()]
         self.layers += [self.linears[-1], SoftMaxModule()]
         self._buffers: dict[int, tuple] = {}
+        self._image_inputs: dict[int, np.ndarray] = {}  # converted ImageBatch rows, per batch size
         self.last_batch_correct = None
 
     def __repr__(self):
@@ -105,6 +107,7 @@ class MLP:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_buffers"] = {}  # scratch space, rebuilt on demand
+        state["_image_inputs"] = {}
         return state
 
     # -- the course's contract ---------------------------------------------
@@ -139,24 +142,48 @@ class MLP:
             bufs = self._buffers[batch] = (acts, grads, scratch)
         return bufs
 
-    def _logits_into(self, x, bufs):
-        """Forward pass of x (B, D) into the activation buffers; returns the logits buffer (B, C)."""
+    def _logits_into(self, x, bufs, images=None):
+        """Forward pass of x (B, D) into the activation buffers; returns the logits buffer (B, C).
+
+        With ``images`` (an :class:`ImageBatch`), the first layer converts them into x first.
+        """
         acts, _, scratch = bufs
         last = len(self.linears) - 1
         h = x
         for l, lin in enumerate(self.linears):
             w, b = lin.weight_and_bias()
-            K.linear_forward(acts[l], h, w, b, l < last, scratch)
+            if l == 0 and images is not None:
+                K.linear_forward_images(acts[0], x, images.pixels, images.index, images.offset, images.scale, w, b,
+                                        l < last, scratch)
+            else:
+                K.linear_forward(acts[l], h, w, b, l < last, scratch)
             h = acts[l]
         return h
+
+    def _image_input(self, images) -> np.ndarray:
+        """The buffer (B, D) an :class:`ImageBatch` is converted into, checked against the model."""
+        if images.pixels.shape[1] != self.n_inputs:
+            raise ValueError(f"x: expected images of {self.n_inputs} values each, got {images.pixels.shape[1]}")
+        if images.dtype != self.dtype:
+            raise ValueError(f"x: expected an ImageBatch converting to {self.dtype}, got {images.dtype}")
+        batch = len(images)
+        x = self._image_inputs.get(batch)
+        if x is None:
+            if len(self._image_inputs) >= _MAX_BUFFER_SETS:
+                self._image_inputs.pop(next(iter(self._image_inputs)))
+            x = self._image_inputs[batch] = np.empty((batch, self.n_inputs), dtype=self.dtype)
+        return x
 
     def train_step(self, x, y, optimizer) -> float:
         """One optimisation step on the batch (x, y); returns its mean loss before the update.
 
         Parameters
         ----------
-        x : array (B, D)
-            Converted once to the model's dtype if needed.
+        x : array (B, D), or fastmlp.images.ImageBatch
+            Converted once to the model's dtype if needed. An ImageBatch (uint8
+            rows and their offset/scale in the model's dtype) is converted by
+            the first layer's GEMM chunks, with the same numbers as
+            ``x.to_array()``.
         y : array (B,) of int class indices, or one-hot (B, C)
         optimizer : fastmlp.optim.SGD or Adam built on this model
             Plain SGD is folded into the backward GEMMs (``grads`` are then not
@@ -168,13 +195,14 @@ class MLP:
         """
         if getattr(optimizer, "model", None) is not self:
             raise ValueError("optimizer: it was built for a different model; pass an optimizer built on this MLP")
-        x = as_float_2d("x", x, self.dtype, self.n_inputs)
+        images = x if isinstance(x, ImageBatch) else None
+        x = self._image_input(images) if images is not None else as_float_2d("x", x, self.dtype, self.n_inputs)
         batch = x.shape[0]
         labels = as_labels("y", y, batch, self.n_classes)
         bufs = self._get_buffers(batch)
         acts, grads, _ = bufs
 
-        logits = self._logits_into(x, bufs)
+        logits = self._logits_into(x, bufs, images)
         # dL/dlogits overwrites the logits buffer: the logits are not needed again.
         loss, correct = K.softmax_cross_entropy_forward_backward(logits, logits, labels)
         self.last_batch_correct = correct

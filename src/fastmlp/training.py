@@ -147,7 +147,8 @@ def training_step(model, optimizer, x: np.ndarray, y: np.ndarray, step: int,
 
     Sets ``optimizer.lr`` from ``schedule``, then ``model.train_step``:
     updates the parameters of ``model`` and the optimizer's state in place.
-    ``x`` is (batch, n_inputs), ``y`` int class indices (batch,).
+    ``x`` is (batch, n_inputs), or a :class:`fastmlp.images.ImageBatch` of uint8 rows,
+    ``y`` int class indices (batch,).
 
     Raises
     ------
@@ -187,7 +188,8 @@ class MLPHooks:
         self.checkpoint_path = Path(checkpoint_path)
         self._last_batch = 0
         n_inputs = model.n_inputs
-        self._batch = np.empty((batch_size, n_inputs), dtype=model.dtype)  # every step's batch lands here
+        # every step's batch lands here (when the model does not convert uint8 rows itself)
+        self._batch = None if train_set.serves_image_batches else np.empty((batch_size, n_inputs), dtype=model.dtype)
 
     @classmethod
     def build(cls, args: argparse.Namespace, data: Mapping[str, Any], plan: loop.Plan, *, model_seed: int,
@@ -212,9 +214,13 @@ class MLPHooks:
                    eval_batch_size=args.eval_batch_size, checkpoint_path=checkpoint_path)
 
     def step(self, step: int) -> float:
-        x, y = self.train_set.next_batch(self.batch_size, out=self._batch)
-        self._last_batch = len(x)
-        return training_step(self.model, self.optimizer, x.reshape(len(x), -1), y, step, self.schedule)
+        if self.train_set.serves_image_batches:  # the first layer converts the uint8 rows itself
+            x, y = self.train_set.next_image_batch(self.batch_size)
+        else:
+            x, y = self.train_set.next_batch(self.batch_size, out=self._batch)
+            x = x.reshape(len(x), -1)
+        self._last_batch = len(y)
+        return training_step(self.model, self.optimizer, x, y, step, self.schedule)
 
     def batch_metrics(self) -> dict[str, float]:
         # The core counted the batch's right answers before the update, as its loss.

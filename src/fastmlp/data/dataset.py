@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from fastmlp.data.preprocessing import Preprocessing, augment_batch
+from fastmlp.images import ImageBatch
 
 __all__ = ["DataSet"]
 
@@ -255,6 +256,39 @@ class DataSet:
             x = augment_batch(x.reshape(len(index), *self._images.shape[1:]), self._rng)
         x = x.reshape(len(index), -1) if self.flatten else x.reshape(len(index), *self._images.shape[1:])
         return x, self._labels[index]
+
+    @property
+    def serves_image_batches(self) -> bool:
+        """Whether :meth:`next_image_batch` can serve this DataSet (uint8 pixels, no augmentation)."""
+        return self._preprocessing is not None and not self.augment
+
+    def next_image_batch(self, batch_size: int) -> tuple[ImageBatch, np.ndarray]:
+        """The batch :meth:`next_batch` would serve, as uint8 rows the model converts itself.
+
+        Advances the position, the epoch counter and the generator exactly as
+        :meth:`next_batch` does (the two may be mixed), so x.to_array() equals
+        next_batch's x (flattened). ``MLP.train_step`` converts an
+        :class:`~fastmlp.images.ImageBatch` inside its first layer.
+
+        Returns
+        -------
+        x : fastmlp.images.ImageBatch
+            Rows of :attr:`raw_images` (viewed as (n, D)) and the preprocessing's offset and scale.
+        y : ndarray, shape (batch_size,) or (batch_size, n_classes)
+            A new array.
+
+        Raises
+        ------
+        ValueError
+            When the DataSet holds model inputs rather than uint8 pixels, or augments.
+        """
+        if not self.serves_image_batches:
+            why = "it augments its batches" if self.augment else "it holds model inputs, not uint8 pixels"
+            raise ValueError(f"next_image_batch: this DataSet cannot serve uint8 batches ({why}); use next_batch")
+        index = self._next_indices(batch_size)
+        pixels = self._images.reshape(self.num_examples, -1)
+        prep = self._preprocessing
+        return ImageBatch(pixels, index, prep.offset, prep.scale), self._labels[index]
 
     def batches(self, batch_size: int, *, flatten: bool | None = None,
                 limit: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
