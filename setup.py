@@ -3,9 +3,9 @@
 The kernels call OpenBLAS from the ``scipy-openblas32`` package (headers and
 library; the same package at run time). The extension is linked against it by
 name without an rpath: at build time the package sits in pip's temporary build
-environment, so an rpath would dangle. At run time ``fastmlp._blas`` imports
-``scipy_openblas32`` first, which loads the library with RTLD_GLOBAL, and the
-loader then resolves the extension's dependency to that loaded copy (NumPy's and
+environment, so an rpath would dangle. At run time ``import fastmlp`` first
+loads the installed package's library with RTLD_GLOBAL (``fastmlp._openblas``),
+and the loader then resolves the extension's dependency to that loaded copy (NumPy's and
 SciPy's wheels load their OpenBLAS the same way).
 """
 import os

@@ -8,6 +8,7 @@ import os
 import pickle
 import tarfile
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"unexpected download attempt: {args}")
 
-    monkeypatch.setattr(F.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
 # --------------------------------------------------------------------------- reading
@@ -418,7 +419,7 @@ def test_offline_fails_at_once_with_instructions(tmp_path, monkeypatch):
     def offline(url, timeout=None):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(F.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(D.DataNotFoundError, match="name resolution") as info:
         D.load_cifar10(tmp_path / "nothing", cache_dir=tmp_path / "cache")
     assert isinstance(info.value, FileNotFoundError)
@@ -432,7 +433,7 @@ def test_interrupted_download_keeps_nothing(tmp_path, monkeypatch):
         def read(self, size=-1):
             raise ConnectionResetError("connection reset by peer")
 
-    monkeypatch.setattr(F.urllib.request, "urlopen", lambda url, timeout=None: Dropping())
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: Dropping())
     with pytest.raises(D.DataNotFoundError, match="interrupted"):
         D.load_cifar10(tmp_path / "d", cache_dir=tmp_path / "cache")
     assert list((tmp_path / "d").iterdir()) == []

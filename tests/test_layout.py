@@ -30,7 +30,7 @@ LIBRARY_MODULES = {
     "torch_models.step_stats", "torch_models.trainer", "torch_models.transfer",
 }
 # The core's own private modules, which the core imports.
-PACKAGE_PRIVATE = {"fastmlp._kernels", "fastmlp._validation", "fastmlp._blas"}
+PACKAGE_PRIVATE = {"fastmlp._kernels", "fastmlp._validation", "fastmlp._blas", "fastmlp._openblas"}
 KNOWN: dict[tuple[str, str], str] = {}
 
 

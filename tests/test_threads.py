@@ -73,6 +73,21 @@ def test_fresh_process_loads_the_library_through_the_package():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def test_the_main_job_imports_no_more_than_it_needs():
+    # Import time is part of every run: no package metadata, no download stack, no plotting.
+    code = ("import sys, fastmlp.train, fastmlp.training, fastmlp.data, fastmlp.mlp; "
+            "print(sorted(m for m in ('importlib.metadata', 'scipy_openblas32', 'urllib.request', 'http.client', "
+            "'ssl', 'matplotlib', 'tqdm', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_matches_the_installed_metadata():
+    from importlib.metadata import version
+
+    assert fastmlp.__version__ == version("fastmlp")
+
+
 # ----------------------------------------------------------------------------- the pool
 
 

@@ -10,9 +10,11 @@ command's ``--help``) does not pay for the layers it does not touch.
 """
 import importlib
 
-# Loads the OpenBLAS that fastmlp._kernels is linked against (RTLD_GLOBAL); it must be
-# in the process before _kernels is, whichever submodule imports it first (see setup.py).
-import scipy_openblas32  # noqa: F401
+from fastmlp import _openblas
+
+# The OpenBLAS that fastmlp._kernels is linked against must be in the process before
+# _kernels is, whichever submodule imports it first (see setup.py).
+_openblas.load()
 
 __all__ = [
     "MLP",

@@ -1,17 +1,15 @@
 """Load the OpenBLAS the kernels are linked against, then the kernels; expose their thread control.
 
 ``_kernels`` names ``libscipy_openblas.so`` as a dependency without a path (see
-setup.py). Importing ``scipy_openblas32`` loads that library with RTLD_GLOBAL, so
-the dynamic loader finds it already in the process when ``_kernels`` loads.
+setup.py); ``import fastmlp`` has already put that library in the process with
+RTLD_GLOBAL (:mod:`fastmlp._openblas`), so the dynamic loader finds it there.
 """
 from __future__ import annotations
 
 import contextlib
 from typing import Iterator
 
-import scipy_openblas32  # noqa: F401  (must come before _kernels: it loads the library)
-
-from fastmlp import _kernels
+from fastmlp import _kernels  # after fastmlp/__init__.py has loaded the library
 
 __all__ = ["blas_info", "get_num_threads", "set_num_threads", "threads"]
 

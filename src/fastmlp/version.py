@@ -1,13 +1,11 @@
-"""``__version__`` of the installed fastmlp, in a module of its own so that any module can read it.
+"""``__version__`` of fastmlp, in a module of its own so that any module can read it.
 
-(Reading it from the package, ``from fastmlp import __version__``, would import the
-whole core first.)
+The one place the version is written: ``pyproject.toml`` reads it from here at build
+time. (Asking ``importlib.metadata`` at run time would import that package and the
+email parser behind it, ~20 ms of every run; reading it from the package,
+``from fastmlp import __version__``, would import the whole core first.)
 """
-from importlib.metadata import PackageNotFoundError, version
 
-try:
-    __version__ = version("fastmlp")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0+unknown"
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import http.client
 import io
 import os
 import pickle
 import tarfile
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable
@@ -208,6 +205,10 @@ def download_cifar10(
     DataError
         The downloaded bytes do not have the expected md5.
     """
+    import http.client  # imported here: only a download needs them (~10 ms of every run otherwise)
+    import urllib.error
+    import urllib.request
+
     from tqdm.auto import tqdm
 
     root = resolve_data_dir(data_dir)
