@@ -49,6 +49,7 @@ what command lines share in :mod:`fastmlp.cli`.
 from __future__ import annotations
 
 import argparse
+import gc
 from typing import Any, Callable, Mapping
 
 from fastmlp import cli, training
@@ -167,4 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A whole process: what the imports built lives until exit, so the cyclic collector
+    # need not walk it over and over during the run and once more at exit (~50 ms a run).
+    gc.freeze()
     raise SystemExit(main())
