@@ -616,8 +616,10 @@ def test_convert_images_against_numpy(dtype, strided):
     out = np.full((33, 70), np.nan, dtype)
     K.convert_images(out, src, index, offset, scale)
     np.testing.assert_array_equal(out, (src[index].astype(dtype) - offset) / scale)  # same ops, same rounding
+    np.testing.assert_array_equal(out, R.convert_images(src, index, offset, scale))
     K.convert_images(out[:20], src, None, offset)
     np.testing.assert_array_equal(out[:20], np.subtract(src[:20], offset, dtype=dtype))
+    np.testing.assert_array_equal(out[:20], R.convert_images(src[:20], None, offset))
 
 
 def test_sizes_beyond_the_blas_interface_are_refused():

@@ -17,6 +17,7 @@ import pytest
 
 import fastmlp
 from fastmlp import _kernels as K
+from fastmlp import reference as R
 
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
@@ -227,9 +228,10 @@ def test_linear_forward_images_equals_converting_first(shape, variant, dtype, re
         K.linear_forward_images(y, x, src, index, offset, scale, w, b, True, scratch)
         np.testing.assert_array_equal(x, x_first)
         np.testing.assert_array_equal(y, y_first)
-        rows = src[index] if index is not None else src[:B]
-        x64 = (rows.astype(np.float64) - offset) / (scale if scale is not None else 1)
-        np.testing.assert_allclose(y, np.maximum(x64 @ w.astype(np.float64).T + b, 0), **TOL[dtype])
+        x_ref, _ = R.linear_forward_images(src if index is not None else src[:B], index, offset, scale, w, b)
+        np.testing.assert_array_equal(x, x_ref)  # the same operations in the same dtype
+        y_ref = R.linear_forward(x_ref.astype(np.float64), w.astype(np.float64), b)  # exact inputs, float64 sums
+        np.testing.assert_allclose(y, R.relu_forward(y_ref), **TOL[dtype])
 
 
 def test_mlp_training_is_reproducible_with_threads(restore_threads):

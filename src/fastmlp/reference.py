@@ -11,10 +11,12 @@ import numpy as np
 __all__ = [
     "ReferenceMLP",
     "adam_update",
+    "convert_images",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "linear_backward",
     "linear_forward",
+    "linear_forward_images",
     "relu_backward",
     "relu_forward",
     "sgd_update",
@@ -27,6 +29,19 @@ __all__ = [
 def linear_forward(x, weight, bias):
     """y (B, O) = x (B, I) @ weight (O, I)^T + bias (O,)."""
     return x @ weight.T + bias
+
+
+def convert_images(pixels, index, offset, scale=None):
+    """x (B, D) = (pixels[index] - offset) / scale in offset's dtype; pixels (N, D) uint8, index None: all rows."""
+    rows = pixels if index is None else pixels[index]
+    x = np.subtract(rows, offset, dtype=offset.dtype)
+    return x if scale is None else x / scale
+
+
+def linear_forward_images(pixels, index, offset, scale, weight, bias):
+    """Return (x, y): x converted as :func:`convert_images`, y = :func:`linear_forward` (x, weight, bias)."""
+    x = convert_images(pixels, index, offset, scale)
+    return x, linear_forward(x, weight, bias)
 
 
 def linear_backward(dout, x, weight):
