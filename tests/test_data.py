@@ -140,6 +140,23 @@ def test_cached_arrays_are_private_and_outlive_their_entry(tmp_path):
     np.testing.assert_array_equal(mapped["y_test"], first["y_test"])
 
 
+def test_cache_is_read_where_files_cannot_be_mapped(synthetic_cifar_archive, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    real_load = np.load
+
+    def no_mmap(path, mmap_mode=None, **kwargs):
+        if mmap_mode is not None:
+            raise OSError(19, "No such device")  # what mmap says on a file system without it
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(C.np, "load", no_mmap)
+    monkeypatch.setattr(F.tarfile, "open", lambda *a, **k: pytest.fail("the cached entry was decoded again"))
+    loaded = D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    assert_same_data(loaded, make_synthetic_cifar())
+    assert loaded["x_train"].base is None or not isinstance(loaded["x_train"].base, np.memmap)
+
+
 def test_archive_rewritten_in_place_with_same_size_and_mtime_is_not_served_stale(small_folder, tmp_path):
     cache, archive = tmp_path / "cache", write_cifar_archive(tmp_path / D.ARCHIVE_NAME, small_folder)
     D.load_cifar10(archive, cache_dir=cache)

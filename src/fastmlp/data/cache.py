@@ -105,8 +105,15 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _map(path: Path) -> np.ndarray:
-    """The array of a ``.npy`` file, mapped copy-on-write, as a plain ndarray (not an np.memmap)."""
-    return np.asarray(np.load(path, mmap_mode="c", allow_pickle=False))
+    """The array of a ``.npy`` file, mapped copy-on-write, as a plain ndarray (not an np.memmap).
+
+    A file system that cannot map files (mmap's OSError) gets the file read instead;
+    a damaged file raises ValueError either way.
+    """
+    try:
+        return np.asarray(np.load(path, mmap_mode="c", allow_pickle=False))
+    except OSError:
+        return np.load(path, allow_pickle=False)
 
 
 def _read_entry(entry: Path) -> dict[str, Any] | None:
