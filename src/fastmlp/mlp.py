@@ -17,6 +17,16 @@ __all__ = ["MLP"]
 _MAX_BUFFER_SETS = 4
 
 
+def _kept(store: dict, batch: int, make):
+    """``store[batch]``, made by ``make()`` on first use; the oldest entry goes beyond _MAX_BUFFER_SETS."""
+    value = store.get(batch)
+    if value is None:
+        if len(store) >= _MAX_BUFFER_SETS:
+            store.pop(next(iter(store)))
+        value = store[batch] = make()
+    return value
+
+
 class MLP:
     """Linear+ReLU hidden layers, a linear output layer and a softmax.
 
@@ -128,19 +138,18 @@ class MLP:
     # -- fast paths -----------------------------------------------------------
 
     def _get_buffers(self, batch):
-        bufs = self._buffers.get(batch)
-        if bufs is None:
-            if len(self._buffers) >= _MAX_BUFFER_SETS:
-                self._buffers.pop(next(iter(self._buffers)))
-            widths = [lin.out_features for lin in self.linears]
-            acts = [np.empty((batch, w), dtype=self.dtype) for w in widths]
-            grads = [np.empty((batch, w), dtype=self.dtype) for w in widths[:-1]]
-            # Forward scratch: the transposed GEMM of small batches and the partial sums of a K-split.
-            sizes = [self.n_inputs, *widths]
-            need = max(K.forward_scratch_size(batch, i, o) for i, o in zip(sizes[:-1], sizes[1:]))
-            scratch = np.empty((1, need), dtype=self.dtype) if need else None
-            bufs = self._buffers[batch] = (acts, grads, scratch)
-        return bufs
+        """(activations, gradients, scratch) for batches of ``batch`` rows, made on first use."""
+        return _kept(self._buffers, batch, lambda: self._new_buffers(batch))
+
+    def _new_buffers(self, batch):
+        widths = [lin.out_features for lin in self.linears]
+        acts = [np.empty((batch, w), dtype=self.dtype) for w in widths]
+        grads = [np.empty((batch, w), dtype=self.dtype) for w in widths[:-1]]
+        # Forward scratch: the transposed GEMM of small batches and the partial sums of a K-split.
+        sizes = [self.n_inputs, *widths]
+        need = max(K.forward_scratch_size(batch, i, o) for i, o in zip(sizes[:-1], sizes[1:]))
+        scratch = np.empty((1, need), dtype=self.dtype) if need else None
+        return acts, grads, scratch
 
     def _logits_into(self, x, bufs, images=None):
         """Forward pass of x (B, D) into the activation buffers; returns the logits buffer (B, C).
@@ -167,12 +176,7 @@ class MLP:
         if images.dtype != self.dtype:
             raise ValueError(f"x: expected an ImageBatch converting to {self.dtype}, got {images.dtype}")
         batch = len(images)
-        x = self._image_inputs.get(batch)
-        if x is None:
-            if len(self._image_inputs) >= _MAX_BUFFER_SETS:
-                self._image_inputs.pop(next(iter(self._image_inputs)))
-            x = self._image_inputs[batch] = np.empty((batch, self.n_inputs), dtype=self.dtype)
-        return x
+        return _kept(self._image_inputs, batch, lambda: np.empty((batch, self.n_inputs), dtype=self.dtype))
 
     def train_step(self, x, y, optimizer) -> float:
         """One optimisation step on the batch (x, y); returns its mean loss before the update.
