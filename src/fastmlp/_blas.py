@@ -1,4 +1,4 @@
-"""Load the OpenBLAS the kernels are linked against, then the kernels; expose their thread control.
+"""The kernels' thread control and the BLAS they call (the library itself is loaded by ``import fastmlp``).
 
 ``_kernels`` names ``libscipy_openblas.so`` as a dependency without a path (see
 setup.py); ``import fastmlp`` has already put that library in the process with

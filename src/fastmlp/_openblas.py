@@ -36,11 +36,20 @@ def load() -> None:
     if spec is None:
         raise ImportError("fastmlp's kernels call the OpenBLAS of the scipy-openblas32 package, which is not "
                           "installed: pip install scipy-openblas32")
-    folders = list(spec.submodule_search_locations or [])
-    lib_dir = os.path.join(folders[0], "lib") if folders else ""
-    names = sorted(name for name in os.listdir(lib_dir) if name.startswith("libscipy_openblas")
-                   and name.endswith(".so")) if sys.platform.startswith("linux") and os.path.isdir(lib_dir) else []
-    if len(names) != 1:
+    library = _linux_library(spec)
+    if library is None:
         import scipy_openblas32  # noqa: F401  (the package finds and loads its library itself)
         return
-    _library = ctypes.CDLL(os.path.join(lib_dir, names[0]), mode=ctypes.RTLD_GLOBAL)
+    _library = ctypes.CDLL(library, mode=ctypes.RTLD_GLOBAL)
+
+
+def _linux_library(spec) -> str | None:
+    """Path of the one ``libscipy_openblas*.so`` in the package's ``lib`` folder; None off Linux or if not so."""
+    folders = list(spec.submodule_search_locations or [])
+    if not sys.platform.startswith("linux") or not folders:
+        return None
+    lib_dir = os.path.join(folders[0], "lib")
+    if not os.path.isdir(lib_dir):
+        return None
+    names = [name for name in os.listdir(lib_dir) if name.startswith("libscipy_openblas") and name.endswith(".so")]
+    return os.path.join(lib_dir, names[0]) if len(names) == 1 else None
