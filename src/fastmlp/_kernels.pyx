@@ -808,8 +808,6 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
 # images: stored uint8 pixels -> model inputs
 # ---------------------------------------------------------------------------
 
-
-
 cdef tuple _convert_setup(Convert* c, floating[:, ::1] out, const cnp.uint8_t[:, :] src,
                           const cnp.int64_t[:] index, const floating[::1] offset, const floating[::1] scale):
     """Check the arguments of a conversion into ``out`` and describe it in ``c``.
