@@ -7,6 +7,8 @@ real MLP end to end.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -109,6 +111,27 @@ def test_train_steps_numbers_updates_and_calls_after_each(tmp_path):
     bar = progress_bar(4, initial=10, disable=True)
     loop.train_steps(lambda n: float(n), 10, 14, bar, after_step=lambda n, loss: seen.append((n, loss)))
     assert seen == [(11, 11.0), (12, 12.0), (13, 13.0), (14, 14.0)]
+
+
+def test_a_hidden_progress_bar_takes_tqdms_calls_without_importing_it():
+    # --quiet runs pay nothing for the bar: tqdm.auto (and asyncio with it) is never imported.
+    code = ("import sys; from fastmlp.runlog import progress_bar; bar = progress_bar(3, disable=True); "
+            "bar.update(1); bar.set_postfix(loss='1.0', refresh=False); bar.write('line'); bar.close(); "
+            "print('tqdm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
+    assert out.stdout.split() == ["line", "False"]
+
+
+def test_a_shown_progress_bar_is_tqdm():
+    from tqdm import tqdm
+
+    from fastmlp.runlog import progress_bar
+
+    bar = progress_bar(2, initial=1)
+    try:
+        assert isinstance(bar, tqdm) and (bar.n, bar.total) == (1, 2)
+    finally:
+        bar.close()
 
 
 def test_check_resumable_refuses_architecture_and_warns_about_trajectory():
