@@ -567,6 +567,7 @@ def _bad_shape_calls():
         ("convert-src", "src", lambda: K.convert_images(np.empty((2, 4)), u8, None, np.zeros(4))),
         ("convert-index", "index", lambda: K.convert_images(np.empty((2, 3)), u8, np.zeros(3, np.int64), off)),
         ("convert-out", "out", lambda: K.convert_images(np.empty((6, 3)), u8, None, off)),
+        ("pixel-sums-src", "src", lambda: K.pixel_sums(np.empty(4, np.uint64), u8)),
         ("images-offset", "offset", lambda: K.linear_forward_images(
             np.empty((2, 2)), np.empty((2, 3)), u8, None, np.zeros(4), None, np.ones((2, 3)))),
         ("images-src", "src", lambda: K.linear_forward_images(
@@ -620,6 +621,14 @@ def test_convert_images_against_numpy(dtype, strided):
     K.convert_images(out[:20], src, None, offset)
     np.testing.assert_array_equal(out[:20], np.subtract(src[:20], offset, dtype=dtype))
     np.testing.assert_array_equal(out[:20], R.convert_images(src[:20], None, offset))
+
+
+def test_pixel_sums_do_not_wrap_past_32_bits():
+    # 2^24 + 3 rows of 255 sum to more than 2^32: the 32-bit counts must move to the totals in time.
+    src = np.full((2**24 + 3, 2), 255, np.uint8)
+    out = np.empty(2, np.uint64)
+    K.pixel_sums(out, src)
+    assert out.tolist() == [255 * (2**24 + 3)] * 2
 
 
 def test_sizes_beyond_the_blas_interface_are_refused():

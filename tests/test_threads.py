@@ -234,6 +234,25 @@ def test_linear_forward_images_equals_converting_first(shape, variant, dtype, re
         np.testing.assert_allclose(y, R.relu_forward(y_ref), **TOL[dtype])
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape,layout", [((1, 3072), "c"), ((257, 3072), "c"), ((300, 37), "c"),
+                                          ((40, 70), "row-strided"), ((40, 70), "column-strided"), ((0, 5), "c")])
+def test_pixel_sums_against_numpy(shape, layout, threads, restore_threads):
+    rng = np.random.default_rng(4)
+    n, d = shape
+    if layout == "row-strided":  # rows 2 * d apart: a view the kernel reads in place
+        src = rng.integers(0, 256, (n, 2 * d), dtype=np.uint8)[:, :d]
+    elif layout == "column-strided":  # non-unit stride along D: the kernel copies
+        src = rng.integers(0, 256, (n, 2 * d), dtype=np.uint8)[:, ::2]
+    else:
+        src = rng.integers(0, 256, shape, dtype=np.uint8)
+    out = np.full(d, 12345, np.uint64)
+    fastmlp.set_num_threads(threads)
+    K.pixel_sums(out, src)
+    np.testing.assert_array_equal(out, R.pixel_sums(src))
+    np.testing.assert_array_equal(out, src.astype(np.int64).sum(axis=0))
+
+
 def test_mlp_training_is_reproducible_with_threads(restore_threads):
     from fastmlp import MLP, optim
 

@@ -31,6 +31,11 @@
 FM_DEFINE_CONVERT(float, fm_convert_f32)
 FM_DEFINE_CONVERT(double, fm_convert_f64)
 
+/* acc[j] += src[j]: uint8 pixels counted into 32-bit sums (exact for up to 2^24 rows). */
+FM_CLONES static void fm_add_u8_u32(uint32_t *restrict acc, const uint8_t *restrict src, ptrdiff_t n) {
+    for (ptrdiff_t j = 0; j < n; j++) acc[j] += src[j];
+}
+
 /* c[j] = 0 where not (mask[j] > 0): a ReLU's derivative, mask being the ReLU's output (NaN masks to 0). */
 #define FM_DEFINE_MASK(T, NAME)                                                              \
     FM_CLONES static void NAME(T *restrict c, const T *restrict mask, ptrdiff_t n) {         \

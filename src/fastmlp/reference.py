@@ -17,6 +17,7 @@ __all__ = [
     "linear_backward",
     "linear_forward",
     "linear_forward_images",
+    "pixel_sums",
     "relu_backward",
     "relu_forward",
     "sgd_update",
@@ -36,6 +37,11 @@ def convert_images(pixels, index, offset, scale=None):
     rows = pixels if index is None else pixels[index]
     x = np.subtract(rows, offset, dtype=offset.dtype)
     return x if scale is None else x / scale
+
+
+def pixel_sums(pixels):
+    """totals (D,) uint64 = pixels (N, D) uint8 summed over its rows, exactly."""
+    return pixels.sum(axis=0, dtype=np.uint64)
 
 
 def linear_forward_images(pixels, index, offset, scale, weight, bias):

