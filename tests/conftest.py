@@ -95,3 +95,17 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def openblas_images():
+    """Run a test with fastmlp's own images GEMM switched off: the first layer multiplies through OpenBLAS.
+
+    For the tests that promise the very numbers of converting first and multiplying
+    the floats; the hand-written GEMM sums in another order (tests/test_images_gemm.py).
+    """
+    from fastmlp import _kernels as K
+
+    previous = K.images_gemm(False)
+    yield
+    K.images_gemm(previous)

@@ -840,6 +840,31 @@ def test_next_image_batch_refuses_what_it_cannot_serve(synthetic_cifar_dir):
         floats.next_image_batch(2)
 
 
+@pytest.mark.parametrize("size,limit", [(70, None), (1000, None), (64, 150), (3000, 10)])
+def test_image_batches_are_the_evaluation_batches_unconverted(synthetic_cifar_dir, size, limit):
+    test = D.get_cifar10(synthetic_cifar_dir, one_hot=True, seed=0)["test"]
+    augmenting = test.reseeded(0, augment=True)  # evaluation batches never augment
+    count = 0
+    # batches() reuses one buffer: compare each pair before asking for the next
+    for (images, y_images), (x, y) in zip(augmenting.image_batches(size, limit=limit),
+                                          test.batches(size, flatten=True, limit=limit), strict=True):
+        assert isinstance(images, ImageBatch) and images.shape == x.shape
+        np.testing.assert_array_equal(images.to_array(), x)
+        np.testing.assert_array_equal(y_images, y)
+        count += 1
+    assert count == -(-min(limit or 10**9, test.num_examples) // size)
+
+
+def test_image_batches_refuse_floats_and_bad_sizes(synthetic_cifar_dir):
+    floats = D.DataSet(np.zeros((5, 3), np.float32), np.zeros(5, np.int64))
+    with pytest.raises(ValueError, match="holds model inputs, not uint8 pixels; use batches"):
+        next(floats.image_batches(2))
+    test = D.get_cifar10(synthetic_cifar_dir, one_hot=False, seed=0)["test"]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            next(test.image_batches(bad))
+
+
 def test_preprocessing_wants_uint8_images():
     prep = D.Preprocessing.fit(np.zeros((2, 3, 32, 32), np.uint8), "mean_image", np.float32)
     with pytest.raises(ValueError, match="expected uint8 images of 3072 values each"):

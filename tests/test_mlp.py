@@ -366,7 +366,7 @@ def test_train_step_reuses_its_buffers():
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 @pytest.mark.parametrize("n_hidden", [[], [16, 8]])
 @pytest.mark.parametrize("batch", [1, 37])
-def test_train_step_on_an_image_batch_equals_converting_first(dtype, opt_name, n_hidden, batch):
+def test_train_step_on_an_image_batch_equals_converting_first(dtype, opt_name, n_hidden, batch, openblas_images):
     # The first layer converts uint8 rows itself: the same loss, counts and parameters, bit for bit.
     rng = np.random.default_rng(batch + len(n_hidden))
     pixels = rng.integers(0, 256, (60, 50), dtype=np.uint8)

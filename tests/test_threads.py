@@ -206,7 +206,7 @@ IMAGE_SHAPES = [(1, 70, 5), (7, 70, 9), (33, 300, 40), (200, 3072, 100), (300, 4
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("variant", ["index+scale", "rows", "strided-src", "no-scratch"])
-def test_linear_forward_images_equals_converting_first(shape, variant, dtype, restore_threads):
+def test_linear_forward_images_equals_converting_first(shape, variant, dtype, restore_threads, openblas_images):
     # The conversion inside the GEMM's chunks gives the very numbers of convert_images + linear_forward.
     B, D, O = shape
     rng = np.random.default_rng(B * D + O)

@@ -367,7 +367,7 @@ def test_train_checks_a_hand_made_namespace():
 
 # ------------------------------------------------------------------ train() contract
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_training_on_uint8_batches_equals_training_on_converted_ones(synthetic_cifar_dir, tmp_path, optimizer):
+def test_training_on_uint8_batches_equals_training_on_converted_ones(synthetic_cifar_dir, tmp_path, optimizer, openblas_images):
     # The trainer hands uint8 rows to the model (the first layer converts them); the same run
     # on the same images converted beforehand gives the same curves and weights, bit for bit.
     from fastmlp.checkpoint import load_checkpoint

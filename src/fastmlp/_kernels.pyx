@@ -33,6 +33,12 @@ round a smaller block differently in the last bits. The number of threads is
 OpenBLAS's own setting (``scipy_openblas_set_num_threads``, which threadpoolctl
 sees and limits); while a kernel runs, OpenBLAS is told to use one thread per
 call, so its own pool never wakes.
+
+One GEMM is fastmlp's own: a first layer fed uint8 images, in float32, on a CPU
+with AVX-512 (``_images_gemm.h``; :func:`images_gemm` tells and switches). Its
+forward and its fused SGD update convert the pixels straight into their packed
+panels, so neither the training step nor an evaluation writes its converted
+batch; its sums differ from OpenBLAS's in the last bits.
 """
 from libc.limits cimport INT_MAX
 from libc.math cimport exp, expf, log, logf, sqrt, sqrtf, INFINITY
@@ -74,6 +80,17 @@ cdef extern from "_loops.h" nogil:
     void fm_add_f64(double* y, const double* x, Py_ssize_t n)
     void fm_bias_act_f32(float* y, const float* b, int relu, Py_ssize_t n)
     void fm_bias_act_f64(double* y, const double* b, int relu, Py_ssize_t n)
+
+cdef extern from "_images_gemm.h" nogil:
+    int fm_images_gemm_available()
+    void fm_images_gemm_f32(float* Y, Py_ssize_t ldy, float* X, Py_ssize_t ldx, const cnp.uint8_t* src,
+                            Py_ssize_t src_stride, const cnp.int64_t* index, const float* offset, const float* scale,
+                            const float* W, Py_ssize_t ldw, Py_ssize_t N, Py_ssize_t r0, Py_ssize_t r1,
+                            Py_ssize_t k0, Py_ssize_t k1)
+    void fm_images_wgrad_f32(float* W, Py_ssize_t ldw, Py_ssize_t O, float beta, float alpha, const float* dY,
+                             Py_ssize_t lddy, Py_ssize_t B, const cnp.uint8_t* src, Py_ssize_t src_stride,
+                             const cnp.int64_t* index, const float* offset, const float* scale, Py_ssize_t i0,
+                             Py_ssize_t i1)
 
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fm_task)(void* ctx, int chunk) noexcept nogil
@@ -618,6 +635,74 @@ cdef inline bint _transposed_forward(Py_ssize_t B, Py_ssize_t O) noexcept nogil:
     return 1 < B <= SMALL_BATCH_ROWS and O > 1
 
 
+ctypedef struct ImagesGemm:
+    Convert* c          # the batch: src, index, offset, scale; c.out is X (B, I), or NULL when not kept
+    const float* W      # (O, I), rows ldw apart
+    Py_ssize_t ldw, O
+    float* Y            # (B, O) row-major
+    float* partial      # SPLIT_K: the second half's (B, O) sums
+    Split split
+    int parts
+
+
+# Whether linear_forward_images uses the hand-written GEMM of _images_gemm.h
+# (float32 only): this CPU runs AVX-512, and images_gemm() can switch it off.
+cdef bint _images_gemm_on = fm_images_gemm_available()
+
+
+def images_gemm(enabled=None):
+    """Whether float32 :func:`linear_forward_images` runs fastmlp's own AVX-512 GEMM (True) or OpenBLAS.
+
+    With ``enabled`` given, switch it (it can only be on where the CPU runs
+    AVX-512) and return the previous setting. For tests and benchmarks.
+    """
+    global _images_gemm_on
+    previous = _images_gemm_on
+    if enabled is not None:
+        _images_gemm_on = bool(enabled) and fm_images_gemm_available()
+    return previous
+
+
+cdef inline bint _images_gemm_fits(Py_ssize_t B, bint tw) noexcept nogil:
+    """The hand-written images GEMM takes batches above SMALL_BATCH rows and W (O, I) with unit stride along I."""
+    return _images_gemm_on and B > SMALL_BATCH_ROWS and not tw
+
+
+def forward_images_needs_x(Py_ssize_t B, dtype):
+    """Whether :func:`linear_forward_images` of B rows in ``dtype`` multiplies a converted X (OpenBLAS's path).
+
+    When False (float32, the images GEMM on, W with unit stride along I), X=None
+    costs nothing; when True, X=None makes it convert into a temporary array.
+    """
+    return not (np.dtype(dtype) == np.float32 and _images_gemm_fits(B, False))
+
+
+cdef void _images_gemm_chunk(void* ctx, int chunk) noexcept nogil:
+    """Pool task: a row range (SPLIT_M) or one inner half (SPLIT_K, into ``partial`` for the second) of Y."""
+    cdef ImagesGemm* g = <ImagesGemm*>ctx
+    cdef Convert* c = g.c
+    cdef Py_ssize_t r0 = 0, r1 = c.n, k0 = 0, k1 = c.D
+    cdef float* Y = g.Y
+    if g.split == SPLIT_M:
+        r0, r1 = _span(c.n, chunk, g.parts), _span(c.n, chunk + 1, g.parts)
+    elif g.split == SPLIT_K:
+        k0, k1 = _span(c.D, chunk, g.parts), _span(c.D, chunk + 1, g.parts)
+        if chunk > 0:
+            Y = g.partial + (chunk - 1) * c.n * g.O
+    if r0 < r1:
+        fm_images_gemm_f32(Y, g.O, <float*>c.out, c.D, c.src, c.src_stride, c.index, <const float*>c.offset,
+                           <const float*>c.scale, g.W, g.ldw, g.O, r0, r1, k0, k1)
+
+
+cdef void _run_images_gemm(ImagesGemm* ig, Gemm* g, Convert* c, int threads) noexcept nogil:
+    """Y = convert(images) W^T on the pool, cut as ``g`` planned it (an N-cut becomes a row cut)."""
+    ig.c, ig.W, ig.ldw, ig.O = c, <const float*>g.Bm, g.ldb, g.N
+    ig.Y, ig.partial = <float*>g.Cm, <float*>g.partial
+    ig.split = SPLIT_M if g.split == SPLIT_N else g.split
+    ig.parts = K_PARTS if ig.split == SPLIT_K else (threads if ig.split == SPLIT_M else 1)
+    fm_parallel_for(ig.parts, threads, _images_gemm_chunk, ig)
+
+
 cdef Py_ssize_t _forward_work(Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, bint t) noexcept nogil:
     """Scratch elements of a forward pass: T (O, B) when transposed, plus the partial sums of a K-split."""
     cdef Split split = _plan(O, B, I, True) if t else _plan(B, O, I, True)
@@ -649,12 +734,16 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
 
     The conversion runs inside the GEMM's chunks when their cut allows it (each
     chunk converts the rows or columns of X it multiplies, on the same core, just
-    before), else as a parallel pass of its own before the GEMM.
+    before), else as a parallel pass of its own before the GEMM. When
+    :func:`_images_gemm_fits`, the hand-written images GEMM does both instead; X
+    may then be None (``pre.out`` NULL: the converted rows are not kept).
     """
-    cdef Py_ssize_t B = X.shape[0], I = X.shape[1], O = W.shape[0]
-    cdef bint tx, tw, t
-    cdef Py_ssize_t ldx, ldw, need
+    cdef Py_ssize_t B = X.shape[0] if X is not None else Y.shape[0]
+    cdef Py_ssize_t I = X.shape[1] if X is not None else W.shape[1], O = W.shape[0]
+    cdef bint tx = False, tw, t, hand
+    cdef Py_ssize_t ldx = 0, ldw, need
     cdef Gemm g
+    cdef ImagesGemm ig
     cdef Epilogue e
     cdef int threads
     cdef floating[::1] work = None
@@ -663,8 +752,10 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
     _check_output("Y", Y)
     if b is not None:
         _check1("b", b.shape[0], O)
-    X = _operand("X", X, &tx, &ldx)
+    if X is not None:
+        X = _operand("X", X, &tx, &ldx)
     W = _operand("W", W, &tw, &ldw)
+    hand = floating is float and pre != NULL and _images_gemm_fits(B, tw)
     if scratch is not None:
         need = forward_scratch_size(B, I, O)
         if scratch.shape[0] * scratch.shape[1] < need:
@@ -682,17 +773,20 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
                        &work[0], B)
             g.split = _plan(O, B, I, True)
         else:  # Y (B, O) = X W^T: flip W's own flag
-            _gemm_init(&g, floating is double, tx, not tw, B, O, I, 1.0, _ptr(X), ldx, _ptr(W), ldw, 0.0,
-                       &Y[0, 0], O)
+            _gemm_init(&g, floating is double, tx, not tw, B, O, I, 1.0, _ptr(X) if X is not None else NULL, ldx,
+                       _ptr(W), ldw, 0.0, &Y[0, 0], O)
             g.split = _plan(B, O, I, True)
-        if pre != NULL:
-            if t or g.split == SPLIT_N:  # every chunk reads all of X: convert it first
-                _run_convert(pre, threads)
-            else:
-                g.pre = pre
         if g.split == SPLIT_K:
             g.partial = <char*>&work[B * O] if t else <char*>&work[0]
-        _run_gemm(&g, threads)
+        if hand:
+            _run_images_gemm(&ig, &g, pre, threads)
+        else:
+            if pre != NULL:
+                if t or g.split == SPLIT_N:  # every chunk reads all of X: convert it first
+                    _run_convert(pre, threads)
+                else:
+                    g.pre = pre
+            _run_gemm(&g, threads)
         e.is_double, e.Y, e.transposed, e.relu, e.B, e.O = floating is double, <char*>&Y[0, 0], t, relu, B, O
         e.S = <const char*>&work[0] if t else <const char*>&Y[0, 0]
         e.n_partial = K_PARTS - 1 if g.split == SPLIT_K else 0
@@ -820,14 +914,17 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
 # images: stored uint8 pixels -> model inputs
 # ---------------------------------------------------------------------------
 
-cdef tuple _convert_setup(Convert* c, floating[:, ::1] out, const cnp.uint8_t[:, :] src,
-                          const cnp.int64_t[:] index, const floating[::1] offset, const floating[::1] scale):
-    """Check the arguments of a conversion into ``out`` and describe it in ``c``.
+cdef tuple _convert_setup(Convert* c, floating[:, ::1] out, Py_ssize_t n, Py_ssize_t D, const cnp.uint8_t[:, :] src,
+                          const cnp.int64_t[:] index, const floating[::1] offset, const floating[::1] scale,
+                          str rows_name):
+    """Check the arguments of a conversion of n rows of D values into ``out`` and describe it in ``c``.
 
-    Returns the (src, index) the description points into (contiguous copies when
-    needed): the caller keeps them alive while ``c`` is used.
+    ``out`` is (n, D), or None for a conversion that only feeds the images GEMMs'
+    panels; ``rows_name`` names the argument that gives n. Returns the (src,
+    index) the description points into (contiguous copies when needed): the
+    caller keeps them alive while ``c`` is used.
     """
-    cdef Py_ssize_t n = out.shape[0], D = out.shape[1], i, bad = -1
+    cdef Py_ssize_t i, bad = -1
     _check1("offset", offset.shape[0], D)
     if scale is not None:
         _check1("scale", scale.shape[0], D)
@@ -837,7 +934,7 @@ cdef tuple _convert_setup(Convert* c, floating[:, ::1] out, const cnp.uint8_t[:,
         src = np.ascontiguousarray(src)
     if index is None:
         if n > src.shape[0]:
-            raise ValueError(f"out: expected at most {src.shape[0]} rows (src has that many), got {n}")
+            raise ValueError(f"{rows_name}: expected at most {src.shape[0]} rows (src has that many), got {n}")
     else:
         _check1("index", index.shape[0], n)
         for i in range(n):
@@ -850,7 +947,8 @@ cdef tuple _convert_setup(Convert* c, floating[:, ::1] out, const cnp.uint8_t[:,
             index = np.ascontiguousarray(index)
     c.n, c.D, c.is_double, c.chunks = n, D, floating is double, 1
     if n and D:
-        c.out, c.src, c.src_stride = <char*>&out[0, 0], &src[0, 0], src.strides[0]
+        c.out = <char*>&out[0, 0] if out is not None else NULL
+        c.src, c.src_stride = &src[0, 0], src.strides[0]
         c.index = &index[0] if index is not None else NULL
         c.offset = <const char*>&offset[0]
         c.scale = <const char*>&scale[0] if scale is not None else NULL
@@ -869,7 +967,7 @@ def convert_images(floating[:, ::1] out, const cnp.uint8_t[:, :] src, const cnp.
     """
     cdef Convert c
     cdef int threads
-    keep = _convert_setup(&c, out, src, index, offset, scale)
+    keep = _convert_setup(&c, out, out.shape[0], out.shape[1], src, index, offset, scale, "out")
     if c.n == 0 or c.D == 0:
         return
     with nogil:
@@ -928,18 +1026,99 @@ def linear_forward_images(floating[:, ::1] Y, floating[:, ::1] X, const cnp.uint
                           floating[:, ::1] scratch=None):
     """X (B, D) = (src[index] - offset) / scale;  Y (B, O) = act(X @ W (O, D)^T + b): a first layer fed uint8 images.
 
-    The same numbers as :func:`convert_images` into X followed by
-    :func:`linear_forward` on X (arguments as there; scale may be None), in one
-    call: each GEMM chunk converts the part of X it multiplies just before, on
-    the same core. X is overwritten and keeps the converted batch (a backward
-    pass needs it); Y as in :func:`linear_forward`.
+    The same X as :func:`convert_images` (arguments as there; scale may be None)
+    and the Y of :func:`linear_forward` on it, in one call. X is overwritten and
+    keeps the converted batch (a backward pass needs it); None to not keep it
+    (an evaluation). Y as in :func:`linear_forward`.
+
+    How: in float32, for batches above SMALL_BATCH rows, on a CPU with AVX-512
+    (see :func:`images_gemm`), fastmlp's own GEMM (``_images_gemm.h``) converts
+    the pixels straight into its packed panels (Y then differs from OpenBLAS's
+    in the last bits, as another BLAS would); otherwise each OpenBLAS GEMM chunk
+    converts the part of X it multiplies just before, on the same core (the
+    very numbers of convert_images followed by linear_forward).
     """
     cdef Convert c
-    cdef const floating[:, :] X_in = X
-    keep = _convert_setup(&c, X, src, index, offset, scale)
+    cdef Py_ssize_t B = X.shape[0] if X is not None else Y.shape[0]
+    cdef Py_ssize_t D = X.shape[1] if X is not None else W.shape[1]
+    cdef bint tw = False
+    cdef Py_ssize_t ldw
+    cdef str name = "X" if X is not None else "Y"
+    cdef const floating[:, :] X_in
+    if X is None:
+        if not _layout(W, &tw, &ldw):
+            tw = False  # _linear_forward will multiply a C-ordered copy
+        if not (floating is float and _images_gemm_fits(B, tw)):
+            X = np.empty((B, D), dtype=np.asarray(Y).dtype)  # OpenBLAS multiplies floats: convert into a temporary
+    keep = _convert_setup(&c, X, B, D, src, index, offset, scale, "X" if X is not None else "Y")
     if c.n == 0 or c.D == 0:
-        raise ValueError(f"X: expected a non-empty 2-D array, got shape ({X.shape[0]}, {X.shape[1]})")
+        raise ValueError(f"{name}: expected a non-empty 2-D array, got shape ({B}, {D})")
+    X_in = X
     _linear_forward(Y, X_in, W, b, relu, scratch, &c)
+
+
+ctypedef struct ImagesWgrad:
+    Convert* c          # the batch (B = c.n rows of I = c.D values); c.out unused
+    float* W            # (O, I), rows ldw apart, updated in place
+    Py_ssize_t ldw, O
+    const float* dY     # (B, O), rows lddy apart
+    Py_ssize_t lddy
+    float alpha, beta
+    int parts
+
+
+cdef void _images_wgrad_chunk(void* ctx, int chunk) noexcept nogil:
+    """Pool task: the columns [i0, i1) of W that chunk ``chunk`` of ``parts`` owns."""
+    cdef ImagesWgrad* u = <ImagesWgrad*>ctx
+    cdef Convert* c = u.c
+    cdef Py_ssize_t i0 = _span(c.D, chunk, u.parts), i1 = _span(c.D, chunk + 1, u.parts)
+    if i0 < i1:
+        fm_images_wgrad_f32(u.W, u.ldw, u.O, u.beta, u.alpha, u.dY, u.lddy, c.n, c.src, c.src_stride, c.index,
+                            <const float*>c.offset, <const float*>c.scale, i0, i1)
+
+
+def linear_backward_sgd_images(floating[:, ::1] W, floating[:] b, const floating[:, :] dY,
+                               const cnp.uint8_t[:, :] src, const cnp.int64_t[:] index,
+                               const floating[::1] offset, const floating[::1] scale, double lr,
+                               double weight_decay=0.0):
+    """W <- (1 - lr wd) W - lr dY^T x;  b <- b - lr sum_b dY, for x = (src[index] - offset) / scale.
+
+    :func:`linear_backward_sgd` of a first layer fed uint8 images (no dX), without
+    its converted input: W (O, D), b (O,) updated in place; dY (B, O); the
+    images as in :func:`linear_forward_images`. Where that call runs fastmlp's
+    own GEMM (:func:`forward_images_needs_x` False) this one does too,
+    converting the pixels straight into its panels; elsewhere it converts the
+    batch into a temporary array and calls linear_backward_sgd.
+    """
+    cdef Py_ssize_t B = dY.shape[0], O = dY.shape[1], D = src.shape[1]
+    cdef Convert c
+    cdef ImagesWgrad u
+    cdef bint tdy
+    cdef Py_ssize_t lddy
+    cdef int threads
+    cdef floating[:, ::1] no_rows = None  # the converted batch is not kept
+    _check2("W", W.shape[0], W.shape[1], O, D)
+    _check_output("W", W)
+    _check1("b", b.shape[0], O)
+    keep = _convert_setup(&c, no_rows, B, D, src, index, offset, scale, "dY")
+    if B == 0 or D == 0:
+        raise ValueError(f"dY, W: expected a non-empty batch and input width, got {B} rows of {D} values")
+    dY = _operand("dY", dY, &tdy, &lddy)
+    if floating is float:
+        if _images_gemm_fits(B, False) and not tdy:
+            u.c, u.W, u.ldw, u.O = &c, &W[0, 0], W.shape[1], O
+            u.dY, u.lddy = &dY[0, 0], lddy
+            u.alpha, u.beta = <float>(-lr), <float>(1.0 - lr * weight_decay)
+            with nogil:
+                threads = _begin_threads()
+                u.parts = threads if B * O * D >= PARALLEL_MIN_MACS and D >= threads * TILE else 1
+                fm_parallel_for(u.parts, threads, _images_wgrad_chunk, &u)
+                _end_threads(threads)
+                _colsum_axpy(b, dY, <floating>(-lr), <floating>1)
+            return
+    X = np.empty((B, D), dtype=np.asarray(W).dtype)
+    convert_images(X, src, index, offset, scale)
+    linear_backward_sgd(W, b, None, dY, X, lr, weight_decay)
 
 
 # ---------------------------------------------------------------------------

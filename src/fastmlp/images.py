@@ -6,8 +6,14 @@ them. :meth:`fastmlp.MLP.train_step` takes one in place of an array: the first
 layer's GEMM then converts, in each of its parallel chunks, the part of the
 batch that chunk multiplies, just before and on the same core (one parallel
 pass and one trip of the batch between the cores fewer per step; BENCHMARKS.md
-§3). The numbers are the same as converting first: ``train_step(batch.to_array(), ...)``.
-:meth:`fastmlp.data.DataSet.next_image_batch` makes them.
+§3). Through OpenBLAS the numbers are the same as converting first:
+``train_step(batch.to_array(), ...)``. In float32 on a CPU with AVX-512, batches
+above 32 rows go through fastmlp's own first-layer GEMM (``_images_gemm.h``),
+which converts the pixels straight into its packed panels for the forward pass
+and, with plain SGD, for the weight update: no converted batch is written at all,
+and the sums differ from OpenBLAS's within float32 rounding.
+:meth:`MLP.evaluate_batches` takes them too.
+:meth:`fastmlp.data.DataSet.next_image_batch` and :meth:`~fastmlp.data.DataSet.image_batches` make them.
 
 Shapes: N stored images, D values per image, B rows in the batch.
 """

@@ -169,13 +169,19 @@ class MLP:
             h = acts[l]
         return h
 
-    def _image_input(self, images) -> np.ndarray:
-        """The buffer (B, D) an :class:`ImageBatch` is converted into, checked against the model."""
+    def _image_input(self, images, keep=True) -> np.ndarray | None:
+        """The buffer (B, D) an :class:`ImageBatch` is converted into, checked against the model.
+
+        With ``keep=False`` (no backward pass follows) None where the first layer's
+        GEMM converts into its own panels only (``K.forward_images_needs_x``).
+        """
         if images.pixels.shape[1] != self.n_inputs:
             raise ValueError(f"x: expected images of {self.n_inputs} values each, got {images.pixels.shape[1]}")
         if images.dtype != self.dtype:
             raise ValueError(f"x: expected an ImageBatch converting to {self.dtype}, got {images.dtype}")
         batch = len(images)
+        if not keep and not K.forward_images_needs_x(batch, self.dtype):
+            return None
         return _kept(self._image_inputs, batch, lambda: np.empty((batch, self.n_inputs), dtype=self.dtype))
 
     def train_step(self, x, y, optimizer) -> float:
@@ -186,8 +192,11 @@ class MLP:
         x : array (B, D), or fastmlp.images.ImageBatch
             Converted once to the model's dtype if needed. An ImageBatch (uint8
             rows and their offset/scale in the model's dtype) is converted by
-            the first layer's GEMM chunks, with the same numbers as
-            ``x.to_array()``.
+            the first layer itself: through OpenBLAS with the same numbers as
+            ``x.to_array()``; in float32 above 32 rows on AVX-512, by fastmlp's
+            own GEMM, which with plain SGD also updates the first layer from the
+            pixels (sums within float32 rounding of OpenBLAS's; see
+            ``fastmlp._kernels.images_gemm``).
         y : array (B,) of int class indices, or one-hot (B, C)
         optimizer : fastmlp.optim.SGD or Adam built on this model
             Plain SGD is folded into the backward GEMMs (``grads`` are then not
@@ -200,8 +209,12 @@ class MLP:
         if getattr(optimizer, "model", None) is not self:
             raise ValueError("optimizer: it was built for a different model; pass an optimizer built on this MLP")
         images = x if isinstance(x, ImageBatch) else None
-        x = self._image_input(images) if images is not None else as_float_2d("x", x, self.dtype, self.n_inputs)
-        batch = x.shape[0]
+        fused = optimizer.fused
+        if images is not None:  # fused SGD can update the first layer from the pixels themselves
+            x, batch = self._image_input(images, keep=not fused), len(images)
+        else:
+            x = as_float_2d("x", x, self.dtype, self.n_inputs)
+            batch = x.shape[0]
         labels = as_labels("y", y, batch, self.n_classes)
         bufs = self._get_buffers(batch)
         acts, grads, _ = bufs
@@ -213,14 +226,16 @@ class MLP:
         if not np.isfinite(loss):
             return float(loss)  # leave the parameters as they were; the caller decides
 
-        fused = optimizer.fused
         dout = logits
         for l in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[l]
             w, b = lin.weight_and_bias()
             x_in = acts[l - 1] if l > 0 else x
             dx = grads[l - 1] if l > 0 else None  # no gradient for the input itself
-            if fused:
+            if x_in is None:  # the first layer's converted batch was not kept
+                K.linear_backward_sgd_images(w, b, dout, images.pixels, images.index, images.offset, images.scale,
+                                             optimizer.lr, optimizer.weight_decay)
+            elif fused:
                 K.linear_backward_sgd(w, b, dx, dout, x_in, optimizer.lr, optimizer.weight_decay, l > 0)
             else:
                 dw, db = lin.grad_buffers()
@@ -245,17 +260,24 @@ class MLP:
         """Mean cross-entropy loss and accuracy over an iterable of (x (b, D), y (b,)) batches.
 
         For data that is converted batch by batch (``fastmlp.data.DataSet.batches``):
-        each x is used before the next is asked for. Returns (loss, accuracy) as floats.
+        each x is used before the next is asked for. An x may also be an
+        :class:`~fastmlp.images.ImageBatch` (``DataSet.image_batches``): the first
+        layer then converts it inside its GEMM. Returns (loss, accuracy) as floats.
         """
         total_loss, total_correct, n = 0.0, 0, 0
         for xb, yb in batches:
-            xb = as_float_2d("x", xb, self.dtype, self.n_inputs)
-            labels = as_labels("y", yb, xb.shape[0], self.n_classes)
-            logits = self._logits_into(xb, self._get_buffers(xb.shape[0]))
+            if isinstance(xb, ImageBatch):
+                images, xb = xb, self._image_input(xb, keep=False)
+                rows = len(images)
+            else:
+                images, xb = None, as_float_2d("x", xb, self.dtype, self.n_inputs)
+                rows = xb.shape[0]
+            labels = as_labels("y", yb, rows, self.n_classes)
+            logits = self._logits_into(xb, self._get_buffers(rows), images)
             loss, correct = K.softmax_cross_entropy_forward(logits, labels)
-            total_loss += loss * xb.shape[0]
+            total_loss += loss * rows
             total_correct += correct
-            n += xb.shape[0]
+            n += rows
         if n == 0:
             raise ValueError("batches: expected at least one batch, got none")
         return total_loss / n, total_correct / n

@@ -15,6 +15,7 @@ __all__ = [
     "cross_entropy_backward",
     "cross_entropy_forward",
     "linear_backward",
+    "linear_backward_sgd_images",
     "linear_forward",
     "linear_forward_images",
     "pixel_sums",
@@ -53,6 +54,15 @@ def linear_forward_images(pixels, index, offset, scale, weight, bias):
 def linear_backward(dout, x, weight):
     """Return (dx (B, I), dweight (O, I), dbias (O,)) for dout (B, O)."""
     return dout @ weight, dout.T @ x, dout.sum(axis=0)
+
+
+def linear_backward_sgd_images(weight, bias, dout, pixels, index, offset, scale, lr, weight_decay=0.0):
+    """Return (weight, bias) after SGD on a first layer fed images: w (1 - lr wd) - lr dout^T x, b - lr sum dout.
+
+    x converted as :func:`convert_images`; the arrays given are not modified.
+    """
+    x = convert_images(pixels, index, offset, scale)
+    return (1 - lr * weight_decay) * weight - lr * (dout.T @ x), bias - lr * dout.sum(axis=0)
 
 
 def relu_forward(x):

@@ -279,7 +279,9 @@ class MLPHooks:
 
 
 def _eval_batches(dataset, batch_size: int, limit: int | None) -> Callable[[], Iterator]:
-    """A split's evaluation batches, made afresh at every evaluation."""
+    """A split's evaluation batches, made afresh at every evaluation (uint8 rows when it stores pixels)."""
+    if dataset.preprocessing is not None:  # the first layer converts each chunk inside its GEMM
+        return lambda: dataset.image_batches(batch_size, limit=limit)
     return lambda: dataset.batches(batch_size, flatten=True, limit=limit)
 
 

@@ -42,6 +42,11 @@ def _as_str(value: Any, key: str) -> str:
     return item.decode() if isinstance(item, bytes) else item
 
 
+def _check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
 def _bit_generator(text: str) -> np.random.BitGenerator:
     """A bit generator restored from the JSON of ``BitGenerator.state``; only known generators are built."""
     try:
@@ -197,8 +202,7 @@ class DataSet:
 
     def _next_indices(self, batch_size: int) -> np.ndarray:
         """Row numbers of the next batch; advances the position, the epoch counter and the generator."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        _check_batch_size(batch_size)
         n = self.num_examples
         parts, needed = [], int(batch_size)
         while needed:
@@ -299,8 +303,7 @@ class DataSet:
         Does not touch the batch order of :meth:`next_batch`.
         """
         flatten = self.flatten if flatten is None else flatten
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        _check_batch_size(batch_size)
         n, shape = self.num_examples if limit is None else min(int(limit), self.num_examples), self._images.shape[1:]
         width, rows = int(np.prod(shape)), min(batch_size, n)
         buffer = self._batch_buffer  # kept between calls: a fresh 12 MB array per evaluation costs page faults
@@ -313,6 +316,28 @@ class DataSet:
             else:
                 x = self._images[start:stop].reshape(stop - start, -1)
             yield (x if flatten else x.reshape(stop - start, *shape)), self._labels[start:stop]
+
+    def image_batches(self, batch_size: int, *, limit: int | None = None) -> Iterator[tuple[ImageBatch, np.ndarray]]:
+        """:meth:`batches` as uint8 rows the model converts itself: (ImageBatch, y) pairs in the original order.
+
+        For evaluation (no augmentation, whatever :attr:`augment` says); x.to_array()
+        equals the x :meth:`batches` yields, flattened. Nothing is converted here:
+        ``MLP.evaluate_batches`` lets its first layer convert each chunk into its
+        GEMM's panels without writing the converted rows anywhere.
+
+        Raises
+        ------
+        ValueError
+            When the DataSet holds model inputs rather than uint8 pixels.
+        """
+        if self._preprocessing is None:
+            raise ValueError("image_batches: this DataSet holds model inputs, not uint8 pixels; use batches")
+        _check_batch_size(batch_size)
+        n = self.num_examples if limit is None else min(int(limit), self.num_examples)
+        pixels, prep = self._images.reshape(self.num_examples, -1), self._preprocessing
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            yield ImageBatch(pixels, np.arange(start, stop), prep.offset, prep.scale), self._labels[start:stop]
 
     def as_arrays(self, flatten: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All examples in their original order, for evaluation (no augmentation).
