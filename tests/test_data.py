@@ -1,6 +1,7 @@
 """fastmlp.data: reading, safety, source resolution, download, batching, resume, preprocessing."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -79,7 +80,10 @@ def test_archive_is_decoded_once_into_the_cache(synthetic_cifar_archive, tmp_pat
     expected = make_synthetic_cifar()
     # The archive's md5 differs from the official one: only downloads are checked.
     assert hashlib.md5(synthetic_cifar_archive.read_bytes()).hexdigest() != D.CIFAR10_MD5
-    assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), expected)
+    with monkeypatch.context() as later:  # the signature recorded long after the archive was written
+        now = C.time.time_ns
+        later.setattr(C.time, "time_ns", lambda: now() + 10 * C._RACY_NS)
+        assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), expected)
     (entry,) = cache_leftovers(cache)
     assert entry == C.content_hash([synthetic_cifar_archive])  # keyed by content; no temporary folder left
     assert (cache / "decoded" / entry / "x_train.npy").is_file()
@@ -95,6 +99,24 @@ def test_archive_is_decoded_once_into_the_cache(synthetic_cifar_archive, tmp_pat
     # Second load, through the folder that holds the archive: from the cache, without reading the archive.
     assert_same_data(D.load_cifar10(synthetic_cifar_archive.parent, cache_dir=cache), expected)
     assert cache_leftovers(cache) == [entry]
+
+
+def test_a_signature_recorded_right_after_a_write_is_not_trusted(tmp_path, monkeypatch):
+    # File stamps come from a coarse clock: a file rewritten within the same tick keeps them.
+    # A signature taken that soon after the last stamp is checked by hashing at the next load.
+    cache, archive = tmp_path / "cache", tmp_path / "src" / D.ARCHIVE_NAME
+    write_cifar_archive(archive, write_cifar_folder(tmp_path / "a", make_synthetic_cifar(20, 20, seed=1)))
+    hashed = []
+    content_hash = C.content_hash
+    monkeypatch.setattr(C, "content_hash", lambda files: hashed.append(1) or content_hash(files))
+    D.load_cifar10(archive, cache_dir=cache)
+    D.load_cifar10(archive, cache_dir=cache)  # racy: hashed again, same entry
+    assert len(hashed) == 2 and len(cache_leftovers(cache)) == 1
+    now = C.time.time_ns
+    monkeypatch.setattr(C.time, "time_ns", lambda: now() + 10 * C._RACY_NS)
+    D.load_cifar10(archive, cache_dir=cache)  # still racy when recorded: hashed, recorded anew, late enough
+    D.load_cifar10(archive, cache_dir=cache)  # trusted
+    assert len(hashed) == 3
 
 
 def test_copy_of_a_known_archive_reuses_its_entry(synthetic_cifar_archive, tmp_path, monkeypatch):
@@ -169,6 +191,25 @@ def test_archive_rewritten_in_place_with_same_size_and_mtime_is_not_served_stale
     os.utime(archive, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the old mtime
     with pytest.raises(D.DataError, match=D.ARCHIVE_NAME):
         D.load_cifar10(archive, cache_dir=cache)
+
+
+def test_damaged_bytes_in_a_stored_block_are_caught_by_the_gzip_check(small_folder, tmp_path):
+    # Random pixels do not compress: gzip stores them as they are, so damage there decodes without a
+    # deflate error and only the stream's CRC, at its very end (past the tar's end marker), tells.
+    plain = tmp_path / "plain.tar"
+    write_cifar_archive(tmp_path / "packed.tar.gz", small_folder)
+    with gzip.open(tmp_path / "packed.tar.gz") as f:
+        plain.write_bytes(f.read())
+    archive = tmp_path / D.ARCHIVE_NAME
+    with open(archive, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", compresslevel=0, mtime=0) as z:
+        z.write(plain.read_bytes())
+    D.load_cifar10(archive, cache_dir=tmp_path / "cache-a")  # whole: reads fine
+    raw = bytearray(archive.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 8] = bytes(b ^ 0x55 for b in raw[middle : middle + 8])
+    archive.write_bytes(raw)
+    with pytest.raises(D.DataError, match="CRC check failed"):
+        D.load_cifar10(archive, cache_dir=tmp_path / "cache-b")
 
 
 def test_corrupt_cache_entry_is_decoded_again(synthetic_cifar_archive, tmp_path):

@@ -14,7 +14,13 @@ modification and change times of each file) reuses the recorded content hash
 without being read; any other source (a new path, a replaced or touched file) is
 hashed again, so a changed archive is never served stale arrays, and a copy of a
 known archive reuses its entry. The change time cannot be set by a user, so a
-file rewritten in place with its old size and mtime is caught too.
+file rewritten in place with its old size and mtime is caught too, with one
+caveat that git knows as "racily clean" files: file systems stamp times from a
+coarse clock (a scheduler tick; two seconds on FAT), so a file changed again
+within that tick keeps its stamps. A signature is therefore trusted only when
+it was recorded at least _RACY_NS after the files' latest stamp; a younger one
+(an archive used right after it was written) is hashed again at the next load,
+which then records a signature old enough to trust.
 
 Entries are written into a temporary folder whose files and the folder itself
 are flushed to disk, then renamed into place (and the parent flushed): a reader
@@ -36,6 +42,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -56,12 +63,23 @@ def _is_digest(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
+# How far a signature's recording must lie after the files' latest time stamp for it to be trusted.
+_RACY_NS = 2_000_000_000
+
+
 def _signature(files: list[Path]) -> list[list[int]]:
     out = []
     for path in files:
         st = path.stat()
         out.append([st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
     return out
+
+
+def _trusted(signature: list[list[int]], recorded_ns: Any) -> bool:
+    """Whether a matching signature proves the files unchanged: recorded well after their last stamp."""
+    if isinstance(recorded_ns, bool) or not isinstance(recorded_ns, int):
+        return False
+    return all(max(entry[3], entry[4]) + _RACY_NS <= recorded_ns for entry in signature)
 
 
 def content_hash(files: list[Path]) -> str:
@@ -197,9 +215,10 @@ def cached_decode(source: Path, files: list[Path], decode: Callable[[], dict[str
     """
     root = cache_dir / "decoded"
     record_path = _record_path(root, source)
-    signature = _signature(files)
+    signature, recorded_ns = _signature(files), time.time_ns()
     record = _read_record(record_path)
-    if record is not None and record.get("signature") == signature and _is_digest(record.get("sha256")):
+    if (record is not None and record.get("signature") == signature and _is_digest(record.get("sha256"))
+            and _trusted(signature, record.get("recorded_ns"))):
         data = _read_entry(root / record["sha256"])
         if data is not None:
             return data
@@ -214,7 +233,8 @@ def cached_decode(source: Path, files: list[Path], decode: Callable[[], dict[str
                           "they will be decoded again next time", stacklevel=3)
             return data
     try:
-        _write_json(record_path, {"source": str(source.resolve()), "signature": signature, "sha256": digest})
+        _write_json(record_path, {"source": str(source.resolve()), "signature": signature, "sha256": digest,
+                                  "recorded_ns": recorded_ns})
     except OSError:
         return data
     if record is not None and _is_digest(record.get("sha256")) and record["sha256"] != digest:

@@ -399,6 +399,20 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> str | None:
     return None
 
 
+def _read_to_the_end(stream: IO[bytes], archive: Path) -> None:
+    """Read the (decompressed) stream past the tar's end marker to its end.
+
+    tarfile stops at the end-of-archive blocks, before the compressed stream's
+    trailer, so a gzip CRC would never be checked: damaged bytes inside a stored
+    (incompressible) block, pixels for instance, would come out as silent garbage.
+    Reaching the end makes the decompressor check it (a mismatch raises).
+    """
+    while stream.read(1 << 20):
+        if stream.tell() > MAX_ARCHIVE_BYTES:
+            raise DataError(f"{archive}: refusing to read on: more than {MAX_ARCHIVE_BYTES} decompressed bytes, "
+                            "far more than CIFAR-10 holds")
+
+
 def read_archive(archive: Path) -> dict[str, Any]:
     """Read and check the batch files inside a CIFAR-10 ``.tar.gz`` in one pass, in memory.
 
@@ -414,6 +428,7 @@ def read_archive(archive: Path) -> dict[str, Any]:
                 wanted = _check_member(member, archive)
                 if wanted is not None:
                     raw[wanted] = tar.extractfile(member).read()
+            _read_to_the_end(tar.fileobj, archive)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise DataError(f"{archive} is not a readable CIFAR-10 archive ({type(exc).__name__}: {exc})") from exc
     except OSError as exc:
