@@ -24,6 +24,7 @@ from fastmlp.hyperparams import (
     NoneOr,
     Options,
     check,
+    check_all,
     flag_type,
     format_hidden_units,
     parse_hidden_units,
@@ -230,6 +231,19 @@ def test_the_torch_trainers_own_flags_read_the_tables_message(flag, entry, text,
 
 
 # --------------------------------------------------------------------------- the model's dtype
+def test_check_all_checks_what_the_table_knows_by_the_callers_names():
+    given = {"dnn_hidden_units": "20,10", "learning_rate": 5, "dtype": "float32", "note": object()}
+    out = check_all(given, {"dnn_hidden_units": "hidden_units"}, label=lambda key: f"--{key}")
+    assert out["dnn_hidden_units"] == [20, 10] and out["learning_rate"] == 5.0 and out["note"] is given["note"]
+    assert given["dnn_hidden_units"] == "20,10"  # a copy: the caller's mapping is left alone
+    with pytest.raises(ValueError, match=r"^--batch_size: expected"):
+        check_all({"batch_size": 0}, label=lambda key: f"--{key}")
+    with pytest.raises(ValueError, match=r"^lr: expected .* that float32 can hold"):  # cast in the given dtype
+        check_all({"lr": 1e39, "dtype": "float32"}, {"lr": "learning_rate"})
+    assert check_all({"lr": 1e39, "dtype": "float64"}, {"lr": "learning_rate"})["lr"] == 1e39
+    assert check_all({"lr": 1e39}, {"lr": "learning_rate"})["lr"] == 1e39  # no dtype: no cast
+
+
 def test_values_the_model_dtype_cannot_hold_are_refused():
     from fastmlp.hyperparams import check_in_dtype
 

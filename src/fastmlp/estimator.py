@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastmlp import runlog
-from fastmlp.hyperparams import CAST_TO_DTYPE, Boolean, check, check_in_dtype
+from fastmlp.hyperparams import Boolean, check, check_all
 from fastmlp.loop import train_steps
 from fastmlp.schedules import LearningRateSchedule
 from fastmlp.training import build_model_and_optimizer, derive_seeds, training_step
@@ -209,10 +209,7 @@ class MLPClassifier:
         TypeError, ValueError
             Naming the first bad one (see :mod:`fastmlp.hyperparams`).
         """
-        params = {name: check(entry, getattr(self, name), label=name) for name, entry in _TABLE_NAMES.items()}
-        for name in CAST_TO_DTYPE:
-            if name in params:
-                params[name] = check_in_dtype(name, params[name], params["dtype"], label=name)
+        params = check_all({name: getattr(self, name) for name in _TABLE_NAMES}, _TABLE_NAMES)
         params["verbose"] = check(Boolean(), self.verbose, label="verbose")
         params["seed"] = _resolve_seed(self.random_state)
         return params

@@ -37,7 +37,7 @@ import math
 import numbers
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -63,6 +63,7 @@ __all__ = [
     "Options",
     "CAST_TO_DTYPE",
     "check",
+    "check_all",
     "check_in_dtype",
     "checker",
     "flag_type",
@@ -337,6 +338,43 @@ def check(name: str | Constraint, value: Any, *, label: str | None = None) -> An
     except (TypeError, ValueError) as exc:
         prefix = label if label is not None else (name if isinstance(name, str) else "")
         raise type(exc)(f"{prefix}: {exc}" if prefix else str(exc)) from None
+
+
+def check_all(values: Mapping[str, Any], names: Mapping[str, str] | None = None, *,
+              label: Callable[[str], str] = str) -> dict[str, Any]:
+    """A copy of ``values`` with every value the table knows checked, in canonical form.
+
+    Parameters
+    ----------
+    values : mapping
+        An interface's settings by its own keys (flags, constructor arguments).
+        Keys with no table entry are copied as they are.
+    names : mapping, optional
+        The table's name for a key where the two differ (``dnn_hidden_units`` ->
+        ``hidden_units``).
+    label : callable
+        What a message calls a key (``lambda flag: f"--{flag}"`` on a command line).
+
+    When ``values`` holds a ``dtype``, the entries of :data:`CAST_TO_DTYPE` are then
+    checked in that dtype too (:func:`check_in_dtype`).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For the first bad value, named by ``label``.
+    """
+    names = names or {}
+    out = dict(values)
+    for key, value in values.items():
+        entry = names.get(key, key)
+        if entry in CONSTRAINTS:
+            out[key] = check(entry, value, label=label(key))
+    if "dtype" in out:
+        for key, value in out.items():
+            entry = names.get(key, key)
+            if entry in CAST_TO_DTYPE:
+                out[key] = check_in_dtype(entry, value, out["dtype"], label=label(key))
+    return out
 
 
 def checker(name: str) -> Callable[[Any], Any]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from fastmlp import loop
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from fastmlp.hyperparams import CAST_TO_DTYPE, CONSTRAINTS, check, check_in_dtype
+from fastmlp.hyperparams import check_all
 from fastmlp.runlog import RunLog, check_finite
 from fastmlp.schedules import LearningRateSchedule
 
@@ -83,14 +83,7 @@ def checked_flags(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Name
     unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown flag(s) {unknown}; see `python -m fastmlp.train --help`")
-    values = {**DEFAULTS, **given}
-    for flag, value in values.items():
-        entry = _TABLE_NAME.get(flag, flag)
-        if entry in CONSTRAINTS:
-            values[flag] = check(entry, value, label=f"--{flag}")
-    for flag in CAST_TO_DTYPE:
-        if flag in values:
-            values[flag] = check_in_dtype(flag, values[flag], values["dtype"], label=f"--{flag}")
+    values = check_all({**DEFAULTS, **given}, _TABLE_NAME, label=lambda flag: f"--{flag}")
     for flag in ("quiet", "dry_run", "plot"):
         values[flag] = bool(values[flag])
     for flag in ("data_dir", "out_dir", "resume"):
