@@ -114,6 +114,17 @@ def test_w_given_column_major_takes_openblas_and_x_none_still_works():
     np.testing.assert_array_equal(y, y_kept)
 
 
+@pytest.mark.parametrize("hand", [True, False])
+def test_without_x_the_rows_are_named_after_y(hand):
+    src, w = np.zeros((40, 8), np.uint8), np.zeros((3, 8), np.float32)
+    previous = K.images_gemm(hand)
+    try:
+        with pytest.raises(ValueError, match=r"^Y: expected at most 40 rows \(src has that many\), got 50"):
+            K.linear_forward_images(np.empty((50, 3), np.float32), None, src, None, np.zeros(8, np.float32), None, w)
+    finally:
+        K.images_gemm(previous)
+
+
 def test_small_batches_and_float64_keep_the_openblas_path():
     assert K.forward_images_needs_x(K.SMALL_BATCH, np.float32)
     assert K.forward_images_needs_x(K.SMALL_BATCH + 1, np.float64)

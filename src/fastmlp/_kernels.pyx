@@ -1050,7 +1050,7 @@ def linear_forward_images(floating[:, ::1] Y, floating[:, ::1] X, const cnp.uint
             tw = False  # _linear_forward will multiply a C-ordered copy
         if not (floating is float and _images_gemm_fits(B, tw)):
             X = np.empty((B, D), dtype=np.asarray(Y).dtype)  # OpenBLAS multiplies floats: convert into a temporary
-    keep = _convert_setup(&c, X, B, D, src, index, offset, scale, "X" if X is not None else "Y")
+    keep = _convert_setup(&c, X, B, D, src, index, offset, scale, name)
     if c.n == 0 or c.D == 0:
         raise ValueError(f"{name}: expected a non-empty 2-D array, got shape ({B}, {D})")
     X_in = X
