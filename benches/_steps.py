@@ -101,5 +101,6 @@ def sgemm_call(n=2048):
 
     def call():
         gemm(row_major, no_trans, no_trans, n, n, n, 1.0, a.ctypes.data, n, b.ctypes.data, n, 0.0, c.ctypes.data, n)
+        return c
 
     return call, 2 * n**3

@@ -1,0 +1,24 @@
+"""The benchmark suites' shared helpers (benches/_steps.py) compute what they time.
+
+``pytest`` skips the benchmarks themselves (``--benchmark-skip``), so a helper that
+returns nothing would only show under ``pytest --benchmark-only``; these run in
+every test session.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+import _steps  # noqa: E402
+
+
+def test_sgemm_call_returns_the_product_it_times():
+    call, flops = _steps.sgemm_call(64)
+    c = call()
+    assert flops == 2 * 64**3 and c.shape == (64, 64) and c.dtype == np.float32
+    # Entries of a product of two standard normal 64 x 64 matrices have variance 64.
+    assert np.isfinite(c).all() and 32 < float(np.mean(c.astype(np.float64) ** 2)) < 128
+    assert call() is c
