@@ -45,6 +45,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_loops.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FM_IG_ENABLED 1
 #include <immintrin.h>
@@ -94,23 +96,15 @@ FM_IG_TARGET static void fm_ig_pack_w(float *restrict wp, const float *restrict 
     }
 }
 
-/* xp[i][k] = x[r0 + i, k0 + k] for i < mr (zero rows after), also into X when X is not NULL. */
+/* xp[i][k] = x[r0 + i, k0 + k] for i < mr (zero rows after), also into X when X is not NULL: each row's
+ * run through _loops.h's fm_convert_f32, the same conversion as convert_images. */
 FM_IG_TARGET static void fm_ig_pack_x(float *restrict xp, float *X, ptrdiff_t ldx, const uint8_t *src,
                                       ptrdiff_t src_stride, const int64_t *index, const float *offset,
                                       const float *scale, ptrdiff_t r0, ptrdiff_t mr, ptrdiff_t k0, ptrdiff_t kc) {
     for (ptrdiff_t i = 0; i < mr; i++) {
         ptrdiff_t row = index != NULL ? (ptrdiff_t)index[r0 + i] : r0 + i;
-        const uint8_t *s = src + row * src_stride + k0;
-        const float *o = offset + k0, *sc = scale != NULL ? scale + k0 : NULL;
         float *d = xp + i * FM_IG_KC;
-        ptrdiff_t k = 0;
-        for (; k + 16 <= kc; k += 16) {
-            __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(s + k))));
-            v = _mm512_sub_ps(v, _mm512_loadu_ps(o + k));
-            if (sc != NULL) v = _mm512_div_ps(v, _mm512_loadu_ps(sc + k));
-            _mm512_store_ps(d + k, v);
-        }
-        for (; k < kc; k++) d[k] = sc != NULL ? ((float)s[k] - o[k]) / sc[k] : (float)s[k] - o[k];
+        fm_convert_f32(d, src + row * src_stride + k0, offset + k0, scale != NULL ? scale + k0 : NULL, kc);
         if (X != NULL) memcpy(X + (r0 + i) * ldx + k0, d, (size_t)kc * sizeof(float));
     }
     for (ptrdiff_t i = mr; i < FM_IG_MR; i++) memset(xp + i * FM_IG_KC, 0, (size_t)kc * sizeof(float));
@@ -168,56 +162,49 @@ FM_IG_TARGET static void fm_images_gemm_f32(float *Y, ptrdiff_t ldy, float *X, p
     }
 }
 
-/* W[o, 0:width] = beta W + alpha sum_b d[b][o] xp[b][0:width] for o < mr (first block; later blocks add
- * alpha * sum only), width <= 16: an MR_W x 16 tile of W, d read with stride dstride. */
-FM_IG_TARGET static void fm_ig_wtile16(float *W, ptrdiff_t ldw, const float *restrict xp, const float *restrict d,
-                                       ptrdiff_t dstride, ptrdiff_t kb, ptrdiff_t mr, ptrdiff_t width, int first,
-                                       float beta, float alpha) {
-    __m512 acc[FM_IG_MR_W];
-    for (int r = 0; r < FM_IG_MR_W; r++) acc[r] = _mm512_setzero_ps();
+/* W[o, 16q + 0:16q + width] = beta W + alpha sum_b d[b][o] xp[q][b][0:width] for o < mr and the np panels q
+ * (panels pstride floats apart; width <= 16 masks the last): an MR_W x 16 np tile of W, d read with stride
+ * dstride. The first block of batch rows scales W by beta (0: W's old values ignored); later ones add. */
+FM_IG_TARGET static inline __attribute__((always_inline)) void fm_ig_wtile(
+    float *W, ptrdiff_t ldw, const float *restrict xp, ptrdiff_t pstride, const float *restrict d,
+    ptrdiff_t dstride, ptrdiff_t kb, ptrdiff_t mr, const int np, ptrdiff_t width, int first, float beta,
+    float alpha) {
+    __m512 acc[2][FM_IG_MR_W];
+    for (int q = 0; q < np; q++)
+        for (int r = 0; r < FM_IG_MR_W; r++) acc[q][r] = _mm512_setzero_ps();
     for (ptrdiff_t b = 0; b < kb; b++) {
-        __m512 x = _mm512_load_ps(xp + b * 16);
-        const float *db = d + b * dstride;
-#pragma GCC unroll 12
-        for (int r = 0; r < FM_IG_MR_W; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(db[r]), x, acc[r]);
-    }
-    __mmask16 m = (__mmask16)((1u << width) - 1u);
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    for (ptrdiff_t r = 0; r < mr; r++) {
-        float *w = W + r * ldw;
-        __m512 old = _mm512_maskz_loadu_ps(m, w);
-        if (first) old = beta == 0.0f ? _mm512_setzero_ps() : _mm512_mul_ps(vb, old);
-        _mm512_mask_storeu_ps(w, m, _mm512_fmadd_ps(va, acc[r], old));
-    }
-}
-
-/* fm_ig_wtile16 for two full panels side by side (32 columns of W): half the broadcasts per FMA. */
-FM_IG_TARGET static void fm_ig_wtile32(float *W, ptrdiff_t ldw, const float *restrict xp, ptrdiff_t pstride,
-                                       const float *restrict d, ptrdiff_t dstride, ptrdiff_t kb, ptrdiff_t mr,
-                                       int first, float beta, float alpha) {
-    __m512 lo[FM_IG_MR_W], hi[FM_IG_MR_W];
-    for (int r = 0; r < FM_IG_MR_W; r++) lo[r] = hi[r] = _mm512_setzero_ps();
-    for (ptrdiff_t b = 0; b < kb; b++) {
-        __m512 x0 = _mm512_load_ps(xp + b * 16), x1 = _mm512_load_ps(xp + pstride + b * 16);
+        __m512 x[2];
+        for (int q = 0; q < np; q++) x[q] = _mm512_load_ps(xp + q * pstride + b * 16);
         const float *db = d + b * dstride;
 #pragma GCC unroll 12
         for (int r = 0; r < FM_IG_MR_W; r++) {
             __m512 v = _mm512_set1_ps(db[r]);
-            lo[r] = _mm512_fmadd_ps(v, x0, lo[r]);
-            hi[r] = _mm512_fmadd_ps(v, x1, hi[r]);
+            for (int q = 0; q < np; q++) acc[q][r] = _mm512_fmadd_ps(v, x[q], acc[q][r]);
         }
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     for (ptrdiff_t r = 0; r < mr; r++) {
-        float *w = W + r * ldw;
-        __m512 o0 = _mm512_loadu_ps(w), o1 = _mm512_loadu_ps(w + 16);
-        if (first) {
-            o0 = beta == 0.0f ? _mm512_setzero_ps() : _mm512_mul_ps(vb, o0);
-            o1 = beta == 0.0f ? _mm512_setzero_ps() : _mm512_mul_ps(vb, o1);
+        for (int q = 0; q < np; q++) {
+            __mmask16 m = q == np - 1 ? (__mmask16)((1u << width) - 1u) : (__mmask16)0xFFFF;
+            float *w = W + r * ldw + 16 * q;
+            __m512 old = _mm512_maskz_loadu_ps(m, w);
+            if (first) old = beta == 0.0f ? _mm512_setzero_ps() : _mm512_mul_ps(vb, old);
+            _mm512_mask_storeu_ps(w, m, _mm512_fmadd_ps(va, acc[q][r], old));
         }
-        _mm512_storeu_ps(w, _mm512_fmadd_ps(va, lo[r], o0));
-        _mm512_storeu_ps(w + 16, _mm512_fmadd_ps(va, hi[r], o1));
     }
+}
+
+/* One panel (width <= 16), and two full panels side by side: half the broadcasts per FMA. */
+FM_IG_TARGET static void fm_ig_wtile16(float *W, ptrdiff_t ldw, const float *restrict xp, const float *restrict d,
+                                       ptrdiff_t dstride, ptrdiff_t kb, ptrdiff_t mr, ptrdiff_t width, int first,
+                                       float beta, float alpha) {
+    fm_ig_wtile(W, ldw, xp, 0, d, dstride, kb, mr, 1, width, first, beta, alpha);
+}
+
+FM_IG_TARGET static void fm_ig_wtile32(float *W, ptrdiff_t ldw, const float *restrict xp, ptrdiff_t pstride,
+                                       const float *restrict d, ptrdiff_t dstride, ptrdiff_t kb, ptrdiff_t mr,
+                                       int first, float beta, float alpha) {
+    fm_ig_wtile(W, ldw, xp, pstride, d, dstride, kb, mr, 2, 16, first, beta, alpha);
 }
 
 /* W[:, i0:i1] = beta W[:, i0:i1] + alpha dY^T x[:, i0:i1]: a first layer's SGD update fed uint8 images.
@@ -233,7 +220,9 @@ FM_IG_TARGET static void fm_images_wgrad_f32(float *W, ptrdiff_t ldw, ptrdiff_t 
         ptrdiff_t nc = i1 - ig < FM_IG_NC ? i1 - ig : FM_IG_NC, panels = (nc + 15) / 16;
         for (ptrdiff_t b0 = 0; b0 < B; b0 += FM_IG_KC) {
             ptrdiff_t kb = B - b0 < FM_IG_KC ? B - b0 : FM_IG_KC;
-            for (ptrdiff_t b = 0; b < kb; b++) {  /* xp[p][b][16] = x[b0 + b, ig + 16p + j] */
+            /* xp[p][b][16] = x[b0 + b, ig + 16p + j]: fm_convert_f32's arithmetic, but 16 values at a time into
+             * panels (a call per 16 values would cost ~0.1 ms a step). */
+            for (ptrdiff_t b = 0; b < kb; b++) {
                 ptrdiff_t row = index != NULL ? (ptrdiff_t)index[b0 + b] : b0 + b;
                 const uint8_t *s = src + row * src_stride + ig;
                 const float *o = offset + ig, *sc = scale != NULL ? scale + ig : NULL;

@@ -735,8 +735,9 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
     The conversion runs inside the GEMM's chunks when their cut allows it (each
     chunk converts the rows or columns of X it multiplies, on the same core, just
     before), else as a parallel pass of its own before the GEMM. When
-    :func:`_images_gemm_fits`, the hand-written images GEMM does both instead; X
-    may then be None (``pre.out`` NULL: the converted rows are not kept).
+    :func:`_images_gemm_fits`, the hand-written images GEMM does both instead. X
+    may be None with ``pre`` (its ``out`` NULL: the converted rows are not kept);
+    OpenBLAS's path then converts into a temporary array.
     """
     cdef Py_ssize_t B = X.shape[0] if X is not None else Y.shape[0]
     cdef Py_ssize_t I = X.shape[1] if X is not None else W.shape[1], O = W.shape[0]
@@ -747,6 +748,7 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
     cdef Epilogue e
     cdef int threads
     cdef floating[::1] work = None
+    cdef floating[:, ::1] temporary
     _check2("W", W.shape[0], W.shape[1], O, I)
     _check2("Y", Y.shape[0], Y.shape[1], B, O)
     _check_output("Y", Y)
@@ -756,6 +758,10 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
         X = _operand("X", X, &tx, &ldx)
     W = _operand("W", W, &tw, &ldw)
     hand = floating is float and pre != NULL and _images_gemm_fits(B, tw)
+    if X is None and not hand:  # OpenBLAS multiplies floats: convert into a temporary
+        temporary = np.empty((B, I), dtype=np.asarray(Y).dtype)
+        pre.out = <char*>&temporary[0, 0]
+        X, ldx = temporary, I  # C-ordered: tx stays False
     if scratch is not None:
         need = forward_scratch_size(B, I, O)
         if scratch.shape[0] * scratch.shape[1] < need:
@@ -1041,15 +1047,8 @@ def linear_forward_images(floating[:, ::1] Y, floating[:, ::1] X, const cnp.uint
     cdef Convert c
     cdef Py_ssize_t B = X.shape[0] if X is not None else Y.shape[0]
     cdef Py_ssize_t D = X.shape[1] if X is not None else W.shape[1]
-    cdef bint tw = False
-    cdef Py_ssize_t ldw
     cdef str name = "X" if X is not None else "Y"
     cdef const floating[:, :] X_in
-    if X is None:
-        if not _layout(W, &tw, &ldw):
-            tw = False  # _linear_forward will multiply a C-ordered copy
-        if not (floating is float and _images_gemm_fits(B, tw)):
-            X = np.empty((B, D), dtype=np.asarray(Y).dtype)  # OpenBLAS multiplies floats: convert into a temporary
     keep = _convert_setup(&c, X, B, D, src, index, offset, scale, name)
     if c.n == 0 or c.D == 0:
         raise ValueError(f"{name}: expected a non-empty 2-D array, got shape ({B}, {D})")
@@ -1097,6 +1096,7 @@ def linear_backward_sgd_images(floating[:, ::1] W, floating[:] b, const floating
     cdef Py_ssize_t lddy
     cdef int threads
     cdef floating[:, ::1] no_rows = None  # the converted batch is not kept
+    cdef floating[:, ::1] X
     _check2("W", W.shape[0], W.shape[1], O, D)
     _check_output("W", W)
     _check1("b", b.shape[0], O)
@@ -1116,8 +1116,12 @@ def linear_backward_sgd_images(floating[:, ::1] W, floating[:] b, const floating
                 _end_threads(threads)
                 _colsum_axpy(b, dY, <floating>(-lr), <floating>1)
             return
-    X = np.empty((B, D), dtype=np.asarray(W).dtype)
-    convert_images(X, src, index, offset, scale)
+    X = np.empty((B, D), dtype=np.asarray(W).dtype)  # OpenBLAS multiplies floats: convert into a temporary
+    c.out = <char*>&X[0, 0]
+    with nogil:
+        threads = _begin_threads()
+        _run_convert(&c, threads)
+        _end_threads(threads)
     linear_backward_sgd(W, b, None, dY, X, lr, weight_decay)
 
 
