@@ -47,6 +47,12 @@ def _check_batch_size(batch_size: Any) -> None:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
+def _spans(n: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of rows 0..n in pieces of ``size``, the last one shorter."""
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
 def _bit_generator(text: str) -> np.random.BitGenerator:
     """A bit generator restored from the JSON of ``BitGenerator.state``; only known generators are built."""
     try:
@@ -304,18 +310,21 @@ class DataSet:
         """
         flatten = self.flatten if flatten is None else flatten
         _check_batch_size(batch_size)
-        n, shape = self.num_examples if limit is None else min(int(limit), self.num_examples), self._images.shape[1:]
+        n, shape = self._evaluation_rows(limit), self._images.shape[1:]
         width, rows = int(np.prod(shape)), min(batch_size, n)
         buffer = self._batch_buffer  # kept between calls: a fresh 12 MB array per evaluation costs page faults
         if buffer is None or buffer.shape[0] < rows:
             buffer = self._batch_buffer = np.empty((rows, width), dtype=self.dtype)
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
+        for start, stop in _spans(n, batch_size):
             if self._preprocessing is not None:
                 x = self._preprocessing.apply(self._images[start:stop], None, buffer[: stop - start])
             else:
                 x = self._images[start:stop].reshape(stop - start, -1)
             yield (x if flatten else x.reshape(stop - start, *shape)), self._labels[start:stop]
+
+    def _evaluation_rows(self, limit: int | None) -> int:
+        """How many examples, from the first, an evaluation limited to ``limit`` (None: all) covers."""
+        return self.num_examples if limit is None else min(int(limit), self.num_examples)
 
     def image_batches(self, batch_size: int, *, limit: int | None = None) -> Iterator[tuple[ImageBatch, np.ndarray]]:
         """:meth:`batches` as uint8 rows the model converts itself: (ImageBatch, y) pairs in the original order.
@@ -333,10 +342,8 @@ class DataSet:
         if self._preprocessing is None:
             raise ValueError("image_batches: this DataSet holds model inputs, not uint8 pixels; use batches")
         _check_batch_size(batch_size)
-        n = self.num_examples if limit is None else min(int(limit), self.num_examples)
         pixels, prep = self._images.reshape(self.num_examples, -1), self._preprocessing
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
+        for start, stop in _spans(self._evaluation_rows(limit), batch_size):
             yield ImageBatch(pixels, np.arange(start, stop), prep.offset, prep.scale), self._labels[start:stop]
 
     def as_arrays(self, flatten: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
