@@ -16,9 +16,13 @@ Target (issue #12): bf16 channels-last >= 1.6x the float32 default at batch 32 a
 """
 from __future__ import annotations
 
+from _native import machine_line, reexec_native  # noqa: E402  (imports nothing heavy)
+
+if __name__ == "__main__":
+    reexec_native()
+
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     features = cpu_bf16_features()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, native bf16: {', '.join(features) or 'none (the bf16 rows are emulated)'}", flush=True)
+          f"{machine_line()}, native bf16: {', '.join(features) or 'none (the bf16 rows are emulated)'}", flush=True)
     results = []
     for batch_size in args.batch_sizes:
         results.append(measure(batch_size, args.rounds, args.steps, args.settle))

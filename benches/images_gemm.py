@@ -23,6 +23,11 @@ rate of the same round (a 2048^3 GEMM through the same library) for the roofline
 """
 from __future__ import annotations
 
+from _native import machine_line, reexec_native  # noqa: E402  (imports nothing heavy)
+
+if __name__ == "__main__":
+    reexec_native()
+
 import argparse
 import statistics
 import time
@@ -106,6 +111,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not K.images_gemm():
         raise SystemExit("this CPU does not run AVX-512: fastmlp's own images GEMM is off, nothing to compare")
+    print(f"machine: {machine_line()}", flush=True)
     cases = _cases(np.random.default_rng(0))
     times = {name: ([], []) for name in cases}
     rates = []

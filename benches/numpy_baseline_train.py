@@ -16,6 +16,11 @@ Usage (a folder holding ``cifar-10-batches-py/``, or that folder itself)::
 """
 from __future__ import annotations
 
+from _native import reexec_native  # noqa: E402  (imports nothing heavy)
+
+if __name__ == "__main__":
+    reexec_native()
+
 import argparse
 import os
 import pickle
@@ -73,25 +78,39 @@ def train(data_dir, hidden_units=(100,), learning_rate=2e-3, max_steps=1500, bat
         position += batch_size
         model.train_step(x_train[index], y_train[index], learning_rate)
         if step == 1 or step % eval_freq == 0 or step == max_steps:
-            loss, accuracy = evaluate(model, x_test, y_test)
-            accuracies.append(accuracy)
-            if verbose:
-                print(f"step {step:5d}  test loss {loss:.4f} acc {accuracy:.4f}")
+            record(accuracies, step, *evaluate(model, x_test, y_test), verbose)
+    return summary(accuracies)
+
+
+def record(accuracies: list, step: int, loss: float, accuracy: float, verbose: bool) -> None:
+    """Keep an evaluation's accuracy and, if ``verbose``, print it."""
+    accuracies.append(accuracy)
+    if verbose:
+        print(f"step {step:5d}  test loss {loss:.4f} acc {accuracy:.4f}")
+
+
+def summary(accuracies: list) -> dict:
+    """What a baseline run returns: final and best test accuracy, number of evaluations."""
     return {"test_accuracy": accuracies[-1], "best_test_accuracy": max(accuracies), "evaluations": len(accuracies)}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+def run_cli(train_fn, description: str, argv=None) -> int:
+    """The baseline scripts' command line: parse, run ``train_fn``, print its one-line summary."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data_dir", required=True, help=f"folder holding {FOLDER_NAME}/ (or that folder)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    result = train(args.data_dir, seed=args.seed, verbose=not args.quiet)
+    result = train_fn(args.data_dir, seed=args.seed, verbose=not args.quiet)
     print(f"final test accuracy {result['test_accuracy']:.4f} (best {result['best_test_accuracy']:.4f}), "
           f"{result['evaluations']} evaluations, {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def main(argv=None):
+    return run_cli(train, __doc__.split("\n")[0], argv)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,14 @@ The same steps are in
 """
 from __future__ import annotations
 
+from _native import machine_line, reexec_native  # noqa: E402  (imports nothing heavy)
+
+if __name__ == "__main__":
+    reexec_native()
+
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -135,8 +139,7 @@ def main(argv=None) -> int:
         for name, hidden, batch in CONFIGS
         if name in args.configs
     ]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}; {args.rounds} interleaved rounds")
+    print(f"machine: {machine_line()}; {args.rounds} interleaved rounds")
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

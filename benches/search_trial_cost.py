@@ -12,6 +12,11 @@ Usage::
 """
 from __future__ import annotations
 
+from _native import reexec_native  # noqa: E402  (imports nothing heavy)
+
+if __name__ == "__main__":
+    reexec_native()
+
 import argparse
 import time
 

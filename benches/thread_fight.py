@@ -21,6 +21,11 @@ layer's forward, (200, 3072) @ (3072, 100). Medians of per-round ratios.
 """
 from __future__ import annotations
 
+from _native import child_kernels, native_env, reexec_native  # noqa: E402  (imports nothing heavy)
+
+if __name__ == "__main__":
+    reexec_native()
+
 import argparse
 import json
 import os
@@ -84,7 +89,7 @@ print(json.dumps(out))
 
 
 def measure(env_extra: dict[str, str], rounds: int, calls: int) -> dict:
-    env = {**os.environ, **env_extra}
+    env = {**native_env(), **env_extra}
     proc = subprocess.run([sys.executable, "-c", CHILD, str(rounds), str(calls)], env=env, capture_output=True,
                           text=True, check=True)
     rows = json.loads(proc.stdout)
@@ -100,6 +105,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     results = {name: measure(extra, args.rounds, args.calls) for name, extra in SETTINGS.items()}
+    print(f"kernels: {child_kernels('import numpy, fastmlp')}")
     print("| setting | step alone | matmul alone | alternating (step + matmul) | alternating / (sum alone) |")
     print("| --- | --- | --- | --- | --- |")
     for name, r in results.items():
