@@ -29,6 +29,9 @@ __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_DIVERGED",
     "EXIT_INTERRUPTED",
+    "EXIT_IO_ERROR",
+    "EXIT_SIGHUP",
+    "EXIT_SIGTERM",
     "INVOCATION_FLAGS",
     "explicit_flags",
     "flag_actions",
@@ -39,7 +42,10 @@ __all__ = [
 
 EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
+EXIT_IO_ERROR = 74  # EX_IOERR of sysexits.h: the disk, not the flags, is at fault
+EXIT_SIGHUP = 129  # 128 + SIGHUP, as shells report a hung-up terminal
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_SIGTERM = 143  # 128 + SIGTERM, as shells report a kill
 
 #: Flags that describe this invocation rather than the run: ``--resume`` never takes
 #: them from the checkpoint (every other flag not given again is). ``--data_dir`` is
