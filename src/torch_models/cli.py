@@ -30,6 +30,7 @@ __all__ = ["add_optimization_arguments", "add_run_arguments", "checked_args", "m
 TABLE_NAMES = {"dnn_hidden_units": "hidden_units", "init": "torch_init"}
 # Switches that are no hyper-parameters, checked as bools (channels_last: None is "auto").
 _SWITCHES = {"amp": Boolean(), "compile": Boolean(), "deterministic": Boolean(), "quiet": Boolean(),
+             "overwrite": Boolean(),
              "dry_run": Boolean(), "plot": Boolean(), "channels_last": NoneOr(Boolean())}
 _PATHS = ("data_dir", "out_dir", "resume")
 _OLD_THREADS_FLAG = "num_threads"
@@ -75,6 +76,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, 
     parser.add_argument("--resume", default=None, metavar="PATH",
                         help="continue from a checkpoint.pt file or a run folder holding one; flags not given "
                              "are taken from it")
+    cli.add_overwrite_argument(parser)
     parser.add_argument("--device", type=flag_type("device"), choices=DEVICES, default="auto",
                         help="auto = cuda when available, else cpu")
     parser.add_argument("--threads", type=flag_type("threads"), default=None,
@@ -160,8 +162,9 @@ def main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argument
          train: Callable[[argparse.Namespace], Mapping[str, Any]]) -> int:
     """A torch trainer's ``main``: :func:`fastmlp.cli.run_main` over ``checkpoint.pt``.
 
-    Exit status 0 done, 1 diverged, 2 bad input (a flag, a checkpoint that is missing,
-    foreign or damaged, missing data), 130 Ctrl-C. Under torchrun every rank reads the
+    Exit status (:data:`fastmlp.cli.EXIT_STATUSES`) 0 done, 1 diverged, 2 bad input (a
+    flag, a checkpoint that is missing, foreign or damaged, missing data, an --out_dir
+    holding another run), 74 I/O error, 130/143/129 Ctrl-C/SIGTERM/SIGHUP. Under torchrun every rank reads the
     checkpoint's flags (so on several machines the path must be readable on each) and
     only rank 0 prints.
     """
