@@ -247,13 +247,16 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
     """
     parser, args = _parse(argv, build_parser, saved_flags)
     say = (lambda text: print(printable(text), file=sys.stderr)) if is_main else (lambda text: None)
-    made_out_dir = None
+    new_folder = None  # the run's folder, when this run made it
     try:
         if args.out_dir is None and args.resume is None:
             # Chosen (and created) here rather than in train() so that the Ctrl-C message can name it.
-            made_out_dir = default_out_dir(prefix="dryrun-" if args.dry_run else "")
-            args.out_dir = str(made_out_dir)
-        metrics = _train_in_folder(args, train, _run_folder(args, checkpoint_dir), is_main)
+            new_folder = default_out_dir(prefix="dryrun-" if args.dry_run else "")
+            args.out_dir = str(new_folder)
+        folder = _run_folder(args, checkpoint_dir)
+        if new_folder is None and not folder.exists():
+            new_folder = folder
+        metrics = _train_in_folder(args, train, folder, is_main)
     except KeyboardInterrupt as exc:
         how = f" by {exc.args[0]}" if isinstance(exc, Stopped) else ""
         where = _run_folder(args, checkpoint_dir)
@@ -265,9 +268,9 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
         return EXIT_DIVERGED
     except (FileNotFoundError, ValueError, TypeError, MemoryError) as exc:
         say(f"error: {_bad_input_text(exc)}")
-        if made_out_dir is not None:
+        if new_folder is not None:
             with contextlib.suppress(OSError):  # a run refused before it wrote anything leaves no folder
-                made_out_dir.rmdir()
+                new_folder.rmdir()
         return EXIT_BAD_INPUT
     except OSError as exc:
         say(f"error: {describe_os_error(exc)}")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from fastmlp import cli
 from fastmlp.data import PREPROCESSINGS
-from fastmlp.hyperparams import DEVICES, Boolean, NoneOr, check, check_all, flag_type
+from fastmlp.hyperparams import DEVICES, Boolean, NoneOr, check, check_all, check_sizes, flag_type
 from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_EVAL_FREQ, DRY_RUN_STEPS
 from fastmlp.optim import OPTIMIZERS
 from fastmlp.schedules import SCHEDULES
@@ -147,6 +147,7 @@ def checked_args(args: argparse.Namespace | Mapping[str, Any],
             if given.get("threads") is None:  # --threads, when given too, wins
                 given["threads"] = old
     values = check_all({**vars(build_parser().parse_args([])), **given}, TABLE_NAMES, label=lambda flag: f"--{flag}")
+    check_sizes(values, TABLE_NAMES, label=lambda flag: f"--{flag}")
     for flag, value in values.items():
         if flag in _SWITCHES:
             values[flag] = check(_SWITCHES[flag], value, label=f"--{flag}")
