@@ -232,7 +232,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         data_state = _join_state(meta.pop("data_state"), arrays)
     except (ValueError, KeyError, TypeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        raise ValueError(f"{str(path)!r} is not a fastmlp checkpoint this version reads: {message}") from None
+        raise ValueError(f"{str(path)!r} is a corrupt checkpoint, or not a fastmlp checkpoint this version reads: "
+                         f"{message}") from None
     try:
         _check_values(arrays)
     except (ValueError, TypeError) as exc:

@@ -181,20 +181,14 @@ def _check_resumed_data_dir(args: argparse.Namespace, explicit: set[str]) -> Non
                      "folder a checkpoint names)")
 
 
-def _parse(argv: list[str] | None, build_parser: Callable[[], argparse.ArgumentParser],
-           saved_flags: Callable[[str], Mapping[str, Any]]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    """The parser and the flags, ``--resume``'s merged in (a usage error exits 2 through argparse)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.resume is not None:
-        try:
-            saved = saved_flags(args.resume)
-            explicit = explicit_flags(build_parser(), argv)
-            merge_resume_flags(args, saved, explicit)
-            _check_resumed_data_dir(args, explicit)
-        except (FileNotFoundError, ValueError) as exc:
-            parser.error(printable(str(exc)))
-    return parser, args
+def _merge_resume(args: argparse.Namespace, argv: list[str] | None,
+                  build_parser: Callable[[], argparse.ArgumentParser],
+                  saved_flags: Callable[[str], Mapping[str, Any]]) -> None:
+    """Take the flags not given from ``--resume``'s checkpoint (FileNotFoundError, ValueError: it is unusable)."""
+    saved = saved_flags(args.resume)
+    explicit = explicit_flags(build_parser(), argv)
+    merge_resume_flags(args, saved, explicit)
+    _check_resumed_data_dir(args, explicit)
 
 
 def _run_folder(args: argparse.Namespace, checkpoint_dir: Callable[[str], Path]) -> Path | None:
@@ -245,8 +239,15 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
     int
         One of :data:`EXIT_STATUSES`.
     """
-    parser, args = _parse(argv, build_parser, saved_flags)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # a malformed flag exits 2 through argparse, with the usage
     say = (lambda text: print(printable(text), file=sys.stderr)) if is_main else (lambda text: None)
+    if args.resume is not None:
+        try:
+            _merge_resume(args, argv, build_parser, saved_flags)
+        except (FileNotFoundError, ValueError) as exc:
+            # a usage error as argparse's (SystemExit 2), but one line: the usage would bury it
+            parser.exit(EXIT_BAD_INPUT, printable(f"{parser.prog}: error: {exc}\n"))
     new_folder = None  # the run's folder, when this run made it
     try:
         if args.out_dir is None and args.resume is None:
