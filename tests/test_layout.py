@@ -23,7 +23,7 @@ LIBRARY_MODULES = {
     "fastmlp", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.curves", "fastmlp.data", "fastmlp.data.cache",
     "fastmlp.data.dataset", "fastmlp.data.files", "fastmlp.data.preprocessing", "fastmlp._blas", "fastmlp.estimator",
     "fastmlp.hyperparams", "fastmlp.loop", "fastmlp.mlp", "fastmlp.modules", "fastmlp.optim", "fastmlp.reference",
-    "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training", "fastmlp.version", "fastmlp.search.space",
+    "fastmlp.rundir", "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training", "fastmlp.version", "fastmlp.search.space",
     "torch_models", "torch_models.batchnorm", "torch_models.checkpoint", "torch_models.convnet",
     "torch_models.devices", "torch_models.distributed", "torch_models.evaluation", "torch_models.hooks",
     "torch_models.mlp", "torch_models.optimizers", "torch_models.precision", "torch_models.rng",

@@ -7,6 +7,7 @@ value out of range ``ValueError``.
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -98,3 +99,38 @@ def check_param(owner: str, key: str, arr, shape: tuple, dtype: np.dtype) -> np.
     if not arr.flags.writeable:
         raise ValueError(f"{owner}[{key!r}]: the array is read-only; parameters are updated in place")
     return arr
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Raise ValueError when ``nbytes`` (what ``what`` would allocate) exceed the machine's memory.
+
+    Called before the allocation, so that a size no machine can hold gets a message
+    naming it (``what``: ``"n_hidden [1000000000]: weights and gradients"``) instead of
+    a MemoryError from deep inside.
+    """
+    available = physical_memory()
+    if available is not None and nbytes > available:
+        raise ValueError(f"{what} need {_gib(nbytes)}, more than the {_gib(available)} of memory this machine has")
+
+
+def check_network_size(n_inputs: int, widths: list[int], n_classes: int, itemsize: int, *, label: str) -> int:
+    """The parameter count of ``n_inputs -> widths -> n_classes``, if its weights and gradients fit in memory.
+
+    ``label`` names the widths in the message (``"n_hidden [1000000000]"``).
+    """
+    sizes = [n_inputs, *widths, n_classes]
+    n_params = sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+    check_fits_in_memory(2 * n_params * itemsize, f"{label}: {n_params:,} parameters, their weights and gradients,")
+    return n_params

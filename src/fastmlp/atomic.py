@@ -3,7 +3,9 @@
 A file is written beside its target under a temporary name, flushed to disk, then
 renamed over the target (``os.replace`` is atomic on POSIX and Windows), and the
 folder is flushed too, so that the rename itself survives a power cut. On an
-error the temporary file is removed and the target is left as it was. Every
+error (or an interruption: Ctrl-C, SIGTERM) the temporary file is removed and the
+target is left as it was; an OSError that names no file (a full disk) is raised
+again naming the target. Every
 file a trainer or a search writes goes through here, as do the data downloads.
 
 JSON is written strictly (:func:`json_text`): NaN and infinities, which JSON does
@@ -77,9 +79,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
         fsync_dir(path.parent)  # the rename is an entry of the folder: make it durable too
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # a failed write() names no file: name the one being written (ENOSPC, EFBIG...)
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

@@ -12,10 +12,18 @@ it), with the keys
 
 Format tag ``"fastmlp.checkpoint/1"``; checkpoints written before the tag became a
 string (``format: 1``) have the same layout and are read as well.
+
+A checkpoint may come from anywhere, so before any of it is used: ``meta`` is
+parsed only when its JSON nests at most :data:`MAX_JSON_DEPTH` deep, every curve
+row is checked (:func:`fastmlp.runlog.check_curve_rows`), every restored optimizer
+hyper-parameter is checked against :data:`fastmlp.hyperparams.CONSTRAINTS`, and
+every floating-point array must be finite: any failure is a ValueError calling
+the file a corrupt checkpoint.
 """
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -24,7 +32,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from fastmlp.atomic import atomic_savez, json_text
-from fastmlp.runlog import resolve_checkpoint
+from fastmlp.hyperparams import check_all
+from fastmlp.runlog import check_curve_rows, resolve_checkpoint
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "load_checkpoint", "resolve_checkpoint_path", "save_checkpoint"]
 
@@ -32,6 +41,13 @@ CHECKPOINT_NAME = "checkpoint.npz"
 CHECKPOINT_FORMAT = "fastmlp.checkpoint/1"
 # The tags of the same layout that this version reads (1: before the tag was a string).
 READABLE_FORMATS = (CHECKPOINT_FORMAT, 1)
+#: How deep ``meta``'s JSON may nest (what save_checkpoint writes nests 5 deep): deeper is
+#: refused before parsing, as json and the state's readers recurse once per level.
+MAX_JSON_DEPTH = 32
+# The optimizers' hyper-parameters (state_dict keys) by their names in the constraint table.
+OPTIMIZER_TABLE_NAMES = {"lr": "scheduled_learning_rate", "t": "updates_done"}
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:
@@ -136,6 +152,34 @@ def _require(condition: bool, what: str) -> None:
         raise ValueError(what)
 
 
+def json_depth(text: str) -> int:
+    """How deep the JSON ``text`` nests (``[[1]]``: 2), counted without parsing it."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _parse_meta(text: str) -> Any:
+    depth = json_depth(text)
+    _require(depth <= MAX_JSON_DEPTH, f"'meta' nests {depth} deep, more than the {MAX_JSON_DEPTH} a checkpoint has")
+    try:
+        return json.loads(text)
+    except ValueError:
+        _require(False, "'meta' is not JSON")
+
+
+def _check_values(arrays: Mapping[str, np.ndarray]) -> None:
+    """Every float array finite, every optimizer hyper-parameter within the table's bounds."""
+    for key, value in arrays.items():
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ValueError(f"{key!r} holds NaN or infinite values")
+    hyper = {key[len("optim/"):]: value.item() for key, value in arrays.items()
+             if key.startswith("optim/") and not key.startswith("optim/state.") and value.ndim == 0}
+    check_all(hyper, OPTIMIZER_TABLE_NAMES, label=lambda name: f"'optim/{name}'")
+
+
 def _check_layout(meta: Any, arrays: Mapping[str, np.ndarray]) -> None:
     """The parts :func:`load_checkpoint` and ``--resume`` read, with the types they need."""
     _require(isinstance(meta, dict), "'meta' is not a JSON object")
@@ -154,6 +198,7 @@ def _check_layout(meta: Any, arrays: Mapping[str, np.ndarray]) -> None:
     rows = meta.get("rows", [])
     _require(isinstance(rows, list) and all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in rows),
              "'rows' is not a list of curve rows")
+    check_curve_rows(rows)
     _require(isinstance(meta.get("wall_seconds", 0.0), (int, float)), "'wall_seconds' is not a number")
 
 
@@ -181,16 +226,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} is not a readable .npz checkpoint: {exc}") from None
     try:
         _require("meta" in arrays, "no 'meta' entry")
-        try:
-            meta = json.loads(str(arrays.pop("meta")))
-        except ValueError:
-            _require(False, "'meta' is not JSON")
+        meta = _parse_meta(str(arrays.pop("meta")))
         _check_layout(meta, arrays)
         rng = meta.pop("numpy_rng")
         data_state = _join_state(meta.pop("data_state"), arrays)
     except (ValueError, KeyError, TypeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        raise ValueError(f"{str(path)!r} is not a fastmlp checkpoint this version reads: {message}") from None
+        raise ValueError(f"{str(path)!r} is a corrupt checkpoint, or not a fastmlp checkpoint this version reads: "
+                         f"{message}") from None
+    try:
+        _check_values(arrays)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{str(path)!r} is a corrupt checkpoint: {exc}") from None
     return {
         "path": path,
         "meta": meta,

@@ -8,9 +8,12 @@ A trainer's command-line module (``fastmlp.train``, and the torch trainers throu
    command line and in the library;
 2. with ``--resume``, takes every flag not written on the command line (but the
    invocation's own, :data:`INVOCATION_FLAGS`) from the checkpoint;
-3. trains, and maps the outcome to the exit status: 0 done (a one-line summary),
-   1 diverged, 2 bad input (flags, checkpoint, data; one ``error:`` line), 130
-   interrupted by Ctrl-C (with the command that resumes).
+3. claims the output folder for the run (:func:`fastmlp.rundir.claimed_run_dir`:
+   locked while the run writes it; a folder holding another run is refused unless
+   ``--resume`` or ``--overwrite``);
+4. trains, SIGTERM and SIGHUP ending the run as Ctrl-C does, and maps the outcome
+   to the exit status (:data:`EXIT_STATUSES`), printing one ``error:`` line (or, when
+   interrupted, the command that resumes) and never a traceback.
 
 Library modules (the core, the estimator, the search space, torch models) do not
 import this module.
@@ -19,32 +22,58 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+from fastmlp.rundir import claimed_run_dir
 from fastmlp.runlog import DivergenceError, default_out_dir
 
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_DIVERGED",
     "EXIT_INTERRUPTED",
+    "EXIT_IO_ERROR",
+    "EXIT_SIGHUP",
+    "EXIT_SIGTERM",
+    "EXIT_STATUSES",
+    "Stopped",
+    "add_overwrite_argument",
+    "describe_os_error",
     "INVOCATION_FLAGS",
     "explicit_flags",
     "flag_actions",
     "merge_resume_flags",
+    "printable",
     "run_main",
     "summary_line",
 ]
 
 EXIT_DIVERGED = 1
 EXIT_BAD_INPUT = 2
+EXIT_IO_ERROR = 74  # EX_IOERR of sysexits.h: the disk, not the flags, is at fault
+EXIT_SIGHUP = 129  # 128 + SIGHUP, as shells report a hung-up terminal
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_SIGTERM = 143  # 128 + SIGTERM, as shells report a kill
+
+#: Every trainer's and the search's exit statuses, as the README's table gives them.
+EXIT_STATUSES = {
+    0: "done",
+    EXIT_DIVERGED: "training diverged (the last good checkpoint is kept)",
+    EXIT_BAD_INPUT: "bad input: a flag, a checkpoint, the data, a folder holding another run",
+    EXIT_IO_ERROR: "I/O error: a file or folder could not be read or written (the OS's reason is printed)",
+    EXIT_SIGHUP: "ended by SIGHUP (the command that resumes is printed)",
+    EXIT_INTERRUPTED: "ended by Ctrl-C, SIGINT (the command that resumes is printed)",
+    EXIT_SIGTERM: "ended by SIGTERM (the command that resumes is printed)",
+}
 
 #: Flags that describe this invocation rather than the run: ``--resume`` never takes
 #: them from the checkpoint (every other flag not given again is). ``--data_dir`` is
 #: the run's (the same images); give it again to read them from another folder.
-INVOCATION_FLAGS = ("resume", "out_dir", "dry_run", "quiet", "plot", "threads", "num_threads", "device")
+INVOCATION_FLAGS = ("resume", "out_dir", "overwrite", "dry_run", "quiet", "plot", "threads", "num_threads",
+                    "device")
 
 
 def flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -82,11 +111,112 @@ def summary_line(metrics: Mapping[str, Any]) -> str:
     return ", ".join([*parts, done]) + where
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``signum``) arrived: the run ends as on Ctrl-C.
+
+    A KeyboardInterrupt, so that whatever cleans up after Ctrl-C (the atomic writes'
+    temporary files, the torch process group) cleans up after these too.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def signals_stop_the_run() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread.
+
+    A signal the process ignores (``nohup`` ignores SIGHUP) stays ignored; off the
+    main thread (where Python cannot set handlers) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--overwrite``, which lets a run replace the run already in its ``--out_dir``."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out_dir (its checkpoint, curves and metrics are "
+                             "deleted); without it such a folder is refused")
+
+
+def printable(text: str) -> str:
+    """``text`` as stderr/stdout can write it: bytes of a non-UTF-8 file name become ``\\xff`` escapes."""
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    with contextlib.suppress(UnicodeEncodeError):
+        # a lone surrogate stands for an undecodable byte of a file name (os.fsdecode's surrogateescape)
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``'<path>': <the OS's reason>`` (both paths of a rename), or the exception's text."""
+    reason = exc.strerror or str(exc)
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(repr(p) for p in paths)}: {reason}" if paths else reason
+
+
+def _check_resumed_data_dir(args: argparse.Namespace, explicit: set[str]) -> None:
+    """``--resume`` never reads (nor downloads into) a data folder that is gone: ask for ``--data_dir``."""
+    data_dir = getattr(args, "data_dir", None)
+    if "data_dir" in explicit or data_dir is None or Path(data_dir).exists():
+        return
+    raise ValueError(f"--resume: the checkpoint's data folder {data_dir!r} does not exist (any more); pass "
+                     "--data_dir with the folder that holds CIFAR-10 now (nothing is downloaded into a "
+                     "folder a checkpoint names)")
+
+
+def _merge_resume(args: argparse.Namespace, argv: list[str] | None,
+                  build_parser: Callable[[], argparse.ArgumentParser],
+                  saved_flags: Callable[[str], Mapping[str, Any]]) -> None:
+    """Take the flags not given from ``--resume``'s checkpoint (FileNotFoundError, ValueError: it is unusable)."""
+    saved = saved_flags(args.resume)
+    explicit = explicit_flags(build_parser(), argv)
+    merge_resume_flags(args, saved, explicit)
+    _check_resumed_data_dir(args, explicit)
+
+
+def _run_folder(args: argparse.Namespace, checkpoint_dir: Callable[[str], Path]) -> Path | None:
+    """The folder the run writes: ``--out_dir``, else the resumed checkpoint's folder (None: not chosen yet)."""
+    if args.out_dir is not None:
+        return Path(args.out_dir)
+    return Path(checkpoint_dir(args.resume)) if args.resume is not None else None
+
+
+def _train_in_folder(args: argparse.Namespace, train: Callable[[argparse.Namespace], Mapping[str, Any]],
+                     folder: Path, is_main: bool) -> Mapping[str, Any]:
+    """``train(args)`` with ``folder`` claimed (rank 0 only) and SIGTERM/SIGHUP stopping the run."""
+    claim = (claimed_run_dir(folder, resuming=args.resume is not None, overwrite=getattr(args, "overwrite", False))
+             if is_main else contextlib.nullcontext())
+    with signals_stop_the_run(), claim:
+        return train(args)
+
+
+def _interrupted_status(exc: KeyboardInterrupt) -> int:
+    signum = getattr(exc, "signum", signal.SIGINT)
+    return {signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}.get(signum, EXIT_INTERRUPTED)
+
+
 def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.ArgumentParser],
              train: Callable[[argparse.Namespace], Mapping[str, Any]],
              saved_flags: Callable[[str], Mapping[str, Any]], checkpoint_dir: Callable[[str], Path],
              is_main: bool = True) -> int:
-    """Parse ``argv``, merge ``--resume``'s flags, train, print, return the exit status.
+    """Parse ``argv``, merge ``--resume``'s flags, claim the folder, train, print, return the exit status.
 
     Parameters
     ----------
@@ -102,37 +232,60 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
     checkpoint_dir : callable
         ``checkpoint_dir(resume_path) -> folder``, named by the Ctrl-C message.
     is_main : bool
-        False on the distributed ranks other than 0: they print nothing.
+        False on the distributed ranks other than 0: they print nothing and claim no folder.
+
+    Returns
+    -------
+    int
+        One of :data:`EXIT_STATUSES`.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a malformed flag exits 2 through argparse, with the usage
+    say = (lambda text: print(printable(text), file=sys.stderr)) if is_main else (lambda text: None)
     if args.resume is not None:
         try:
-            saved = saved_flags(args.resume)
+            _merge_resume(args, argv, build_parser, saved_flags)
         except (FileNotFoundError, ValueError) as exc:
-            parser.error(str(exc))
-        merge_resume_flags(args, saved, explicit_flags(build_parser(), argv))
-    made_out_dir = None
-    if args.out_dir is None and args.resume is None:
-        # Chosen (and created) here rather than in train() so that the Ctrl-C message can name it.
-        made_out_dir = default_out_dir(prefix="dryrun-" if args.dry_run else "")
-        args.out_dir = str(made_out_dir)
-    say = (lambda text: print(text, file=sys.stderr)) if is_main else (lambda text: None)
+            # a usage error as argparse's (SystemExit 2), but one line: the usage would bury it
+            parser.exit(EXIT_BAD_INPUT, printable(f"{parser.prog}: error: {exc}\n"))
+    new_folder = None  # the run's folder, when this run made it
     try:
-        metrics = train(args)
-    except KeyboardInterrupt:
-        where = args.out_dir or str(checkpoint_dir(args.resume))
-        say(f"\ninterrupted; continue from the last evaluation with: {parser.prog} --resume {where}")
-        return EXIT_INTERRUPTED
+        if args.out_dir is None and args.resume is None:
+            # Chosen (and created) here rather than in train() so that the Ctrl-C message can name it.
+            new_folder = default_out_dir(prefix="dryrun-" if args.dry_run else "")
+            args.out_dir = str(new_folder)
+        folder = _run_folder(args, checkpoint_dir)
+        if new_folder is None and not folder.exists():
+            new_folder = folder
+        metrics = _train_in_folder(args, train, folder, is_main)
+    except KeyboardInterrupt as exc:
+        how = f" by {exc.args[0]}" if isinstance(exc, Stopped) else ""
+        where = _run_folder(args, checkpoint_dir)
+        say(f"\ninterrupted{how}" + (f"; continue from the last evaluation with: {parser.prog} --resume {where}"
+                                      if where is not None else " before the run began"))
+        return _interrupted_status(exc)
     except DivergenceError as exc:
         say(f"error: {exc}")
         return EXIT_DIVERGED
-    except (FileNotFoundError, ValueError, TypeError) as exc:
-        say(f"error: {exc}")
-        if made_out_dir is not None:
+    except (FileNotFoundError, ValueError, TypeError, MemoryError) as exc:
+        say(f"error: {_bad_input_text(exc)}")
+        if new_folder is not None:
             with contextlib.suppress(OSError):  # a run refused before it wrote anything leaves no folder
-                made_out_dir.rmdir()
+                new_folder.rmdir()
         return EXIT_BAD_INPUT
+    except OSError as exc:
+        say(f"error: {describe_os_error(exc)}")
+        return EXIT_IO_ERROR
     if is_main and not args.quiet:
-        print(summary_line(metrics))
+        print(printable(summary_line(metrics)))
     return 0
+
+
+def _bad_input_text(exc: Exception) -> str:
+    """The ``error:`` line of a run refused for its input (the OS's own FileNotFoundError names its path)."""
+    if isinstance(exc, MemoryError):
+        return (f"not enough memory for this run{f' ({exc})' if str(exc) else ''}; try a smaller "
+                "--batch_size, --eval_batch_size or network")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return describe_os_error(exc)
+    return str(exc)

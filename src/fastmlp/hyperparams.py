@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from fastmlp._validation import check_fits_in_memory, check_network_size
 from fastmlp.data import PREPROCESSINGS
 from fastmlp.modules import INITS
 from fastmlp.optim import OPTIMIZERS
@@ -65,6 +66,7 @@ __all__ = [
     "check",
     "check_all",
     "check_in_dtype",
+    "check_sizes",
     "checker",
     "flag_type",
     "format_hidden_units",
@@ -266,6 +268,11 @@ CONSTRAINTS: dict[str, Constraint] = {
     "weight_decay": Interval(float, 0.0),
     "lr_schedule": Options(SCHEDULES),
     "warmup_steps": NONNEGATIVE_INT,
+    "beta1": Interval(float, 0.0, 1.0),  # Adam's decay rates, read back from checkpoints
+    "beta2": Interval(float, 0.0, 1.0),
+    "eps": POSITIVE_NUMBER,
+    "updates_done": NONNEGATIVE_INT,  # an optimizer's update count (Adam's t), read back from checkpoints
+    "scheduled_learning_rate": Interval(float, 0.0),  # one step's rate, read back: a schedule may reach 0
     "label_smoothing": Interval(float, 0.0, 1.0),
     "batch_size": POSITIVE_INT,
     "max_steps": POSITIVE_INT,
@@ -375,6 +382,42 @@ def check_all(values: Mapping[str, Any], names: Mapping[str, str] | None = None,
             if entry in CAST_TO_DTYPE:
                 out[key] = check_in_dtype(entry, value, out["dtype"], label=label(key))
     return out
+
+
+def check_sizes(values: Mapping[str, Any], names: Mapping[str, str] | None = None, *,
+                label: Callable[[str], str] = str, n_inputs: int = 3072, n_classes: int = 10) -> None:
+    """Refuse checked sizes (layer widths, batch sizes) whose arrays this machine cannot hold.
+
+    Checked before anything is loaded or allocated, so that ``--batch_size 10**12``
+    gets a message naming it rather than a MemoryError from deep inside.
+
+    Parameters
+    ----------
+    values : mapping
+        Checked settings (:func:`check_all`), by the interface's own keys; the entries
+        ``hidden_units``, ``batch_size`` and ``eval_batch_size`` are read when present,
+        with ``dtype`` (default float32) for the bytes per value.
+    names, label
+        As for :func:`check_all`.
+    n_inputs, n_classes : int
+        The network's input width and classes (default: CIFAR-10's 32x32x3 images, 10 classes).
+
+    Raises
+    ------
+    ValueError
+        ``"--batch_size 1000000000000: ... need 44,703.5 GiB, more than the 16.0 GiB ..."``.
+    """
+    keys = {(names or {}).get(key, key): key for key in values}
+    itemsize = np.dtype(values.get("dtype") or "float32").itemsize
+    widths = list(values[keys["hidden_units"]]) if "hidden_units" in keys else []
+    if "hidden_units" in keys:
+        check_network_size(n_inputs, widths, n_classes, itemsize,
+                           label=f"{label(keys['hidden_units'])} {format_hidden_units(widths)!r}")
+    row = n_inputs + 2 * sum(widths) + 2 * n_classes  # a batch row: the input, each layer's output and gradient
+    for entry in ("batch_size", "eval_batch_size"):
+        if entry in keys:
+            rows = values[keys[entry]]
+            check_fits_in_memory(rows * row * itemsize, f"{label(keys[entry])} {rows}: batches of that many rows")
 
 
 def checker(name: str) -> Callable[[Any], Any]:

@@ -208,13 +208,16 @@ def resume(progress: Progress, *, step: int, rows: list[dict], wall_seconds: flo
     Raises
     ------
     ValueError
-        If the checkpoint is past ``max_steps``.
+        If the checkpoint is past ``max_steps``, or its curve rows are damaged.
     """
     if step > max_steps:
         raise ValueError(f"cannot resume: the checkpoint is at step {step}, past --max_steps {max_steps}")
     progress.step = int(step)
     progress.wall_before = float(wall_seconds)
-    progress.log.restore(rows, up_to_step=step)
+    try:
+        progress.log.restore(rows, up_to_step=step)
+    except ValueError as exc:
+        raise ValueError(f"cannot resume: a corrupt checkpoint: {exc}") from None
 
 
 # --------------------------------------------------------------------------- step, evaluate

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastmlp import _kernels as K
-from fastmlp._validation import as_float_2d, as_labels, check_dtype, check_positive_int
+from fastmlp._validation import as_float_2d, as_labels, check_dtype, check_network_size, check_positive_int
 from fastmlp.images import ImageBatch
 from fastmlp.modules import INITS, LinearModule, ReLUModule, SoftMaxModule
 
@@ -71,6 +71,9 @@ class MLP:
         if init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {init!r}")
         self.init = init
+        # before any allocation: a size no machine holds gets a message naming it, not a MemoryError
+        check_network_size(self.n_inputs, self.n_hidden, self.n_classes, self.dtype.itemsize,
+                           label=f"n_hidden {self.n_hidden}")
         rng = np.random.default_rng(seed)
         sizes = [self.n_inputs, *self.n_hidden, self.n_classes]
         self.linears = [

@@ -23,6 +23,7 @@ __all__ = [
     "DivergenceError",
     "HiddenBar",
     "RunLog",
+    "check_curve_rows",
     "check_finite",
     "default_out_dir",
     "progress_bar",
@@ -63,6 +64,36 @@ def check_finite(loss: float, step: int, what: str = "loss") -> float:
     if not math.isfinite(loss):
         raise DivergenceError(step, loss, None if what == "loss" else f"{what} is {loss!r}")
     return loss
+
+
+def check_curve_rows(rows: Any) -> None:
+    """Refuse curve rows (read back from a checkpoint) that :meth:`RunLog.record` could not have written.
+
+    Each row is a dict of :data:`CURVE_COLUMNS` holding an int ``step`` >= 0 and finite
+    numbers, steps increasing. Checked on ``--resume`` before training, so that a damaged
+    row stops the run at once rather than after all of its steps.
+
+    Raises
+    ------
+    ValueError
+        Naming the first bad row and column.
+    """
+    if not isinstance(rows, list):
+        raise ValueError(f"the curve rows are a {type(rows).__name__}, not a list")
+    last = -1
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"curve row {i} is a {type(row).__name__}, not a dict")
+        unknown = sorted(set(row) - set(CURVE_COLUMNS), key=str)
+        if unknown:
+            raise ValueError(f"curve row {i} has unknown column(s) {unknown}")
+        step = row.get("step")
+        if type(step) is not int or step <= last:
+            raise ValueError(f"curve row {i}: 'step' is {step!r}, expected an int greater than the row before's")
+        last = step
+        for column, value in row.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"curve row {i}: {column!r} is {value!r}, expected a finite number")
 
 
 def default_out_dir(root: str | os.PathLike = "runs", prefix: str = "") -> Path:
@@ -155,8 +186,9 @@ class RunLog:
         """Replace the rows (e.g. from a checkpoint on ``--resume``) and rewrite ``curves.csv``.
 
         Rows after ``up_to_step`` are dropped: they belong to the part of the run
-        that is about to be redone.
+        that is about to be redone. Raises ValueError for rows :func:`check_curve_rows` refuses.
         """
+        check_curve_rows(rows)
         self.rows = [dict(row) for row in rows if up_to_step is None or row["step"] <= up_to_step]
         if self.enabled:
             self._write_csv()

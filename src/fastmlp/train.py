@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag(run, "out_dir", help="output folder (default: runs/<timestamp>, or the checkpoint's folder with --resume)")
     flag(run, "resume", metavar="PATH",
          help="continue from a checkpoint.npz or a run folder; flags not given are taken from it")
+    cli.add_overwrite_argument(run)
     flag(run, "quiet", action="store_true", help="no progress bar or evaluation lines")
     flag(run, "plot", action="store_true",
          help="also draw curves.png at the end (imports matplotlib: ~0.5-1 s; "
@@ -156,9 +157,11 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m fastmlp.train``; returns the exit status.
 
-    0 on success, 1 when training diverged (message on stderr), 2 on bad
-    flags, a missing or incompatible checkpoint, or missing data, 130 on
-    Ctrl-C (the message says how to resume).
+    The statuses of :data:`fastmlp.cli.EXIT_STATUSES`: 0 on success, 1 when
+    training diverged (message on stderr), 2 on bad flags, a missing or
+    incompatible checkpoint, missing data or an ``--out_dir`` holding another
+    run, 74 on an I/O error, 130/143/129 on Ctrl-C/SIGTERM/SIGHUP (the message
+    says how to resume).
     """
     return cli.run_main(
         argv, build_parser=build_parser,

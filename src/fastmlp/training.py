@@ -21,7 +21,7 @@ import numpy as np
 
 from fastmlp import loop
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from fastmlp.hyperparams import check_all
+from fastmlp.hyperparams import check_all, check_sizes
 from fastmlp.runlog import RunLog, check_finite
 from fastmlp.schedules import LearningRateSchedule
 
@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "init": "normal",
     "lr_schedule": "constant", "warmup_steps": 0,
     "preprocessing": "mean_image", "augment": False, "validation_size": 0, "dtype": "float32",
-    "seed": 42, "out_dir": None, "resume": None, "quiet": False, "dry_run": False, "plot": False,
+    "seed": 42, "out_dir": None, "resume": None, "overwrite": False, "quiet": False, "dry_run": False, "plot": False,
     "eval_batch_size": 2500, "threads": None,
 }
 # A flag's entry in the constraint table when its name differs (the course's flag name).
@@ -84,7 +84,8 @@ def checked_flags(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Name
     if unknown:
         raise ValueError(f"unknown flag(s) {unknown}; see `python -m fastmlp.train --help`")
     values = check_all({**DEFAULTS, **given}, _TABLE_NAME, label=lambda flag: f"--{flag}")
-    for flag in ("quiet", "dry_run", "plot"):
+    check_sizes(values, _TABLE_NAME, label=lambda flag: f"--{flag}")
+    for flag in ("quiet", "dry_run", "plot", "overwrite"):
         values[flag] = bool(values[flag])
     for flag in ("data_dir", "out_dir", "resume"):
         if values[flag] is not None:

@@ -21,6 +21,11 @@ order: ``DataSet.get_state()`` with its permutation as an int64 tensor), ``rng``
 ``timed_steps``, ``compile_seconds`` and ``world_size``.
 
 Format 1, written before this one, stored NumPy objects: it is refused, unread.
+
+Before any of it is used, a loaded checkpoint must nest at most
+:data:`MAX_DEPTH` deep, hold finite tensors, curve rows that
+:func:`fastmlp.runlog.check_curve_rows` accepts and optimizer hyper-parameters within
+:data:`fastmlp.hyperparams.CONSTRAINTS`; else it is a corrupt checkpoint (ValueError).
 """
 from __future__ import annotations
 
@@ -34,7 +39,9 @@ from typing import Any, Mapping
 import torch
 
 from fastmlp.atomic import atomic_path
-from fastmlp.runlog import resolve_checkpoint
+from fastmlp.checkpoint import OPTIMIZER_TABLE_NAMES
+from fastmlp.hyperparams import check_all
+from fastmlp.runlog import check_curve_rows, resolve_checkpoint
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "load_checkpoint", "resolve_checkpoint_path", "save_checkpoint"]
 
@@ -47,6 +54,8 @@ _REQUIRED = {"trainer": str, "step": int, "flags": dict, "precision": dict, "mod
 _SCALARS = (bool, int, float, str, type(None))
 _MAPPINGS = (dict, collections.OrderedDict)
 _SEQUENCES = (list, tuple)
+#: How deep a checkpoint's entries may nest (what save_checkpoint writes nests 6 deep).
+MAX_DEPTH = 32
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
@@ -93,6 +102,40 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> Path:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return path
+
+
+def _children(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return value.values()
+    return value if isinstance(value, _SEQUENCES) else ()
+
+
+def _check_depth(state: Any) -> None:
+    """Refuse entries nested deeper than :data:`MAX_DEPTH` (walked without recursion)."""
+    stack = [(state, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"its entries nest more than {MAX_DEPTH} deep")
+        stack.extend((child, depth + 1) for child in _children(value))
+
+
+def _check_values(state: Mapping[str, Any]) -> None:
+    """Finite tensors in the model and optimizer, their hyper-parameters within the table, sound curves."""
+    for entry in ("model", "optimizer"):
+        stack = [state[entry]]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                raise ValueError(f"its {entry} state holds NaN or infinite values")
+            stack.extend(_children(value))
+    for group in state["optimizer"].get("param_groups", []):
+        hyper = {key: value.item() if isinstance(value, torch.Tensor) else value for key, value in group.items()
+                 if key != "params"}
+        if isinstance(hyper.get("betas"), _SEQUENCES) and len(hyper["betas"]) == 2:
+            hyper["beta1"], hyper["beta2"] = hyper.pop("betas")
+        check_all(hyper, OPTIMIZER_TABLE_NAMES, label=lambda name: f"optimizer {name!r}")
+    check_curve_rows(state["curves"])
 
 
 def _first_line(exc: BaseException) -> str:
@@ -143,4 +186,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for key, kind in _REQUIRED.items():
         if not isinstance(state.get(key), kind):
             raise ValueError(f"{where}: its entry {key!r} is missing or not a {kind.__name__} (a damaged checkpoint)")
+    try:
+        _check_depth(state)
+        _check_values(state)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where} is a corrupt checkpoint: {exc}") from None
     return state

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 from fastmlp import cli
 from fastmlp.data import PREPROCESSINGS
-from fastmlp.hyperparams import DEVICES, Boolean, NoneOr, check, check_all, flag_type
+from fastmlp.hyperparams import DEVICES, Boolean, NoneOr, check, check_all, check_sizes, flag_type
 from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_EVAL_FREQ, DRY_RUN_STEPS
 from fastmlp.optim import OPTIMIZERS
 from fastmlp.schedules import SCHEDULES
@@ -30,6 +30,7 @@ __all__ = ["add_optimization_arguments", "add_run_arguments", "checked_args", "m
 TABLE_NAMES = {"dnn_hidden_units": "hidden_units", "init": "torch_init"}
 # Switches that are no hyper-parameters, checked as bools (channels_last: None is "auto").
 _SWITCHES = {"amp": Boolean(), "compile": Boolean(), "deterministic": Boolean(), "quiet": Boolean(),
+             "overwrite": Boolean(),
              "dry_run": Boolean(), "plot": Boolean(), "channels_last": NoneOr(Boolean())}
 _PATHS = ("data_dir", "out_dir", "resume")
 _OLD_THREADS_FLAG = "num_threads"
@@ -75,6 +76,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, 
     parser.add_argument("--resume", default=None, metavar="PATH",
                         help="continue from a checkpoint.pt file or a run folder holding one; flags not given "
                              "are taken from it")
+    cli.add_overwrite_argument(parser)
     parser.add_argument("--device", type=flag_type("device"), choices=DEVICES, default="auto",
                         help="auto = cuda when available, else cpu")
     parser.add_argument("--threads", type=flag_type("threads"), default=None,
@@ -145,6 +147,7 @@ def checked_args(args: argparse.Namespace | Mapping[str, Any],
             if given.get("threads") is None:  # --threads, when given too, wins
                 given["threads"] = old
     values = check_all({**vars(build_parser().parse_args([])), **given}, TABLE_NAMES, label=lambda flag: f"--{flag}")
+    check_sizes(values, TABLE_NAMES, label=lambda flag: f"--{flag}")
     for flag, value in values.items():
         if flag in _SWITCHES:
             values[flag] = check(_SWITCHES[flag], value, label=f"--{flag}")
@@ -160,8 +163,9 @@ def main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argument
          train: Callable[[argparse.Namespace], Mapping[str, Any]]) -> int:
     """A torch trainer's ``main``: :func:`fastmlp.cli.run_main` over ``checkpoint.pt``.
 
-    Exit status 0 done, 1 diverged, 2 bad input (a flag, a checkpoint that is missing,
-    foreign or damaged, missing data), 130 Ctrl-C. Under torchrun every rank reads the
+    Exit status (:data:`fastmlp.cli.EXIT_STATUSES`) 0 done, 1 diverged, 2 bad input (a
+    flag, a checkpoint that is missing, foreign or damaged, missing data, an --out_dir
+    holding another run), 74 I/O error, 130/143/129 Ctrl-C/SIGTERM/SIGHUP. Under torchrun every rank reads the
     checkpoint's flags (so on several machines the path must be readable on each) and
     only rank 0 prints.
     """
