@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import struct
 import tarfile
 import urllib.error
 import urllib.request
@@ -391,6 +392,41 @@ def test_hostile_pickle_runs_no_code(tmp_path):
     with pytest.raises(D.DataError, match="refusing to load global"):
         D.load_cifar10(root)
     assert marker.exists()
+
+
+def _p2_ints(values) -> bytes:
+    return b"".join(b"J" + struct.pack("<i", v) for v in values)
+
+
+def _ndarray_call(shape, code: bytes = b"u1") -> bytes:
+    """Pickle opcodes calling ``numpy.ndarray(shape, code)``: an array of the shape with no data in the file."""
+    return b"cnumpy\nndarray\n((" + _p2_ints(shape) + b"tU" + bytes([len(code)]) + code + b"tR"
+
+
+def _reconstruct_short(shape) -> bytes:
+    """NumPy's own reduction of a uint8 array of ``shape``, whose data string holds 16 bytes."""
+    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n(" + _p2_ints(shape) + b"tU\x01b\x87R"
+            b"(K\x01(" + _p2_ints(shape) + b"tcnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"
+            b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x10" + b"\0" * 16 + b"tb")
+
+
+# A hundred-byte batch file must not become an array of tens of megabytes (the real bomb asks 586 MiB).
+ARRAY_BOMBS = {
+    "ndarray-call": (_ndarray_call((20000, 3072)), _ndarray_call((20000,)), "numpy.ndarray directly"),
+    "reconstruct-shape": (_reconstruct_short((20000, 3072)), b"]", "holds 16 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARRAY_BOMBS))
+def test_a_pickled_array_bigger_than_its_bytes_is_refused(tmp_path, case):
+    data, labels, message = ARRAY_BOMBS[case]
+    bomb = b"\x80\x02}(U\x04data" + data + b"U\x06labels" + labels + b"u."
+    assert len(bomb) < 300
+    root = _folder_with_batch(tmp_path, bomb, name="data_batch_1")
+    with pytest.raises(D.DataError, match=message) as info:
+        D.load_cifar10(root, cache_dir=tmp_path / "cache")
+    assert "data_batch_1" in str(info.value)
+    assert cache_leftovers(tmp_path / "cache") == []
 
 
 def test_incomplete_folder(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import io
+import math
 import os
 import pickle
 import tarfile
@@ -245,21 +246,75 @@ def download_cifar10(
 # --------------------------------------------------------------------------- batches
 
 
+class _CheckedArray(np.ndarray):
+    """The array a batch pickle rebuilds, whose ``__setstate__`` checks the data before NumPy takes it.
+
+    A pickle says an array's shape and dtype apart from its bytes; NumPy would
+    allocate the declared shape first, so a 100-byte file could ask for gigabytes.
+    Here the declared size must equal the byte string that backs it (which the
+    file itself holds, so it is bounded by the file-size limits).
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError(f"an array's state should be a 4- or 5-tuple, got {type(state).__name__}")
+        shape, dtype, raw = state[-4], state[-3], state[-1]
+        if not isinstance(dtype, np.dtype) or dtype.hasobject:
+            raise pickle.UnpicklingError(f"refusing an array of dtype {dtype!r:.100}: only plain numbers are read")
+        if not isinstance(raw, bytes):
+            raise pickle.UnpicklingError(f"an array's data should be a byte string, got {type(raw).__name__}")
+        if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise pickle.UnpicklingError(f"an array's shape should be a tuple of ints >= 0, got {shape!r:.100}")
+        declared = dtype.itemsize * math.prod(shape)  # Python ints: no overflow
+        if declared != len(raw):
+            raise pickle.UnpicklingError(
+                f"an array declares shape {shape} of {dtype} ({declared} bytes) but its data holds "
+                f"{len(raw)} bytes; refusing to allocate what the file does not contain")
+        super().__setstate__(state)
+
+
+class _ArrayClass:
+    """Stands for ``numpy.ndarray`` in a pickle: only :func:`_checked_reconstruct` accepts it.
+
+    Calling ``numpy.ndarray(shape, dtype)`` from a pickle would allocate any shape
+    with no data behind it, so this stand-in refuses to be called.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray directly (it allocates a declared shape)")
+
+
+def _checked_reconstruct(subtype: Any, shape: Any, dtype_code: Any) -> np.ndarray:
+    """NumPy's ``_reconstruct`` for plain arrays only, starting empty whatever shape it is asked for."""
+    if subtype is not _ArrayClass:
+        raise pickle.UnpicklingError(f"refusing to rebuild {subtype!r:.100}: only numpy.ndarray is read")
+    return _np_reconstruct(_CheckedArray, (0,), dtype_code)
+
+
+def _checked_scalar(dtype: Any, raw: Any = None) -> Any:
+    """NumPy's ``scalar`` for plain dtypes whose bytes are all there."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(raw, bytes) or len(raw) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"refusing a NumPy scalar of dtype {dtype!r:.100} with "
+                                     f"{type(raw).__name__} data")
+    return _np_scalar(dtype, raw)
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickler that resolves only the globals an ndarray in a CIFAR batch needs.
 
     The original batches were written by Python 2 and name
     ``numpy.core.multiarray._reconstruct``; Python 3 protocol-2 pickles add
     ``_codecs.encode`` for bytes. Anything else is refused, so loading a
-    hostile file cannot call arbitrary functions.
+    hostile file cannot call arbitrary functions; the array helpers are checked
+    versions that never allocate more than the file's own bytes.
     """
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
-        ("numpy.core.multiarray", "scalar"): _np_scalar,
-        ("numpy._core.multiarray", "scalar"): _np_scalar,
-        ("numpy", "ndarray"): np.ndarray,
+        ("numpy.core.multiarray", "_reconstruct"): _checked_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _checked_reconstruct,
+        ("numpy.core.multiarray", "scalar"): _checked_scalar,
+        ("numpy._core.multiarray", "scalar"): _checked_scalar,
+        ("numpy", "ndarray"): _ArrayClass,
         ("numpy", "dtype"): np.dtype,
         ("_codecs", "encode"): codecs.encode,
     }
@@ -271,12 +326,23 @@ class _BatchUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
 
 
+def _plain_arrays(obj: Any) -> Any:
+    """``obj`` with the checked arrays inside a dict, list or tuple turned into plain ndarrays (views)."""
+    if isinstance(obj, np.ndarray):
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        return {k: _plain_arrays(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain_arrays(v) for v in obj)
+    return obj
+
+
 def _unpickle(stream: IO[bytes], what: str) -> dict[str, Any]:
     """Load the pickled dict in ``stream`` with str keys; ``what`` names it in errors."""
     try:
         # 'bytes' keeps Python 2 strings as bytes: the pixel string becomes the
         # array's buffer without a round trip through a 30 MB str.
-        obj = _BatchUnpickler(stream, encoding="bytes").load()
+        obj = _plain_arrays(_BatchUnpickler(stream, encoding="bytes").load())
     except Exception as exc:
         raise DataError(
             f"{what} is not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc}); "
