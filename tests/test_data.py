@@ -7,7 +7,9 @@ import io
 import json
 import os
 import pickle
+import stat
 import struct
+import threading
 import tarfile
 import urllib.error
 import urllib.request
@@ -86,7 +88,7 @@ def test_archive_is_decoded_once_into_the_cache(synthetic_cifar_archive, tmp_pat
         later.setattr(C.time, "time_ns", lambda: now() + 10 * C._RACY_NS)
         assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), expected)
     (entry,) = cache_leftovers(cache)
-    assert entry == C.content_hash([synthetic_cifar_archive])  # keyed by content; no temporary folder left
+    assert entry == C.content_hash([synthetic_cifar_archive], "cifar10")  # keyed by content; no temporary folder left
     assert (cache / "decoded" / entry / "x_train.npy").is_file()
 
     def no_tar(*args, **kwargs):
@@ -109,7 +111,7 @@ def test_a_signature_recorded_right_after_a_write_is_not_trusted(tmp_path, monke
     write_cifar_archive(archive, write_cifar_folder(tmp_path / "a", make_synthetic_cifar(20, 20, seed=1)))
     hashed = []
     content_hash = C.content_hash
-    monkeypatch.setattr(C, "content_hash", lambda files: hashed.append(1) or content_hash(files))
+    monkeypatch.setattr(C, "content_hash", lambda files, salt="": hashed.append(1) or content_hash(files, salt))
     D.load_cifar10(archive, cache_dir=cache)
     D.load_cifar10(archive, cache_dir=cache)  # racy: hashed again, same entry
     assert len(hashed) == 2 and len(cache_leftovers(cache)) == 1
@@ -221,6 +223,61 @@ def test_corrupt_cache_entry_is_decoded_again(synthetic_cifar_archive, tmp_path)
     assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), make_synthetic_cifar())
 
 
+def _load_in_thread(archive: Path, cache: Path) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def load() -> None:
+        try:
+            result["data"] = D.load_cifar10(archive, cache_dir=cache)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("name", ["x_train.npy", "meta.json"])
+def test_a_fifo_in_a_cache_entry_does_not_hang_the_load(synthetic_cifar_archive, tmp_path, name):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    (entry,) = cache_leftovers(cache)
+    fifo = cache / "decoded" / entry / name
+    fifo.unlink()
+    os.mkfifo(fifo)
+    thread, result = _load_in_thread(synthetic_cifar_archive, cache)
+    thread.join(120)  # generous: the machine may be busy; a hang lasts forever
+    hung = thread.is_alive()
+    if hung and fifo.exists() and stat.S_ISFIFO(os.stat(fifo).st_mode):  # give a blocked reader its EOF
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(60)
+    assert not hung, f"loading with a FIFO as the cached {name} hung"
+    assert "error" not in result, result.get("error")
+    assert_same_data(result["data"], make_synthetic_cifar())
+
+
+def test_flipped_bytes_in_a_cached_array_are_detected(synthetic_cifar_archive, tmp_path):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    (entry,) = cache_leftovers(cache)
+    path = cache / "decoded" / entry / "x_train.npy"
+    raw = bytearray(path.read_bytes())
+    raw[5000:5064] = bytes(255 - b for b in raw[5000:5064])  # inside the pixels, past the .npy header
+    path.write_bytes(bytes(raw))
+    assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), make_synthetic_cifar())
+
+
+@pytest.mark.parametrize("names", [[{"x": 1}] * 5, [{"x": 1}] * 10, list("abcde"), "airplane", None, [1] * 10])
+def test_planted_class_names_in_a_cache_entry_are_not_served(synthetic_cifar_archive, tmp_path, names):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    (entry,) = cache_leftovers(cache)
+    meta_path = cache / "decoded" / entry / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "label_names": names}))
+    assert D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)["label_names"] == list(D.LABEL_NAMES)
+
+
 def test_hostile_cache_record_cannot_name_a_folder_outside(synthetic_cifar_archive, tmp_path):
     cache = tmp_path / "cache"
     D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
@@ -239,7 +296,7 @@ def test_folder_wins_over_archive(tmp_path, no_network):
     write_cifar_archive(tmp_path / D.ARCHIVE_NAME, write_cifar_folder(tmp_path / "other", make_synthetic_cifar(10, 10, seed=4)))
     assert_same_data(D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache"), folder_data)
     files = F.source_files("folder", tmp_path / D.FOLDER_NAME)
-    assert cache_leftovers(tmp_path / "cache") == [C.content_hash(files)]  # the folder's entry, not the archive's
+    assert cache_leftovers(tmp_path / "cache") == [C.content_hash(files, "cifar10")]  # the folder's entry, not the archive's
 
 
 # --------------------------------------------------------------------------- corrupt and hostile input

@@ -46,6 +46,7 @@ from fastmlp.data.files import (
     NUM_CLASSES,
     DataError,
     DataNotFoundError,
+    check_cifar10,
     default_cache_dir,
     download_cifar10,
     locate,
@@ -125,7 +126,7 @@ def load_cifar10(
     kind, path = source
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     decode = (lambda: read_archive(path)) if kind == "archive" else (lambda: read_folder(path))
-    return cached_decode(path, source_files(kind, path), decode, cache)
+    return cached_decode(path, source_files(kind, path), decode, cache, dataset="cifar10", check=check_cifar10)
 
 
 def _check_dtype(dtype: Any) -> np.dtype:

@@ -43,6 +43,8 @@ __all__ = [
     "MAX_FILE_BYTES",
     "NUM_CLASSES",
     "default_cache_dir",
+    "check_arrays",
+    "check_cifar10",
     "download_cifar10",
     "locate",
     "not_found_message",
@@ -87,6 +89,63 @@ class DataError(ValueError):
 
 class DataNotFoundError(FileNotFoundError):
     """CIFAR-10 is not where it was looked for and could not (or may not) be downloaded."""
+
+
+# --------------------------------------------------------------------------- decoded arrays
+
+#: dtypes a data set's inputs may have: uint8 pixels (converted batch by batch) or model-ready floats.
+INPUT_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(value: Any) -> str:
+    return f"{value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+
+
+def check_arrays(data: dict[str, Any], what: str = "the decoded data", *, shape: tuple[int, ...] | None = None,
+                 n_classes: int | None = None) -> dict[str, Any]:
+    """Check a data set's arrays and class names; return ``data``.
+
+    Parameters
+    ----------
+    data : dict
+        ``x_train``, ``x_test``: (n, ...) arrays of one of :data:`INPUT_DTYPES` with the same
+        shape per example; ``y_train``, ``y_test``: int64 (n,) labels in ``0..len(label_names)-1``;
+        ``label_names``: a non-empty list of str.
+    what : str
+        Names the data in messages.
+    shape, n_classes : optional
+        The shape of one example and the number of classes the data set must have.
+
+    Raises
+    ------
+    DataError
+        Naming ``what``, the part that is wrong, what was expected and what was found.
+    """
+    names = data.get("label_names")
+    if (not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names)
+            or (n_classes is not None and len(names) != n_classes)):
+        count = f"{n_classes}" if n_classes is not None else "one or more"
+        raise DataError(f"{what}: the class names should be a list of {count} str, got {names!r:.200}")
+    for split in ("train", "test"):
+        x, y = data.get(f"x_{split}"), data.get(f"y_{split}")
+        if not isinstance(x, np.ndarray) or x.dtype not in INPUT_DTYPES or x.ndim < 2 or x.shape[0] == 0:
+            raise DataError(f"{what}: x_{split} should be a non-empty (n, ...) array of uint8, float32 or "
+                            f"float64, got {_describe(x)}")
+        expected = shape if shape is not None else data["x_train"].shape[1:]
+        if x.shape[1:] != tuple(expected) or x.dtype != data["x_train"].dtype:
+            raise DataError(f"{what}: x_{split} should hold {data['x_train'].dtype} examples of shape "
+                            f"{tuple(expected)}, got {_describe(x)}")
+        if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.shape != (x.shape[0],):
+            raise DataError(f"{what}: y_{split} should be {x.shape[0]} int64 labels, got {_describe(y)}")
+        if y.min() < 0 or y.max() >= len(names):
+            raise DataError(f"{what}: y_{split} should lie in 0..{len(names) - 1} ({len(names)} classes), "
+                            f"found values in {y.min()}..{y.max()}")
+    return data
+
+
+def check_cifar10(data: dict[str, Any], what: str = "the decoded CIFAR-10 data") -> dict[str, Any]:
+    """:func:`check_arrays` for CIFAR-10: images (3, 32, 32), 10 classes."""
+    return check_arrays(data, what, shape=IMAGE_SHAPE, n_classes=NUM_CLASSES)
 
 
 # --------------------------------------------------------------------------- where
