@@ -317,9 +317,27 @@ def test_truncated_archive(small_folder, tmp_path):
 def test_garbage_archive(tmp_path):
     archive = tmp_path / D.ARCHIVE_NAME
     archive.write_bytes(b"this is not a gzip file" * 100)
-    with pytest.raises(D.DataError, match="not a readable CIFAR-10 archive"):
+    with pytest.raises(D.DataError, match="not a gzip/tar archive"):
         D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
     assert cache_leftovers(tmp_path / "cache") == []
+
+
+def test_a_zero_filled_archive_fails_at_its_first_bytes(tmp_path, monkeypatch):
+    archive = tmp_path / D.ARCHIVE_NAME
+    with open(archive, "wb") as f:
+        f.truncate(200 * 2**20)  # sparse: 200 MiB of zeros that take no disk
+    monkeypatch.setattr(F.tarfile, "open", lambda *a, **k: pytest.fail("tarfile probed a file of zeros"))
+    with pytest.raises(D.DataError, match=r"is not a gzip/tar archive: it starts with '00 00 00 00"):
+        D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("mode", ["w:", "w:bz2", "w:xz"])
+def test_other_tar_formats_are_read(small_folder, tmp_path, mode):
+    archive = tmp_path / D.ARCHIVE_NAME
+    with tarfile.open(archive, mode, format=tarfile.PAX_FORMAT) as tar:
+        tar.add(small_folder / D.FOLDER_NAME, arcname=D.FOLDER_NAME)
+    assert_same_data(D.load_cifar10(archive, cache_dir=tmp_path / "cache"), make_synthetic_cifar(10, 10, seed=5))
 
 
 def test_archive_with_truncated_batch_leaves_no_cache(small_folder, tmp_path):
