@@ -602,10 +602,64 @@ def test_interrupted_download_keeps_nothing(tmp_path, monkeypatch):
         def read(self, size=-1):
             raise ConnectionResetError("connection reset by peer")
 
+        read1 = read
+
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: Dropping())
     with pytest.raises(D.DataNotFoundError, match="interrupted"):
         D.load_cifar10(tmp_path / "d", cache_dir=tmp_path / "cache")
     assert list((tmp_path / "d").iterdir()) == []
+
+
+@pytest.fixture
+def dripping_server():
+    """A local HTTP server that announces 10 MB and sends one byte every 0.05 s; yields its URL."""
+    import http.server
+
+    stop = threading.Event()
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(10 * 2**20))
+            self.end_headers()
+            try:
+                while not stop.wait(0.05):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+            except OSError:  # the client gave up
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{D.ARCHIVE_NAME}"
+    stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_dripping_download_stops_at_its_deadline(dripping_server, tmp_path):
+    # Each byte comes well within the per-read timeout: only an overall deadline ends it.
+    target = tmp_path / "d"
+    thread_result: dict = {}
+
+    def download() -> None:
+        try:
+            F.download_cifar10(target, url=dripping_server, md5="0" * 32, progress=False, timeout=10, deadline=1.0)
+        except BaseException as exc:
+            thread_result["error"] = exc
+
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    thread.join(120)  # generous for a busy machine; without a deadline it would drip for 6 days
+    assert not thread.is_alive(), "the download ignored its deadline"
+    error = thread_result.get("error")
+    assert isinstance(error, D.DataNotFoundError) and "deadline of 1 s" in str(error), error
+    assert list(target.iterdir()) == []  # no partial archive, no temporary file
 
 
 def test_download_false_raises_file_not_found(tmp_path, no_network):

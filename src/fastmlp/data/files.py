@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import tarfile
+import time
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable
@@ -47,6 +48,7 @@ __all__ = [
     "check_arrays",
     "check_cifar10",
     "download_cifar10",
+    "download_file",
     "locate",
     "not_found_message",
     "read_archive",
@@ -73,6 +75,8 @@ DATA_ENV = "FASTMLP_DATA"
 CACHE_ENV = "FASTMLP_CACHE"
 #: Seconds before an unanswered download gives up.
 DOWNLOAD_TIMEOUT = 30.0
+#: Seconds a whole download may take (the 170 MB archive at 100 kB/s fits).
+DOWNLOAD_DEADLINE = 3600.0
 #: Largest batch file read (a real one is 31 MB: 10,000 images of 3,072 bytes).
 MAX_FILE_BYTES = 256 * 2**20
 #: Largest decompressed archive stream read (the real one is 177 MB).
@@ -234,12 +238,9 @@ def download_cifar10(
     md5: str | None = None,
     progress: bool = True,
     timeout: float = DOWNLOAD_TIMEOUT,
+    deadline: float = DOWNLOAD_DEADLINE,
 ) -> Path:
     """Download the CIFAR-10 archive into ``data_dir`` and check its md5.
-
-    The bytes go to a temporary file beside the target (with a tqdm progress
-    bar); only when the md5 matches is it renamed to ``cifar-10-python.tar.gz``,
-    so an interrupted or corrupt download never leaves an archive behind.
 
     Parameters
     ----------
@@ -248,21 +249,60 @@ def download_cifar10(
     url, md5 : str or None
         Default to the module constants :data:`CIFAR10_URL` and :data:`CIFAR10_MD5`
         (read at call time, so tests can point them at a local ``file://`` copy).
-    progress : bool
-        Show the progress bar.
-    timeout : float
-        Seconds to wait for the server.
+    progress, timeout, deadline
+        As in :func:`download_file`.
 
     Returns
     -------
     pathlib.Path
         The downloaded archive.
+    """
+    root = resolve_data_dir(data_dir)
+    return download_file(CIFAR10_URL if url is None else url, root / ARCHIVE_NAME,
+                         md5=CIFAR10_MD5 if md5 is None else md5, progress=progress, timeout=timeout,
+                         deadline=deadline, not_found=lambda reason: not_found_message(root, reason))
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    *,
+    md5: str,
+    progress: bool = True,
+    timeout: float = DOWNLOAD_TIMEOUT,
+    deadline: float = DOWNLOAD_DEADLINE,
+    not_found: Callable[[str], str] | None = None,
+) -> Path:
+    """Download ``url`` to ``dest`` and check its md5.
+
+    The bytes go to a temporary file beside the target (with a tqdm progress
+    bar); only when the md5 matches is it renamed to ``dest``, so an interrupted,
+    late or corrupt download never leaves a file behind.
+
+    Parameters
+    ----------
+    url : str
+    dest : Path
+        The file to write; its folder is created if needed.
+    md5 : str
+        The published md5 of the file (hex).
+    progress : bool
+        Show the progress bar.
+    timeout : float
+        Seconds to wait for the server, at the connection and at every read.
+    deadline : float
+        Seconds the whole transfer may take: a server that keeps sending a byte
+        now and then never trips ``timeout``, so the transfer is also given up
+        once this is spent (checked after every read, so it may overrun by up
+        to ``timeout``).
+    not_found : callable, optional
+        ``not_found(reason)`` gives the message of the DataNotFoundError raised
+        (default: the reason and where to put the file by hand).
 
     Raises
     ------
     DataNotFoundError
-        Offline or the transfer failed (any URLError/OSError); the message says
-        where to put the archive by hand.
+        Offline, the transfer failed (any URLError/OSError) or ran past ``deadline``.
     DataError
         The downloaded bytes do not have the expected md5.
     """
@@ -272,34 +312,38 @@ def download_cifar10(
 
     from tqdm.auto import tqdm
 
-    root = resolve_data_dir(data_dir)
-    url = CIFAR10_URL if url is None else url
-    md5 = CIFAR10_MD5 if md5 is None else md5
-    dest = root / ARCHIVE_NAME
+    if not_found is None:
+        not_found = lambda reason: f"{reason}Download it by hand from {url} to {dest}."  # noqa: E731
+    started = time.monotonic()
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         response = urllib.request.urlopen(url, timeout=timeout)
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        raise DataNotFoundError(not_found_message(root, f"Downloading {url} failed ({exc}). ")) from exc
+        raise DataNotFoundError(not_found(f"Downloading {url} failed ({exc}). ")) from exc
     digest = hashlib.md5(usedforsecurity=False)
+    # read1 returns what one receive brings: read(n) would wait for all n bytes of a dripping server
+    read = getattr(response, "read1", response.read)
     try:
         with response, atomic_path(dest) as tmp:
             length = response.headers.get("Content-Length") if response.headers else None
             total = int(length) if length and length.isdigit() else None
             with open(tmp, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=ARCHIVE_NAME, disable=not progress
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name, disable=not progress
             ) as bar:
-                while chunk := response.read(1 << 20):
+                while chunk := read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
+                    if time.monotonic() - started > deadline:
+                        raise TimeoutError(f"the transfer took more than its deadline of {deadline:g} s "
+                                           f"({bar.n} bytes received)")
             if digest.hexdigest() != md5:
                 raise DataError(
                     f"downloaded {url} has md5 {digest.hexdigest()}, expected {md5}: the transfer was "
-                    f"corrupted or the file changed; nothing was kept in {root}"
+                    f"corrupted or the file changed; nothing was kept in {dest.parent}"
                 )
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise DataNotFoundError(not_found_message(root, f"Downloading {url} was interrupted ({exc}). ")) from exc
+        raise DataNotFoundError(not_found(f"Downloading {url} was interrupted ({exc}). ")) from exc
     return dest
 
 
