@@ -290,6 +290,31 @@ def test_hostile_cache_record_cannot_name_a_folder_outside(synthetic_cifar_archi
     assert victim.is_dir()
 
 
+def test_a_data_folder_whose_name_is_not_utf8_works(tmp_path, no_network):
+    root = Path(os.fsdecode(os.fsencode(tmp_path) + b"/data\xff"))  # '\udcff' in Python's str
+    expected = make_synthetic_cifar(10, 10, seed=7)
+    write_cifar_archive(root / D.ARCHIVE_NAME, write_cifar_folder(tmp_path / "src", expected))
+    for _ in range(2):  # decoded, then from the cache
+        assert_same_data(D.load_cifar10(root, cache_dir=root / "cache\udcfe"), expected)
+    with pytest.raises(D.DataNotFoundError) as info:
+        D.load_cifar10(root / "missing", download=False)
+    assert "data\udcff" in str(info.value)
+
+
+def test_training_from_a_data_folder_whose_name_is_not_utf8(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.fsencode(tmp_path) + b"/data\xff"
+    write_cifar_folder(os.fsdecode(root), make_synthetic_cifar(10, 10, seed=7))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "fastmlp.train", "--data_dir", root, "--max_steps", "2",
+                           "--eval_freq", "2", "--quiet", "--out_dir", os.fsencode(tmp_path) + b"/out\xfe"],
+                          env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert (tmp_path / os.fsdecode(b"out\xfe") / "metrics.json").is_file()
+
+
 def test_folder_wins_over_archive(tmp_path, no_network):
     folder_data = make_synthetic_cifar(10, 10, seed=3)
     write_cifar_folder(tmp_path, folder_data)
