@@ -30,6 +30,7 @@ from fastmlp import data as D
 from fastmlp.images import ImageBatch
 from fastmlp.data import cache as C
 from fastmlp.data import files as F
+from fastmlp.data import sources as S
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -97,7 +98,7 @@ def test_archive_is_decoded_once_into_the_cache(synthetic_cifar_archive, tmp_pat
     def no_hash(*args, **kwargs):
         raise AssertionError("an unchanged archive was hashed again")
 
-    monkeypatch.setattr(F.tarfile, "open", no_tar)
+    monkeypatch.setattr(S.tarfile, "open", no_tar)
     monkeypatch.setattr(C, "content_hash", no_hash)
     # Second load, through the folder that holds the archive: from the cache, without reading the archive.
     assert_same_data(D.load_cifar10(synthetic_cifar_archive.parent, cache_dir=cache), expected)
@@ -128,7 +129,7 @@ def test_copy_of_a_known_archive_reuses_its_entry(synthetic_cifar_archive, tmp_p
     copy = tmp_path / "copy" / D.ARCHIVE_NAME
     copy.parent.mkdir()
     copy.write_bytes(synthetic_cifar_archive.read_bytes())
-    monkeypatch.setattr(F.tarfile, "open", lambda *a, **k: pytest.fail("a known content was decoded again"))
+    monkeypatch.setattr(S.tarfile, "open", lambda *a, **k: pytest.fail("a known content was decoded again"))
     assert_same_data(D.load_cifar10(copy, cache_dir=cache), make_synthetic_cifar())
     assert len(cache_leftovers(cache)) == 1
 
@@ -176,7 +177,7 @@ def test_cache_is_read_where_files_cannot_be_mapped(synthetic_cifar_archive, tmp
         return real_load(path, **kwargs)
 
     monkeypatch.setattr(C.np, "load", no_mmap)
-    monkeypatch.setattr(F.tarfile, "open", lambda *a, **k: pytest.fail("the cached entry was decoded again"))
+    monkeypatch.setattr(S.tarfile, "open", lambda *a, **k: pytest.fail("the cached entry was decoded again"))
     loaded = D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
     assert_same_data(loaded, make_synthetic_cifar())
     assert loaded["x_train"].base is None or not isinstance(loaded["x_train"].base, np.memmap)
@@ -351,7 +352,7 @@ def test_a_zero_filled_archive_fails_at_its_first_bytes(tmp_path, monkeypatch):
     archive = tmp_path / D.ARCHIVE_NAME
     with open(archive, "wb") as f:
         f.truncate(200 * 2**20)  # sparse: 200 MiB of zeros that take no disk
-    monkeypatch.setattr(F.tarfile, "open", lambda *a, **k: pytest.fail("tarfile probed a file of zeros"))
+    monkeypatch.setattr(S.tarfile, "open", lambda *a, **k: pytest.fail("tarfile probed a file of zeros"))
     with pytest.raises(D.DataError, match=r"is not a gzip/tar archive: it starts with '00 00 00 00"):
         D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
     assert cache_leftovers(tmp_path / "cache") == []
@@ -393,8 +394,8 @@ def _declared_bomb(path: Path, name: str, size: int) -> Path:
 
 
 @pytest.mark.parametrize("name, size, words", [
-    ("cifar-10-batches-py/padding", 2**31, "decompressed bytes, far more than CIFAR-10 holds"),
-    ("cifar-10-batches-py/data_batch_1", 300 * 2**20, "more than a CIFAR-10 batch file can be"),
+    ("cifar-10-batches-py/padding", 2**31, "decompressed bytes, far more than a data set archive holds"),
+    ("cifar-10-batches-py/data_batch_1", 300 * 2**20, "more than a data file may be"),
 ], ids=["whole stream", "one batch file"])
 def test_archive_size_limits_stop_a_bomb_at_its_header(tmp_path, name, size, words):
     archive = _declared_bomb(tmp_path / D.ARCHIVE_NAME, name, size)
@@ -405,8 +406,8 @@ def test_archive_size_limits_stop_a_bomb_at_its_header(tmp_path, name, size, wor
 
 def test_a_batch_file_too_large_is_not_read(small_folder, tmp_path, monkeypatch):
     folder = write_cifar_folder(tmp_path / "big", make_synthetic_cifar(10, 10, seed=5))
-    monkeypatch.setattr(F, "MAX_FILE_BYTES", 1000)  # the synthetic batches are ~30 KB
-    with pytest.raises(D.DataError, match=r"data_batch_1 is \d+ bytes, more than a CIFAR-10 batch file can be"):
+    monkeypatch.setattr(S, "MAX_FILE_BYTES", 1000)  # the synthetic batches are ~30 KB
+    with pytest.raises(D.DataError, match=r"data_batch_1 is \d+ bytes, more than a data file may be"):
         D.load_cifar10(folder, cache_dir=tmp_path / "cache")
 
 

@@ -63,7 +63,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastmlp.atomic import fsync_dir
-from fastmlp.data.files import check_arrays
+from fastmlp.data.sources import check_arrays
 
 __all__ = ["ARRAY_NAMES", "cached_decode", "content_hash", "fsync_dir"]
 
@@ -243,7 +243,7 @@ def cached_decode(source: Path, files: list[Path], decode: Callable[[], dict[str
     dataset : str
         The data set's name: part of the keys, so two readers of the same bytes never share an entry.
     check : callable
-        ``check(data)`` raises :class:`~fastmlp.data.files.DataError` when arrays do not fit the
+        ``check(data)`` raises :class:`~fastmlp.data.sources.DataError` when arrays do not fit the
         data set (shapes, dtypes, labels, class names); run on what ``decode`` returns and on every
         entry read back (a failing entry is decoded again).
 
