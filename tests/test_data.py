@@ -7,6 +7,9 @@ import io
 import json
 import os
 import pickle
+import stat
+import struct
+import threading
 import tarfile
 import urllib.error
 import urllib.request
@@ -27,6 +30,7 @@ from fastmlp import data as D
 from fastmlp.images import ImageBatch
 from fastmlp.data import cache as C
 from fastmlp.data import files as F
+from fastmlp.data import sources as S
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -85,7 +89,7 @@ def test_archive_is_decoded_once_into_the_cache(synthetic_cifar_archive, tmp_pat
         later.setattr(C.time, "time_ns", lambda: now() + 10 * C._RACY_NS)
         assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), expected)
     (entry,) = cache_leftovers(cache)
-    assert entry == C.content_hash([synthetic_cifar_archive])  # keyed by content; no temporary folder left
+    assert entry == C.content_hash([synthetic_cifar_archive], "cifar10")  # keyed by content; no temporary folder left
     assert (cache / "decoded" / entry / "x_train.npy").is_file()
 
     def no_tar(*args, **kwargs):
@@ -94,7 +98,7 @@ def test_archive_is_decoded_once_into_the_cache(synthetic_cifar_archive, tmp_pat
     def no_hash(*args, **kwargs):
         raise AssertionError("an unchanged archive was hashed again")
 
-    monkeypatch.setattr(F.tarfile, "open", no_tar)
+    monkeypatch.setattr(S.tarfile, "open", no_tar)
     monkeypatch.setattr(C, "content_hash", no_hash)
     # Second load, through the folder that holds the archive: from the cache, without reading the archive.
     assert_same_data(D.load_cifar10(synthetic_cifar_archive.parent, cache_dir=cache), expected)
@@ -108,7 +112,7 @@ def test_a_signature_recorded_right_after_a_write_is_not_trusted(tmp_path, monke
     write_cifar_archive(archive, write_cifar_folder(tmp_path / "a", make_synthetic_cifar(20, 20, seed=1)))
     hashed = []
     content_hash = C.content_hash
-    monkeypatch.setattr(C, "content_hash", lambda files: hashed.append(1) or content_hash(files))
+    monkeypatch.setattr(C, "content_hash", lambda files, salt="": hashed.append(1) or content_hash(files, salt))
     D.load_cifar10(archive, cache_dir=cache)
     D.load_cifar10(archive, cache_dir=cache)  # racy: hashed again, same entry
     assert len(hashed) == 2 and len(cache_leftovers(cache)) == 1
@@ -125,7 +129,7 @@ def test_copy_of_a_known_archive_reuses_its_entry(synthetic_cifar_archive, tmp_p
     copy = tmp_path / "copy" / D.ARCHIVE_NAME
     copy.parent.mkdir()
     copy.write_bytes(synthetic_cifar_archive.read_bytes())
-    monkeypatch.setattr(F.tarfile, "open", lambda *a, **k: pytest.fail("a known content was decoded again"))
+    monkeypatch.setattr(S.tarfile, "open", lambda *a, **k: pytest.fail("a known content was decoded again"))
     assert_same_data(D.load_cifar10(copy, cache_dir=cache), make_synthetic_cifar())
     assert len(cache_leftovers(cache)) == 1
 
@@ -173,7 +177,7 @@ def test_cache_is_read_where_files_cannot_be_mapped(synthetic_cifar_archive, tmp
         return real_load(path, **kwargs)
 
     monkeypatch.setattr(C.np, "load", no_mmap)
-    monkeypatch.setattr(F.tarfile, "open", lambda *a, **k: pytest.fail("the cached entry was decoded again"))
+    monkeypatch.setattr(S.tarfile, "open", lambda *a, **k: pytest.fail("the cached entry was decoded again"))
     loaded = D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
     assert_same_data(loaded, make_synthetic_cifar())
     assert loaded["x_train"].base is None or not isinstance(loaded["x_train"].base, np.memmap)
@@ -220,6 +224,61 @@ def test_corrupt_cache_entry_is_decoded_again(synthetic_cifar_archive, tmp_path)
     assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), make_synthetic_cifar())
 
 
+def _load_in_thread(archive: Path, cache: Path) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def load() -> None:
+        try:
+            result["data"] = D.load_cifar10(archive, cache_dir=cache)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("name", ["x_train.npy", "meta.json"])
+def test_a_fifo_in_a_cache_entry_does_not_hang_the_load(synthetic_cifar_archive, tmp_path, name):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    (entry,) = cache_leftovers(cache)
+    fifo = cache / "decoded" / entry / name
+    fifo.unlink()
+    os.mkfifo(fifo)
+    thread, result = _load_in_thread(synthetic_cifar_archive, cache)
+    thread.join(120)  # generous: the machine may be busy; a hang lasts forever
+    hung = thread.is_alive()
+    if hung and fifo.exists() and stat.S_ISFIFO(os.stat(fifo).st_mode):  # give a blocked reader its EOF
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(60)
+    assert not hung, f"loading with a FIFO as the cached {name} hung"
+    assert "error" not in result, result.get("error")
+    assert_same_data(result["data"], make_synthetic_cifar())
+
+
+def test_flipped_bytes_in_a_cached_array_are_detected(synthetic_cifar_archive, tmp_path):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    (entry,) = cache_leftovers(cache)
+    path = cache / "decoded" / entry / "x_train.npy"
+    raw = bytearray(path.read_bytes())
+    raw[5000:5064] = bytes(255 - b for b in raw[5000:5064])  # inside the pixels, past the .npy header
+    path.write_bytes(bytes(raw))
+    assert_same_data(D.load_cifar10(synthetic_cifar_archive, cache_dir=cache), make_synthetic_cifar())
+
+
+@pytest.mark.parametrize("names", [[{"x": 1}] * 5, [{"x": 1}] * 10, list("abcde"), "airplane", None, [1] * 10])
+def test_planted_class_names_in_a_cache_entry_are_not_served(synthetic_cifar_archive, tmp_path, names):
+    cache = tmp_path / "cache"
+    D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
+    (entry,) = cache_leftovers(cache)
+    meta_path = cache / "decoded" / entry / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "label_names": names}))
+    assert D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)["label_names"] == list(D.LABEL_NAMES)
+
+
 def test_hostile_cache_record_cannot_name_a_folder_outside(synthetic_cifar_archive, tmp_path):
     cache = tmp_path / "cache"
     D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
@@ -232,13 +291,38 @@ def test_hostile_cache_record_cannot_name_a_folder_outside(synthetic_cifar_archi
     assert victim.is_dir()
 
 
+def test_a_data_folder_whose_name_is_not_utf8_works(tmp_path, no_network):
+    root = Path(os.fsdecode(os.fsencode(tmp_path) + b"/data\xff"))  # '\udcff' in Python's str
+    expected = make_synthetic_cifar(10, 10, seed=7)
+    write_cifar_archive(root / D.ARCHIVE_NAME, write_cifar_folder(tmp_path / "src", expected))
+    for _ in range(2):  # decoded, then from the cache
+        assert_same_data(D.load_cifar10(root, cache_dir=root / "cache\udcfe"), expected)
+    with pytest.raises(D.DataNotFoundError) as info:
+        D.load_cifar10(root / "missing", download=False)
+    assert "data\udcff" in str(info.value)
+
+
+def test_training_from_a_data_folder_whose_name_is_not_utf8(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.fsencode(tmp_path) + b"/data\xff"
+    write_cifar_folder(os.fsdecode(root), make_synthetic_cifar(10, 10, seed=7))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "fastmlp.train", "--data_dir", root, "--max_steps", "2",
+                           "--eval_freq", "2", "--quiet", "--out_dir", os.fsencode(tmp_path) + b"/out\xfe"],
+                          env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert (tmp_path / os.fsdecode(b"out\xfe") / "metrics.json").is_file()
+
+
 def test_folder_wins_over_archive(tmp_path, no_network):
     folder_data = make_synthetic_cifar(10, 10, seed=3)
     write_cifar_folder(tmp_path, folder_data)
     write_cifar_archive(tmp_path / D.ARCHIVE_NAME, write_cifar_folder(tmp_path / "other", make_synthetic_cifar(10, 10, seed=4)))
     assert_same_data(D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache"), folder_data)
     files = F.source_files("folder", tmp_path / D.FOLDER_NAME)
-    assert cache_leftovers(tmp_path / "cache") == [C.content_hash(files)]  # the folder's entry, not the archive's
+    assert cache_leftovers(tmp_path / "cache") == [C.content_hash(files, "cifar10")]  # the folder's entry, not the archive's
 
 
 # --------------------------------------------------------------------------- corrupt and hostile input
@@ -259,9 +343,27 @@ def test_truncated_archive(small_folder, tmp_path):
 def test_garbage_archive(tmp_path):
     archive = tmp_path / D.ARCHIVE_NAME
     archive.write_bytes(b"this is not a gzip file" * 100)
-    with pytest.raises(D.DataError, match="not a readable CIFAR-10 archive"):
+    with pytest.raises(D.DataError, match="not a gzip/tar archive"):
         D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
     assert cache_leftovers(tmp_path / "cache") == []
+
+
+def test_a_zero_filled_archive_fails_at_its_first_bytes(tmp_path, monkeypatch):
+    archive = tmp_path / D.ARCHIVE_NAME
+    with open(archive, "wb") as f:
+        f.truncate(200 * 2**20)  # sparse: 200 MiB of zeros that take no disk
+    monkeypatch.setattr(S.tarfile, "open", lambda *a, **k: pytest.fail("tarfile probed a file of zeros"))
+    with pytest.raises(D.DataError, match=r"is not a gzip/tar archive: it starts with '00 00 00 00"):
+        D.load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
+    assert cache_leftovers(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("mode", ["w:", "w:bz2", "w:xz"])
+def test_other_tar_formats_are_read(small_folder, tmp_path, mode):
+    archive = tmp_path / D.ARCHIVE_NAME
+    with tarfile.open(archive, mode, format=tarfile.PAX_FORMAT) as tar:
+        tar.add(small_folder / D.FOLDER_NAME, arcname=D.FOLDER_NAME)
+    assert_same_data(D.load_cifar10(archive, cache_dir=tmp_path / "cache"), make_synthetic_cifar(10, 10, seed=5))
 
 
 def test_archive_with_truncated_batch_leaves_no_cache(small_folder, tmp_path):
@@ -292,8 +394,8 @@ def _declared_bomb(path: Path, name: str, size: int) -> Path:
 
 
 @pytest.mark.parametrize("name, size, words", [
-    ("cifar-10-batches-py/padding", 2**31, "decompressed bytes, far more than CIFAR-10 holds"),
-    ("cifar-10-batches-py/data_batch_1", 300 * 2**20, "more than a CIFAR-10 batch file can be"),
+    ("cifar-10-batches-py/padding", 2**31, "decompressed bytes, far more than a data set archive holds"),
+    ("cifar-10-batches-py/data_batch_1", 300 * 2**20, "more than a data file may be"),
 ], ids=["whole stream", "one batch file"])
 def test_archive_size_limits_stop_a_bomb_at_its_header(tmp_path, name, size, words):
     archive = _declared_bomb(tmp_path / D.ARCHIVE_NAME, name, size)
@@ -304,8 +406,8 @@ def test_archive_size_limits_stop_a_bomb_at_its_header(tmp_path, name, size, wor
 
 def test_a_batch_file_too_large_is_not_read(small_folder, tmp_path, monkeypatch):
     folder = write_cifar_folder(tmp_path / "big", make_synthetic_cifar(10, 10, seed=5))
-    monkeypatch.setattr(F, "MAX_FILE_BYTES", 1000)  # the synthetic batches are ~30 KB
-    with pytest.raises(D.DataError, match=r"data_batch_1 is \d+ bytes, more than a CIFAR-10 batch file can be"):
+    monkeypatch.setattr(S, "MAX_FILE_BYTES", 1000)  # the synthetic batches are ~30 KB
+    with pytest.raises(D.DataError, match=r"data_batch_1 is \d+ bytes, more than a data file may be"):
         D.load_cifar10(folder, cache_dir=tmp_path / "cache")
 
 
@@ -391,6 +493,41 @@ def test_hostile_pickle_runs_no_code(tmp_path):
     with pytest.raises(D.DataError, match="refusing to load global"):
         D.load_cifar10(root)
     assert marker.exists()
+
+
+def _p2_ints(values) -> bytes:
+    return b"".join(b"J" + struct.pack("<i", v) for v in values)
+
+
+def _ndarray_call(shape, code: bytes = b"u1") -> bytes:
+    """Pickle opcodes calling ``numpy.ndarray(shape, code)``: an array of the shape with no data in the file."""
+    return b"cnumpy\nndarray\n((" + _p2_ints(shape) + b"tU" + bytes([len(code)]) + code + b"tR"
+
+
+def _reconstruct_short(shape) -> bytes:
+    """NumPy's own reduction of a uint8 array of ``shape``, whose data string holds 16 bytes."""
+    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n(" + _p2_ints(shape) + b"tU\x01b\x87R"
+            b"(K\x01(" + _p2_ints(shape) + b"tcnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"
+            b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x10" + b"\0" * 16 + b"tb")
+
+
+# A hundred-byte batch file must not become an array of tens of megabytes (the real bomb asks 586 MiB).
+ARRAY_BOMBS = {
+    "ndarray-call": (_ndarray_call((20000, 3072)), _ndarray_call((20000,)), "numpy.ndarray directly"),
+    "reconstruct-shape": (_reconstruct_short((20000, 3072)), b"]", "holds 16 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARRAY_BOMBS))
+def test_a_pickled_array_bigger_than_its_bytes_is_refused(tmp_path, case):
+    data, labels, message = ARRAY_BOMBS[case]
+    bomb = b"\x80\x02}(U\x04data" + data + b"U\x06labels" + labels + b"u."
+    assert len(bomb) < 300
+    root = _folder_with_batch(tmp_path, bomb, name="data_batch_1")
+    with pytest.raises(D.DataError, match=message) as info:
+        D.load_cifar10(root, cache_dir=tmp_path / "cache")
+    assert "data_batch_1" in str(info.value)
+    assert cache_leftovers(tmp_path / "cache") == []
 
 
 def test_incomplete_folder(tmp_path):
@@ -491,10 +628,64 @@ def test_interrupted_download_keeps_nothing(tmp_path, monkeypatch):
         def read(self, size=-1):
             raise ConnectionResetError("connection reset by peer")
 
+        read1 = read
+
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: Dropping())
     with pytest.raises(D.DataNotFoundError, match="interrupted"):
         D.load_cifar10(tmp_path / "d", cache_dir=tmp_path / "cache")
     assert list((tmp_path / "d").iterdir()) == []
+
+
+@pytest.fixture
+def dripping_server():
+    """A local HTTP server that announces 10 MB and sends one byte every 0.05 s; yields its URL."""
+    import http.server
+
+    stop = threading.Event()
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(10 * 2**20))
+            self.end_headers()
+            try:
+                while not stop.wait(0.05):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+            except OSError:  # the client gave up
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{D.ARCHIVE_NAME}"
+    stop.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_dripping_download_stops_at_its_deadline(dripping_server, tmp_path):
+    # Each byte comes well within the per-read timeout: only an overall deadline ends it.
+    target = tmp_path / "d"
+    thread_result: dict = {}
+
+    def download() -> None:
+        try:
+            F.download_cifar10(target, url=dripping_server, md5="0" * 32, progress=False, timeout=10, deadline=1.0)
+        except BaseException as exc:
+            thread_result["error"] = exc
+
+    thread = threading.Thread(target=download, daemon=True)
+    thread.start()
+    thread.join(120)  # generous for a busy machine; without a deadline it would drip for 6 days
+    assert not thread.is_alive(), "the download ignored its deadline"
+    error = thread_result.get("error")
+    assert isinstance(error, D.DataNotFoundError) and "deadline of 1 s" in str(error), error
+    assert list(target.iterdir()) == []  # no partial archive, no temporary file
 
 
 def test_download_false_raises_file_not_found(tmp_path, no_network):

@@ -1,4 +1,4 @@
-"""Decoded CIFAR-10 arrays kept on disk, keyed by the content of the files they came from.
+"""Decoded data sets kept on disk, keyed by the data set and the content of the files they came from.
 
 Decoding the archive (gunzip, unpickle, check) takes about a second. The decoded
 ``.npy`` files are mapped back copy-on-write rather than read: their pages come
@@ -6,8 +6,9 @@ straight from the OS's file cache, where reading 180 MB into fresh memory costs
 0.5-0.7 s on a virtual machine whose every new page the kernel must first zero
 (BENCHMARKS.md §3). Layout under the cache folder::
 
-    decoded/<sha256 of the source's bytes>/x_train.npy, y_train.npy, x_test.npy, y_test.npy, meta.json
-    decoded/sources/<sha256 of the source's absolute path>.json   {"signature": ..., "sha256": ...}
+    decoded/<sha256 of the data set's name and the source's bytes>/x_train.npy, y_train.npy, x_test.npy,
+        y_test.npy, meta.json (format, data set, class names, CRC-32 of each array)
+    decoded/sources/<sha256 of the data set and the source's absolute path>.json   {"signature": ..., "sha256": ...}
 
 A source whose files still have the recorded signature (device, inode, size,
 modification and change times of each file) reuses the recorded content hash
@@ -28,6 +29,16 @@ sees a whole entry or none. A folder that fails its checks is treated as absent
 and decoded again. When the cache cannot be written (a read-only home, a full
 disk), the arrays are returned without caching.
 
+What a load checks before serving an entry: every file is a regular file
+(a FIFO or device in its place is refused before it is opened, so it cannot
+hang the load), the arrays' dtypes and shapes agree with each other and with
+the data set, the labels lie in range, the class names are a list of str of
+the right count, and each array's CRC-32 matches the one recorded when the
+entry was written (flipped or overwritten bytes). An entry that fails any check
+is decoded again. Not checked: a hostile writer of the cache folder can forge
+an entry with matching CRCs (a CRC detects accidents, not attacks); keep the
+cache folder private.
+
 A mapped entry is never written through (copy-on-write: a caller that writes into
 the arrays changes its private copy), and fastmlp never rewrites an entry's files
 in place: a replaced or pruned entry is unlinked, which leaves existing mappings
@@ -41,21 +52,23 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from fastmlp.atomic import fsync_dir
-from fastmlp.data.files import IMAGE_SHAPE, LABEL_NAMES, NUM_CLASSES
+from fastmlp.data.sources import check_arrays
 
 __all__ = ["ARRAY_NAMES", "cached_decode", "content_hash", "fsync_dir"]
 
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
-_FORMAT = "fastmlp.decoded-cifar10/1"
+_FORMAT = "fastmlp.decoded/2"
 
 
 def _is_digest(value: Any) -> bool:
@@ -82,9 +95,9 @@ def _trusted(signature: list[list[int]], recorded_ns: Any) -> bool:
     return all(max(entry[3], entry[4]) + _RACY_NS <= recorded_ns for entry in signature)
 
 
-def content_hash(files: list[Path]) -> str:
-    """sha256 over each file's name, size and bytes, in the given order."""
-    digest = hashlib.sha256()
+def content_hash(files: list[Path], salt: str = "") -> str:
+    """sha256 over ``salt`` (the data set's name), then each file's name, size and bytes, in the given order."""
+    digest = hashlib.sha256(os.fsencode(salt))
     for path in files:
         digest.update(f"{path.name}:{path.stat().st_size}:".encode())
         with open(path, "rb") as f:
@@ -93,17 +106,34 @@ def content_hash(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def _record_path(root: Path, source: Path) -> Path:
-    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:24]
+def _record_path(root: Path, source: Path, dataset: str) -> Path:
+    # fsencode: a path that is not valid UTF-8 (surrogate-escaped bytes) keys its record too
+    key = hashlib.sha256(os.fsencode(dataset) + b"\0" + os.fsencode(source.resolve())).hexdigest()[:24]
     return root / "sources" / f"{key}.json"
+
+
+def _regular(path: Path) -> Path:
+    """``path`` when it is a regular file; OSError before anything opens it otherwise (a FIFO would block)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"{path} is not a regular file")
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(_regular(path).read_text(encoding="utf-8"))
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
     try:
-        record = json.loads(path.read_text())
+        record = _read_json(path)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def _crc32(array: np.ndarray) -> int:
+    """CRC-32 of an array's bytes (C order), to detect an entry damaged after it was written."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -126,33 +156,34 @@ def _map(path: Path) -> np.ndarray:
     """The array of a ``.npy`` file, mapped copy-on-write, as a plain ndarray (not an np.memmap).
 
     A file system that cannot map files (mmap's OSError) gets the file read instead;
-    a damaged file raises ValueError either way.
+    a damaged file raises ValueError either way, something other than a regular file OSError.
     """
+    _regular(path)
     try:
         return np.asarray(np.load(path, mmap_mode="c", allow_pickle=False))
     except OSError:
         return np.load(path, allow_pickle=False)
 
 
-def _read_entry(entry: Path) -> dict[str, Any] | None:
-    """The arrays of a complete, well-formed entry; None for anything else."""
+def _read_entry(entry: Path, dataset: str, check: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
+    """The arrays of a complete, well-formed, undamaged entry of ``dataset``; None for anything else."""
     try:
-        meta = json.loads((entry / "meta.json").read_text())
-        arrays = {name: _map(entry / f"{name}.npy") for name in ARRAY_NAMES}
-    except (OSError, ValueError, EOFError):
-        return None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        return None
-    for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if (x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or y.dtype != np.int64
-                or y.shape != (x.shape[0],) or (y.size and (y.min() < 0 or y.max() >= NUM_CLASSES))):
+        meta = _read_json(entry / "meta.json")
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT or meta.get("dataset") != dataset:
             return None
-    names = meta.get("label_names")
-    return {**arrays, "label_names": list(names) if isinstance(names, list) else list(LABEL_NAMES)}
+        crcs = meta.get("crc32")
+        data = {name: _map(entry / f"{name}.npy") for name in ARRAY_NAMES}
+        if not isinstance(crcs, dict) or any(crcs.get(name) != _crc32(data[name]) for name in ARRAY_NAMES):
+            return None
+        data["label_names"] = meta.get("label_names")
+        check(data)
+    except (OSError, ValueError, EOFError):  # DataError is a ValueError
+        return None
+    return data
 
 
-def _write_entry(root: Path, digest: str, data: dict[str, Any]) -> None:
+def _write_entry(root: Path, digest: str, data: dict[str, Any], dataset: str,
+                 check: Callable[[dict[str, Any]], Any]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:16]}-", dir=root))
     try:
@@ -161,8 +192,10 @@ def _write_entry(root: Path, digest: str, data: dict[str, Any]) -> None:
                 np.save(f, np.ascontiguousarray(data[name]))
                 f.flush()
                 os.fsync(f.fileno())
-        with open(tmp / "meta.json", "w") as f:
-            json.dump({"format": _FORMAT, "sha256": digest, "label_names": list(data["label_names"])}, f)
+        meta = {"format": _FORMAT, "sha256": digest, "dataset": dataset, "label_names": list(data["label_names"]),
+                "crc32": {name: _crc32(data[name]) for name in ARRAY_NAMES}}
+        with open(tmp / "meta.json", "w", encoding="utf-8") as f:
+            json.dump(meta, f)
             f.flush()
             os.fsync(f.fileno())
         fsync_dir(tmp)
@@ -170,7 +203,7 @@ def _write_entry(root: Path, digest: str, data: dict[str, Any]) -> None:
         try:
             os.rename(tmp, target)
         except OSError:
-            if _read_entry(target) is not None:  # another process wrote the same entry first: keep theirs
+            if _read_entry(target, dataset, check) is not None:  # another process wrote the same entry first
                 shutil.rmtree(tmp, ignore_errors=True)
             else:  # a damaged entry: replace it
                 shutil.rmtree(target, ignore_errors=True)
@@ -191,13 +224,14 @@ def _prune(root: Path, digest: str) -> None:
 
 
 def cached_decode(source: Path, files: list[Path], decode: Callable[[], dict[str, Any]],
-                  cache_dir: Path) -> dict[str, Any]:
+                  cache_dir: Path, *, dataset: str = "cifar10",
+                  check: Callable[[dict[str, Any]], Any] = check_arrays) -> dict[str, Any]:
     """The decoded arrays of ``source`` (whose bytes are ``files``), from the cache or from ``decode()``.
 
     Parameters
     ----------
     source : Path
-        The archive or batches folder, as given (its absolute path keys its record).
+        The archive, file or folder, as given (its absolute path keys its record).
     files : list of Path
         The files whose bytes the arrays come from (the archive, or the folder's
         batch files in a fixed order).
@@ -206,30 +240,37 @@ def cached_decode(source: Path, files: list[Path], decode: Callable[[], dict[str
         on a cache miss only. Its errors propagate and nothing is cached.
     cache_dir : Path
         The cache folder; entries go to ``cache_dir/decoded/``.
+    dataset : str
+        The data set's name: part of the keys, so two readers of the same bytes never share an entry.
+    check : callable
+        ``check(data)`` raises :class:`~fastmlp.data.sources.DataError` when arrays do not fit the
+        data set (shapes, dtypes, labels, class names); run on what ``decode`` returns and on every
+        entry read back (a failing entry is decoded again).
 
     Returns
     -------
     dict
-        Arrays private to the caller (``x_*`` uint8 (n, 3, 32, 32), ``y_*`` int64 (n,); from the
+        Arrays private to the caller (``x_*`` (n, ...) uint8 or float, ``y_*`` int64 (n,); from the
         cache they are copy-on-write mappings of its files) and ``label_names``.
     """
     root = cache_dir / "decoded"
-    record_path = _record_path(root, source)
+    record_path = _record_path(root, source, dataset)
     signature, recorded_ns = _signature(files), time.time_ns()
     record = _read_record(record_path)
     if (record is not None and record.get("signature") == signature and _is_digest(record.get("sha256"))
             and _trusted(signature, record.get("recorded_ns"))):
-        data = _read_entry(root / record["sha256"])
+        data = _read_entry(root / record["sha256"], dataset, check)
         if data is not None:
             return data
-    digest = content_hash(files)
-    data = _read_entry(root / digest)
+    digest = content_hash(files, dataset)
+    data = _read_entry(root / digest, dataset, check)
     if data is None:
         data = decode()
+        check(data)
         try:
-            _write_entry(root, digest, data)
+            _write_entry(root, digest, data, dataset, check)
         except OSError as exc:
-            warnings.warn(f"could not cache the decoded CIFAR-10 arrays in {root} ({exc}); "
+            warnings.warn(f"could not cache the decoded {dataset} arrays in {root} ({exc}); "
                           "they will be decoded again next time", stacklevel=3)
             return data
     try:

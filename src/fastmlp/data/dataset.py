@@ -7,7 +7,7 @@ turns each batch into floats as it is served (what ``get_cifar10`` returns).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -91,6 +91,8 @@ class DataSet:
         :meth:`next_batch` and :meth:`as_arrays` return x of shape (batch, D).
     preprocessing : Preprocessing or None
         Turns uint8 ``images`` into model inputs batch by batch.
+    class_names : sequence of str or None
+        The name of each class (kept as the tuple :attr:`class_names`); None when unknown.
 
     Notes
     -----
@@ -110,6 +112,7 @@ class DataSet:
         augment: bool = False,
         flatten: bool = False,
         preprocessing: Preprocessing | None = None,
+        class_names: Sequence[str] | None = None,
     ):
         if not isinstance(images, np.ndarray) or images.ndim < 2 or images.shape[0] == 0:
             got = f"shape {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
@@ -130,6 +133,7 @@ class DataSet:
         self._images = images
         self._labels = labels
         self._preprocessing = preprocessing
+        self.class_names = None if class_names is None else tuple(class_names)
         self._converted: np.ndarray | None = None
         self._batch_buffer: np.ndarray | None = None
         self.augment = bool(augment)
@@ -143,7 +147,7 @@ class DataSet:
                  flatten: bool | None = None) -> "DataSet":
         """A DataSet over the same stored images, labels and preprocessing with its own seeded order."""
         return DataSet(self._images, self._labels, seed=seed, preprocessing=self._preprocessing,
-                       augment=self.augment if augment is None else augment,
+                       class_names=self.class_names, augment=self.augment if augment is None else augment,
                        flatten=self.flatten if flatten is None else flatten)
 
     @property

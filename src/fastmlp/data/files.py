@@ -1,38 +1,50 @@
-"""CIFAR-10's files: where they are, fetching the official archive, and reading them safely.
+"""CIFAR-10's and CIFAR-100's files: where they are, fetching the official archives, and reading them.
 
-Batch files are pickles; they are read with an unpickler that only accepts the
-few NumPy globals a CIFAR-10 batch needs, so a hostile file cannot run code.
-Archives are read as a stream (nothing is written to disk from them), with a
-size limit on every member and on the whole decompressed stream, so a
-decompression bomb costs an error, not a full disk.
+Both come as "python version" archives of pickled batches (CIFAR-10: five
+training batches, a test batch and ``batches.meta``; CIFAR-100: ``train``,
+``test`` and ``meta``); a :class:`PickleLayout` says which. Batches are read with
+:func:`fastmlp.data.sources.unpickle`, which accepts only the NumPy globals a
+batch needs and never allocates more than the file holds; archives are read as
+a stream by :func:`fastmlp.data.sources.read_tar` (nothing is written to disk).
 """
 from __future__ import annotations
 
-import codecs
-import hashlib
+import dataclasses
 import io
 import os
-import pickle
-import tarfile
-import zlib
-from pathlib import Path, PurePosixPath
-from typing import IO, Any, Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from fastmlp.atomic import atomic_path
-
-try:  # NumPy >= 2 keeps the pickle helpers in numpy._core
-    from numpy._core.multiarray import _reconstruct as _np_reconstruct
-    from numpy._core.multiarray import scalar as _np_scalar
-except ImportError:  # pragma: no cover - NumPy 1.x
-    from numpy.core.multiarray import _reconstruct as _np_reconstruct
-    from numpy.core.multiarray import scalar as _np_scalar
+from fastmlp.data.sources import (
+    CACHE_ENV,
+    DATA_ENV,
+    DOWNLOAD_DEADLINE,
+    DOWNLOAD_TIMEOUT,
+    MAX_ARCHIVE_BYTES,
+    MAX_FILE_BYTES,
+    DataError,
+    DataNotFoundError,
+    archive_mode,
+    check_arrays,
+    default_cache_dir,
+    download_file,
+    read_limited,
+    read_tar,
+    resolve_data_dir,
+    unpickle,
+)
 
 __all__ = [
     "ARCHIVE_NAME",
+    "CACHE_ENV",
+    "CIFAR10",
+    "CIFAR100",
+    "CIFAR100_COARSE",
     "CIFAR10_MD5",
     "CIFAR10_URL",
+    "DATA_ENV",
     "DataError",
     "DataNotFoundError",
     "FOLDER_NAME",
@@ -41,8 +53,12 @@ __all__ = [
     "MAX_ARCHIVE_BYTES",
     "MAX_FILE_BYTES",
     "NUM_CLASSES",
+    "PickleLayout",
+    "archive_mode",
+    "check_cifar10",
     "default_cache_dir",
     "download_cifar10",
+    "find_source",
     "locate",
     "not_found_message",
     "read_archive",
@@ -58,112 +74,121 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 FOLDER_NAME = "cifar-10-batches-py"
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_BATCH = "test_batch"
-META_FILE = "batches.meta"
-BATCH_FILES = (*TRAIN_BATCHES, TEST_BATCH, META_FILE)
 IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-DATA_ENV = "FASTMLP_DATA"
-CACHE_ENV = "FASTMLP_CACHE"
-#: Seconds before an unanswered download gives up.
-DOWNLOAD_TIMEOUT = 30.0
-#: Largest batch file read (a real one is 31 MB: 10,000 images of 3,072 bytes).
-MAX_FILE_BYTES = 256 * 2**20
-#: Largest decompressed archive stream read (the real one is 177 MB).
-MAX_ARCHIVE_BYTES = 2**30
-
 PIXELS = int(np.prod(IMAGE_SHAPE))  # 3072 values per image: R plane, G plane, B plane
 
 
-class DataError(ValueError):
-    """A CIFAR-10 file is corrupt, truncated, unsafe or not in the expected layout.
+@dataclasses.dataclass(frozen=True)
+class PickleLayout:
+    """Where a CIFAR-style data set keeps its pickled batches, and which keys hold what.
 
-    The message names the offending file (and the archive member, if any).
+    Attributes
+    ----------
+    title : str
+        Names the data set in messages.
+    archive, folder : str
+        The official archive's file name and the folder it unpacks to.
+    url, md5 : str
+        The official download and its published md5.
+    train, test, meta : tuple of str, str, str
+        Batch files of the training split (concatenated in this order), of the test split, and the meta file.
+    labels_key, names_key : str
+        The batch key holding the labels and the meta key holding the class names.
+    n_classes : int
     """
 
+    title: str
+    archive: str
+    folder: str
+    url: str
+    md5: str
+    train: tuple[str, ...]
+    test: str
+    meta: str
+    labels_key: str
+    names_key: str
+    n_classes: int
 
-class DataNotFoundError(FileNotFoundError):
-    """CIFAR-10 is not where it was looked for and could not (or may not) be downloaded."""
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train, self.test, self.meta)
+
+
+CIFAR10 = PickleLayout("CIFAR-10", ARCHIVE_NAME, FOLDER_NAME, CIFAR10_URL, CIFAR10_MD5,
+                       tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
+                       "labels", "label_names", NUM_CLASSES)
+#: CIFAR-100 with its 100 fine labels (the data set's usual task).
+CIFAR100 = PickleLayout("CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python",
+                        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                        ("train",), "test", "meta", "fine_labels", "fine_label_names", 100)
+#: The same files read with the 20 coarse labels (superclasses).
+CIFAR100_COARSE = dataclasses.replace(CIFAR100, labels_key="coarse_labels", names_key="coarse_label_names",
+                                      n_classes=20)
+
+
+def _layout(layout: PickleLayout | None) -> PickleLayout:
+    # read at call time, so tests can point CIFAR10_URL / CIFAR10_MD5 at a local copy
+    if layout is None or layout is CIFAR10:
+        return dataclasses.replace(CIFAR10, url=CIFAR10_URL, md5=CIFAR10_MD5)
+    return layout
+
+
+def check_cifar10(data: dict[str, Any], what: str = "the decoded CIFAR-10 data") -> dict[str, Any]:
+    """:func:`~fastmlp.data.sources.check_arrays` for CIFAR-10: images (3, 32, 32), 10 classes."""
+    return check_arrays(data, what, shape=IMAGE_SHAPE, n_classes=NUM_CLASSES)
 
 
 # --------------------------------------------------------------------------- where
 
 
-def default_cache_dir() -> Path:
-    """The cache folder: ``$FASTMLP_CACHE`` if set, else ``~/.cache/fastmlp``.
-
-    It is the last place :func:`resolve_data_dir` falls back to, where downloads
-    land by default, and where decoded arrays are kept (``<cache>/decoded/``).
-    """
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "fastmlp"
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The folder (or file) to take CIFAR-10 from.
-
-    Parameters
-    ----------
-    data_dir : path or None
-        Used when given. Otherwise ``$FASTMLP_DATA`` when set and non-empty,
-        otherwise :func:`default_cache_dir`. The first of these that is given
-        wins, whether or not it holds the data (the loader then downloads
-        into it, or reports where to put the archive).
-
-    Returns
-    -------
-    pathlib.Path
-        With ``~`` expanded; relative paths stay relative to the working folder.
-    """
-    if data_dir is not None:
-        if not isinstance(data_dir, (str, os.PathLike)):
-            raise TypeError(f"data_dir must be a path (str or os.PathLike) or None, got {type(data_dir).__name__}")
-        return Path(data_dir).expanduser()
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser()
-    return default_cache_dir()
-
-
-def not_found_message(root: Path, reason: str = "") -> str:
+def not_found_message(root: Path, reason: str = "", layout: PickleLayout | None = None) -> str:
+    layout = _layout(layout)
     return (
-        f"CIFAR-10 was not found in {root}: looked for the folder {root / FOLDER_NAME}/ and the archive "
-        f"{root / ARCHIVE_NAME}. {reason}To fix it, put the official python-version archive {ARCHIVE_NAME} "
-        f"(from {CIFAR10_URL}) or its extracted {FOLDER_NAME}/ folder (data_batch_1..5, test_batch, "
-        f"batches.meta) into {root}, or pass data_dir= / set {DATA_ENV} to a folder that holds one of them."
+        f"{layout.title} was not found in {root}: looked for the folder {root / layout.folder}/ and the archive "
+        f"{root / layout.archive}. {reason}To fix it, put the official python-version archive {layout.archive} "
+        f"(from {layout.url}) or its extracted {layout.folder}/ folder ({', '.join(layout.files)}) into {root}, "
+        f"or pass data_dir= / set {DATA_ENV} to a folder that holds one of them."
     )
 
 
-def locate(root: Path) -> tuple[str, Path] | None:
+def locate(root: Path, layout: PickleLayout | None = None) -> tuple[str, Path] | None:
     """``("folder", batches_folder)``, ``("archive", archive_file)`` or ``None``."""
+    layout = _layout(layout)
     if root.is_file():
         return "archive", root
     if not root.is_dir():
         return None
-    if (root / FOLDER_NAME).is_dir():  # the folder wins over the archive
-        return "folder", root / FOLDER_NAME
-    if root.name == FOLDER_NAME or ((root / TRAIN_BATCHES[0]).is_file() and (root / TEST_BATCH).is_file()):
+    if (root / layout.folder).is_dir():  # the folder wins over the archive
+        return "folder", root / layout.folder
+    if root.name == layout.folder or ((root / layout.train[0]).is_file() and (root / layout.test).is_file()):
         return "folder", root  # data_dir names the batches folder itself
-    if (root / ARCHIVE_NAME).is_file():
-        return "archive", root / ARCHIVE_NAME
+    if (root / layout.archive).is_file():
+        return "archive", root / layout.archive
     return None
 
 
-def source_files(kind: str, path: Path) -> list[Path]:
+def source_files(kind: str, path: Path, layout: PickleLayout | None = None) -> list[Path]:
     """The files whose bytes make up a source: the archive, or a folder's batch files in a fixed order."""
     if kind == "archive":
         return [path]
-    missing = [n for n in BATCH_FILES if not (path / n).is_file()]
+    layout = _layout(layout)
+    missing = [n for n in layout.files if not (path / n).is_file()]
     if missing:
-        raise DataError(f"{path} is not a complete CIFAR-10 python folder: missing {missing}")
-    return [path / n for n in BATCH_FILES]
+        raise DataError(f"{path} is not a complete {layout.title} python folder: missing {missing}")
+    return [path / n for n in layout.files]
 
 
-# --------------------------------------------------------------------------- download
+def find_source(root: Path, layout: PickleLayout | None = None) -> tuple[Path, list[Path], Callable[[], dict]] | None:
+    """The source in ``root`` (see :func:`locate`), its files, and how to decode it; None when absent."""
+    layout = _layout(layout)
+    found = locate(root, layout)
+    if found is None:
+        return None
+    kind, path = found
+    read = read_archive if kind == "archive" else read_folder
+    return path, source_files(kind, path, layout), lambda: read(path, layout)
 
 
 def download_cifar10(
@@ -173,164 +198,79 @@ def download_cifar10(
     md5: str | None = None,
     progress: bool = True,
     timeout: float = DOWNLOAD_TIMEOUT,
+    deadline: float = DOWNLOAD_DEADLINE,
+    layout: PickleLayout | None = None,
 ) -> Path:
-    """Download the CIFAR-10 archive into ``data_dir`` and check its md5.
-
-    The bytes go to a temporary file beside the target (with a tqdm progress
-    bar); only when the md5 matches is it renamed to ``cifar-10-python.tar.gz``,
-    so an interrupted or corrupt download never leaves an archive behind.
+    """Download the official archive (CIFAR-10 unless ``layout`` says otherwise) into ``data_dir``, md5-checked.
 
     Parameters
     ----------
     data_dir : path or None
-        Destination folder, resolved by :func:`resolve_data_dir`; created if needed.
+        Destination folder, resolved by :func:`~fastmlp.data.sources.resolve_data_dir`; created if needed.
     url, md5 : str or None
-        Default to the module constants :data:`CIFAR10_URL` and :data:`CIFAR10_MD5`
-        (read at call time, so tests can point them at a local ``file://`` copy).
-    progress : bool
-        Show the progress bar.
-    timeout : float
-        Seconds to wait for the server.
+        Default to the layout's (for CIFAR-10 the module constants :data:`CIFAR10_URL` and
+        :data:`CIFAR10_MD5`, read at call time so tests can point them at a local copy).
+    progress, timeout, deadline
+        As in :func:`~fastmlp.data.sources.download_file`.
 
     Returns
     -------
     pathlib.Path
         The downloaded archive.
-
-    Raises
-    ------
-    DataNotFoundError
-        Offline or the transfer failed (any URLError/OSError); the message says
-        where to put the archive by hand.
-    DataError
-        The downloaded bytes do not have the expected md5.
     """
-    import http.client  # imported here: only a download needs them (~10 ms of every run otherwise)
-    import urllib.error
-    import urllib.request
-
-    from tqdm.auto import tqdm
-
+    layout = _layout(layout)
     root = resolve_data_dir(data_dir)
-    url = CIFAR10_URL if url is None else url
-    md5 = CIFAR10_MD5 if md5 is None else md5
-    dest = root / ARCHIVE_NAME
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        response = urllib.request.urlopen(url, timeout=timeout)
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
-        raise DataNotFoundError(not_found_message(root, f"Downloading {url} failed ({exc}). ")) from exc
-    digest = hashlib.md5(usedforsecurity=False)
-    try:
-        with response, atomic_path(dest) as tmp:
-            length = response.headers.get("Content-Length") if response.headers else None
-            total = int(length) if length and length.isdigit() else None
-            with open(tmp, "wb") as out, tqdm(
-                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=ARCHIVE_NAME, disable=not progress
-            ) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-            if digest.hexdigest() != md5:
-                raise DataError(
-                    f"downloaded {url} has md5 {digest.hexdigest()}, expected {md5}: the transfer was "
-                    f"corrupted or the file changed; nothing was kept in {root}"
-                )
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise DataNotFoundError(not_found_message(root, f"Downloading {url} was interrupted ({exc}). ")) from exc
-    return dest
+    return download_file(layout.url if url is None else url, root / layout.archive,
+                         md5=layout.md5 if md5 is None else md5, progress=progress, timeout=timeout,
+                         deadline=deadline, not_found=lambda reason: not_found_message(root, reason, layout))
 
 
 # --------------------------------------------------------------------------- batches
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals an ndarray in a CIFAR batch needs.
-
-    The original batches were written by Python 2 and name
-    ``numpy.core.multiarray._reconstruct``; Python 3 protocol-2 pickles add
-    ``_codecs.encode`` for bytes. Anything else is refused, so loading a
-    hostile file cannot call arbitrary functions.
-    """
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
-        ("numpy.core.multiarray", "scalar"): _np_scalar,
-        ("numpy._core.multiarray", "scalar"): _np_scalar,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
-
-
-def _unpickle(stream: IO[bytes], what: str) -> dict[str, Any]:
-    """Load the pickled dict in ``stream`` with str keys; ``what`` names it in errors."""
-    try:
-        # 'bytes' keeps Python 2 strings as bytes: the pixel string becomes the
-        # array's buffer without a round trip through a 30 MB str.
-        obj = _BatchUnpickler(stream, encoding="bytes").load()
-    except Exception as exc:
-        raise DataError(
-            f"{what} is not a readable CIFAR-10 pickle ({type(exc).__name__}: {exc}); "
-            "the file is truncated or corrupt"
-        ) from exc
-    if not isinstance(obj, dict):
-        raise DataError(f"{what} should hold a dict, found {type(obj).__name__}")
-    return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
-
-
-def _check_batch(batch: dict[str, Any], what: str) -> tuple[np.ndarray, np.ndarray]:
-    missing = [key for key in ("data", "labels") if key not in batch]
+def _check_batch(batch: dict[str, Any], what: str, layout: PickleLayout) -> tuple[np.ndarray, np.ndarray]:
+    missing = [key for key in ("data", layout.labels_key) if key not in batch]
     if missing:
         raise DataError(f"{what} lacks the key(s) {missing}; found {sorted(map(str, batch))}")
     data = batch["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != PIXELS:
         got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{what}: 'data' should be a uint8 array of shape (n, {PIXELS}), got {got}")
-    labels = np.asarray(batch["labels"])
+    labels = np.asarray(batch[layout.labels_key])
     if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
-        raise DataError(f"{what}: 'labels' should be a list of ints, got {labels.dtype} values of shape {labels.shape}")
+        raise DataError(f"{what}: {layout.labels_key!r} should be a list of ints, got {labels.dtype} values "
+                        f"of shape {labels.shape}")
     if labels.shape[0] != data.shape[0]:
         raise DataError(f"{what}: {data.shape[0]} images but {labels.shape[0]} labels")
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    if labels.size and (labels.min() < 0 or labels.max() >= layout.n_classes):
         raise DataError(
-            f"{what}: labels should lie in 0..{NUM_CLASSES - 1}, found values in {labels.min()}..{labels.max()}"
+            f"{what}: labels should lie in 0..{layout.n_classes - 1}, found values in {labels.min()}..{labels.max()}"
         )
     return data.reshape((-1, *IMAGE_SHAPE)), labels.astype(np.int64)
 
 
-def _check_label_names(meta: dict[str, Any], what: str) -> list[str]:
-    names = meta.get("label_names")
-    if not isinstance(names, (list, tuple)) or len(names) != NUM_CLASSES:
-        raise DataError(f"{what}: 'label_names' should be a list of {NUM_CLASSES} names, got {names!r:.200}")
-    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+def _check_label_names(meta: dict[str, Any], what: str, layout: PickleLayout) -> list[str]:
+    names = meta.get(layout.names_key)
+    if (not isinstance(names, (list, tuple)) or len(names) != layout.n_classes
+            or not all(isinstance(n, (bytes, str)) for n in names)):
+        raise DataError(f"{what}: {layout.names_key!r} should be a list of {layout.n_classes} names, "
+                        f"got {names!r:.200}")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
-def _read_limited(path: Path, what: str) -> bytes:
-    size = path.stat().st_size  # an unreadable file is an OSError naming itself
-    if size > MAX_FILE_BYTES:
-        raise DataError(f"{what} is {size} bytes, more than a CIFAR-10 batch file can be ({MAX_FILE_BYTES})")
-    return path.read_bytes()
-
-
-def read_batch(path: str | os.PathLike, *, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read and check one CIFAR-10 batch file (``data_batch_k`` or ``test_batch``).
+def read_batch(path: str | os.PathLike, *, name: str | None = None,
+               layout: PickleLayout | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check one batch file (CIFAR-10's ``data_batch_k`` or ``test_batch`` by default).
 
     Parameters
     ----------
     path : path
         The pickled batch: a dict with ``data`` (n, 3072) uint8 (1024 red, then
-        green, then blue values, rows of 32) and ``labels`` (n ints in 0..9).
+        green, then blue values, rows of 32) and the labels (n ints in 0..n_classes-1).
     name : str, optional
         How to name the file in error messages (default: ``path``).
+    layout : PickleLayout, optional
+        :data:`CIFAR10` (default), :data:`CIFAR100` or :data:`CIFAR100_COARSE`.
 
     Returns
     -------
@@ -341,17 +281,22 @@ def read_batch(path: str | os.PathLike, *, name: str | None = None) -> tuple[np.
     ------
     DataError
         Unreadable/truncated pickle, a file larger than :data:`MAX_FILE_BYTES`,
-        missing keys, wrong shape or dtype, labels outside 0..9, or lengths that differ.
+        missing keys, wrong shape or dtype, labels out of range, or lengths that differ.
     """
     what = name or str(path)
-    return _check_batch(_unpickle(io.BytesIO(_read_limited(Path(path), what)), what), what)
+    layout = _layout(layout)
+    return _check_batch(unpickle(io.BytesIO(read_limited(Path(path), what)), what), what, layout)
 
 
-def _assemble(raw: dict[str, bytes], describe: Callable[[str], str]) -> dict[str, Any]:
+def _assemble(raw: dict[str, bytes], describe: Callable[[str], str], layout: PickleLayout) -> dict[str, Any]:
     """The arrays of a data set from the bytes of its batch files (keyed by file name)."""
-    label_names = _check_label_names(_unpickle(io.BytesIO(raw[META_FILE]), describe(META_FILE)), describe(META_FILE))
-    train = [_check_batch(_unpickle(io.BytesIO(raw[n]), describe(n)), describe(n)) for n in TRAIN_BATCHES]
-    x_test, y_test = _check_batch(_unpickle(io.BytesIO(raw[TEST_BATCH]), describe(TEST_BATCH)), describe(TEST_BATCH))
+    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
+        return _check_batch(unpickle(io.BytesIO(raw[name]), describe(name)), describe(name), layout)
+
+    meta = describe(layout.meta)
+    label_names = _check_label_names(unpickle(io.BytesIO(raw[layout.meta]), meta), meta, layout)
+    train = [batch(n) for n in layout.train]
+    x_test, y_test = batch(layout.test)
     return {
         "x_train": np.concatenate([x for x, _ in train]),
         "y_train": np.concatenate([y for _, y in train]),
@@ -361,81 +306,29 @@ def _assemble(raw: dict[str, bytes], describe: Callable[[str], str]) -> dict[str
     }
 
 
-def read_folder(folder: Path) -> dict[str, Any]:
-    """Read and check every file of a ``cifar-10-batches-py`` folder.
+def read_folder(folder: Path, layout: PickleLayout | None = None) -> dict[str, Any]:
+    """Read and check every file of a batches folder (``cifar-10-batches-py`` by default).
 
     Returns ``x_train`` uint8 (n, 3, 32, 32), ``y_train`` int64 (n,), ``x_test``,
     ``y_test``, ``label_names``; raises :class:`DataError` naming the bad file.
     """
-    files = source_files("folder", folder)
-    raw = {p.name: _read_limited(p, str(p)) for p in files}
-    return _assemble(raw, lambda n: str(folder / n))
+    layout = _layout(layout)
+    files = source_files("folder", folder, layout)
+    raw = {p.name: read_limited(p, str(p)) for p in files}
+    return _assemble(raw, lambda n: str(folder / n), layout)
 
 
-def _check_member(member: tarfile.TarInfo, archive: Path) -> str | None:
-    """Raise DataError for a member that is unsafe anywhere; return its batch-file name if it is wanted."""
-    name = member.name
-    parts = PurePosixPath(name).parts
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or PurePosixPath(name).is_absolute():
-        raise DataError(f"{archive}: refusing to unpack: member {name!r} has an absolute path")
-    if ".." in parts or "\\" in name:
-        raise DataError(f"{archive}: refusing to unpack: member {name!r} would escape the target folder")
-    if member.issym() or member.islnk():
-        raise DataError(
-            f"{archive}: refusing to unpack: member {name!r} is a link (to {member.linkname!r}); "
-            "the CIFAR-10 archive holds only plain files"
-        )
-    if not (member.isfile() or member.isdir()):
-        raise DataError(f"{archive}: refusing to unpack: member {name!r} is not a plain file or folder")
-    if member.offset_data + member.size > MAX_ARCHIVE_BYTES:
-        raise DataError(f"{archive}: refusing to unpack: member {name!r} ends past {MAX_ARCHIVE_BYTES} "
-                        "decompressed bytes, far more than CIFAR-10 holds")
-    parts = tuple(p for p in parts if p != ".")
-    if member.isfile() and len(parts) == 2 and parts[0] == FOLDER_NAME and parts[1] in BATCH_FILES:
-        if member.size > MAX_FILE_BYTES:
-            raise DataError(f"{archive}: refusing to unpack: member {name!r} is {member.size} bytes, "
-                            f"more than a CIFAR-10 batch file can be ({MAX_FILE_BYTES})")
-        return parts[1]
-    return None
+def read_archive(archive: Path, layout: PickleLayout | None = None) -> dict[str, Any]:
+    """Read and check the batch files inside an official ``.tar.gz`` in one pass, in memory.
 
-
-def _read_to_the_end(stream: IO[bytes], archive: Path) -> None:
-    """Read the (decompressed) stream past the tar's end marker to its end.
-
-    tarfile stops at the end-of-archive blocks, before the compressed stream's
-    trailer, so a gzip CRC would never be checked: damaged bytes inside a stored
-    (incompressible) block, pixels for instance, would come out as silent garbage.
-    Reaching the end makes the decompressor check it (a mismatch raises).
+    The archive is read by :func:`~fastmlp.data.sources.read_tar` (every member checked
+    as its header is read; nothing written to disk). Returns what :func:`read_folder` returns.
     """
-    while stream.read(1 << 20):
-        if stream.tell() > MAX_ARCHIVE_BYTES:
-            raise DataError(f"{archive}: refusing to read on: more than {MAX_ARCHIVE_BYTES} decompressed bytes, "
-                            "far more than CIFAR-10 holds")
-
-
-def read_archive(archive: Path) -> dict[str, Any]:
-    """Read and check the batch files inside a CIFAR-10 ``.tar.gz`` in one pass, in memory.
-
-    Every member is checked as its header is read (no absolute paths, no ``..``,
-    no links or devices, sizes within :data:`MAX_FILE_BYTES` and the stream within
-    :data:`MAX_ARCHIVE_BYTES`); nothing is written to disk. Returns what
-    :func:`read_folder` returns.
-    """
-    raw: dict[str, bytes] = {}
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                wanted = _check_member(member, archive)
-                if wanted is not None:
-                    raw[wanted] = tar.extractfile(member).read()
-            _read_to_the_end(tar.fileobj, archive)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise DataError(f"{archive} is not a readable CIFAR-10 archive ({type(exc).__name__}: {exc})") from exc
-    except OSError as exc:
-        if exc.errno is not None:
-            raise  # a file-system problem (permissions, I/O), not a bad archive
-        raise DataError(f"{archive} is not a readable CIFAR-10 archive ({type(exc).__name__}: {exc})") from exc
-    missing = [n for n in BATCH_FILES if n not in raw]
+    layout = _layout(layout)
+    wanted = set(layout.files)
+    raw = read_tar(archive, lambda parts: parts[1] if len(parts) == 2 and parts[0] == layout.folder
+                   and parts[1] in wanted else None)
+    missing = [n for n in layout.files if n not in raw]
     if missing:
-        raise DataError(f"{archive} does not contain {FOLDER_NAME}/{missing} (official python layout)")
-    return _assemble(raw, lambda n: f"{archive} (member {FOLDER_NAME}/{n})")
+        raise DataError(f"{archive} does not contain {layout.folder}/{missing} (official python layout)")
+    return _assemble(raw, lambda n: f"{archive} (member {layout.folder}/{n})", layout)

@@ -63,14 +63,14 @@ class Preprocessing:
 
     @classmethod
     def fit(cls, train_u8: np.ndarray, kind: str, dtype) -> "Preprocessing":
-        """Statistics of the training images ``train_u8`` (n, C, H, W) uint8, in ``dtype`` (float32/float64).
+        """Statistics of the training images ``train_u8`` (n, C, H, W) (or (n, ...): one channel) uint8, in ``dtype``.
 
         ``mean_image``: the per-pixel mean (its sum is exact in integers); ``standardize``:
         per-channel mean and std, the std floored at 1e-12.
         """
         if kind not in PREPROCESSINGS:
             raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {kind!r}")
-        n, shape = train_u8.shape[0], train_u8.shape[1:]
+        n = train_u8.shape[0]
         if kind == "mean_image":
             # Integer column sums are exact, so this equals mean(axis=0, dtype=float64); the kernel
             # reads the bytes once on every core (18 ms for CIFAR-10's 154 MB against NumPy's 40 ms).
@@ -78,9 +78,11 @@ class Preprocessing:
             total = np.empty(rows.shape[1], dtype=np.uint64)
             K.pixel_sums(total, rows)
             return cls(kind, (total / n).astype(dtype), None)
+        if train_u8.ndim != 4:  # examples without channels: one channel of all their values
+            train_u8 = train_u8.reshape(n, 1, 1, -1)
         mean, std = _channel_mean_std(train_u8)
         # (x/255 - m/255) / (s/255) == (x - m) / s: one pass, same result
-        spread = lambda per_channel: np.broadcast_to(per_channel[:, None, None], shape).reshape(-1)  # noqa: E731
+        spread = lambda per_channel: np.broadcast_to(per_channel[:, None, None], train_u8.shape[1:]).reshape(-1)  # noqa: E731
         return cls(kind, spread(mean).astype(dtype), spread(np.maximum(std, 1e-12)).astype(dtype))
 
     def apply(self, images_u8: np.ndarray, index: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
