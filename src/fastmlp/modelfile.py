@@ -44,6 +44,7 @@ __all__ = [
     "load",
     "model_record",
     "save",
+    "save_trained",
 ]
 
 FORMAT_NAME = "fastmlp-model"
@@ -274,6 +275,27 @@ def save(obj, path: str | os.PathLike, *, offset=None, scale=None, preprocessing
     with atomic_path(path) as tmp:
         tmp.write_bytes(safetensors_bytes(tensors, metadata={"fastmlp": json_text(meta)}))
     return path
+
+
+def save_trained(model, dataset, path: str | os.PathLike, *, classes=None) -> Path:
+    """:func:`save` ``model`` with the preprocessing and example shape of the DataSet it was trained on.
+
+    Parameters
+    ----------
+    model : fastmlp.MLP
+    dataset : fastmlp.data.DataSet
+        The training split: its ``preprocessing`` (offset, scale, kind) and the shape of its
+        stored examples (``raw_images.shape[1:]``) go into the file.
+    path : path
+    classes : sequence (C,), optional
+        Class names; default the DataSet's ``class_names`` when it has them, else 0..C-1.
+    """
+    prep = dataset.preprocessing
+    if classes is None:
+        classes = getattr(dataset, "class_names", None)
+    return save(model, path, offset=None if prep is None else prep.offset, scale=None if prep is None else prep.scale,
+                preprocessing=None if prep is None else prep.kind, classes=classes,
+                input_shape=dataset.raw_images.shape[1:])
 
 
 # --------------------------------------------------------------------------- checks of a file
