@@ -127,16 +127,19 @@ class Predictor:
         arr = np.asarray(x)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"x: expected a real numeric array (e.g. uint8 pixels), got dtype {arr.dtype}")
-        accepted = self._accepted_shapes()
+        accepted = self.accepted_shapes()
         per_example = arr.shape[1:]
         if arr.ndim < 2 or per_example not in accepted or arr.shape[0] == 0:
             shown = " or ".join(f"(N, {', '.join(map(str, s))})" for s in accepted)
             raise ValueError(f"x: expected a non-empty array of shape {shown}, got shape {arr.shape}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError("x: expected finite values, got NaN or infinity")
         if accepted.index(per_example) == 2:  # channels last: into the stored channels-first order
             arr = arr.transpose(0, 3, 1, 2)
         return arr.reshape(arr.shape[0], -1)
 
-    def _accepted_shapes(self) -> list[tuple]:
+    def accepted_shapes(self) -> list[tuple]:
+        """The shapes of one example :meth:`rows` takes: (D,), ``input_shape``, and (H, W, C) for (C, H, W)."""
         shapes = [(self.n_features_in_,)]
         if self.input_shape is not None and len(self.input_shape) > 1:
             shapes.append(tuple(self.input_shape))
@@ -455,6 +458,8 @@ def load(path: str | os.PathLike) -> Predictor:
 
     path = model_path(path)
     what = f"model file {str(path)!r}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no such file")
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
         raise ValueError(f"{what}: {size} bytes, more than the {MAX_FILE_BYTES} a model file may have")
