@@ -43,6 +43,7 @@ __all__ = [
     "Predictor",
     "load",
     "model_record",
+    "predictor_of",
     "save",
     "save_trained",
 ]
@@ -430,6 +431,16 @@ def _build(meta: dict, tensors: dict[str, np.ndarray], what: str) -> Predictor:
     return Predictor(model, classes, offset=None if offset is None else offset.astype(dtype),
                      scale=None if scale is None else scale.astype(dtype), preprocessing=spec.get("preprocessing"),
                      input_shape=None if spec.get("shape") is None else tuple(spec["shape"]), info=info)
+
+
+def predictor_of(obj) -> Predictor:
+    """``obj`` as a :class:`Predictor`: itself, the model file it names (a path), or what :func:`save` would write of it."""
+    if isinstance(obj, Predictor):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        return load(obj)
+    tensors, meta = model_record(obj)
+    return _build(meta, tensors, f"obj ({type(obj).__name__})")
 
 
 def model_path(path: str | os.PathLike) -> Path:
