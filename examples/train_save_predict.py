@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
 
     metrics = train({"data_dir": args.data_dir, "max_steps": args.max_steps, "eval_freq": args.max_steps,
-                     "out_dir": args.out_dir, "quiet": True})
+                     "init": "kaiming", "out_dir": args.out_dir, "quiet": True})
     model = fastmlp.load(f"{metrics['out_dir']}/model.safetensors")
     print(model)
 
