@@ -226,3 +226,13 @@ def test_import_fastmlp_loads_none_of_the_model_file_dependencies():
             "print(sorted(m for m in ('safetensors', 'PIL', 'onnx', 'onnxruntime', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_huge_string_width_for_the_labels_allocates_nothing_large(tmp_path, saved):
+    tensors = safetensors_numpy.load(saved.read_bytes())
+    header = json.loads(saved.read_bytes()[8 : 8 + struct.unpack("<Q", saved.read_bytes()[:8])[0]])
+    meta = json.loads(header["__metadata__"]["fastmlp"])
+    meta["classes_dtype"] = "<U50000000"  # 200 MB per label if it were used
+    path = tmp_path / "wide.safetensors"
+    path.write_bytes(safetensors_numpy.save(tensors, metadata={"fastmlp": json.dumps(meta)}))
+    assert fastmlp.load(path).classes_.dtype == np.dtype("<U3")

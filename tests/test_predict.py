@@ -148,3 +148,15 @@ def test_the_command_runs_in_a_fresh_process_with_no_data(tmp_path, model_file):
     assert done.returncode == 0, done.stderr
     assert [line.split(": ")[1].split()[0] for line in done.stdout.splitlines()] == \
         fastmlp.load(model_file).predict(_images(2)).tolist()
+
+
+@pytest.mark.parametrize("input_shape", [(1, 4, 4), (4, 4)])
+def test_grey_models_read_images_as_one_channel(tmp_path, capsys, input_shape):
+    model = fastmlp.MLP(16, [], 3, dtype=np.float32, seed=0, init="kaiming")
+    path = fastmlp.save(model, tmp_path / "grey.safetensors", offset=np.full(16, 100.0), classes=["a", "b", "c"],
+                        preprocessing="mean_image", input_shape=input_shape)
+    grey = np.random.default_rng(5).integers(0, 256, size=(4, 4)).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    status, lines, err = _run([path, tmp_path / "grey.png"], capsys)
+    assert status == 0, err
+    assert lines[0].split(": ")[1].split()[0] == fastmlp.load(path).predict(grey.reshape(1, 16))[0]

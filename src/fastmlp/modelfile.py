@@ -397,7 +397,8 @@ def _check_fits(meta: dict, shapes: dict[str, tuple], sizes: Any, what: str) -> 
     if not isinstance(classes, list) or len(classes) != sizes[-1]:
         raise ValueError(f"{what}: classes: expected a list of {sizes[-1]} labels, got {classes!r:.200}")
     shape = meta.get("input", {}).get("shape") if isinstance(meta.get("input"), dict) else None
-    if shape is not None and (not isinstance(shape, list) or not all(_is_count(d) for d in shape)
+    if shape is not None and (not isinstance(shape, list) or not 1 <= len(shape) <= 4
+                              or not all(_is_count(d) for d in shape)
                               or int(np.prod(shape, dtype=object)) != sizes[0]):
         raise ValueError(f"{what}: input shape {shape!r:.80} does not hold the {sizes[0]} inputs")
 
@@ -419,7 +420,10 @@ def _build(meta: dict, tensors: dict[str, np.ndarray], what: str) -> Predictor:
         kind = np.dtype(meta.get("classes_dtype"))
         if kind.kind not in CLASS_KINDS:
             raise ValueError(f"class labels of dtype {kind} are not read")
-        classes = np.asarray(meta["classes"], dtype=kind)
+        # A string width comes from the labels themselves, never from the header's dtype (it could be huge).
+        classes = np.asarray(meta["classes"], dtype=str if kind.kind == "U" else kind)
+        if classes.ndim != 1:
+            raise ValueError(f"classes: expected a list of labels, got shape {classes.shape}")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what}: cannot rebuild the model it describes: {exc}") from None
     for l, lin in enumerate(model.linears):

@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _read_image(path: Path, predictor: Predictor) -> np.ndarray:
-    """A PNG/JPEG as one (1, H, W, C) uint8 example, its size checked against the model's."""
+    """A PNG/JPEG as one uint8 row (1, D) in the stored channel-first order, its size checked against the model's."""
     shape = predictor.input_shape
+    if shape is not None and len(shape) == 2:  # grey images stored without a channel axis
+        shape = (1, *shape)
     if shape is None or len(shape) != 3 or shape[0] not in _MODES:
         raise ValueError(f"{path}: this model takes no images (its input is {predictor.n_features_in_} values); "
                          "pass a .npy array")
@@ -86,7 +88,7 @@ def _read_image(path: Path, predictor: Predictor) -> np.ndarray:
             pixels = np.asarray(image.convert(_MODES[channels]))
     except UnidentifiedImageError:
         raise ValueError(f"{path}: not a readable PNG or JPEG image") from None
-    return pixels.reshape(1, height, width, channels)
+    return pixels.reshape(height, width, channels).transpose(2, 0, 1).reshape(1, -1)  # one row, stored order
 
 
 def read_input(path: str | Path, predictor: Predictor) -> tuple[np.ndarray, list[str]]:
