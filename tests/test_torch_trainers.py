@@ -22,7 +22,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from fastmlp import loop  # noqa: E402
-from fastmlp.data import DataSet, get_cifar10  # noqa: E402
+from fastmlp.data import LABEL_NAMES, DataSet, get_cifar10  # noqa: E402
+from fastmlp.modelfile import load as load_model_file  # noqa: E402
 from fastmlp.runlog import DivergenceError  # noqa: E402
 from torch_models import checkpoint as tcheckpoint  # noqa: E402
 from torch_models import evaluation, precision, rng, train_convnet, train_mlp  # noqa: E402
@@ -110,6 +111,12 @@ def test_mlp_cli_course_defaults_writes_outputs_and_beats_chance(tmp_path, synth
     assert metrics["test_accuracy"] > 0.5 and metrics["validation_accuracy"] > 0.5
     assert float(read_curves(out)[0]["test_accuracy"]) < 0.3  # the untrained model is near chance
     assert "test accuracy" in capsys.readouterr().out
+    # The run's model file predicts the raw test images as the run's evaluation did (float32 sums in
+    # another order: an image on a near tie may go the other way).
+    test = get_cifar10(synthetic_cifar_dir, one_hot=False)["test"]
+    predicted = load_model_file(out).predict(test.raw_images)
+    assert np.mean(predicted == np.array(LABEL_NAMES)[test.labels]) == pytest.approx(metrics["test_accuracy"],
+                                                                                      abs=0.011)
 
 
 def test_mlp_logistic_regression_adam_batchnorm_dropout(tmp_path, mlp_data):
@@ -124,6 +131,10 @@ def test_mlp_logistic_regression_adam_batchnorm_dropout(tmp_path, mlp_data):
         "--max_steps", "10", "--eval_freq", "5", "--out_dir", str(tmp_path / "deep"), "--quiet"])
     metrics = train_mlp.train(args, data=mlp_data)
     assert_outputs(tmp_path / "deep", steps=10, eval_steps=[0, 5, 10], validation=True)
+    # batch normalisation folded into the model file's linear layers, dropout left out
+    x, y = mlp_data["test"].as_arrays(flatten=True)
+    assert load_model_file(tmp_path / "deep").model.evaluate(x, y)[1] == pytest.approx(metrics["test_accuracy"],
+                                                                                      abs=0.011)
 
 
 def test_convnet_cli_dry_run_with_extras(tmp_path, small_cifar_dir, capsys, monkeypatch):

@@ -99,7 +99,7 @@ def test_default_run_writes_all_outputs_and_learns(synthetic_cifar_dir, tmp_path
     meta = json.loads(str(arrays["meta"]))
     assert meta["step"] == 300 and meta["flags"]["max_steps"] == 300
     # Only finished files: atomic writes leave no temporaries behind; no picture unless --plot.
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.csv", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.csv", "metrics.json", "model.safetensors"]
     assert fm_plot.main([str(out)]) == 0  # the picture, drawn afterwards from curves.csv
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -6,8 +6,10 @@ an evaluation on the whole test set every 100 steps (what they reach:
 BENCHMARKS.md). Every run writes, into ``--out_dir``
 (default ``runs/<timestamp>``): ``metrics.json`` (flags, final and best
 accuracy, steps, wall time, library version), ``curves.csv``, ``curves.png``
-and ``checkpoint.npz`` (rewritten at every evaluation; ``--resume`` continues
-from it to exactly the result of an uninterrupted run).
+``checkpoint.npz`` (rewritten at every evaluation; ``--resume`` continues
+from it to exactly the result of an uninterrupted run) and, at the end,
+``model.safetensors`` (the network with its preprocessing and class names:
+``fastmlp.load``, ``python -m fastmlp.predict``).
 
 Examples
 --------

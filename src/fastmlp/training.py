@@ -352,6 +352,7 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
     plan = loop.Plan.from_flags(args.max_steps, args.eval_freq, dry_run=args.dry_run)
     model_seed, data_seed = derive_seeds(args.seed)
     with blas_threads(args.threads):
+        loaded_here = data is None
         data = load_data(args, data_seed) if data is None else data
         hooks = MLPHooks.build(args, data, plan, model_seed=model_seed, checkpoint_path=out_dir / CHECKPOINT_NAME)
         flags = {**vars(args), "max_steps": plan.max_steps, "eval_freq": plan.eval_freq, "out_dir": str(out_dir)}
@@ -363,4 +364,13 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
                             wall_seconds=meta.get("wall_seconds", 0.0), max_steps=plan.max_steps)
                 hooks.restore(checkpoint, args)
             loop.run(hooks, plan, progress, on_eval=on_eval)
+        _save_model_file(hooks.model, data["train"], out_dir, cifar=loaded_here)
         return loop.finish(progress, out_dir=str(out_dir), dry_run=args.dry_run)
+
+
+def _save_model_file(model, train_set, out_dir: Path, *, cifar: bool) -> None:
+    """The run's ``model.safetensors`` (:mod:`fastmlp.modelfile`); CIFAR-10's class names when it loaded CIFAR-10."""
+    from fastmlp.data import LABEL_NAMES
+    from fastmlp.modelfile import MODEL_FILE_NAME, save_trained
+
+    save_trained(model, train_set, out_dir / MODEL_FILE_NAME, classes=list(LABEL_NAMES) if cifar else None)

@@ -19,8 +19,9 @@ flip done by :class:`fastmlp.data.DataSet`). ``--init torch`` keeps PyTorch's de
 initialisation; ``kaiming``/``xavier`` are He/Glorot normal with zero biases.
 
 Outputs in ``--out_dir`` (default ``runs/<timestamp>``), the same as ``fastmlp.train``:
-``metrics.json``, ``curves.csv``, ``curves.png`` and ``checkpoint.pt`` (model, optimizer,
-step, data-order and RNG states; rewritten atomically at every evaluation). The whole
+``metrics.json``, ``curves.csv``, ``curves.png``, ``checkpoint.pt`` (model, optimizer,
+step, data-order and RNG states; rewritten atomically at every evaluation) and, at the
+end, ``model.safetensors`` (the network as a fastmlp model file: ``fastmlp.load``). The whole
 test set (and the validation set, with ``--validation_size``) is evaluated every
 ``--eval_freq`` steps and at the end; ``curves.csv``'s ``train_loss``/``train_accuracy``
 are those of the evaluation step's training batch.
@@ -62,6 +63,7 @@ and ``--nesterov`` replace the hyper-parameters stored with the optimizer state.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -195,12 +197,14 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
     """
     args = cli.checked_args(args, build_parser)
     batchnorm = None if args.batchnorm == "none" else args.batchnorm
+    built = []  # the module fit() trains (a DDP or compiled wrapper shares its parameters)
 
     def build_model() -> nn.Module:
         from torch_models.mlp import MLP
 
         model = MLP(N_INPUTS, args.dnn_hidden_units, N_CLASSES, dropout=args.dropout, batchnorm=batchnorm)
         initialize_parameters(model, args.init)
+        built.append(model)
         return model
 
     def build_optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -217,13 +221,28 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
                     f"{args.weight_decay} on weights only",
                     f"preprocessing {args.preprocessing}, augment {args.augment}"))
     with distributed_context(args.device, args.threads, deterministic=args.deterministic) as ctx:
+        loaded_here = data is None
         if data is None:
             from fastmlp.data import get_cifar10
 
             data = get_cifar10(args.data_dir, one_hot=False, validation_size=args.validation_size,
                                preprocessing=args.preprocessing, flatten=True, augment=args.augment,
                                seed=args.seed)
-        return fit(args, spec, ctx=ctx, data=data, on_eval=on_eval)
+        metrics = fit(args, spec, ctx=ctx, data=data, on_eval=on_eval)
+        if ctx.is_main:
+            _save_model_file(built[-1], data["train"], Path(metrics["out_dir"]), cifar=loaded_here)
+        return metrics
+
+
+def _save_model_file(model: nn.Module, train_set, out_dir: Path, *, cifar: bool) -> None:
+    """The run's ``model.safetensors`` (:mod:`fastmlp.modelfile`): the network in its eval-mode form
+    (batch normalisation folded, dropout dropped), with the training split's preprocessing."""
+    from fastmlp.data import LABEL_NAMES
+    from fastmlp.interop import from_torch
+    from fastmlp.modelfile import MODEL_FILE_NAME, save_trained
+
+    save_trained(from_torch(model, for_inference=True), train_set, out_dir / MODEL_FILE_NAME,
+                 classes=list(LABEL_NAMES) if cifar else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,8 @@ def final_retrain(study, args: argparse.Namespace, adapter: TrainerAdapter) -> d
         "steps": result.get("steps"),
         "wall_seconds": result.get("wall_seconds"),
         "run_dir": str(run_dir),
+        # written by the trainer at the end of the retrain (fastmlp.modelfile)
+        "model_file": str(run_dir / "model.safetensors"),
         "command": adapter.command(ns),
     }
     atomic_write_json(path, final)
