@@ -31,8 +31,9 @@ OpenBLAS's own two-thread split. Results are deterministic for a given number of
 threads; another number of threads moves the chunk edges, and OpenBLAS may
 round a smaller block differently in the last bits. The number of threads is
 OpenBLAS's own setting (``scipy_openblas_set_num_threads``, which threadpoolctl
-sees and limits); while a kernel runs, OpenBLAS is told to use one thread per
-call, so its own pool never wakes.
+sees and limits); while kernels run, OpenBLAS is told to use one thread per
+call, so its own pool never wakes, and the setting is kept aside for them: what
+other threads run, and a fork, never change the count a kernel uses.
 
 One GEMM is fastmlp's own: a first layer fed uint8 images, in float32, on a CPU
 with AVX-512 (``_images_gemm.h``; :func:`images_gemm` tells and switches). Its
@@ -95,6 +96,10 @@ cdef extern from "_images_gemm.h" nogil:
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fm_task)(void* ctx, int chunk) noexcept nogil
     int fm_parallel_for(int n_chunks, int n_threads, fm_task fn, void* ctx)
+    int fm_threads_begin()
+    void fm_threads_end()
+    int fm_threads_get()
+    void fm_threads_set(int n)
     int FM_MAX_THREADS
 
 cdef extern from "<pthread.h>" nogil:
@@ -183,28 +188,29 @@ cdef inline Py_ssize_t _span(Py_ssize_t n, int part, int parts) noexcept nogil:
 # ---------------------------------------------------------------------------
 
 cdef inline int _begin_threads() noexcept nogil:
-    """fastmlp's thread count (OpenBLAS's setting); OpenBLAS itself goes single-threaded until _end_threads."""
-    cdef int n = scipy_openblas_get_num_threads()
-    if n > 1:
-        scipy_openblas_set_num_threads(1)
+    """fastmlp's thread count (OpenBLAS's setting); OpenBLAS itself goes single-threaded until _end_threads.
+
+    The count is the setting even while kernels on other threads hold OpenBLAS at
+    one thread (``_pool.h``), so chunk edges never depend on what other threads do.
+    """
+    cdef int n = fm_threads_begin()
     return n if n < FM_MAX_THREADS else FM_MAX_THREADS
 
 
-cdef inline void _end_threads(int n) noexcept nogil:
-    if n > 1:
-        scipy_openblas_set_num_threads(n)
+cdef inline void _end_threads() noexcept nogil:
+    fm_threads_end()
 
 
 def get_num_threads():
     """Threads fastmlp's kernels use: OpenBLAS's setting, which threadpoolctl also reads and limits."""
-    return scipy_openblas_get_num_threads()
+    return fm_threads_get()
 
 
 def set_num_threads(int n):
     """Use ``n`` threads (>= 1) in every later kernel call; sets OpenBLAS's own count."""
     if n < 1:
         raise ValueError(f"n: expected a positive number of threads, got {n}")
-    scipy_openblas_set_num_threads(n)
+    fm_threads_set(n)
 
 
 cdef void _probe_chunk(void* ctx, int chunk) noexcept nogil:
@@ -799,7 +805,7 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
         e.P = g.partial
         if t or e.n_partial or e.b != NULL or relu:
             _run_epilogue(&e, threads)
-        _end_threads(threads)
+        _end_threads()
     return 0
 
 
@@ -871,7 +877,7 @@ def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
                    &dW[0, 0], I)
         g.split = _plan(O, I, B, False)
         _run_gemm(&g, threads)
-        _end_threads(threads)
+        _end_threads()
         if db is not None:
             _colsum_axpy(db, dY, <floating>1, <floating>0)
 
@@ -912,7 +918,7 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
                    &W[0, 0], I)
         g.split = _plan(O, I, B, False)
         _run_gemm(&g, threads)
-        _end_threads(threads)
+        _end_threads()
         _colsum_axpy(b, dY, alpha, <floating>1)
 
 
@@ -979,7 +985,7 @@ def convert_images(floating[:, ::1] out, const cnp.uint8_t[:, :] src, const cnp.
     with nogil:
         threads = _begin_threads()
         _run_convert(&c, threads)
-        _end_threads(threads)
+        _end_threads()
 
 
 cdef void _pixel_sums_chunk(void* ctx, int chunk) noexcept nogil:
@@ -1023,7 +1029,7 @@ def pixel_sums(cnp.uint64_t[::1] out, const cnp.uint8_t[:, :] src):
         threads = _begin_threads()
         s.chunks = threads if s.n * s.D >= PARALLEL_MIN_ELEMENTS and s.D >= threads * TILE else 1
         fm_parallel_for(s.chunks, threads, _pixel_sums_chunk, &s)
-        _end_threads(threads)
+        _end_threads()
 
 
 def linear_forward_images(floating[:, ::1] Y, floating[:, ::1] X, const cnp.uint8_t[:, :] src,
@@ -1113,7 +1119,7 @@ def linear_backward_sgd_images(floating[:, ::1] W, floating[:] b, const floating
                 threads = _begin_threads()
                 u.parts = threads if B * O * D >= PARALLEL_MIN_MACS and D >= threads * TILE else 1
                 fm_parallel_for(u.parts, threads, _images_wgrad_chunk, &u)
-                _end_threads(threads)
+                _end_threads()
                 _colsum_axpy(b, dY, <floating>(-lr), <floating>1)
             return
     X = np.empty((B, D), dtype=np.asarray(W).dtype)  # OpenBLAS multiplies floats: convert into a temporary
@@ -1121,7 +1127,7 @@ def linear_backward_sgd_images(floating[:, ::1] W, floating[:] b, const floating
     with nogil:
         threads = _begin_threads()
         _run_convert(&c, threads)
-        _end_threads(threads)
+        _end_threads()
     linear_backward_sgd(W, b, None, dY, X, lr, weight_decay)
 
 

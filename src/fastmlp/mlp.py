@@ -4,6 +4,9 @@ Shapes: B batch, D n_inputs, H_l hidden widths, C n_classes, L linear layers.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 from fastmlp import _kernels as K
@@ -13,18 +16,60 @@ from fastmlp.modules import INITS, LinearModule, ReLUModule, SoftMaxModule
 
 __all__ = ["MLP"]
 
-# Buffer sets kept for this many distinct batch sizes (training batch, eval chunk, last chunk...).
-_MAX_BUFFER_SETS = 4
+# Idle buffer sets are kept for this many distinct batch sizes (training batch, eval chunk, last chunk...),
+# and at most this many per size (one per thread that called at once, up to the bound).
+_MAX_BATCH_SIZES = 4
+_MAX_IDLE_PER_SIZE = 4
 
 
-def _kept(store: dict, batch: int, make):
-    """``store[batch]``, made by ``make()`` on first use; the oldest entry goes beyond _MAX_BUFFER_SETS."""
-    value = store.get(batch)
-    if value is None:
-        if len(store) >= _MAX_BUFFER_SETS:
-            store.pop(next(iter(store)))
-        value = store[batch] = make()
-    return value
+class _Buffers:
+    """Scratch space for one pass over a batch of B rows.
+
+    ``acts[l]`` (B, H_l) layer outputs, ``grads[l]`` (B, H_l) their gradients (not
+    the output layer's), ``scratch`` (1, n) the forward GEMMs' work space or None,
+    ``images`` (B, D) a converted :class:`ImageBatch` (made on first use) or None.
+    """
+
+    __slots__ = ("acts", "grads", "scratch", "images")
+
+    def __init__(self, acts, grads, scratch):
+        self.acts, self.grads, self.scratch, self.images = acts, grads, scratch, None
+
+
+class _BufferPool:
+    """Buffer sets by batch size, each lent to one caller at a time: concurrent callers never share one.
+
+    ``with pool.lent(batch) as bufs:`` hands out an idle set for that batch
+    size (made by ``make(batch)`` when none is idle) and takes it back after. A
+    caller that borrows in turn (a training loop) gets the same set every time,
+    so it allocates nothing after its first step.
+    """
+
+    def __init__(self, make):
+        self.make = make
+        self.lock = threading.Lock()
+        self.idle: dict[int, list] = {}  # batch size -> idle sets, least recently used size first
+
+    @contextlib.contextmanager
+    def lent(self, batch):
+        with self.lock:
+            sets = self.idle.get(batch)
+            bufs = sets.pop() if sets else None
+        if bufs is None:
+            bufs = self.make(batch)
+        try:
+            yield bufs
+        finally:
+            self._give(batch, bufs)
+
+    def _give(self, batch, bufs):
+        with self.lock:
+            sets = self.idle.pop(batch, [])
+            if len(sets) < _MAX_IDLE_PER_SIZE:
+                sets.append(bufs)
+            self.idle[batch] = sets  # now the most recently used size
+            if len(self.idle) > _MAX_BATCH_SIZES:
+                self.idle.pop(next(iter(self.idle)))
 
 
 class MLP:
@@ -59,6 +104,15 @@ class MLP:
     fused softmax-cross-entropy, backward with the ReLU mask folded into each
     dX GEMM, and the optimizer update; it allocates nothing after its first
     call for a given batch size.
+
+    Threads: inference (``predict_proba``, ``predict``, ``evaluate``,
+    ``evaluate_batches``, ``forward``) may be called on one model from many
+    threads at once and gives each caller exactly its serial result: every call
+    borrows scratch buffers no other call holds. ``train_step`` from a second
+    thread while one runs on the same model raises ``RuntimeError`` (training
+    several models, one per thread, is fine and gives bitwise the serial
+    results). Inference concurrent with training sees weights mid-update.
+    ``backward`` uses what the last ``forward`` kept: one thread per model.
     """
 
     def __init__(self, n_inputs, n_hidden, n_classes, *, dtype=np.float64, seed=None, init="normal"):
@@ -83,9 +137,12 @@ class MLP:
         for lin in self.linears[:-1]:
             self.layers += [lin, ReLUModule()]
         self.layers += [self.linears[-1], SoftMaxModule()]
-        self._buffers: dict[int, tuple] = {}
-        self._image_inputs: dict[int, np.ndarray] = {}  # converted ImageBatch rows, per batch size
         self.last_batch_correct = None
+        self._start_threads_state()
+
+    def _start_threads_state(self):
+        self._buffers = _BufferPool(self._new_buffers)
+        self._training = threading.Lock()  # held by the one train_step running
 
     def __repr__(self):
         return f"MLP({self.n_inputs}, {self.n_hidden}, {self.n_classes}, dtype={self.dtype.name})"
@@ -119,9 +176,12 @@ class MLP:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_buffers"] = {}  # scratch space, rebuilt on demand
-        state["_image_inputs"] = {}
+        del state["_buffers"], state["_training"]  # scratch space and a lock: made afresh
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._start_threads_state()
 
     # -- the course's contract ---------------------------------------------
 
@@ -140,10 +200,6 @@ class MLP:
 
     # -- fast paths -----------------------------------------------------------
 
-    def _get_buffers(self, batch):
-        """(activations, gradients, scratch) for batches of ``batch`` rows, made on first use."""
-        return _kept(self._buffers, batch, lambda: self._new_buffers(batch))
-
     def _new_buffers(self, batch):
         widths = [lin.out_features for lin in self.linears]
         acts = [np.empty((batch, w), dtype=self.dtype) for w in widths]
@@ -152,14 +208,14 @@ class MLP:
         sizes = [self.n_inputs, *widths]
         need = max(K.forward_scratch_size(batch, i, o) for i, o in zip(sizes[:-1], sizes[1:]))
         scratch = np.empty((1, need), dtype=self.dtype) if need else None
-        return acts, grads, scratch
+        return _Buffers(acts, grads, scratch)
 
     def _logits_into(self, x, bufs, images=None):
         """Forward pass of x (B, D) into the activation buffers; returns the logits buffer (B, C).
 
         With ``images`` (an :class:`ImageBatch`), the first layer converts them into x first.
         """
-        acts, _, scratch = bufs
+        acts, scratch = bufs.acts, bufs.scratch
         last = len(self.linears) - 1
         h = x
         for l, lin in enumerate(self.linears):
@@ -172,20 +228,25 @@ class MLP:
             h = acts[l]
         return h
 
-    def _image_input(self, images, keep=True) -> np.ndarray | None:
-        """The buffer (B, D) an :class:`ImageBatch` is converted into, checked against the model.
-
-        With ``keep=False`` (no backward pass follows) None where the first layer's
-        GEMM converts into its own panels only (``K.forward_images_needs_x``).
-        """
+    def _check_images(self, images):
+        """The :class:`ImageBatch` ``images``, checked against the model."""
         if images.pixels.shape[1] != self.n_inputs:
             raise ValueError(f"x: expected images of {self.n_inputs} values each, got {images.pixels.shape[1]}")
         if images.dtype != self.dtype:
             raise ValueError(f"x: expected an ImageBatch converting to {self.dtype}, got {images.dtype}")
-        batch = len(images)
-        if not keep and not K.forward_images_needs_x(batch, self.dtype):
+        return images
+
+    def _image_input(self, images, bufs, keep=True) -> np.ndarray | None:
+        """The buffer (B, D) of ``bufs`` that ``images`` (checked) are converted into.
+
+        With ``keep=False`` (no backward pass follows) None where the first layer's
+        GEMM converts into its own panels only (``K.forward_images_needs_x``).
+        """
+        if not keep and not K.forward_images_needs_x(len(images), self.dtype):
             return None
-        return _kept(self._image_inputs, batch, lambda: np.empty((batch, self.n_inputs), dtype=self.dtype))
+        if bufs.images is None:
+            bufs.images = np.empty((len(images), self.n_inputs), dtype=self.dtype)
+        return bufs.images
 
     def train_step(self, x, y, optimizer) -> float:
         """One optimisation step on the batch (x, y); returns its mean loss before the update.
@@ -211,17 +272,24 @@ class MLP:
         """
         if getattr(optimizer, "model", None) is not self:
             raise ValueError("optimizer: it was built for a different model; pass an optimizer built on this MLP")
-        images = x if isinstance(x, ImageBatch) else None
+        if not self._training.acquire(blocking=False):
+            raise RuntimeError("train_step: this MLP is being trained by another thread at this moment; train a "
+                               "model from one thread at a time (give each thread its own model)")
+        try:
+            images = self._check_images(x) if isinstance(x, ImageBatch) else None
+            x = None if images is not None else as_float_2d("x", x, self.dtype, self.n_inputs)
+            batch = len(images) if images is not None else x.shape[0]
+            labels = as_labels("y", y, batch, self.n_classes)
+            with self._buffers.lent(batch) as bufs:
+                return self._train_step(x, images, labels, optimizer, bufs)
+        finally:
+            self._training.release()
+
+    def _train_step(self, x, images, labels, optimizer, bufs) -> float:
+        """:meth:`train_step` on checked inputs (x None for ``images``), in the buffer set ``bufs``."""
         fused = optimizer.fused
         if images is not None:  # fused SGD can update the first layer from the pixels themselves
-            x, batch = self._image_input(images, keep=not fused), len(images)
-        else:
-            x = as_float_2d("x", x, self.dtype, self.n_inputs)
-            batch = x.shape[0]
-        labels = as_labels("y", y, batch, self.n_classes)
-        bufs = self._get_buffers(batch)
-        acts, grads, _ = bufs
-
+            x = self._image_input(images, bufs, keep=not fused)
         logits = self._logits_into(x, bufs, images)
         # dL/dlogits overwrites the logits buffer: the logits are not needed again.
         loss, correct = K.softmax_cross_entropy_forward_backward(logits, logits, labels)
@@ -229,6 +297,7 @@ class MLP:
         if not np.isfinite(loss):
             return float(loss)  # leave the parameters as they were; the caller decides
 
+        acts, grads = bufs.acts, bufs.grads
         dout = logits
         for l in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[l]
@@ -269,15 +338,14 @@ class MLP:
         """
         total_loss, total_correct, n = 0.0, 0, 0
         for xb, yb in batches:
-            if isinstance(xb, ImageBatch):
-                images, xb = xb, self._image_input(xb, keep=False)
-                rows = len(images)
-            else:
-                images, xb = None, as_float_2d("x", xb, self.dtype, self.n_inputs)
-                rows = xb.shape[0]
+            images = self._check_images(xb) if isinstance(xb, ImageBatch) else None
+            xb = None if images is not None else as_float_2d("x", xb, self.dtype, self.n_inputs)
+            rows = len(images) if images is not None else xb.shape[0]
             labels = as_labels("y", yb, rows, self.n_classes)
-            logits = self._logits_into(xb, self._get_buffers(rows), images)
-            loss, correct = K.softmax_cross_entropy_forward(logits, labels)
+            with self._buffers.lent(rows) as bufs:
+                if images is not None:
+                    xb = self._image_input(images, bufs, keep=False)
+                loss, correct = K.softmax_cross_entropy_forward(self._logits_into(xb, bufs, images), labels)
             total_loss += loss * rows
             total_correct += correct
             n += rows
@@ -292,7 +360,8 @@ class MLP:
         out = np.empty((x.shape[0], self.n_classes), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size]
-            K.softmax_forward(out[start : start + xb.shape[0]], self._logits_into(xb, self._get_buffers(xb.shape[0])))
+            with self._buffers.lent(xb.shape[0]) as bufs:
+                K.softmax_forward(out[start : start + xb.shape[0]], self._logits_into(xb, bufs))
         return out
 
     def predict(self, x, batch_size=1000):
