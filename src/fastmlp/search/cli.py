@@ -4,7 +4,8 @@
 again the trials an earlier run lost to Ctrl-C, run the workers, retrain the best
 configuration once, write the outputs. :func:`main` maps its outcome to the exit
 status: 0 done, 1 the final retrain diverged or a worker process failed, 2 bad flags,
-an unusable storage or missing data (one line on stderr), 130 Ctrl-C.
+an unusable storage or missing data (one line on stderr), 130 Ctrl-C, 143 SIGTERM,
+129 SIGHUP (:mod:`fastmlp.search.signals`).
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from fastmlp.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from fastmlp.cli import EXIT_BAD_INPUT
 from fastmlp.hyperparams import DEVICES, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, flag_type
 from fastmlp.runlog import DivergenceError
+from fastmlp.search import signals
 from fastmlp.search import study as studies
 from fastmlp.search.adapter import MODELS, TrainerAdapter
 from fastmlp.search.errors import SearchError, WorkerError
@@ -264,19 +266,23 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m fastmlp.search``; returns the exit status.
 
     0 on success; 2 for bad flags, an unusable storage or missing data (one line on
-    stderr); 1 when the final retrain diverged or a worker process failed; 130 on Ctrl-C.
+    stderr); 1 when the final retrain diverged or a worker process failed; 128 + the
+    signal's number when stopped by a signal: 130 Ctrl-C (SIGINT), 143 SIGTERM, 129
+    SIGHUP (the workers are told and waited for).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        run_search(args)
+        with signals.signals_as_interrupts():
+            run_search(args)
     except SearchError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (DivergenceError, WorkerError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        print(f"{parser.prog}: interrupted by {signals.signal_name(exc)}; run the same command again to "
+              "resume", file=sys.stderr)
+        return signals.exit_status(exc)
     return 0

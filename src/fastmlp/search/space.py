@@ -32,11 +32,14 @@ from fastmlp.hyperparams import (
     parse_hidden_units,
 )
 from fastmlp.optim import OPTIMIZERS  # names both trainers understand ("momentum": SGD, momentum 0.9)
+from fastmlp.search.files import read_regular_file
 
 __all__ = [
     "DEFAULT_GRID",
     "EVOLUTION_SPACE",
+    "MAX_GRID_POINTS",
     "MAX_LAYERS",
+    "MAX_SPEC_BYTES",
     "grid_size",
     "parse_grid",
     "parse_space",
@@ -58,6 +61,11 @@ DEFAULT_GRID: dict[str, list] = {
 
 #: Most hidden layers the evolutionary space builds.
 MAX_LAYERS = 4
+#: Most points a ``--grid`` may have: Optuna's GridSampler holds every point in memory,
+#: in every worker, and a grid this large could never be run anyway.
+MAX_GRID_POINTS = 100_000
+#: Largest ``--grid`` / ``--space`` file read (far more than any grid of MAX_GRID_POINTS needs).
+MAX_SPEC_BYTES = 1 << 20
 
 #: Ranges of the space searched by the evolution, TPE and random samplers. The genome
 #: always holds MAX_LAYERS widths ("units_l0".."units_l3") and ``n_layers`` says how many
@@ -127,9 +135,11 @@ def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
     Raises
     ------
     TypeError, ValueError
-        ValueError for malformed JSON, a missing file, an empty grid or axis, an unknown
-        key; a value of the wrong type (TypeError) or out of range (ValueError) gets the
-        trainers' message (:mod:`fastmlp.hyperparams`), naming the offending entry.
+        ValueError for malformed JSON, a missing file, a file that is not a regular file
+        of at most :data:`MAX_SPEC_BYTES`, an empty grid or axis, an unknown key, more
+        than :data:`MAX_GRID_POINTS` points; a value of the wrong type (TypeError) or out
+        of range (ValueError) gets the trainers' message (:mod:`fastmlp.hyperparams`),
+        naming the offending entry.
     """
     grid = {key: list(values) for key, values in DEFAULT_GRID.items()}
     spec = _user_spec(spec, "--grid", DEFAULT_GRID, holds="lists of values", example='{"batch_size": [200, 600]}')
@@ -138,12 +148,11 @@ def parse_grid(spec: str | Mapping | None, *, model: str) -> dict[str, list]:
             raise ValueError(f"--grid[{key!r}] must be a list of values, got {values!r}")
         if not values:
             raise ValueError(f"--grid[{key!r}] is an empty list: the grid would have no point")
-        canonical = []
-        for value in values:
-            value = _canonical_grid_value(key, value, model=model)
-            if value not in canonical:
-                canonical.append(value)
-        grid[key] = canonical
+        # A dict keeps the first of equal values in order, in linear time (a file may list many).
+        grid[key] = list(dict.fromkeys(_canonical_grid_value(key, value, model=model) for value in values))
+    if grid_size(grid) > MAX_GRID_POINTS:
+        raise ValueError(f"--grid has {grid_size(grid)} points (the product of its axis lengths "
+                         f"{[len(v) for v in grid.values()]}); expected at most {MAX_GRID_POINTS}")
     return grid
 
 
@@ -159,16 +168,15 @@ def _user_spec(spec, flag: str, known: Mapping, *, holds: str, example: str) -> 
     if isinstance(spec, str):
         text = spec.strip()
         if not text.startswith(("{", "[")):
-            try:
-                text = Path(text).expanduser().read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ValueError(f"{flag}: {spec!r} is neither a JSON object nor a readable "
-                                 f"JSON file ({exc.strerror or exc})") from None
+            text = _read_spec_file(text, flag)
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{flag}: malformed JSON ({exc.msg} at line {exc.lineno} "
                              f"column {exc.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{flag}: JSON nested too deep (a grid or space is an object of "
+                             "lists)") from None
     if not isinstance(spec, Mapping):
         raise ValueError(f"{flag} must be a JSON object mapping parameter names to {holds}, "
                          f"got {type(spec).__name__}")
@@ -178,6 +186,18 @@ def _user_spec(spec, flag: str, known: Mapping, *, holds: str, example: str) -> 
         if key not in known:
             raise ValueError(f"{flag}: unknown parameter {key!r}; expected some of {list(known)}")
     return spec
+
+
+def _read_spec_file(path: str, flag: str) -> str:
+    """The text of the JSON file a ``--grid`` / ``--space`` names (a regular file of at most :data:`MAX_SPEC_BYTES`)."""
+    try:
+        data = read_regular_file(Path(path).expanduser(), limit=MAX_SPEC_BYTES, what=f"{flag} file")
+        return data.decode("utf-8")
+    except OSError as exc:
+        raise ValueError(f"{flag}: {path!r} is neither a JSON object nor a readable "
+                         f"JSON file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{flag} file {path!r} is not UTF-8 text (byte {exc.start})") from None
 
 
 def _space_range(key: str, value, *, with_step: bool = False) -> list:

@@ -5,7 +5,8 @@ install it. :func:`open_storage` opens ``--storage`` (a journal file, or an SQLA
 URL for workers on several machines), with heartbeats for running trials so that the
 trial of a worker that died is failed and queued again.
 
-What is not Optuna's public API, kept here so that an Optuna upgrade breaks one module:
+What is not Optuna's public API, kept here (and, for the journal file's lines, in
+:mod:`fastmlp.search.journal`) so that an Optuna upgrade breaks few modules:
 
 - ``optuna.storages._heartbeat.BaseHeartbeat``, the interface through which Optuna's
   optimize loop sends heartbeats; RDBStorage implements it, Optuna 5.0's
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from fastmlp.search.errors import SearchError
+from fastmlp.search.journal import checked_journal_backend_class
 
 __all__ = [
     "GRACE_PERIOD_FACTOR",
@@ -267,11 +269,9 @@ def open_storage(spec: str | None, out_dir: str | os.PathLike, *, heartbeat_inte
         if spec is not None and "://" in spec:
             return _open_rdb(optuna, spec, heartbeat_interval, grace_period, callback)
         path = Path(spec) if spec is not None else Path(out_dir) / "study.journal"
-        from optuna.storages.journal import JournalFileBackend
-
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            backend = JournalFileBackend(str(path))
+            backend = checked_journal_backend_class()(str(path))
             if not os.access(path, os.W_OK):
                 raise PermissionError(13, "Permission denied", str(path))
             if not heartbeat_interval:
@@ -283,6 +283,8 @@ def open_storage(spec: str | None, out_dir: str | os.PathLike, *, heartbeat_inte
             where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
             raise SearchError(f"cannot open journal storage {str(path)!r}: "
                               f"{exc.strerror or exc}{where}") from None
+        except SearchError:  # a malformed line, named by the backend
+            raise
         except ValueError as exc:  # e.g. a file that is not an Optuna journal
             raise SearchError(f"cannot read journal storage {str(path)!r}: {one_line(exc)}") from None
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing
 import os
 import re
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -28,9 +30,11 @@ from typing import Callable
 from fastmlp.atomic import atomic_write_json, make_new_dir
 from fastmlp.hyperparams import format_hidden_units
 from fastmlp.runlog import DivergenceError
+from fastmlp.search import signals
 from fastmlp.search import study as studies
 from fastmlp.search.adapter import TrainerAdapter, threads_per_worker
 from fastmlp.search.errors import SearchError, WorkerError
+from fastmlp.search.files import read_regular_file
 from fastmlp.search.reports import describe, say
 from fastmlp.search.space import suggest_config
 from fastmlp.search.storage import (
@@ -42,14 +46,19 @@ from fastmlp.search.storage import (
     release_grid_point,
 )
 
-__all__ = ["EVAL_SLEEP_ENV", "SurplusTrial", "make_objective", "remove_left_checkpoints", "run_worker",
-           "run_workers", "trial_dir", "worker_process"]
+__all__ = ["EVAL_SLEEP_ENV", "STOP_TIMEOUT", "SurplusTrial", "make_objective", "remove_left_checkpoints",
+           "run_worker", "run_workers", "stop_workers", "trial_dir", "worker_process"]
 
 # Test hook (not a flag): seconds to sleep in every evaluation callback, so that a test can
 # kill a worker deterministically in the middle of a trial.
 EVAL_SLEEP_ENV = "FASTMLP_SEARCH_TEST_EVAL_SLEEP"
+#: Seconds the parent waits for its workers to stop after forwarding them a signal, before SIGKILL.
+STOP_TIMEOUT = 60.0
 # Trainer outputs a finished trial does not keep.
 _CHECKPOINTS = ("checkpoint.npz", "checkpoint.pt")
+# What a worker writes into a trial's folder before training: the proof that the folder is this study's.
+_TRIAL_INFO = "trial_info.json"
+_TRIAL_INFO_LIMIT = 64 * 1024
 
 
 class SurplusTrial(Exception):
@@ -67,22 +76,63 @@ def trial_dir(args: argparse.Namespace, number: int) -> Path:
     return Path(args.out_dir) / "trials" / name / f"trial_{number:04d}"
 
 
-def remove_left_checkpoints(study) -> int:
+def _own_trial_folder(args: argparse.Namespace, trial) -> Path | None:
+    """The folder ``trial`` recorded as its ``trial_dir``, if a worker of this study made it here; else None.
+
+    The storage may be shared with (or written by) anyone, so its word is checked: the
+    path, symbolic links resolved, must be a ``trial_NNNN`` folder (this trial's number)
+    directly inside this study's trials folder, and hold the ``trial_info.json`` a worker
+    of this study wrote for this trial before training (its study name, trial number and
+    the random token also stored with the trial).
+    """
+    recorded = trial.user_attrs.get("trial_dir")
+    if not isinstance(recorded, str):
+        return None
+    root = os.path.realpath(trial_dir(args, 0).parent)
+    folder = Path(os.path.realpath(recorded))
+    if str(folder.parent) != root or not re.fullmatch(rf"trial_{trial.number:04d}(-[0-9]+)?", folder.name):
+        return None
+    info = _read_small_json(folder / _TRIAL_INFO)
+    expected = {"study_name": args.study_name, "trial_number": trial.number,
+                "trial_token": trial.user_attrs.get("trial_token")}
+    if not isinstance(info, dict) or any(info.get(key) != value for key, value in expected.items()):
+        return None
+    return folder
+
+
+def _read_small_json(path: Path):
+    """The JSON in ``path`` if it is a regular file of at most 64 KiB that parses; else None."""
+    try:
+        return json.loads(read_regular_file(path, limit=_TRIAL_INFO_LIMIT, what="trial record"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def remove_left_checkpoints(study, args: argparse.Namespace) -> int:
     """Delete the checkpoints left in the folders of trials no longer running (their workers were killed).
 
-    Returns how many were deleted. Folders of other machines (not here) are skipped.
+    Returns how many were deleted. Only folders that this study's workers made here are
+    touched (:func:`_own_trial_folder`): those of other machines, and any path the
+    storage names elsewhere, are skipped.
     """
     from optuna.trial import TrialState
 
     removed = 0
     for trial in study.get_trials(deepcopy=False):
-        folder = trial.user_attrs.get("trial_dir")
-        if folder is None or trial.state in (TrialState.RUNNING, TrialState.WAITING):
+        if trial.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
-        for name in _CHECKPOINTS:
-            with contextlib.suppress(FileNotFoundError):
-                (Path(folder) / name).unlink()
-                removed += 1
+        folder = _own_trial_folder(args, trial)
+        if folder is not None:
+            removed += _remove_checkpoints(folder)
+    return removed
+
+
+def _remove_checkpoints(folder: Path) -> int:
+    removed = 0
+    for name in _CHECKPOINTS:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+            removed += 1
     return removed
 
 
@@ -96,6 +146,24 @@ def _refuse_surplus(trial, args: argparse.Namespace, surplus: set[int]) -> None:
         trial.set_user_attr("surplus", reason)
         surplus.add(trial.number)
         raise SurplusTrial(reason)
+
+
+def _claim_trial_folder(args: argparse.Namespace, trial, config: dict) -> Path:
+    """Create the trial's folder and its record (``trial_info.json``), and note the folder in the storage."""
+    out_dir = make_new_dir(trial_dir(args, trial.number))
+    # The token ties the folder to this trial: the storage alone cannot make a worker
+    # delete anything in a folder (see _own_trial_folder).
+    token = secrets.token_hex(16)
+    atomic_write_json(out_dir / _TRIAL_INFO, {
+        "study_name": args.study_name, "trial_number": trial.number, "trial_token": token, "config": config,
+        "note": "trained on the training split and evaluated on the validation split only; "
+                "the test set is never used in a trial",
+    })
+    trial.set_user_attr("hidden_units", format_hidden_units(config["hidden_units"]))
+    trial.set_user_attr("steps", int(config["max_steps"]))
+    trial.set_user_attr("trial_dir", str(out_dir))
+    trial.set_user_attr("trial_token", token)
+    return out_dir
 
 
 def make_objective(args: argparse.Namespace, adapter: TrainerAdapter, data: dict,
@@ -112,16 +180,8 @@ def make_objective(args: argparse.Namespace, adapter: TrainerAdapter, data: dict
         _refuse_surplus(trial, args, surplus)
         config = suggest_config(trial, model=args.model, grid=args.grid_values,
                                 space=args.space_values, max_steps_cap=args.max_steps_cap)
-        out_dir = make_new_dir(trial_dir(args, trial.number))
+        out_dir = _claim_trial_folder(args, trial, config)
         ns = adapter.namespace(config, args, out_dir=out_dir)
-        trial.set_user_attr("hidden_units", format_hidden_units(config["hidden_units"]))
-        trial.set_user_attr("steps", int(config["max_steps"]))
-        trial.set_user_attr("trial_dir", str(out_dir))
-        atomic_write_json(out_dir / "trial_info.json", {
-            "study_name": args.study_name, "trial_number": trial.number, "config": config,
-            "note": "trained on the training split and evaluated on the validation split only; "
-                    "the test set is never used in a trial",
-        })
 
         def on_eval(step: int, metrics: dict) -> None:
             if eval_sleep:
@@ -140,9 +200,7 @@ def make_objective(args: argparse.Namespace, adapter: TrainerAdapter, data: dict
             trial.set_user_attr("diverged", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         finally:
-            for name in _CHECKPOINTS:
-                with contextlib.suppress(FileNotFoundError):
-                    (out_dir / name).unlink()
+            _remove_checkpoints(out_dir)
         if result.get("validation_accuracy") is None:
             raise RuntimeError(f"{adapter.module_name}.train returned no validation_accuracy")
         for key in ("validation_loss", "best_validation_accuracy", "wall_seconds", "steps"):
@@ -196,7 +254,7 @@ def run_worker(args: argparse.Namespace, *, adapter: TrainerAdapter | None = Non
     heartbeat = bool(args.heartbeat_interval)
     prefix = f"[worker {args.worker_index}] " if args.n_workers > 1 else ""
     report = _trial_line(args, prefix)
-    objective, surplus = None, set()
+    objective, unlogged = None, set()  # trials failed on purpose (surplus) or interrupted: no failure log
     while True:
         if args.timeout is not None and time.monotonic() - started > args.timeout:
             say(args, f"{prefix}--timeout {args.timeout:g} s reached: no new trial")
@@ -211,20 +269,23 @@ def run_worker(args: argparse.Namespace, *, adapter: TrainerAdapter | None = Non
             time.sleep(min(5.0, max(0.5, args.heartbeat_interval / 2)))
             continue
         if objective is None:
-            objective = _marking_interrupts(make_objective(args, adapter, adapter.trial_data(args), surplus))
+            objective = _marking_interrupts(make_objective(args, adapter, adapter.trial_data(args), unlogged),
+                                            unlogged)
         # A KeyboardInterrupt or an error of the trainer propagates (Optuna marks the trial FAIL);
-        # a surplus trial is failed on purpose, without Optuna's failure message.
-        with quiet_optuna_warnings(), hide_trial_failure_logs(surplus):
+        # a surplus trial is failed on purpose. Neither gets Optuna's failure message and traceback.
+        with quiet_optuna_warnings(), hide_trial_failure_logs(unlogged):
             study.optimize(objective, n_trials=1, callbacks=[report], gc_after_trial=True, catch=(SurplusTrial,))
-    remove_left_checkpoints(study)
+    remove_left_checkpoints(study, args)
 
 
-def _marking_interrupts(objective: Callable) -> Callable:
+def _marking_interrupts(objective: Callable, unlogged: set[int]) -> Callable:
     def guarded(trial):
         try:
             return objective(trial)
         except KeyboardInterrupt:
-            # Marked so that the next run queues the trial again (Optuna marks it FAIL).
+            # Marked so that the next run queues the trial again (Optuna marks it FAIL); the
+            # interrupt is reported once, by the command, not as a failure of the trial.
+            unlogged.add(trial.number)
             trial.set_user_attr("interrupted", True)
             raise
 
@@ -232,16 +293,23 @@ def _marking_interrupts(objective: Callable) -> Callable:
 
 
 def worker_process(args_dict: dict, worker_index: int) -> None:
-    """Entry point of a worker process started by ``--n_workers`` (spawned: a fresh interpreter)."""
+    """Entry point of a worker process started by ``--n_workers`` (spawned: a fresh interpreter).
+
+    SIGINT, SIGTERM and SIGHUP stop it as Ctrl-C does (its trial is marked interrupted);
+    it exits with 128 + the signal's number. It ends with its parent (SIGTERM) if the
+    parent dies without stopping it.
+    """
+    signals.end_with_parent(multiprocessing.parent_process().pid)
     args = argparse.Namespace(**args_dict)
     args.worker_index = int(args.worker_index) + worker_index
-    try:
-        run_worker(args)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except SearchError as exc:
-        print(f"fastmlp.search worker {args.worker_index}: error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    with signals.signals_as_interrupts(signals.STOP_SIGNALS, once=True):
+        try:
+            run_worker(args)
+        except KeyboardInterrupt as exc:
+            sys.exit(signals.exit_status(exc))
+        except SearchError as exc:
+            print(f"fastmlp.search worker {args.worker_index}: error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
 
 @contextlib.contextmanager
@@ -265,6 +333,10 @@ def _blas_threads_in_environment(threads: int | None):
 def run_workers(args: argparse.Namespace) -> None:
     """Start ``--n_workers`` worker processes and wait for them.
 
+    On Ctrl-C, SIGTERM or SIGHUP (a ``KeyboardInterrupt``, :mod:`fastmlp.search.signals`)
+    the signal is forwarded to every worker, they are waited for
+    (:func:`stop_workers`), and the interrupt propagates.
+
     Raises
     ------
     WorkerError
@@ -272,20 +344,39 @@ def run_workers(args: argparse.Namespace) -> None:
     """
     context = multiprocessing.get_context("spawn")  # no fork: torch and BLAS threads do not survive it
     processes = []
-    with _blas_threads_in_environment(threads_per_worker(args)):
-        for index in range(args.n_workers):
-            process = context.Process(target=worker_process, args=(vars(args), index),
-                                      name=f"fastmlp-search-worker-{index}")
-            process.start()
-            processes.append(process)
     try:
+        with _blas_threads_in_environment(threads_per_worker(args)):
+            for index in range(args.n_workers):
+                process = context.Process(target=worker_process, args=(vars(args), index),
+                                          name=f"fastmlp-search-worker-{index}")
+                process.start()
+                processes.append(process)
         for process in processes:
             process.join()
-    except KeyboardInterrupt:
-        for process in processes:
-            process.join(timeout=30)
+    except KeyboardInterrupt as exc:
+        stop_workers(processes, signals.signal_of(exc))
         raise
     failed = [(p.name, p.exitcode) for p in processes if p.exitcode != 0]
     if failed:
         raise WorkerError("worker process(es) failed: " + ", ".join(f"{n} exit code {c}" for n, c in failed)
                           + " (see their messages above)")
+
+
+def stop_workers(processes: list, signum: int, *, timeout: float = STOP_TIMEOUT) -> None:
+    """Send ``signum`` to the live ``processes`` and wait for them; SIGKILL those alive after ``timeout`` s.
+
+    Further stop signals to this process are ignored meanwhile, so that none leaves a
+    worker running without its parent.
+    """
+    with signals.ignoring():
+        for process in processes:
+            if process.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.kill()  # its trial stays RUNNING until the heartbeat rules fail and requeue it
+                process.join()
