@@ -236,3 +236,13 @@ def test_a_huge_string_width_for_the_labels_allocates_nothing_large(tmp_path, sa
     path = tmp_path / "wide.safetensors"
     path.write_bytes(safetensors_numpy.save(tensors, metadata={"fastmlp": json.dumps(meta)}))
     assert fastmlp.load(path).classes_.dtype == np.dtype("<U3")
+
+
+def test_a_datasets_preprocessing_object_gives_offset_scale_and_name(tmp_path, mlp):
+    from fastmlp.data import Preprocessing
+
+    images = np.random.default_rng(3).integers(0, 256, size=(20, 3, 2, 2)).astype(np.uint8)
+    prep = Preprocessing.fit(images, "standardize", np.float32)
+    loaded = fastmlp.load(fastmlp.save(mlp, tmp_path / "p.safetensors", preprocessing=prep, input_shape=(3, 2, 2)))
+    assert loaded.preprocessing == "standardize"
+    np.testing.assert_array_equal(loaded.transform(images), prep.apply(images))  # the run's own conversion

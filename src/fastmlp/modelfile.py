@@ -191,6 +191,8 @@ def model_record(obj, *, offset=None, scale=None, preprocessing: str | None = No
     """
     from fastmlp.mlp import MLP
 
+    if preprocessing is not None and not isinstance(preprocessing, str):  # a fastmlp.data.Preprocessing
+        offset, scale, preprocessing = preprocessing.offset, preprocessing.scale, preprocessing.kind
     if isinstance(obj, Predictor):
         return model_record(obj.model, offset=obj.offset, scale=obj.scale, preprocessing=obj.preprocessing,
                             classes=obj.classes_, input_shape=obj.input_shape)
@@ -247,8 +249,9 @@ def save(obj, path: str | os.PathLike, *, offset=None, scale=None, preprocessing
     offset, scale : array (D,), optional
         The input preprocessing x = (raw - offset) / scale (e.g. a
         ``fastmlp.data.Preprocessing``'s ``offset`` and ``scale``).
-    preprocessing : str, optional
-        Its name (``"mean_image"``...).
+    preprocessing : str or fastmlp.data.Preprocessing, optional
+        Its name (``"mean_image"``...); or a training DataSet's ``preprocessing``, which
+        gives ``offset``, ``scale`` and the name at once.
     classes : array-like (C,), optional
         The label of each output (default 0..C-1, or the estimator's ``classes_``).
     input_shape : tuple of int, optional
@@ -294,11 +297,9 @@ def save_trained(model, dataset, path: str | os.PathLike, *, classes=None) -> Pa
     classes : sequence (C,), optional
         Class names; default the DataSet's ``class_names`` when it has them, else 0..C-1.
     """
-    prep = dataset.preprocessing
     if classes is None:
         classes = getattr(dataset, "class_names", None)
-    return save(model, path, offset=None if prep is None else prep.offset, scale=None if prep is None else prep.scale,
-                preprocessing=None if prep is None else prep.kind, classes=classes,
+    return save(model, path, preprocessing=dataset.preprocessing, classes=classes,
                 input_shape=dataset.raw_images.shape[1:])
 
 

@@ -48,8 +48,8 @@ __all__ = ["EVAL_SLEEP_ENV", "SurplusTrial", "make_objective", "remove_left_chec
 # Test hook (not a flag): seconds to sleep in every evaluation callback, so that a test can
 # kill a worker deterministically in the middle of a trial.
 EVAL_SLEEP_ENV = "FASTMLP_SEARCH_TEST_EVAL_SLEEP"
-# Trainer outputs a finished trial does not keep.
-_CHECKPOINTS = ("checkpoint.npz", "checkpoint.pt")
+# Trainer outputs a finished trial does not keep (the model file too: the retrained best writes the one kept).
+_CHECKPOINTS = ("checkpoint.npz", "checkpoint.pt", "model.safetensors")
 
 
 class SurplusTrial(Exception):
