@@ -246,3 +246,14 @@ def test_a_datasets_preprocessing_object_gives_offset_scale_and_name(tmp_path, m
     loaded = fastmlp.load(fastmlp.save(mlp, tmp_path / "p.safetensors", preprocessing=prep, input_shape=(3, 2, 2)))
     assert loaded.preprocessing == "standardize"
     np.testing.assert_array_equal(loaded.transform(images), prep.apply(images))  # the run's own conversion
+
+
+def test_predict_takes_the_logits_where_float32_probabilities_tie(tmp_path):
+    model = fastmlp.MLP(4, [], 3, dtype=np.float32, seed=0)
+    model.linears[0].params["weight"][...] = 0.0
+    model.linears[0].params["bias"][...] = [0.0, 1e-8, 0.0]  # exp(-1e-8) rounds to 1 in float32
+    loaded = fastmlp.load(fastmlp.save(model, tmp_path / "tie.safetensors", classes=["a", "b", "c"]))
+    x = np.zeros((2, 4))
+    assert np.ptp(loaded.predict_proba(x)) == 0.0  # the probabilities tie...
+    assert loaded.predict(x).tolist() == ["b", "b"]  # ...the logits do not
+    np.testing.assert_array_equal(loaded.decision_function(x), np.tile([0.0, 1e-8, 0.0], (2, 1)).astype(np.float32))

@@ -164,9 +164,24 @@ class Predictor:
         """Class probabilities (N, C) of the model's dtype for raw inputs ``x``, columns in ``classes_`` order."""
         return self.model.predict_proba(self.transform(x), batch_size)
 
+    def decision_function(self, x, batch_size: int = 1000) -> np.ndarray:
+        """The logits (N, C) of raw inputs ``x``: what the softmax turns into :meth:`predict_proba`."""
+        rows = self.transform(x)
+        out = np.empty((rows.shape[0], len(self.classes_)), dtype=self.dtype)
+        for start in range(0, rows.shape[0], batch_size):
+            h = rows[start : start + batch_size]
+            for layer in self.model.layers[:-1]:  # every layer but the softmax
+                h = layer.forward(h)
+            out[start : start + h.shape[0]] = h
+        return out
+
     def predict(self, x, batch_size: int = 1000) -> np.ndarray:
-        """The predicted label (N,) of each raw input, values from ``classes_``."""
-        return self.classes_[self.predict_proba(x, batch_size).argmax(axis=1)]
+        """The predicted label (N,) of each raw input, values from ``classes_``.
+
+        Taken from the logits, as the training run counts its accuracy: probabilities near
+        1/C can round to equal values where the logits still differ.
+        """
+        return self.classes_[self.decision_function(x, batch_size).argmax(axis=1)]
 
 
 # --------------------------------------------------------------------------- saving

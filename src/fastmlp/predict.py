@@ -122,7 +122,8 @@ def read_input(path: str | Path, predictor: Predictor) -> tuple[np.ndarray, list
 
 def _lines(predictor: Predictor, array: np.ndarray, labels: list[str], top_k: int, as_json: bool):
     proba = predictor.predict_proba(array)
-    order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
+    # ranked by the logits, as Predictor.predict is: probabilities near 1/C can round to ties
+    order = np.argsort(-predictor.decision_function(array), axis=1, kind="stable")[:, :top_k]
     for label, row, best in zip(labels, proba, order):
         top = [(predictor.classes_[i].item(), float(row[i])) for i in best]
         if as_json:
