@@ -221,8 +221,8 @@ def test_another_format_version_is_refused_with_the_versions(tmp_path, saved):
 
 
 # --------------------------------------------------------------------------- import cost
-def test_import_fastmlp_loads_none_of_the_model_file_dependencies():
-    code = ("import sys, fastmlp, fastmlp.modelfile; "
+def test_importing_fastmlp_and_the_model_file_modules_loads_none_of_their_dependencies():
+    code = ("import sys, fastmlp, fastmlp.modelfile, fastmlp.predict, fastmlp.interop, fastmlp.onnx_export; "
             "print(sorted(m for m in ('safetensors', 'PIL', 'onnx', 'onnxruntime', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
