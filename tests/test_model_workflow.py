@@ -39,8 +39,7 @@ print(json.dumps({"accuracy": float(np.mean(model.predict(images) == labels)),
 def run(tmp_path_factory, synthetic_cifar_dir):
     """A finished short run (its metrics) and the synthetic test images it was evaluated on (channels-last)."""
     out = tmp_path_factory.mktemp("workflow") / "run"
-    # Kaiming's init: the course's tiny one leaves the outputs near uniform after 200 steps, and a
-    # probability tie in float32 is broken by the first class, where the run's count used the logits.
+    # Kaiming's init: the course's tiny one leaves the outputs near uniform after 200 steps.
     metrics = train({"data_dir": str(synthetic_cifar_dir), "max_steps": 200, "eval_freq": 100, "init": "kaiming",
                      "out_dir": str(out), "quiet": True, "preprocessing": "standardize"})
     data = make_synthetic_cifar()  # the arrays synthetic_cifar_dir holds

@@ -221,8 +221,8 @@ def test_another_format_version_is_refused_with_the_versions(tmp_path, saved):
 
 
 # --------------------------------------------------------------------------- import cost
-def test_import_fastmlp_loads_none_of_the_model_file_dependencies():
-    code = ("import sys, fastmlp, fastmlp.modelfile; "
+def test_importing_fastmlp_and_the_model_file_modules_loads_none_of_their_dependencies():
+    code = ("import sys, fastmlp, fastmlp.modelfile, fastmlp.predict, fastmlp.interop, fastmlp.onnx_export; "
             "print(sorted(m for m in ('safetensors', 'PIL', 'onnx', 'onnxruntime', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"
@@ -236,3 +236,24 @@ def test_a_huge_string_width_for_the_labels_allocates_nothing_large(tmp_path, sa
     path = tmp_path / "wide.safetensors"
     path.write_bytes(safetensors_numpy.save(tensors, metadata={"fastmlp": json.dumps(meta)}))
     assert fastmlp.load(path).classes_.dtype == np.dtype("<U3")
+
+
+def test_a_datasets_preprocessing_object_gives_offset_scale_and_name(tmp_path, mlp):
+    from fastmlp.data import Preprocessing
+
+    images = np.random.default_rng(3).integers(0, 256, size=(20, 3, 2, 2)).astype(np.uint8)
+    prep = Preprocessing.fit(images, "standardize", np.float32)
+    loaded = fastmlp.load(fastmlp.save(mlp, tmp_path / "p.safetensors", preprocessing=prep, input_shape=(3, 2, 2)))
+    assert loaded.preprocessing == "standardize"
+    np.testing.assert_array_equal(loaded.transform(images), prep.apply(images))  # the run's own conversion
+
+
+def test_predict_takes_the_logits_where_float32_probabilities_tie(tmp_path):
+    model = fastmlp.MLP(4, [], 3, dtype=np.float32, seed=0)
+    model.linears[0].params["weight"][...] = 0.0
+    model.linears[0].params["bias"][...] = [0.0, 1e-8, 0.0]  # exp(-1e-8) rounds to 1 in float32
+    loaded = fastmlp.load(fastmlp.save(model, tmp_path / "tie.safetensors", classes=["a", "b", "c"]))
+    x = np.zeros((2, 4))
+    assert np.ptp(loaded.predict_proba(x)) == 0.0  # the probabilities tie...
+    assert loaded.predict(x).tolist() == ["b", "b"]  # ...the logits do not
+    np.testing.assert_array_equal(loaded.decision_function(x), np.tile([0.0, 1e-8, 0.0], (2, 1)).astype(np.float32))

@@ -110,6 +110,7 @@ def test_grid_runs_each_point_once_selects_on_validation_and_writes_outputs(
     assert 0.0 <= final["test_accuracy"] <= 1.0
     assert final["validation_accuracy"] == pytest.approx(study.best_value)  # the retrain reproduces the trial
     assert fastmlp.load(final["model_file"]).classes_[0] == "airplane"  # the retrained model, with CIFAR's names
+    assert not list((out / "trials").rglob("model.safetensors"))  # the trials' own are not kept
     results = (out / "results.md").read_text()
     assert "Test accuracy" in results and f"{final['test_accuracy']:.4f}" in results
     assert results.count("| complete |") == 4

@@ -164,9 +164,24 @@ class Predictor:
         """Class probabilities (N, C) of the model's dtype for raw inputs ``x``, columns in ``classes_`` order."""
         return self.model.predict_proba(self.transform(x), batch_size)
 
+    def decision_function(self, x, batch_size: int = 1000) -> np.ndarray:
+        """The logits (N, C) of raw inputs ``x``: what the softmax turns into :meth:`predict_proba`."""
+        rows = self.transform(x)
+        out = np.empty((rows.shape[0], len(self.classes_)), dtype=self.dtype)
+        for start in range(0, rows.shape[0], batch_size):
+            h = rows[start : start + batch_size]
+            for layer in self.model.layers[:-1]:  # every layer but the softmax
+                h = layer.forward(h)
+            out[start : start + h.shape[0]] = h
+        return out
+
     def predict(self, x, batch_size: int = 1000) -> np.ndarray:
-        """The predicted label (N,) of each raw input, values from ``classes_``."""
-        return self.classes_[self.predict_proba(x, batch_size).argmax(axis=1)]
+        """The predicted label (N,) of each raw input, values from ``classes_``.
+
+        Taken from the logits, as the training run counts its accuracy: probabilities near
+        1/C can round to equal values where the logits still differ.
+        """
+        return self.classes_[self.decision_function(x, batch_size).argmax(axis=1)]
 
 
 # --------------------------------------------------------------------------- saving
@@ -191,6 +206,8 @@ def model_record(obj, *, offset=None, scale=None, preprocessing: str | None = No
     """
     from fastmlp.mlp import MLP
 
+    if preprocessing is not None and not isinstance(preprocessing, str):  # a fastmlp.data.Preprocessing
+        offset, scale, preprocessing = preprocessing.offset, preprocessing.scale, preprocessing.kind
     if isinstance(obj, Predictor):
         return model_record(obj.model, offset=obj.offset, scale=obj.scale, preprocessing=obj.preprocessing,
                             classes=obj.classes_, input_shape=obj.input_shape)
@@ -247,8 +264,9 @@ def save(obj, path: str | os.PathLike, *, offset=None, scale=None, preprocessing
     offset, scale : array (D,), optional
         The input preprocessing x = (raw - offset) / scale (e.g. a
         ``fastmlp.data.Preprocessing``'s ``offset`` and ``scale``).
-    preprocessing : str, optional
-        Its name (``"mean_image"``...).
+    preprocessing : str or fastmlp.data.Preprocessing, optional
+        Its name (``"mean_image"``...); or a training DataSet's ``preprocessing``, which
+        gives ``offset``, ``scale`` and the name at once.
     classes : array-like (C,), optional
         The label of each output (default 0..C-1, or the estimator's ``classes_``).
     input_shape : tuple of int, optional
@@ -294,11 +312,9 @@ def save_trained(model, dataset, path: str | os.PathLike, *, classes=None) -> Pa
     classes : sequence (C,), optional
         Class names; default the DataSet's ``class_names`` when it has them, else 0..C-1.
     """
-    prep = dataset.preprocessing
     if classes is None:
         classes = getattr(dataset, "class_names", None)
-    return save(model, path, offset=None if prep is None else prep.offset, scale=None if prep is None else prep.scale,
-                preprocessing=None if prep is None else prep.kind, classes=classes,
+    return save(model, path, preprocessing=dataset.preprocessing, classes=classes,
                 input_shape=dataset.raw_images.shape[1:])
 
 

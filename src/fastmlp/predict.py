@@ -58,9 +58,9 @@ def _top_k(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m fastmlp.predict", description=__doc__.split("\n\n")[0],
+    parser = _Parser(prog="python -m fastmlp.predict", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="a model file (model.safetensors) or a run folder holding one")
+    parser.add_argument("model", metavar="MODEL", help="a model file (model.safetensors) or a run folder holding one")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG images or .npy arrays")
     parser.add_argument("--top_k", type=_top_k, default=1, help="classes shown per input (default 1)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -122,7 +122,8 @@ def read_input(path: str | Path, predictor: Predictor) -> tuple[np.ndarray, list
 
 def _lines(predictor: Predictor, array: np.ndarray, labels: list[str], top_k: int, as_json: bool):
     proba = predictor.predict_proba(array)
-    order = np.argsort(-proba, axis=1, kind="stable")[:, :top_k]
+    # ranked by the logits, as Predictor.predict is: probabilities near 1/C can round to ties
+    order = np.argsort(-predictor.decision_function(array), axis=1, kind="stable")[:, :top_k]
     for label, row, best in zip(labels, proba, order):
         top = [(predictor.classes_[i].item(), float(row[i])) for i in best]
         if as_json:

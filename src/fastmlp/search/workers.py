@@ -54,8 +54,8 @@ __all__ = ["EVAL_SLEEP_ENV", "STOP_TIMEOUT", "SurplusTrial", "make_objective", "
 EVAL_SLEEP_ENV = "FASTMLP_SEARCH_TEST_EVAL_SLEEP"
 #: Seconds the parent waits for its workers to stop after forwarding them a signal, before SIGKILL.
 STOP_TIMEOUT = 60.0
-# Trainer outputs a finished trial does not keep.
-_CHECKPOINTS = ("checkpoint.npz", "checkpoint.pt")
+# Trainer outputs a finished trial does not keep (the model file too: the retrained best writes the one kept).
+_CHECKPOINTS = ("checkpoint.npz", "checkpoint.pt", "model.safetensors")
 # What a worker writes into a trial's folder before training: the proof that the folder is this study's.
 _TRIAL_INFO = "trial_info.json"
 _TRIAL_INFO_LIMIT = 64 * 1024
