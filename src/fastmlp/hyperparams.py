@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from fastmlp.data import PREPROCESSINGS
+from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
 from fastmlp.modules import INITS
 from fastmlp.optim import OPTIMIZERS
 from fastmlp.schedules import SCHEDULES
@@ -270,6 +270,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "batch_size": POSITIVE_INT,
     "max_steps": POSITIVE_INT,
     # the data
+    "dataset": Options(DATASET_NAMES),
     "preprocessing": Options(PREPROCESSINGS),
     "augment": Boolean(),
     "validation_size": NONNEGATIVE_INT,

@@ -21,6 +21,7 @@ import numpy as np
 
 from fastmlp import loop
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from fastmlp.data import dataset_metrics
 from fastmlp.hyperparams import check_all
 from fastmlp.runlog import RunLog, check_finite
 from fastmlp.schedules import LearningRateSchedule
@@ -45,7 +46,7 @@ __all__ = [
 #: than 1,000 for a little more memory (BENCHMARKS.md §3).
 DEFAULTS: dict[str, Any] = {
     "dnn_hidden_units": [100], "learning_rate": 2e-3, "max_steps": 1500, "batch_size": 200,
-    "eval_freq": 100, "data_dir": None,
+    "eval_freq": 100, "data_dir": None, "dataset": "cifar10",
     "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "init": "normal",
     "lr_schedule": "constant", "warmup_steps": 0,
     "preprocessing": "mean_image", "augment": False, "validation_size": 0, "dtype": "float32",
@@ -287,12 +288,12 @@ def _n_classes(*label_arrays: np.ndarray) -> int:
 
 # --------------------------------------------------------------------------- a whole run
 def load_data(args: argparse.Namespace, seed: int) -> dict:
-    """CIFAR-10 as checked flags ``args`` ask: ``train``, ``test`` and (``--validation_size``) ``validation``."""
-    from fastmlp.data import get_cifar10
+    """The ``--dataset`` as checked flags ``args`` ask: ``train``, ``test`` and (``--validation_size``) ``validation``."""
+    from fastmlp.data import load_dataset
 
-    return get_cifar10(args.data_dir, one_hot=False, validation_size=args.validation_size,
-                       preprocessing=args.preprocessing, flatten=True, dtype=np.dtype(args.dtype),
-                       augment=args.augment, seed=seed)
+    return load_dataset(args.dataset, args.data_dir, one_hot=False, validation_size=args.validation_size,
+                        preprocessing=args.preprocessing, flatten=True, dtype=np.dtype(args.dtype),
+                        augment=args.augment, seed=seed)
 
 
 def _checkpoint_to_resume(args: argparse.Namespace) -> dict | None:
@@ -362,4 +363,5 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
                             wall_seconds=meta.get("wall_seconds", 0.0), max_steps=plan.max_steps)
                 hooks.restore(checkpoint, args)
             loop.run(hooks, plan, progress, on_eval=on_eval)
-        return loop.finish(progress, out_dir=str(out_dir), dry_run=args.dry_run)
+        return loop.finish(progress, out_dir=str(out_dir), dry_run=args.dry_run,
+                           **dataset_metrics(args.dataset, data["train"]))

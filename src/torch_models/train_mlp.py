@@ -62,11 +62,13 @@ and ``--nesterov`` replace the hyper-parameters stored with the optimizer state.
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from fastmlp.data import example_shape
 from fastmlp.hyperparams import BATCHNORMS, TORCH_INITS, flag_type, parse_hidden_units
 from torch_models import cli
 from torch_models.distributed import distributed_context
@@ -86,8 +88,6 @@ __all__ = [
     "train",
 ]
 
-N_INPUTS = 3 * 32 * 32
-N_CLASSES = 10
 #: Standard deviation of the course's weight initialisation (``--init normal``, fastmlp's default).
 COURSE_INIT_STD = 1e-4
 #: ``--init``: fastmlp's initialisations plus ``torch`` (leave PyTorch's default one).
@@ -195,11 +195,24 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
     """
     args = cli.checked_args(args, build_parser)
     batchnorm = None if args.batchnorm == "none" else args.batchnorm
+    with distributed_context(args.device, args.threads, deterministic=args.deterministic) as ctx:
+        if data is None:
+            from fastmlp.data import load_dataset
+
+            data = load_dataset(args.dataset, args.data_dir, one_hot=False, validation_size=args.validation_size,
+                                preprocessing=args.preprocessing, flatten=True, augment=args.augment,
+                                seed=args.seed)
+        return fit(args, _spec(args, batchnorm, *example_shape(data)), ctx=ctx, data=data, on_eval=on_eval)
+
+
+def _spec(args: argparse.Namespace, batchnorm: str | None, shape: tuple[int, ...], n_classes: int) -> TrainerSpec:
+    """The MLP trainer's parts for checked flags ``args`` over examples of ``shape`` in ``n_classes`` classes."""
+    n_inputs = math.prod(shape)
 
     def build_model() -> nn.Module:
         from torch_models.mlp import MLP
 
-        model = MLP(N_INPUTS, args.dnn_hidden_units, N_CLASSES, dropout=args.dropout, batchnorm=batchnorm)
+        model = MLP(n_inputs, args.dnn_hidden_units, n_classes, dropout=args.dropout, batchnorm=batchnorm)
         initialize_parameters(model, args.init)
         return model
 
@@ -207,8 +220,8 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
         return make_optimizer(args.optimizer, parameter_groups(model, args.weight_decay), args.learning_rate,
                               momentum=args.momentum, nesterov=args.nesterov)
 
-    spec = TrainerSpec(
-        name="train_mlp", input_shape=(N_INPUTS,), build_model=build_model, build_optimizer=build_optimizer,
+    return TrainerSpec(
+        name="train_mlp", input_shape=(n_inputs,), build_model=build_model, build_optimizer=build_optimizer,
         dataset_augment=args.augment, min_local_batch=1 if batchnorm is None else 2,
         architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
         plan_notes=(f"hidden units {args.dnn_hidden_units or '[] (logistic regression)'}, init {args.init}, "
@@ -216,14 +229,6 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
                     f"{args.optimizer} (momentum {args.momentum}, nesterov {args.nesterov}), weight decay "
                     f"{args.weight_decay} on weights only",
                     f"preprocessing {args.preprocessing}, augment {args.augment}"))
-    with distributed_context(args.device, args.threads, deterministic=args.deterministic) as ctx:
-        if data is None:
-            from fastmlp.data import get_cifar10
-
-            data = get_cifar10(args.data_dir, one_hot=False, validation_size=args.validation_size,
-                               preprocessing=args.preprocessing, flatten=True, augment=args.augment,
-                               seed=args.seed)
-        return fit(args, spec, ctx=ctx, data=data, on_eval=on_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
