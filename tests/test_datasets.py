@@ -111,11 +111,11 @@ def test_the_torch_trainers_take_any_data_set(sources, tmp_path):
     metrics = json.loads((tmp_path / "mlp" / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.6 and metrics["class_names"] == ["w", "x", "y", "z"]
     # The ConvNet on 28x28 one-channel images: the input shape comes from the data.
-    digits = make_synthetic((1, 28, 28), 10, 40, 20, seed=9, signal=0.6)
+    digits = make_synthetic((1, 28, 28), 10, 20, 8, seed=9, signal=0.6)
     write_idx_set(tmp_path / "tiny", digits)
-    assert train_convnet.main(["--dataset", "mnist", "--data_dir", str(tmp_path / "tiny"), "--max_steps", "4",
-                               "--eval_freq", "4", "--batch_size", "10", "--device", "cpu", "--quiet",
-                               "--out_dir", str(tmp_path / "cnn")]) == 0
+    assert train_convnet.main(["--dataset", "mnist", "--data_dir", str(tmp_path / "tiny"), "--max_steps", "2",
+                               "--eval_freq", "2", "--batch_size", "4", "--eval_batch_size", "8", "--device", "cpu",
+                               "--quiet", "--out_dir", str(tmp_path / "cnn")]) == 0
     metrics = json.loads((tmp_path / "cnn" / "metrics.json").read_text())
     assert metrics["dataset"] == "mnist" and len(metrics["class_names"]) == 10
     assert train_convnet.main(["--dataset", "npz", "--data_dir", str(sources["npz"][0]), "--max_steps", "1",

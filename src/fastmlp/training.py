@@ -192,7 +192,7 @@ class MLPHooks:
         train_set = data["train"]
         if np.dtype(train_set.dtype) != np.dtype(args.dtype):
             raise ValueError(f"data: the pre-loaded images are {train_set.dtype}, but --dtype is "
-                             f"{args.dtype}; load them with get_cifar10(dtype=np.{args.dtype})")
+                             f"{args.dtype}; load them with load_dataset(..., dtype=np.{args.dtype})")
         splits = loop.evaluation_splits(data)
         eval_sets = {split: _eval_batches(ds, args.eval_batch_size, plan.eval_limit) for split, ds in splits.items()}
         n_inputs = int(np.prod(train_set.raw_images.shape[1:]))
@@ -315,14 +315,14 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
         Flags (:data:`DEFAULTS`), e.g. ``fastmlp.train.build_parser().parse_args()``;
         missing ones take their defaults, every value is checked again.
     data : dict, optional
-        Pre-loaded ``fastmlp.data.get_cifar10(..., one_hot=False, flatten=True,
+        Pre-loaded ``fastmlp.data.load_dataset(..., one_hot=False, flatten=True,
         dtype=<--dtype>)`` DataSets: ``"train"``, and the splits to evaluate,
         ``"validation"`` and/or ``"test"`` (each one present and not None is
         evaluated); the data flags (``--data_dir``, ``--preprocessing``,
         ``--augment``, ``--validation_size``) are then ignored. The training
         DataSet's batch position is advanced during the run and put back at the
         end, so reusing ``data`` gives every run the same batch order. Default:
-        CIFAR-10 loaded as the flags say (test set, and validation with
+        the ``--dataset`` loaded as the flags say (test set, and validation with
         ``--validation_size``).
     on_eval : callable, optional
         ``on_eval(step, metrics)`` after every evaluation, once its row is in

@@ -167,7 +167,7 @@ class TrainerAdapter:
         augmentation and batch-order seed), so a trial reproduces a run of the trainer's
         command line on the same training split.
         """
-        from fastmlp.data import load_dataset
+        from fastmlp.data import DATASETS, load_dataset
 
         dtype = np.float64 if getattr(self.base, "dtype", "float32") == "float64" else np.float32
         data_seed = int(args.seed)
@@ -179,6 +179,7 @@ class TrainerAdapter:
                                 flatten=True, dtype=dtype, augment=bool(getattr(self.base, "augment", False)),
                                 seed=data_seed)
         except (ValueError, TypeError, OSError) as exc:
-            raise SearchError(f"cannot load {args.dataset} (--data_dir {args.data_dir!r}, --validation_size "
+            raise SearchError(f"cannot load {DATASETS[args.dataset].title} (--dataset {args.dataset}, --data_dir "
+                              f"{args.data_dir!r}, --validation_size "
                               f"{args.validation_size}): {one_line(exc)}") from None
         return {"train": data["train"], "validation": data["validation"]}
