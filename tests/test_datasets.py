@@ -100,6 +100,22 @@ def test_a_short_fastmlp_training_on_each_data_set_beats_chance(sources, case, s
     assert {"metrics.json", "curves.csv", "checkpoint.npz"} <= {p.name for p in out.iterdir()}
 
 
+def test_resume_keeps_the_data_set_and_refuses_another(sources, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--dataset", "mnist", "--data_dir", str(sources["mnist"][0]), "--max_steps", "20", "--eval_freq", "10",
+            "--quiet", "--out_dir", str(out)]
+    assert fm_train.main(argv) == 0
+    # --dataset is taken from the checkpoint when not given ...
+    assert fm_train.main(["--resume", str(out), "--data_dir", str(sources["mnist"][0]), "--max_steps", "30",
+                          "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["dataset"] == "mnist"
+    capsys.readouterr()
+    # ... and another one (same shapes, other data) is refused
+    assert fm_train.main(["--resume", str(out), "--dataset", "fashion_mnist", "--data_dir",
+                          str(sources["fashion_mnist"][0]), "--max_steps", "40", "--quiet"]) == 2
+    assert "--dataset 'mnist'" in capsys.readouterr().err
+
+
 def test_the_torch_trainers_take_any_data_set(sources, tmp_path):
     pytest.importorskip("torch")
     from torch_models import train_convnet, train_mlp

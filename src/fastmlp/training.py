@@ -61,7 +61,7 @@ EVALUATION_SPLITS = loop.EVALUATION_SPLITS
 
 # --resume: flags fixing the shapes of the saved arrays (a change is refused), and
 # flags whose change makes the result differ from an uninterrupted run (a warning).
-ARCHITECTURE_FLAGS = ("dnn_hidden_units", "dtype", "optimizer")
+ARCHITECTURE_FLAGS = ("dnn_hidden_units", "dtype", "optimizer", "dataset")
 TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "momentum", "nesterov", "weight_decay", "lr_schedule",
                     "warmup_steps", "preprocessing", "augment", "seed", "validation_size")
 

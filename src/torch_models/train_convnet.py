@@ -87,7 +87,7 @@ __all__ = ["augment_batch", "build_parser", "main", "train"]
 CROP_PADDING = 4
 # --resume: flags fixing the saved state's layout, and flags whose change alters the result.
 # (--amp is not among them: the autocast dtype actually applied is compared instead.)
-ARCHITECTURE_FLAGS = ("optimizer",)
+ARCHITECTURE_FLAGS = ("optimizer", "dataset")
 TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "seed", "validation_size", "preprocessing", "augment",
                     "momentum", "nesterov", "weight_decay", "label_smoothing", "lr_schedule", "warmup_steps")
 

@@ -95,7 +95,7 @@ INIT_CHOICES = TORCH_INITS
 # --resume: flags fixing the saved tensors' shapes (and the optimizer's state layout), and
 # flags whose change alters the result. The schedule is a pure function of the step, so
 # --lr_schedule can change on resume (the result then differs from an uninterrupted run).
-ARCHITECTURE_FLAGS = ("dnn_hidden_units", "batchnorm", "optimizer")
+ARCHITECTURE_FLAGS = ("dnn_hidden_units", "batchnorm", "optimizer", "dataset")
 TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "momentum", "nesterov", "weight_decay", "lr_schedule",
                     "warmup_steps", "init", "dropout", "preprocessing", "augment", "seed", "validation_size")
 
