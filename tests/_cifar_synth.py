@@ -13,6 +13,7 @@ Nothing here imports fastmlp, so the fixtures work even when the package does no
 """
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 import tarfile
@@ -87,6 +88,29 @@ def py2_pickle_dict(mapping: dict[str, Any]) -> bytes:
 # --------------------------------------------------------------------------- data
 
 
+def make_synthetic(shape: tuple[int, ...], n_classes: int, n_train: int, n_test: int, *, seed: int = 0,
+                   signal: float = 0.35) -> dict[str, Any]:
+    """Learnable synthetic uint8 examples of ``shape`` in ``n_classes`` classes (per-class template plus noise).
+
+    Returns ``x_train`` uint8 (n_train, *shape), ``y_train`` int64, ``x_test``, ``y_test`` and
+    ``label_names`` ("class 0", ...). Classes are balanced (as far as the sizes allow) and shuffled.
+    """
+    rng = np.random.default_rng(seed)
+    size = int(np.prod(shape))
+    templates = rng.integers(0, 256, size=(n_classes, size)).astype(np.float64)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.permutation(np.arange(n) % n_classes).astype(np.int64)
+        noise = rng.integers(0, 256, size=(n, size))
+        pixels = np.rint(signal * templates[labels] + (1.0 - signal) * noise).astype(np.uint8)
+        return pixels.reshape(n, *shape), labels
+
+    x_train, y_train = draw(n_train)
+    x_test, y_test = draw(n_test)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+            "label_names": [f"class {i}" for i in range(n_classes)]}
+
+
 def make_synthetic_cifar(
     n_per_batch: int = 200, n_test: int = 200, *, seed: int = 0, signal: float = 0.35
 ) -> dict[str, Any]:
@@ -99,18 +123,8 @@ def make_synthetic_cifar(
         ``x_test`` uint8 (n_test, 3, 32, 32), ``y_test`` int64, ``label_names``.
         Classes are balanced (as far as the sizes allow) and shuffled.
     """
-    rng = np.random.default_rng(seed)
-    templates = rng.integers(0, 256, size=(10, 3072)).astype(np.float64)
-
-    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = rng.permutation(np.arange(n) % 10).astype(np.int64)
-        noise = rng.integers(0, 256, size=(n, 3072))
-        pixels = np.rint(signal * templates[labels] + (1.0 - signal) * noise).astype(np.uint8)
-        return pixels.reshape(n, 3, 32, 32), labels
-
-    x_train, y_train = draw(5 * n_per_batch)
-    x_test, y_test = draw(n_test)
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, "label_names": list(LABEL_NAMES)}
+    data = make_synthetic((3, 32, 32), 10, 5 * n_per_batch, n_test, seed=seed, signal=signal)
+    return {**data, "label_names": list(LABEL_NAMES)}
 
 
 def write_batch(path: str | Path, images: np.ndarray, labels: Any, *, batch_label: str = "synthetic batch") -> Path:
@@ -195,3 +209,50 @@ def truncate_file(path: str | Path, keep_fraction: float = 0.5) -> Path:
     raw = path.read_bytes()
     path.write_bytes(raw[: int(len(raw) * keep_fraction)])
     return path
+
+
+# --------------------------------------------------------------------------- the other data sets' official formats
+
+CIFAR100_FOLDER = "cifar-100-python"
+CIFAR100_ARCHIVE = "cifar-100-python.tar.gz"
+IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def write_cifar100_archive(archive: str | Path, data: dict[str, Any]) -> Path:
+    """CIFAR-100's official python archive of ``data`` (100 fine classes; coarse label = fine // 5)."""
+    def batch(x: np.ndarray, y: np.ndarray, label: str) -> bytes:
+        return py2_pickle_dict({"filenames": [f"synthetic_{i:05d}.png" for i in range(len(y))], "batch_label": label,
+                                "fine_labels": [int(v) for v in y], "coarse_labels": [int(v) // 5 for v in y],
+                                "data": x.reshape(len(x), -1)})
+
+    meta = py2_pickle_dict({"fine_label_names": list(data["label_names"]),
+                            "coarse_label_names": [f"superclass {i}" for i in range(20)]})
+    members = {"train": batch(data["x_train"], data["y_train"], "training batch 1 of 1"),
+               "test": batch(data["x_test"], data["y_test"], "testing batch 1 of 1"), "meta": meta}
+    archive = Path(archive)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(f"{CIFAR100_FOLDER}/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return archive
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An uncompressed idx file of a uint8 array: magic (0, 0, 0x08, ndim), big-endian dimensions, the bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def write_idx_set(folder: str | Path, data: dict[str, Any]) -> Path:
+    """MNIST's four official ``.gz`` idx files of ``data`` (x uint8 (n, 1, 28, 28) or (n, 28, 28)) in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = (data["x_train"], data["y_train"], data["x_test"], data["y_test"])
+    for name, array in zip(IDX_FILES, arrays):
+        array = np.asarray(array)
+        array = array.reshape(array.shape[0], *array.shape[-2:]) if array.ndim > 1 else array
+        (folder / name).write_bytes(gzip.compress(idx_bytes(array), compresslevel=1))
+    return folder

@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from fastmlp._validation import check_fits_in_memory, check_network_size
-from fastmlp.data import PREPROCESSINGS
+from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
 from fastmlp.modules import INITS
 from fastmlp.optim import OPTIMIZERS
 from fastmlp.schedules import SCHEDULES
@@ -277,6 +277,7 @@ CONSTRAINTS: dict[str, Constraint] = {
     "batch_size": POSITIVE_INT,
     "max_steps": POSITIVE_INT,
     # the data
+    "dataset": Options(DATASET_NAMES),
     "preprocessing": Options(PREPROCESSINGS),
     "augment": Boolean(),
     "validation_size": NONNEGATIVE_INT,

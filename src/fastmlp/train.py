@@ -56,7 +56,7 @@ from typing import Any, Callable, Mapping
 
 from fastmlp import cli, training
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint_path, save_checkpoint
-from fastmlp.data import PREPROCESSINGS
+from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
 from fastmlp.hyperparams import FloatDType, flag_type, format_hidden_units, parse_hidden_units
 from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_STEPS
 from fastmlp.modules import INITS
@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag(course, "batch_size", "batch_size", help="training batch size")
     flag(course, "eval_freq", "eval_freq",
          help="evaluate (and checkpoint) every this many steps, and after the last one")
-    flag(course, "data_dir", help="folder holding cifar-10-python.tar.gz or cifar-10-batches-py/ "
-                                  "(default: $FASTMLP_DATA, else ~/.cache/fastmlp)")
+    flag(course, "data_dir", help="folder holding the --dataset's files (for cifar10: cifar-10-python.tar.gz or "
+                                  "cifar-10-batches-py/; for npz: the .npz file) (default: $FASTMLP_DATA, "
+                                  "else ~/.cache/fastmlp)")
 
     opt = parser.add_argument_group("optimisation")
     flag(opt, "optimizer", "optimizer", choices=OPTIMIZERS,
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag(opt, "warmup_steps", "warmup_steps", help="linear learning-rate warm-up over this many steps")
 
     data = parser.add_argument_group("data")
+    flag(data, "dataset", "dataset", choices=DATASET_NAMES,
+         help="the data set (fastmlp.data.registry); npz: --data_dir names a file with x_train, y_train, x_test, y_test")
     flag(data, "preprocessing", "preprocessing", choices=PREPROCESSINGS,
          help="mean_image: subtract the mean training image (course); standardize: per-channel mean/std")
     flag(data, "augment", action="store_true", help="random crops (pad 4) and horizontal flips")

@@ -21,6 +21,7 @@ import numpy as np
 
 from fastmlp import loop
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from fastmlp.data import dataset_metrics
 from fastmlp.hyperparams import check_all, check_sizes
 from fastmlp.runlog import RunLog, check_finite
 from fastmlp.schedules import LearningRateSchedule
@@ -45,7 +46,7 @@ __all__ = [
 #: than 1,000 for a little more memory (BENCHMARKS.md §3).
 DEFAULTS: dict[str, Any] = {
     "dnn_hidden_units": [100], "learning_rate": 2e-3, "max_steps": 1500, "batch_size": 200,
-    "eval_freq": 100, "data_dir": None,
+    "eval_freq": 100, "data_dir": None, "dataset": "cifar10",
     "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "init": "normal",
     "lr_schedule": "constant", "warmup_steps": 0,
     "preprocessing": "mean_image", "augment": False, "validation_size": 0, "dtype": "float32",
@@ -60,7 +61,7 @@ EVALUATION_SPLITS = loop.EVALUATION_SPLITS
 
 # --resume: flags fixing the shapes of the saved arrays (a change is refused), and
 # flags whose change makes the result differ from an uninterrupted run (a warning).
-ARCHITECTURE_FLAGS = ("dnn_hidden_units", "dtype", "optimizer")
+ARCHITECTURE_FLAGS = ("dnn_hidden_units", "dtype", "optimizer", "dataset")
 TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "momentum", "nesterov", "weight_decay", "lr_schedule",
                     "warmup_steps", "preprocessing", "augment", "seed", "validation_size")
 
@@ -192,7 +193,7 @@ class MLPHooks:
         train_set = data["train"]
         if np.dtype(train_set.dtype) != np.dtype(args.dtype):
             raise ValueError(f"data: the pre-loaded images are {train_set.dtype}, but --dtype is "
-                             f"{args.dtype}; load them with get_cifar10(dtype=np.{args.dtype})")
+                             f"{args.dtype}; load them with load_dataset(..., dtype=np.{args.dtype})")
         splits = loop.evaluation_splits(data)
         eval_sets = {split: _eval_batches(ds, args.eval_batch_size, plan.eval_limit) for split, ds in splits.items()}
         n_inputs = int(np.prod(train_set.raw_images.shape[1:]))
@@ -288,12 +289,12 @@ def _n_classes(*label_arrays: np.ndarray) -> int:
 
 # --------------------------------------------------------------------------- a whole run
 def load_data(args: argparse.Namespace, seed: int) -> dict:
-    """CIFAR-10 as checked flags ``args`` ask: ``train``, ``test`` and (``--validation_size``) ``validation``."""
-    from fastmlp.data import get_cifar10
+    """The ``--dataset`` as checked flags ``args`` ask: ``train``, ``test`` and (``--validation_size``) ``validation``."""
+    from fastmlp.data import load_dataset
 
-    return get_cifar10(args.data_dir, one_hot=False, validation_size=args.validation_size,
-                       preprocessing=args.preprocessing, flatten=True, dtype=np.dtype(args.dtype),
-                       augment=args.augment, seed=seed)
+    return load_dataset(args.dataset, args.data_dir, one_hot=False, validation_size=args.validation_size,
+                        preprocessing=args.preprocessing, flatten=True, dtype=np.dtype(args.dtype),
+                        augment=args.augment, seed=seed)
 
 
 def _checkpoint_to_resume(args: argparse.Namespace) -> dict | None:
@@ -315,14 +316,14 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
         Flags (:data:`DEFAULTS`), e.g. ``fastmlp.train.build_parser().parse_args()``;
         missing ones take their defaults, every value is checked again.
     data : dict, optional
-        Pre-loaded ``fastmlp.data.get_cifar10(..., one_hot=False, flatten=True,
+        Pre-loaded ``fastmlp.data.load_dataset(..., one_hot=False, flatten=True,
         dtype=<--dtype>)`` DataSets: ``"train"``, and the splits to evaluate,
         ``"validation"`` and/or ``"test"`` (each one present and not None is
         evaluated); the data flags (``--data_dir``, ``--preprocessing``,
         ``--augment``, ``--validation_size``) are then ignored. The training
         DataSet's batch position is advanced during the run and put back at the
         end, so reusing ``data`` gives every run the same batch order. Default:
-        CIFAR-10 loaded as the flags say (test set, and validation with
+        the ``--dataset`` loaded as the flags say (test set, and validation with
         ``--validation_size``).
     on_eval : callable, optional
         ``on_eval(step, metrics)`` after every evaluation, once its row is in
@@ -352,7 +353,6 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
     plan = loop.Plan.from_flags(args.max_steps, args.eval_freq, dry_run=args.dry_run)
     model_seed, data_seed = derive_seeds(args.seed)
     with blas_threads(args.threads):
-        loaded_here = data is None
         data = load_data(args, data_seed) if data is None else data
         hooks = MLPHooks.build(args, data, plan, model_seed=model_seed, checkpoint_path=out_dir / CHECKPOINT_NAME)
         flags = {**vars(args), "max_steps": plan.max_steps, "eval_freq": plan.eval_freq, "out_dir": str(out_dir)}
@@ -364,13 +364,13 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
                             wall_seconds=meta.get("wall_seconds", 0.0), max_steps=plan.max_steps)
                 hooks.restore(checkpoint, args)
             loop.run(hooks, plan, progress, on_eval=on_eval)
-        _save_model_file(hooks.model, data["train"], out_dir, cifar=loaded_here)
-        return loop.finish(progress, out_dir=str(out_dir), dry_run=args.dry_run)
+        _save_model_file(hooks.model, data["train"], out_dir)
+        return loop.finish(progress, out_dir=str(out_dir), dry_run=args.dry_run,
+                           **dataset_metrics(args.dataset, data["train"]))
 
 
-def _save_model_file(model, train_set, out_dir: Path, *, cifar: bool) -> None:
-    """The run's ``model.safetensors`` (:mod:`fastmlp.modelfile`); CIFAR-10's class names when it loaded CIFAR-10."""
-    from fastmlp.data import LABEL_NAMES
+def _save_model_file(model, train_set, out_dir: Path) -> None:
+    """The run's ``model.safetensors`` (:mod:`fastmlp.modelfile`), with the training set's class names."""
     from fastmlp.modelfile import MODEL_FILE_NAME, save_trained
 
-    save_trained(model, train_set, out_dir / MODEL_FILE_NAME, classes=list(LABEL_NAMES) if cifar else None)
+    save_trained(model, train_set, out_dir / MODEL_FILE_NAME)

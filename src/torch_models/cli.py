@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fastmlp import cli
-from fastmlp.data import PREPROCESSINGS
+from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
 from fastmlp.hyperparams import DEVICES, Boolean, NoneOr, check, check_all, check_sizes, flag_type
 from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_EVAL_FREQ, DRY_RUN_STEPS
 from fastmlp.optim import OPTIMIZERS
@@ -62,8 +62,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, 
                         help="evaluate on the whole test (and validation) set and checkpoint every N steps")
     parser.add_argument("--eval_batch_size", type=flag_type("eval_batch_size"), default=eval_batch_size,
                         help="batch size for evaluation (larger: fewer passes, more memory)")
+    parser.add_argument("--dataset", type=flag_type("dataset"), choices=DATASET_NAMES, default="cifar10",
+                        help="the data set (fastmlp.data.registry); npz: --data_dir names the file")
     parser.add_argument("--data_dir", default=None,
-                        help="folder holding CIFAR-10 (default: $FASTMLP_DATA, else ~/.cache/fastmlp)")
+                        help="folder holding the data set, or the .npz file (default: $FASTMLP_DATA, else "
+                             "~/.cache/fastmlp)")
     parser.add_argument("--validation_size", type=flag_type("validation_size"), default=0,
                         help="training images held out (from the end of the training set) for validation")
     parser.add_argument("--preprocessing", type=flag_type("preprocessing"), choices=PREPROCESSINGS,

@@ -73,6 +73,7 @@ from typing import Any, Mapping
 
 import torch
 
+from fastmlp.data import example_shape
 from fastmlp.hyperparams import flag_type
 from torch_models import cli
 from torch_models.distributed import distributed_context
@@ -83,13 +84,10 @@ from torch_models.trainer import fit
 
 __all__ = ["augment_batch", "build_parser", "main", "train"]
 
-N_CHANNELS = 3
-N_CLASSES = 10
-INPUT_SHAPE = (N_CHANNELS, 32, 32)
 CROP_PADDING = 4
 # --resume: flags fixing the saved state's layout, and flags whose change alters the result.
 # (--amp is not among them: the autocast dtype actually applied is compared instead.)
-ARCHITECTURE_FLAGS = ("optimizer",)
+ARCHITECTURE_FLAGS = ("optimizer", "dataset")
 TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "seed", "validation_size", "preprocessing", "augment",
                     "momentum", "nesterov", "weight_decay", "label_smoothing", "lr_schedule", "warmup_steps")
 
@@ -203,18 +201,27 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
     def build_model() -> torch.nn.Module:
         from torch_models.convnet import ConvNet
 
-        return ConvNet(N_CHANNELS, N_CLASSES)
+        return ConvNet(input_shape[0], n_classes, image_size=input_shape[1:])
 
     def build_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
         return make_optimizer(args.optimizer, parameter_groups(model, args.weight_decay), args.learning_rate,
                               momentum=args.momentum, nesterov=args.nesterov)
 
     with distributed_context(args.device, args.threads, deterministic=args.deterministic) as ctx:
+        if data is None:
+            from fastmlp.data import load_dataset
+
+            data = load_dataset(args.dataset, args.data_dir, one_hot=False, validation_size=args.validation_size,
+                                preprocessing=args.preprocessing, flatten=False, seed=args.seed)
+        input_shape, n_classes = example_shape(data)
+        if len(input_shape) != 3:
+            raise ValueError(f"--dataset {args.dataset}: the ConvNet needs images (channels, height, width), "
+                             f"got examples of shape {input_shape} (use torch_models.train_mlp)")
         precision = choose_precision(args.amp, ctx.device, warn=ctx.is_main)
         # Channels-last pays off most with low-precision convolutions; by default it follows them.
         channels_last = precision.enabled if args.channels_last is None else args.channels_last
         spec = TrainerSpec(
-            name="train_convnet", input_shape=INPUT_SHAPE, build_model=build_model, build_optimizer=build_optimizer,
+            name="train_convnet", input_shape=input_shape, build_model=build_model, build_optimizer=build_optimizer,
             precision=precision, augment=augment_batch if args.augment else None, channels_last=channels_last,
             compile_model=args.compile, label_smoothing=args.label_smoothing, cycle_momentum=True,
             min_local_batch=2, architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
@@ -222,11 +229,6 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
                         f"preprocessing {args.preprocessing}",
                         f"{args.optimizer} (momentum {args.momentum}, nesterov {args.nesterov}), weight decay "
                         f"{args.weight_decay} on kernels only, label smoothing {args.label_smoothing}"))
-        if data is None:
-            from fastmlp.data import get_cifar10
-
-            data = get_cifar10(args.data_dir, one_hot=False, validation_size=args.validation_size,
-                               preprocessing=args.preprocessing, flatten=False, seed=args.seed)
         return fit(args, spec, ctx=ctx, data=data, on_eval=on_eval)
 
 

@@ -63,12 +63,14 @@ and ``--nesterov`` replace the hyper-parameters stored with the optimizer state.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from fastmlp.data import example_shape
 from fastmlp.hyperparams import BATCHNORMS, TORCH_INITS, flag_type, parse_hidden_units
 from torch_models import cli
 from torch_models.distributed import distributed_context
@@ -88,8 +90,6 @@ __all__ = [
     "train",
 ]
 
-N_INPUTS = 3 * 32 * 32
-N_CLASSES = 10
 #: Standard deviation of the course's weight initialisation (``--init normal``, fastmlp's default).
 COURSE_INIT_STD = 1e-4
 #: ``--init``: fastmlp's initialisations plus ``torch`` (leave PyTorch's default one).
@@ -97,7 +97,7 @@ INIT_CHOICES = TORCH_INITS
 # --resume: flags fixing the saved tensors' shapes (and the optimizer's state layout), and
 # flags whose change alters the result. The schedule is a pure function of the step, so
 # --lr_schedule can change on resume (the result then differs from an uninterrupted run).
-ARCHITECTURE_FLAGS = ("dnn_hidden_units", "batchnorm", "optimizer")
+ARCHITECTURE_FLAGS = ("dnn_hidden_units", "batchnorm", "optimizer", "dataset")
 TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "momentum", "nesterov", "weight_decay", "lr_schedule",
                     "warmup_steps", "init", "dropout", "preprocessing", "augment", "seed", "validation_size")
 
@@ -197,12 +197,31 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
     """
     args = cli.checked_args(args, build_parser)
     batchnorm = None if args.batchnorm == "none" else args.batchnorm
-    built = []  # the module fit() trains (a DDP or compiled wrapper shares its parameters)
+    built: list[nn.Module] = []  # the module fit() trains (a DDP or compiled wrapper shares its parameters)
+    with distributed_context(args.device, args.threads, deterministic=args.deterministic) as ctx:
+        if data is None:
+            from fastmlp.data import load_dataset
+
+            data = load_dataset(args.dataset, args.data_dir, one_hot=False, validation_size=args.validation_size,
+                                preprocessing=args.preprocessing, flatten=True, augment=args.augment,
+                                seed=args.seed)
+        metrics = fit(args, _spec(args, batchnorm, *example_shape(data), built=built), ctx=ctx, data=data,
+                      on_eval=on_eval)
+        if ctx.is_main:
+            _save_model_file(built[-1], data["train"], Path(metrics["out_dir"]))
+        return metrics
+
+
+def _spec(args: argparse.Namespace, batchnorm: str | None, shape: tuple[int, ...], n_classes: int, *,
+          built: list) -> TrainerSpec:
+    """The MLP trainer's parts for checked flags ``args`` over examples of ``shape`` in ``n_classes`` classes;
+    every model it builds is appended to ``built``."""
+    n_inputs = math.prod(shape)
 
     def build_model() -> nn.Module:
         from torch_models.mlp import MLP
 
-        model = MLP(N_INPUTS, args.dnn_hidden_units, N_CLASSES, dropout=args.dropout, batchnorm=batchnorm)
+        model = MLP(n_inputs, args.dnn_hidden_units, n_classes, dropout=args.dropout, batchnorm=batchnorm)
         initialize_parameters(model, args.init)
         built.append(model)
         return model
@@ -211,8 +230,8 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
         return make_optimizer(args.optimizer, parameter_groups(model, args.weight_decay), args.learning_rate,
                               momentum=args.momentum, nesterov=args.nesterov)
 
-    spec = TrainerSpec(
-        name="train_mlp", input_shape=(N_INPUTS,), build_model=build_model, build_optimizer=build_optimizer,
+    return TrainerSpec(
+        name="train_mlp", input_shape=(n_inputs,), build_model=build_model, build_optimizer=build_optimizer,
         dataset_augment=args.augment, min_local_batch=1 if batchnorm is None else 2,
         architecture_flags=ARCHITECTURE_FLAGS, trajectory_flags=TRAJECTORY_FLAGS,
         plan_notes=(f"hidden units {args.dnn_hidden_units or '[] (logistic regression)'}, init {args.init}, "
@@ -220,29 +239,15 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data=None, on_eval=No
                     f"{args.optimizer} (momentum {args.momentum}, nesterov {args.nesterov}), weight decay "
                     f"{args.weight_decay} on weights only",
                     f"preprocessing {args.preprocessing}, augment {args.augment}"))
-    with distributed_context(args.device, args.threads, deterministic=args.deterministic) as ctx:
-        loaded_here = data is None
-        if data is None:
-            from fastmlp.data import get_cifar10
-
-            data = get_cifar10(args.data_dir, one_hot=False, validation_size=args.validation_size,
-                               preprocessing=args.preprocessing, flatten=True, augment=args.augment,
-                               seed=args.seed)
-        metrics = fit(args, spec, ctx=ctx, data=data, on_eval=on_eval)
-        if ctx.is_main:
-            _save_model_file(built[-1], data["train"], Path(metrics["out_dir"]), cifar=loaded_here)
-        return metrics
 
 
-def _save_model_file(model: nn.Module, train_set, out_dir: Path, *, cifar: bool) -> None:
+def _save_model_file(model: nn.Module, train_set, out_dir: Path) -> None:
     """The run's ``model.safetensors`` (:mod:`fastmlp.modelfile`): the network in its eval-mode form
-    (batch normalisation folded, dropout dropped), with the training split's preprocessing."""
-    from fastmlp.data import LABEL_NAMES
+    (batch normalisation folded, dropout dropped), with the training split's preprocessing and class names."""
     from fastmlp.interop import from_torch
     from fastmlp.modelfile import MODEL_FILE_NAME, save_trained
 
-    save_trained(from_torch(model, for_inference=True), train_set, out_dir / MODEL_FILE_NAME,
-                 classes=list(LABEL_NAMES) if cifar else None)
+    save_trained(from_torch(model, for_inference=True), train_set, out_dir / MODEL_FILE_NAME)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from fastmlp import loop
+from fastmlp.data import dataset_metrics
 from fastmlp.runlog import RunLog
 from torch_models.checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint_path
 from torch_models.devices import describe_device
@@ -231,4 +232,5 @@ def fit(args: argparse.Namespace, spec: TrainerSpec, *, ctx: DistContext, data: 
         print(_describe_plan(spec, args, hooks, plan=plan, out_dir=out_dir,
                              train_examples=data["train"].num_examples), flush=True)
     loop.run(hooks, plan, progress, desc=spec.name, on_eval=on_eval)
-    return loop.finish(progress, **_final_metrics(hooks, progress, out_dir=out_dir, dry_run=args.dry_run))
+    return loop.finish(progress, **_final_metrics(hooks, progress, out_dir=out_dir, dry_run=args.dry_run),
+                       **dataset_metrics(args.dataset, data["train"]))

@@ -70,6 +70,8 @@ __all__ = [
     "PREPROCESSINGS",
     "Preprocessing",
     "augment_batch",
+    "dataset_metrics",
+    "example_shape",
     "default_cache_dir",
     "download_cifar10",
     "get_cifar10",
@@ -224,3 +226,31 @@ def get_cifar10(data_dir: str | os.PathLike | None = None, one_hot: bool = True,
     inputs (``flatten``: (n, 3072)), labels in 0..9.
     """
     return load_dataset("cifar10", data_dir, one_hot, validation_size, **kwargs)
+
+
+def example_shape(data: Any) -> tuple[tuple[int, ...], int]:
+    """The shape of one example and the number of classes of loaded data (``load_dataset``'s dict).
+
+    The classes are the training DataSet's class names when it has them, else one more
+    than the largest label of any split (one-hot labels: their width).
+    """
+    train = data["train"]
+    shape = tuple(int(d) for d in train.raw_images.shape[1:])
+    if train.class_names is not None:
+        return shape, len(train.class_names)
+    n = 0
+    for split in data.values():
+        if split is not None:
+            y = split.labels
+            n = max(n, y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
+    return shape, n
+
+
+def dataset_metrics(name: str, train_set: Any) -> dict[str, Any]:
+    """What a run's ``metrics.json`` says of its data: ``{"dataset": name, "class_names": [...] or None}``.
+
+    ``train_set`` is the run's training :class:`DataSet` (its :attr:`DataSet.class_names`;
+    None for a DataSet built without them).
+    """
+    names = getattr(train_set, "class_names", None)
+    return {"dataset": name, "class_names": None if names is None else list(names)}

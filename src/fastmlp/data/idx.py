@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastmlp.data import sources
-from fastmlp.data.sources import DataError, archive_mode, check_arrays, download_file
+from fastmlp.data.sources import DataError, check_arrays, download_file
 
 __all__ = ["IdxLayout", "FASHION_MNIST", "MNIST", "download_idx", "find_idx_source", "read_idx", "read_idx_set"]
 
@@ -75,8 +75,11 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     """
     import gzip  # here: only the idx data sets need it, every run imports this module
 
-    if archive_mode(path) != "r:gz":
-        raise DataError(f"{path} is not gzip-compressed: an idx file of the official set ends in .gz")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"\x1f\x8b":  # told before gzip reads anything: a file of zeros fails here, at once
+        raise DataError(f"{path} is not gzip-compressed (it starts with {magic.hex(' ')!r}); the official "
+                        "idx files are .gz")
     try:
         with gzip.open(path, "rb") as f:
             head = f.read(4 + 4 * ndim)
@@ -119,7 +122,7 @@ def find_idx_source(root: Path, layout: IdxLayout) -> tuple[Path, list[Path], Ca
     return None
 
 
-def download_idx(root: Path, layout: IdxLayout, not_found: Callable[[str], str]) -> None:
+def download_idx(root: Path, not_found: Callable[[str], str], *, layout: IdxLayout) -> None:
     """Download the four files into ``root/<name>/``, each md5-checked (those already there are kept)."""
     for name, md5 in zip(IDX_FILES, layout.md5):
         dest = root / layout.name / name

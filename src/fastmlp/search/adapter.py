@@ -132,6 +132,7 @@ class TrainerAdapter:
         ns.seed = int(args.seed)
         ns.validation_size = int(args.validation_size)
         ns.data_dir = args.data_dir
+        ns.dataset = args.dataset
         ns.out_dir = str(out_dir)
         ns.resume = None
         ns.quiet = True  # several workers' progress bars would interleave
@@ -166,18 +167,19 @@ class TrainerAdapter:
         augmentation and batch-order seed), so a trial reproduces a run of the trainer's
         command line on the same training split.
         """
-        from fastmlp.data import get_cifar10
+        from fastmlp.data import DATASETS, load_dataset
 
         dtype = np.float64 if getattr(self.base, "dtype", "float32") == "float64" else np.float32
         data_seed = int(args.seed)
         if self.model == "numpy":  # fastmlp.train seeds the batch order with a seed derived from --seed
             data_seed = derive_seeds(int(args.seed))[1]
         try:
-            data = get_cifar10(args.data_dir, one_hot=False, validation_size=int(args.validation_size),
-                               preprocessing=getattr(self.base, "preprocessing", "mean_image"),
-                               flatten=True, dtype=dtype, augment=bool(getattr(self.base, "augment", False)),
-                               seed=data_seed)
+            data = load_dataset(args.dataset, args.data_dir, one_hot=False, validation_size=int(args.validation_size),
+                                preprocessing=getattr(self.base, "preprocessing", "mean_image"),
+                                flatten=True, dtype=dtype, augment=bool(getattr(self.base, "augment", False)),
+                                seed=data_seed)
         except (ValueError, TypeError, OSError) as exc:
-            raise SearchError(f"cannot load CIFAR-10 (--data_dir {args.data_dir!r}, --validation_size "
+            raise SearchError(f"cannot load {DATASETS[args.dataset].title} (--dataset {args.dataset}, --data_dir "
+                              f"{args.data_dir!r}, --validation_size "
                               f"{args.validation_size}): {one_line(exc)}") from None
         return {"train": data["train"], "validation": data["validation"]}

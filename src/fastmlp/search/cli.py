@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from fastmlp.cli import EXIT_BAD_INPUT
+from fastmlp.data import DATASET_NAMES
 from fastmlp.hyperparams import DEVICES, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, flag_type
 from fastmlp.runlog import DivergenceError
 from fastmlp.search import signals
@@ -75,8 +76,11 @@ def _add_budget_and_data(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--eval_freq", type=flag_type("eval_freq"), default=250,
                         help="validation evaluation (and pruning check) every this many steps")
     data = parser.add_argument_group("data")
+    data.add_argument("--dataset", type=flag_type("dataset"), choices=DATASET_NAMES, default="cifar10",
+                      help="the data set (fastmlp.data.registry)")
     data.add_argument("--data_dir", default=None,
-                      help="folder holding CIFAR-10 (when unset: $FASTMLP_DATA, else ~/.cache/fastmlp)")
+                      help="folder holding the data set, or the .npz file (when unset: $FASTMLP_DATA, else "
+                           "~/.cache/fastmlp)")
     data.add_argument("--validation_size", type=flag_type(POSITIVE_INT), default=5000,
                       help="training images held out to score the trials (the test set is never used)")
 
