@@ -27,6 +27,8 @@ from fastmlp.search.cli import checked_args  # noqa: E402
 from fastmlp.search.study import make_pruner  # noqa: E402
 from fastmlp.search.workers import EVAL_SLEEP_ENV  # noqa: E402
 
+from _postgres import postgres_server, postgres_url  # noqa: E402,F401  (fixtures)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_GRID = {"hidden_units": [[8], [16]], "batch_size": [20, 40], "max_steps": [10], "learning_rate": [1e-3]}
 
@@ -37,9 +39,17 @@ def _flags(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
             "--quiet", *extra]
 
 
-def _load(out_dir: Path, name: str):
-    storage = search.open_storage(None, out_dir, heartbeat_interval=0)
-    return optuna.load_study(study_name=name, storage=storage)
+def _load(out_dir: Path, name: str, storage: str | None = None):
+    return optuna.load_study(study_name=name, storage=search.open_storage(storage, out_dir, heartbeat_interval=0))
+
+
+def _storage_flags(request, kind: str, out: Path) -> list[str]:
+    """``--storage`` for a test's storage kind: the default journal, an SQLite file, a fresh PostgreSQL database."""
+    if kind == "sqlite":
+        return ["--storage", f"sqlite:///{out / 'study.db'}"]
+    if kind == "postgres":
+        return ["--storage", request.getfixturevalue("postgres_url")]
+    return []
 
 
 def _env() -> dict:
@@ -195,30 +205,20 @@ def test_two_worker_processes_share_the_study_without_duplicates(synthetic_cifar
     assert (out / "results.md").is_file() and (out / "trials.csv").is_file()
 
 
-def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_path):
+@pytest.mark.parametrize("kind", ["journal", "postgres"])
+def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_path, request, kind):
     out = tmp_path / "killed"
+    where = _storage_flags(request, kind, out)
+    storage = where[1] if where else None
     grid = {**TINY_GRID, "batch_size": [20]}
     argv = _flags(synthetic_cifar_dir, out, "--grid", json.dumps(grid), "--study_name", "k",
-                  "--grace_period", "2", "--skip_final")
+                  "--grace_period", "2", "--skip_final", *where)
     # Each evaluation of the victim sleeps, so it is surely in the middle of a trial when killed.
     env = dict(_env(), **{EVAL_SLEEP_ENV: "60"})
     victim = subprocess.Popen([sys.executable, "-m", "fastmlp.search", *argv], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        running = []
-        while time.monotonic() < deadline and not running:
-            time.sleep(0.3)
-            if (out / "study.journal").is_file() and victim.poll() is None:
-                try:
-                    running = [t for t in _load(out, "k").get_trials()
-                               if t.state.name == "RUNNING" and search.HEARTBEAT_ATTR in t.system_attrs
-                               and t.params and "trial_dir" in t.user_attrs
-                               and (Path(t.user_attrs["trial_dir"]) / "checkpoint.npz").is_file()]
-                except KeyError:  # the study is not created yet
-                    running = []
-        assert running, "the worker never started a trial: " + (victim.stderr.read().decode()
-                                                                if victim.poll() is not None else "")
+        running = _wait_for_running_trials(victim, out, "k", storage, 1)
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
@@ -229,7 +229,7 @@ def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_
     # The next run waits out the grace period, fails the dead trial, runs it again, finishes the grid
     # (--timeout: a run that never noticed the dead trial would wait for it for ever).
     assert search.main(argv + ["--timeout", "60"]) == 0
-    trials = _load(out, "k").get_trials()
+    trials = _load(out, "k", storage).get_trials()
     by_state = {}
     for t in trials:
         by_state.setdefault(t.state.name, []).append(t)
@@ -240,6 +240,29 @@ def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_
     assert len(retried) == 1 and retried[0].params == running[0].params
     # The dead trial's checkpoint is cleaned up, as every finished trial's is.
     assert not left.exists() and not list(out.rglob("checkpoint.npz"))
+
+
+def _wait_for_running_trials(process: subprocess.Popen, out: Path, name: str, storage: str | None, n: int,
+                             timeout: float = 90) -> list:
+    """The trials of study ``name`` once ``n`` of them are training (their checkpoint written), while ``process`` lives."""
+    deadline = time.monotonic() + timeout
+    running = []
+    while time.monotonic() < deadline and len(running) < n and process.poll() is None:
+        time.sleep(0.3)
+        if storage is None and not (out / "study.journal").is_file():
+            continue
+        try:
+            trials = _load(out, name, storage).get_trials()
+        except KeyError:  # the study is not created yet
+            continue
+        # A journal trial's heartbeat is a system attribute (RDBStorage keeps its own table).
+        running = [t for t in trials if t.state.name == "RUNNING" and t.params and "trial_dir" in t.user_attrs
+                   and (storage is not None or search.HEARTBEAT_ATTR in t.system_attrs)
+                   and (Path(t.user_attrs["trial_dir"]) / "checkpoint.npz").is_file()]
+    if len(running) < n:
+        message = process.stderr.read() if process.poll() is not None else "(still running)"
+        pytest.fail(f"{n} trial(s) never started training: {message!r}")
+    return running
 
 
 def test_torch_model_search_and_final_retrain(synthetic_cifar_dir, tmp_path):
@@ -275,6 +298,9 @@ def test_torch_model_search_and_final_retrain(synthetic_cifar_dir, tmp_path):
     (["--sampler", "evolution", "--space", '{"units": [16, 8]}'], "low <= high"),
     (["--trainer_flags=--nesterov"], "not available with --trainer_flags --nesterov"),
     (["--sampler", "random", "--trainer_flags=--nesterov"], "['sgd', 'adam']"),
+    (["--grid", "/dev/zero", "--dry_run"], "--grid file '/dev/zero' is a device, FIFO or socket"),
+    (["--grid", json.dumps({"batch_size": list(range(1, 400)), "max_steps": list(range(1, 400))}), "--dry_run"],
+     "--grid has 477603 points"),
 ])
 def test_bad_flags_give_one_line_and_exit_code_2(synthetic_cifar_dir, tmp_path, capsys, extra, message):
     argv = ["--model", "numpy", "--data_dir", str(synthetic_cifar_dir), "--out_dir", str(tmp_path / "o"),
@@ -347,21 +373,22 @@ def _all_succeed(processes: list[subprocess.Popen]) -> None:
     assert not errors, errors
 
 
-@pytest.mark.parametrize("storage", ["journal", "sqlite"])
-def test_workers_started_at_once_on_a_fresh_storage_all_join(synthetic_cifar_dir, tmp_path, storage):
-    """Three workers racing to create the storage (an SQLite database's tables, or the journal) and the study:
+@pytest.mark.parametrize("kind, n_workers, hidden", [("journal", 3, ["8"]), ("sqlite", 3, ["8"]),
+                                                     ("postgres", 4, ["8", "16"])])
+def test_workers_started_at_once_on_a_fresh_storage_all_join(synthetic_cifar_dir, tmp_path, request, kind,
+                                                             n_workers, hidden):
+    """Workers racing to create the storage (a database's tables, or the journal) and the study:
     none dies, and each grid point is run once (a trial started on a taken point is failed unrun)."""
-    out = tmp_path / storage
+    out = tmp_path / kind
     out.mkdir()
-    where = ["--storage", f"sqlite:///{out / 'study.db'}"] if storage == "sqlite" else []
-    grid = {**TINY_GRID, "hidden_units": [[8]], "max_steps": [4]}
-    _all_succeed(_start_workers(synthetic_cifar_dir, out, 3, "--grid", json.dumps(grid), "--study_name", "c",
-                                *where))
-    study = optuna.load_study(study_name="c", storage=search.open_storage(where[1] if where else None, out,
-                                                                          heartbeat_interval=0))
-    trials = study.get_trials()
+    where = _storage_flags(request, kind, out)
+    grid = {**TINY_GRID, "hidden_units": hidden, "max_steps": [4]}
+    _all_succeed(_start_workers(synthetic_cifar_dir, out, n_workers, "--grid", json.dumps(grid),
+                                "--study_name", "c", *where))
+    trials = _load(out, "c", where[1] if where else None).get_trials()
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert sorted(t.params["batch_size"] for t in complete) == [20, 40]
+    assert sorted((t.params["hidden_units"], t.params["batch_size"]) for t in complete) == sorted(
+        (h, b) for h in hidden for b in (20, 40))
     assert all(t.user_attrs.get("surplus") and t.state.name == "FAIL" for t in trials if t not in complete)
 
 
@@ -462,3 +489,113 @@ def test_two_studies_sharing_out_dir_keep_their_trial_folders(synthetic_cifar_di
                                   ).trials[0]
         info = json.loads((Path(trial.user_attrs["trial_dir"]) / "trial_info.json").read_text())
         assert info["study_name"] == name and (Path(trial.user_attrs["trial_dir"]) / "metrics.json").is_file()
+
+
+# --------------------------------------------------------------------------- a storage that lies or is damaged
+ONE_POINT = json.dumps({**TINY_GRID, "hidden_units": [[8]], "batch_size": [20], "max_steps": [4]})
+
+
+def test_trial_folders_named_by_the_storage_outside_the_study_are_never_touched(synthetic_cifar_dir, tmp_path):
+    """Whoever can write the storage plants finished trials whose trial_dir points at files elsewhere:
+    straight outside, and through a symbolic link inside the study's trials folder. They survive a run."""
+    out, outside = tmp_path / "planted", tmp_path / "elsewhere"
+    victims = [outside / "a", outside / "b"]
+    for folder in victims:
+        folder.mkdir(parents=True)
+        for name in ("checkpoint.npz", "checkpoint.pt"):
+            (folder / name).write_bytes(b"precious")
+    link = out / "trials" / "p" / "trial_0001"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(victims[1], target_is_directory=True)
+    study = optuna.create_study(storage=search.open_storage(None, out, heartbeat_interval=0), study_name="p",
+                                direction="maximize")
+    for folder in (victims[0], link):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
+                                                  user_attrs={"trial_dir": str(folder)}))
+    assert search.main(_flags(synthetic_cifar_dir, out, "--grid", ONE_POINT, "--study_name", "p",
+                              "--skip_final")) == 0
+    assert [t.state.name for t in _load(out, "p").get_trials()] == ["FAIL", "FAIL", "COMPLETE"]
+    for folder in victims:
+        assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.npz", "checkpoint.pt"]
+        assert (folder / "checkpoint.npz").read_bytes() == b"precious"
+
+
+def test_a_cut_last_journal_line_is_set_aside_and_the_study_goes_on(synthetic_cifar_dir, tmp_path):
+    out = tmp_path / "cut"
+    grid = json.dumps({**TINY_GRID, "hidden_units": [[8]], "max_steps": [4]})
+    argv = _flags(synthetic_cifar_dir, out, "--grid", grid, "--study_name", "j", "--skip_final")
+    assert search.main(argv + ["--n_trials", "1"]) == 0
+    journal = out / "study.journal"
+    whole = journal.stat().st_size
+    cut = b'{"op_code":9,"worker_id":"w","trial_id":0,"system_attr":{"fastmlp:heart'  # a crash mid-append
+    with open(journal, "ab") as f:
+        f.write(cut)
+    with pytest.warns(RuntimeWarning, match=f"cut line at byte offset {whole} "):
+        assert search.main(argv) == 0  # the rest of the grid
+    assert (out / f"study.journal.cut-{whole}").read_bytes() == cut
+    assert journal.read_bytes()[whole - 1:whole + 1] == b"\n{"  # went on where the cut line began
+    assert [t.state.name for t in _load(out, "j").get_trials()] == ["COMPLETE", "COMPLETE"]
+    assert search.main(argv) == 0  # and stays readable
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"op_code": 99, "worker_id": "w"}', "unknown op_code 99"),
+    ('{"op_code": 9, "worker_id": "w", "trial_id": 0, "system_attr": {"x": ' + "[" * 100_000 + "]" * 100_000
+     + "}}", "nested too deep"),
+    ('{"op_code": 9, "worker_id": "w", "trial_id": 0, "system_attr": {"x": ' + "[" * 100 + "]" * 100 + "}}",
+     "nested more than"),
+    ('{"op_code": 8, "worker_id": "w", "trial_id": 0}', "without ['user_attr']"),
+    ('{"op_code": 8, "worker_id": "w", "trial_id": 0, "user_attr": {}}', "one attribute"),
+    ("[1, 2]", "not an object"),
+])
+def test_a_malformed_journal_line_gives_one_error_line(tmp_path, capsys, line, problem):
+    out = tmp_path / "bad"
+    optuna.create_study(storage=search.open_storage(None, out, heartbeat_interval=0), study_name="b")
+    journal = out / "study.journal"
+    offset = journal.stat().st_size
+    with open(journal, "a") as f:
+        f.write(line + "\n")
+    assert search.main(["--model", "numpy", "--out_dir", str(out), "--study_name", "b", "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert f"line 2 (byte offset {offset}) is malformed: " in err and problem in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- signals
+def _worker_processes(pid: int) -> list[int]:
+    """The worker processes that ``pid`` started (read from /proc: children running multiprocessing's spawn_main)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # ended meanwhile
+            continue
+        if parent == pid and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_to_the_search_stops_its_workers_and_waits_for_them(synthetic_cifar_dir, tmp_path, signum, status):
+    out = tmp_path / "signalled"
+    argv = _flags(synthetic_cifar_dir, out, "--grid", json.dumps(TINY_GRID), "--study_name", "s", "--n_workers",
+                  "2", "--skip_final")
+    parent = subprocess.Popen([sys.executable, "-m", "fastmlp.search", *argv], env=dict(_env(), **{EVAL_SLEEP_ENV: "60"}),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_running_trials(parent, out, "s", None, 2)
+        workers = _worker_processes(parent.pid)
+        assert len(workers) == 2
+        parent.send_signal(signum)
+        assert parent.wait(timeout=120) == status
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]  # no worker left running under init
+    err = parent.stderr.read()
+    assert f"interrupted by {signal.Signals(signum).name}" in err and "Traceback" not in err
+    trials = _load(out, "s").get_trials()
+    assert [(t.state.name, t.user_attrs.get("interrupted")) for t in trials] == [("FAIL", True)] * 2

@@ -14,6 +14,8 @@ optuna = pytest.importorskip("optuna")
 from fastmlp.search.space import (  # noqa: E402
     DEFAULT_GRID,
     EVOLUTION_SPACE,
+    MAX_GRID_POINTS,
+    MAX_SPEC_BYTES,
     grid_size,
     parse_grid,
     parse_space,
@@ -55,6 +57,35 @@ def test_user_grid_replaces_the_axes_it_names(tmp_path):
 def test_bad_grids_are_rejected_with_the_reason(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_grid(spec, model="numpy")
+
+
+def test_grid_and_space_files_are_read_only_when_regular_and_small(tmp_path):
+    """A device, a FIFO (which would block the read for ever), a folder, a file over the cap: refused unread."""
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.json"
+    big.write_text('{"batch_size": [' + "20, " * (MAX_SPEC_BYTES // 4) + "20]}")
+    for path, message in ((fifo, "is a device, FIFO or socket, not a regular file"),
+                          ("/dev/zero", "is a device, FIFO or socket, not a regular file"),
+                          (big, f"holds more than {MAX_SPEC_BYTES} bytes"), (tmp_path, "Is a directory")):
+        with pytest.raises(ValueError, match=message):
+            parse_grid(str(path), model="numpy")
+        with pytest.raises(ValueError, match=message):
+            parse_space(str(path), model="numpy")
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"batch_size": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match="nested too deep"):
+        parse_grid(str(deep), model="numpy")
+
+
+def test_a_grid_of_more_points_than_the_cap_is_refused():
+    axis = list(range(1, 1001))
+    with pytest.raises(ValueError, match=f"--grid has {3 * 1000 * 1000} points .* at most {MAX_GRID_POINTS}"):
+        parse_grid({"batch_size": axis, "max_steps": axis}, model="numpy")
+    # One long axis is fine (and deduplicated in linear time).
+    assert len(parse_grid({"batch_size": [*axis, *axis] * 15}, model="numpy")["batch_size"]) == 1000
 
 
 def test_evolution_space_round_trips_through_fixed_trial():

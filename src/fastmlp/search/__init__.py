@@ -45,6 +45,8 @@ so that their samplers draw different random numbers, and ``--skip_final`` to al
 one). Workers started at the same moment on a fresh storage all join: the races of
 creating an SQL database's tables or the study are retried. Trial numbers are handed out
 by the storage, so no trial is lost; the GridSampler maps trial number k to grid point k.
+A journal whose last line was cut by a crash is repaired before the next append (the
+cut bytes are set aside, :mod:`fastmlp.search.journal`); a malformed line is an error.
 
 ``--n_trials`` is the TOTAL number of finished (complete or pruned) trials the study
 should reach, not a number per invocation: re-running the same command resumes an
@@ -64,6 +66,8 @@ built in; Optuna 5.0's JournalStorage does not, so :class:`HeartbeatJournalStora
 adds it (the heartbeat is a timestamp in the trial's system attributes). A trial stopped by Ctrl-C is marked FAIL by Optuna and queued again
 by the next run (when it starts: two runs started at the same instant could both queue it,
 so start hand-made workers a few seconds apart; ``--n_workers`` does this once for all).
+SIGTERM and SIGHUP stop a run as Ctrl-C does; the ``--n_workers`` parent forwards them to
+its workers and waits for them (:mod:`fastmlp.search.signals`).
 
 Outputs in ``--out_dir`` (default ``runs/search/<study_name>``), written atomically:
 ``trials.csv`` (one row per trial: the columns of ``study.trials_dataframe()``),
@@ -72,7 +76,9 @@ test accuracy), ``final.json``, ``optimization_history.png``, ``param_importance
 ``intermediate_values.png``, the journal, and ``trials/<study_name>/trial_NNNN/`` (each
 trial's curves and metrics; created exclusively, with ``-1``... when another study of
 that name in another storage took it; checkpoints are deleted, those of killed workers
-too when a worker finishes) and ``final/`` (the retrained best run).
+too when a worker finishes, but only in folders that a worker of this study made for that
+trial: a path read from a shared storage is checked, never trusted) and ``final/`` (the
+retrained best run).
 
 Examples
 --------
@@ -96,7 +102,10 @@ Layout
 ``workers``             the trial objective, one worker, ``--n_workers`` processes
 ``final``               the best configuration, retrained and tested once
 ``reports``             progress lines, ``trials.csv``, ``results.md``, plots
-``storage``             ``--storage``, heartbeats; the only use of Optuna internals
+``storage``             ``--storage``, heartbeats; Optuna internals (and ``journal``)
+``journal``             the journal file's lines checked, a cut last line set aside
+``signals``             SIGTERM and SIGHUP as interrupts, the exit status of a signal
+``files``               bounded reads of regular files (``--grid`` files, trial records)
 ``errors``              :class:`SearchError` (exit 2), :class:`WorkerError` (exit 1)
 ======================  ==============================================================
 

@@ -32,18 +32,16 @@ def read_regular_file(path: str | os.PathLike, *, limit: int, what: str) -> byte
     Raises
     ------
     ValueError
-        When ``path`` is not a regular file (a device, a FIFO, a folder) or holds more
+        When ``path`` is not a regular file (a device, a FIFO, a socket) or holds more
         than ``limit`` bytes, naming ``what``, the path and what it is.
     OSError
-        When it cannot be opened or read.
+        When it cannot be opened or read (a folder: ``IsADirectoryError``).
     """
     # O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
-            raise ValueError(f"{what} {os.fspath(path)!r} is {kind}, not a regular file")
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (a folder fails to open as a file)
+            raise ValueError(f"{what} {os.fspath(path)!r} is a device, FIFO or socket, not a regular file")
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"{what} {os.fspath(path)!r} holds more than {limit} bytes; "
