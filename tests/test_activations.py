@@ -175,3 +175,94 @@ def test_module_matches_torch_autograd(name, dtype):
 def test_modules_are_exported():
     for name in MODULES.values():
         assert name in fastmlp.__all__ and getattr(fastmlp, name).__module__ == "fastmlp.modules"
+
+
+# ----------------------------------------------------------------------------- MLP(activation=)
+
+
+def _batch(rng, B=6, D=5, C=3):
+    return rng.standard_normal((B, D)), rng.integers(0, C, B)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mlp_train_step_gradients_finite_difference(name):
+    # Adam leaves the gradients of the pre-update parameters in ``grads``: check them.
+    rng = np.random.default_rng(7)
+    x, y = _batch(rng)
+    model = fastmlp.MLP(5, [4, 3], 3, seed=1, init="kaiming", activation=name)
+    twin = fastmlp.MLP(5, [4, 3], 3, seed=1, init="kaiming", activation=name)
+    model.train_step(x, y, fastmlp.optim.Adam(model, 1e-3))
+    for lin, twin_lin in zip(model.linears, twin.linears):
+        for key in ("weight", "bias"):
+            numeric = numerical_gradient(lambda: twin.evaluate(x, y)[0], twin_lin.params[key])
+            assert_gradient_close(lin.grads[key], numeric, f"{name} {key}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mlp_fused_paths_match_the_course_modules(name, dtype):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((300, 1024)).astype(dtype)  # large enough for the pool's chunks
+    model = fastmlp.MLP(1024, [129, 64], 10, dtype=dtype, seed=2, init="kaiming", activation=name)
+    assert [type(m).__name__ for m in model.layers[1:-1:2]] == [MODULES[name]] * 2
+    tol = dict(rtol=1e-4, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(model.predict_proba(x, batch_size=128), model.forward(x), **tol)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mlp_training_matches_torch(name):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal((40, 30)), rng.integers(0, 4, 40)
+    model = fastmlp.MLP(30, [20, 10], 4, seed=3, init="xavier", activation=name)
+    fn = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh, "logistic": torch.nn.Sigmoid, "identity": torch.nn.Identity}
+    layers = []
+    for lin in model.linears:
+        t = torch.nn.Linear(lin.in_features, lin.out_features).double()
+        with torch.no_grad():
+            t.weight.copy_(torch.tensor(lin.params["weight"]))
+            t.bias.copy_(torch.tensor(lin.params["bias"]))
+        layers += [t, fn[name]()]
+    net = torch.nn.Sequential(*layers[:-1])
+    opt = fastmlp.optim.SGD(model, 0.5)
+    topt = torch.optim.SGD(net.parameters(), 0.5)
+    for _ in range(3):
+        loss = model.train_step(x, y, opt)
+        topt.zero_grad()
+        tloss = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y))
+        tloss.backward()
+        topt.step()
+        assert loss == pytest.approx(tloss.item(), rel=1e-12)
+    for lin, t in zip(model.linears, layers[::2]):
+        np.testing.assert_allclose(lin.params["weight"], t.weight.detach().numpy(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(lin.params["bias"], t.bias.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_mlp_refuses_an_unknown_activation():
+    with pytest.raises(ValueError, match=r"activation: expected one of \('relu', 'tanh', 'logistic', 'identity'\), got 'gelu'"):
+        fastmlp.MLP(3, [2], 2, activation="gelu")
+
+
+def test_checkpoints_record_the_activation(tmp_path):
+    import pickle
+
+    from fastmlp.checkpoint import load_checkpoint, save_checkpoint
+
+    model = fastmlp.MLP(3, [2], 2, seed=0, activation="tanh")
+    save_checkpoint(tmp_path / "c.npz", model=model, optimizer=fastmlp.optim.SGD(model, 0.1), step=0,
+                    data_state={}, meta={})
+    settings = load_checkpoint(tmp_path / "c.npz")["meta"]["network"]
+    assert settings == {"activation": "tanh"}
+    model.check_network_settings(settings)
+    with pytest.raises(ValueError, match="activation: the checkpoint's network uses 'tanh', this one 'relu'"):
+        fastmlp.MLP(3, [2], 2).check_network_settings(settings)
+    fastmlp.MLP(3, [2], 2).check_network_settings({})  # an older checkpoint: its network was ReLU
+    with pytest.raises(ValueError, match="uses 'relu', this one 'tanh'"):
+        model.check_network_settings({})
+    again = pickle.loads(pickle.dumps(model))
+    assert again.activation == "tanh" and repr(again).endswith("activation='tanh')")
+    state = again.__getstate__()
+    del state["activation"]  # a pickle from before the setting existed
+    old = fastmlp.MLP.__new__(fastmlp.MLP)
+    old.__setstate__(state)
+    assert old.activation == "relu"

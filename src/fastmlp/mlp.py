@@ -12,7 +12,7 @@ import numpy as np
 from fastmlp import _kernels as K
 from fastmlp._validation import as_float_2d, as_labels, check_dtype, check_positive_int
 from fastmlp.images import ImageBatch
-from fastmlp.modules import INITS, LinearModule, ReLUModule, SoftMaxModule
+from fastmlp.modules import ACTIVATION_MODULES, INITS, LinearModule, SoftMaxModule
 
 __all__ = ["MLP"]
 
@@ -20,6 +20,10 @@ __all__ = ["MLP"]
 # and at most this many per size (one per thread that called at once, up to the bound).
 _MAX_BATCH_SIZES = 4
 _MAX_IDLE_PER_SIZE = 4
+
+
+# What a network setting was before it could be chosen: older checkpoints lack it.
+_SETTINGS_BEFORE_CHOICE = {"activation": "relu"}
 
 
 class _Buffers:
@@ -73,7 +77,7 @@ class _BufferPool:
 
 
 class MLP:
-    """Linear+ReLU hidden layers, a linear output layer and a softmax.
+    """Linear hidden layers with an activation (ReLU by default), a linear output layer and a softmax.
 
     Parameters
     ----------
@@ -89,20 +93,24 @@ class MLP:
         Seeds the weight initialisation.
     init : {"normal", "kaiming", "xavier"}, default "normal"
         Weight initialisation (``normal`` is the course's N(0, 0.0001^2)); biases start at zero.
+    activation : {"relu", "tanh", "logistic", "identity"}, default "relu"
+        The hidden layers' activation; every one runs fused into the layer's
+        GEMMs in ``train_step`` and inference, as the ReLU does.
 
     Attributes
     ----------
     layers : list
-        ``[LinearModule, ReLUModule, ..., LinearModule, SoftMaxModule]`` (the course's order).
+        ``[LinearModule, ReLUModule, ..., LinearModule, SoftMaxModule]`` (the course's order; the
+        activation's module in place of ``ReLUModule``).
     linears : list of LinearModule
         The parameterised layers, input to output.
 
     Notes
     -----
     ``forward``/``backward`` follow the course (probabilities out, module by
-    module). ``train_step`` is the fast path: forward with fused bias+ReLU, the
-    fused softmax-cross-entropy, backward with the ReLU mask folded into each
-    dX GEMM, and the optimizer update; it allocates nothing after its first
+    module). ``train_step`` is the fast path: forward with fused bias+activation, the
+    fused softmax-cross-entropy, backward with the activation's derivative folded
+    into each dX GEMM, and the optimizer update; it allocates nothing after its first
     call for a given batch size.
 
     Threads: inference (``predict_proba``, ``predict``, ``evaluate``,
@@ -115,7 +123,8 @@ class MLP:
     ``backward`` uses what the last ``forward`` kept: one thread per model.
     """
 
-    def __init__(self, n_inputs, n_hidden, n_classes, *, dtype=np.float64, seed=None, init="normal"):
+    def __init__(self, n_inputs, n_hidden, n_classes, *, dtype=np.float64, seed=None, init="normal",
+                 activation="relu"):
         self.n_inputs = check_positive_int("n_inputs", n_inputs)
         self.n_classes = check_positive_int("n_classes", n_classes)
         if isinstance(n_hidden, (int, np.integer)) or n_hidden is None:
@@ -125,6 +134,9 @@ class MLP:
         if init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {init!r}")
         self.init = init
+        if activation not in ACTIVATION_MODULES:
+            raise ValueError(f"activation: expected one of {tuple(ACTIVATION_MODULES)}, got {activation!r}")
+        self.activation = activation
         rng = np.random.default_rng(seed)
         sizes = [self.n_inputs, *self.n_hidden, self.n_classes]
         self.linears = [
@@ -132,7 +144,7 @@ class MLP:
         ]
         self.layers = []
         for lin in self.linears[:-1]:
-            self.layers += [lin, ReLUModule()]
+            self.layers += [lin, ACTIVATION_MODULES[activation]()]
         self.layers += [self.linears[-1], SoftMaxModule()]
         self.last_batch_correct = None
         self._start_threads_state()
@@ -142,7 +154,8 @@ class MLP:
         self._training = threading.Lock()  # held by the one train_step running
 
     def __repr__(self):
-        return f"MLP({self.n_inputs}, {self.n_hidden}, {self.n_classes}, dtype={self.dtype.name})"
+        extra = "" if self.activation == "relu" else f", activation={self.activation!r}"
+        return f"MLP({self.n_inputs}, {self.n_hidden}, {self.n_classes}, dtype={self.dtype.name}{extra})"
 
     # -- parameters -------------------------------------------------------
 
@@ -152,6 +165,20 @@ class MLP:
             if isinstance(layer, LinearModule):
                 yield f"layers.{idx}.weight", layer, "weight"
                 yield f"layers.{idx}.bias", layer, "bias"
+
+    def network_settings(self) -> dict[str, str]:
+        """What the weights alone do not say about the network, for a checkpoint: ``{"activation": ...}``."""
+        return {"activation": self.activation}
+
+    def check_network_settings(self, settings) -> None:
+        """Raise ValueError unless ``settings`` (from :meth:`network_settings`) describe this network.
+
+        A missing key means the value every network had before it could be chosen ("relu").
+        """
+        for key, value in self.network_settings().items():
+            recorded = settings.get(key, _SETTINGS_BEFORE_CHOICE[key])
+            if recorded != value:
+                raise ValueError(f"{key}: the checkpoint's network uses {recorded!r}, this one {value!r}")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter, keyed by :meth:`named_parameters` names."""
@@ -177,7 +204,7 @@ class MLP:
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({**_SETTINGS_BEFORE_CHOICE, **state})  # pickles from before the settings existed
         self._start_threads_state()
 
     # -- the course's contract ---------------------------------------------
@@ -214,14 +241,16 @@ class MLP:
         """
         acts, scratch = bufs.acts, bufs.scratch
         last = len(self.linears) - 1
+        hidden = K.ACTIVATIONS[self.activation]
         h = x
         for l, lin in enumerate(self.linears):
             w, b = lin.weight_and_bias()
+            act = hidden if l < last else 0  # the output layer's logits: no activation
             if l == 0 and images is not None:
                 K.linear_forward_images(acts[0], x, images.pixels, images.index, images.offset, images.scale, w, b,
-                                        l < last, scratch)
+                                        act, scratch)
             else:
-                K.linear_forward(acts[l], h, w, b, l < last, scratch)
+                K.linear_forward(acts[l], h, w, b, act, scratch)
             h = acts[l]
         return h
 
@@ -295,6 +324,7 @@ class MLP:
             return float(loss)  # leave the parameters as they were; the caller decides
 
         acts, grads = bufs.acts, bufs.grads
+        hidden = K.ACTIVATIONS[self.activation]
         dout = logits
         for l in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[l]
@@ -304,11 +334,11 @@ class MLP:
             if x_in is None:  # the first layer's converted batch was not kept
                 K.linear_backward_sgd_images(w, b, dout, images.pixels, images.index, images.offset, images.scale,
                                              optimizer.lr, optimizer.weight_decay)
-            elif fused:
-                K.linear_backward_sgd(w, b, dx, dout, x_in, optimizer.lr, optimizer.weight_decay, l > 0)
+            elif fused:  # x_in of a hidden layer is the activation's output: dx gets its derivative
+                K.linear_backward_sgd(w, b, dx, dout, x_in, optimizer.lr, optimizer.weight_decay, hidden if l else 0)
             else:
                 dw, db = lin.grad_buffers()
-                K.linear_backward(dw, db, dx, dout, x_in, w, l > 0)
+                K.linear_backward(dw, db, dx, dout, x_in, w, hidden if l else 0)
             dout = dx
         if not fused:
             optimizer.step()
