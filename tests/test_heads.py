@@ -194,3 +194,77 @@ def test_mlp_refuses_an_unknown_output_and_checkpoints_record_it():
     assert model.network_settings() == {"activation": "relu", "output": "logistic"}
     with pytest.raises(ValueError, match="output: the checkpoint's network uses 'softmax', this one 'logistic'"):
         model.check_network_settings({})
+
+
+# ----------------------------------------------------------------------------- sample weights
+
+
+@pytest.mark.parametrize("output", ["softmax", "logistic", "identity"])
+def test_weighted_train_step_gradients_finite_difference(output):
+    rng = np.random.default_rng(10)
+    x, y = _mlp_data(rng, output, B=7)
+    w = rng.random(7) * 3
+    w[1] = 0
+    kwargs = dict(seed=2, init="kaiming", activation="logistic", output=output)
+    model, twin = fastmlp.MLP(5, [4], 3, **kwargs), fastmlp.MLP(5, [4], 3, **kwargs)
+    loss = model.train_step(x, y, fastmlp.optim.Adam(model, 1e-3), sample_weight=w)
+    head_loss = {"softmax": R.softmax_cross_entropy, "logistic": R.logistic_cross_entropy, "identity": R.squared_error}
+
+    def weighted_loss():  # the head's reference loss on the logits, times C for identity (its gradient's)
+        hidden = R.logistic_forward(R.linear_forward(x, *(twin.linears[0].params[k] for k in ("weight", "bias"))))
+        logits = R.linear_forward(hidden, *(twin.linears[1].params[k] for k in ("weight", "bias")))
+        return head_loss[output](logits, y, w)[0] * (3 if output == "identity" else 1)
+
+    assert loss == pytest.approx(weighted_loss() / (3 if output == "identity" else 1), rel=1e-12)
+    for lin, twin_lin in zip(model.linears, twin.linears):
+        for key in ("weight", "bias"):
+            assert_gradient_close(lin.grads[key], numerical_gradient(weighted_loss, twin_lin.params[key]), key)
+
+
+def _one_step(x, y, w, output="softmax", optimizer="sgd"):
+    model = fastmlp.MLP(x.shape[1], [8], 3, seed=3, init="kaiming", output=output)
+    opt = fastmlp.optim.SGD(model, 0.5) if optimizer == "sgd" else fastmlp.optim.Adam(model, 0.01)
+    loss = model.train_step(x, y, opt, sample_weight=w)
+    return loss, model.state_dict()
+
+
+@pytest.mark.parametrize("output", ["softmax", "logistic", "identity"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_weight_zero_drops_a_row_and_weight_two_repeats_it(output, optimizer):
+    rng = np.random.default_rng(11)
+    x, y = _mlp_data(rng, output, B=12, D=6)
+    w = np.ones(12)
+    w[[2, 5]] = 0
+    w[7] = 2
+    keep = np.array([i for i in range(12) if w[i] > 0] + [7])  # row 7 twice, rows 2 and 5 gone
+    weighted = _one_step(x, y, w, output, optimizer)
+    repeated = _one_step(x[keep], y[keep], None, output, optimizer)
+    assert weighted[0] == pytest.approx(repeated[0], rel=1e-12)
+    for name, value in repeated[1].items():
+        np.testing.assert_allclose(weighted[1][name], value, rtol=1e-11, atol=1e-13, err_msg=name)
+    scaled = _one_step(x, y, w * 3.5, output, optimizer)  # only the weights' ratios matter
+    for name, value in weighted[1].items():
+        np.testing.assert_allclose(scaled[1][name], value, rtol=1e-11, atol=1e-13, err_msg=name)
+
+
+def test_equal_weights_are_the_unweighted_step():
+    rng = np.random.default_rng(12)
+    x, y = _mlp_data(rng, "softmax", B=10)
+    plain, weighted = _one_step(x, y, None), _one_step(x, y, np.full(10, 0.3, np.float32))
+    assert plain[0] == pytest.approx(weighted[0], rel=1e-14)
+    for name, value in plain[1].items():
+        np.testing.assert_allclose(weighted[1][name], value, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("w,exc,match", [
+    (np.ones(3), ValueError, r"sample_weight: expected shape \(4,\) \(one weight per row of x\), got \(3,\)"),
+    (np.ones((4, 1)), ValueError, r"sample_weight: expected shape \(4,\)"),
+    (np.array([1, -1, 1, 1]), ValueError, "sample_weight: expected finite weights >= 0"),
+    (np.array([1, np.inf, 1, 1]), ValueError, "sample_weight: expected finite weights >= 0"),
+    (np.zeros(4), ValueError, "sample_weight: expected a positive sum, got all zeros"),
+    (np.array(["a"] * 4), TypeError, "sample_weight: expected a real numeric array"),
+])
+def test_bad_sample_weight_is_refused(w, exc, match):
+    model = fastmlp.MLP(3, [2], 2)
+    with pytest.raises(exc, match=match):
+        model.train_step(np.zeros((4, 3)), np.zeros(4, np.int64), fastmlp.optim.SGD(model, 0.1), sample_weight=w)

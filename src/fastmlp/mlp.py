@@ -293,8 +293,8 @@ class MLP:
             bufs.images = np.empty((len(images), self.n_inputs), dtype=self.dtype)
         return bufs.images
 
-    def train_step(self, x, y, optimizer) -> float:
-        """One optimisation step on the batch (x, y); returns its mean loss before the update.
+    def train_step(self, x, y, optimizer, sample_weight=None) -> float:
+        """One optimisation step on the batch (x, y); returns its (weighted) mean loss before the update.
 
         Parameters
         ----------
@@ -313,11 +313,16 @@ class MLP:
         optimizer : fastmlp.optim.SGD or Adam built on this model
             Plain SGD is folded into the backward GEMMs (``grads`` are then not
             written); other optimizers get ``grads`` filled and ``step()`` called.
+        sample_weight : array (B,) or None
+            Per-row weights (finite, >= 0, a positive sum): the loss is
+            sum_b w_b loss_b / sum_b w_b and row b's gradient is scaled by
+            w_b / sum_b w_b instead of 1/B, scikit-learn's MLP convention (a row
+            of weight 0 has no influence; weight 2 counts as the row twice).
 
         Modifies in place: every parameter, the optimizer state, and (for
         non-fused optimizers) every ``grads`` array. ``last_batch_correct``
-        holds how many rows of the batch were classified right (before the
-        update; every output right for logistic, 0 for identity).
+        holds how many rows of the batch (of positive weight) were classified
+        right (before the update; every output right for logistic, 0 for identity).
         """
         if getattr(optimizer, "model", None) is not self:
             raise ValueError("optimizer: it was built for a different model; pass an optimizer built on this MLP")
@@ -329,8 +334,9 @@ class MLP:
             x = None if images is not None else as_float_2d("x", x, self.dtype, self.n_inputs)
             batch = len(images) if images is not None else x.shape[0]
             targets = self._targets(y, batch)
+            weights = None if sample_weight is None else self._sample_weight(sample_weight, batch)
             with self._buffers.lent(batch) as bufs:
-                return self._train_step(x, images, targets, optimizer, bufs)
+                return self._train_step(x, images, targets, weights, optimizer, bufs)
         finally:
             self._training.release()
 
@@ -351,14 +357,28 @@ class MLP:
                              f"[{t.min()}, {t.max()}]")
         return t
 
-    def _train_step(self, x, images, targets, optimizer, bufs) -> float:
+    def _sample_weight(self, sample_weight, batch) -> np.ndarray:
+        """``sample_weight`` checked: (B,) in the model's dtype, finite, >= 0, with a positive sum."""
+        w = np.asarray(sample_weight)
+        if w.dtype.kind not in "biuf":
+            raise TypeError(f"sample_weight: expected a real numeric array, got dtype {w.dtype}")
+        if w.shape != (batch,):
+            raise ValueError(f"sample_weight: expected shape ({batch},) (one weight per row of x), got {w.shape}")
+        w = w.astype(self.dtype, copy=False)
+        if not (np.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError("sample_weight: expected finite weights >= 0, got a negative, NaN or inf weight")
+        if not w.sum() > 0:
+            raise ValueError("sample_weight: expected a positive sum, got all zeros")
+        return w
+
+    def _train_step(self, x, images, targets, weights, optimizer, bufs) -> float:
         """:meth:`train_step` on checked inputs (x None for ``images``), in the buffer set ``bufs``."""
         fused = optimizer.fused
         if images is not None:  # fused SGD can update the first layer from the pixels themselves
             x = self._image_input(images, bufs, keep=not fused)
         logits = self._logits_into(x, bufs, images)
         # dL/dlogits overwrites the logits buffer: the logits are not needed again.
-        loss, correct = _HEADS[self.output][1](logits, logits, targets)
+        loss, correct = _HEADS[self.output][1](logits, logits, targets, weights=weights)
         self.last_batch_correct = correct
         if not np.isfinite(loss):
             return float(loss)  # leave the parameters as they were; the caller decides
