@@ -42,7 +42,7 @@ panels, so neither the training step nor an evaluation writes its converted
 batch; its sums differ from OpenBLAS's in the last bits.
 """
 from libc.limits cimport INT_MAX
-from libc.math cimport exp, expf, log, logf, sqrt, sqrtf, INFINITY
+from libc.math cimport exp, expf, log, log1p, log1pf, logf, sqrt, sqrtf, INFINITY
 from libc.string cimport memset
 cimport numpy as cnp
 
@@ -75,12 +75,13 @@ cdef extern from "_loops.h" nogil:
     void fm_convert_f64(double* out, const cnp.uint8_t* src, const double* offset, const double* scale,
                         Py_ssize_t n)
     void fm_add_u8_u32(cnp.uint32_t* acc, const cnp.uint8_t* src, Py_ssize_t n)
-    void fm_relu_mask_f32(float* c, const float* mask, Py_ssize_t n)
-    void fm_relu_mask_f64(double* c, const double* mask, Py_ssize_t n)
+    void fm_act_grad_f32(float* c, const float* y, int act, Py_ssize_t n)
+    void fm_act_grad_f64(double* c, const double* y, int act, Py_ssize_t n)
     void fm_add_f32(float* y, const float* x, Py_ssize_t n)
     void fm_add_f64(double* y, const double* x, Py_ssize_t n)
-    void fm_bias_act_f32(float* y, const float* b, int relu, Py_ssize_t n)
-    void fm_bias_act_f64(double* y, const double* b, int relu, Py_ssize_t n)
+    void fm_bias_act_f32(float* y, const float* b, int act, Py_ssize_t n)
+    void fm_bias_act_f64(double* y, const double* b, int act, Py_ssize_t n)
+    int FM_ACT_IDENTITY, FM_ACT_RELU, FM_ACT_TANH, FM_ACT_LOGISTIC
 
 cdef extern from "_images_gemm.h" nogil:
     int fm_images_gemm_available()
@@ -148,6 +149,13 @@ cdef inline floating _log(floating x) noexcept nogil:
         return log(x)
 
 
+cdef inline floating _log1p(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
+
+
 cdef inline floating _sqrt(floating x) noexcept nogil:
     if floating is float:
         return sqrtf(x)
@@ -155,11 +163,22 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
-cdef inline void _relu_mask_run(floating* c, const floating* mask, Py_ssize_t n) noexcept nogil:
+cdef inline void _act_grad_run(floating* c, const floating* y, int act, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        fm_relu_mask_f32(c, mask, n)
+        fm_act_grad_f32(c, y, act, n)
     else:
-        fm_relu_mask_f64(c, mask, n)
+        fm_act_grad_f64(c, y, act, n)
+
+
+cdef inline floating _act_grad_one(floating c, floating y, int act) noexcept nogil:
+    """c * act'(.) written through the activation's output y (one element of :func:`_act_grad_run`)."""
+    if act == FM_ACT_RELU:
+        return c if y > 0 else 0
+    if act == FM_ACT_TANH:
+        return c * (1 - y * y)
+    if act == FM_ACT_LOGISTIC:
+        return c * (y * (1 - y))
+    return c
 
 
 cdef inline void _add_run(floating* y, const floating* x, Py_ssize_t n) noexcept nogil:
@@ -169,11 +188,22 @@ cdef inline void _add_run(floating* y, const floating* x, Py_ssize_t n) noexcept
         fm_add_f64(y, x, n)
 
 
-cdef inline void _bias_act_run(floating* y, const floating* b, bint relu, Py_ssize_t n) noexcept nogil:
+cdef inline void _bias_act_run(floating* y, const floating* b, int act, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        fm_bias_act_f32(y, b, relu, n)
+        fm_bias_act_f32(y, b, act, n)
     else:
-        fm_bias_act_f64(y, b, relu, n)
+        fm_bias_act_f64(y, b, act, n)
+
+
+# The activations of the fused layers and of the elementwise pairs, by name (codes of _loops.h).
+ACTIVATIONS = {"identity": FM_ACT_IDENTITY, "relu": FM_ACT_RELU, "tanh": FM_ACT_TANH, "logistic": FM_ACT_LOGISTIC}
+
+
+cdef int _check_act(str name, int act) except -1:
+    if act < FM_ACT_IDENTITY or act > FM_ACT_LOGISTIC:
+        raise ValueError(f"{name}: expected an activation code in {sorted(ACTIVATIONS.values())} "
+                         f"(fastmlp._kernels.ACTIVATIONS), got {act}")
+    return 0
 
 
 cdef inline Py_ssize_t _span(Py_ssize_t n, int part, int parts) noexcept nogil:
@@ -360,8 +390,9 @@ ctypedef struct Gemm:
     Split split
     int parts           # pieces along the split dimension
     char* partial       # SPLIT_K: parts - 1 row-major (M, N) buffers for parts 1.. (part 0 writes C)
-    const char* mask    # optional post-op: C[i, j] = 0 where not mask[i, j] > 0 (a ReLU's output)
+    const char* mask    # optional post-op: C[i, j] *= act'(.) through mask[i, j], an activation's output
     Py_ssize_t ms0, ms1  # element strides of mask
+    int act             # that activation (FM_ACT_ code)
     Convert* pre        # optional pre-op: each chunk first converts the part of A (images) it reads
 
 
@@ -384,11 +415,10 @@ cdef void _mask_rows(Gemm* g, floating* C, const floating* mask, Py_ssize_t r0, 
     cdef Py_ssize_t i, j
     for i in range(r0, r1):
         if g.ms1 == 1:  # rows of the mask are contiguous: the vectorised loop
-            _relu_mask_run(C + i * g.ldc + c0, mask + i * g.ms0 + c0, c1 - c0)
+            _act_grad_run(C + i * g.ldc + c0, mask + i * g.ms0 + c0, g.act, c1 - c0)
         else:
             for j in range(c0, c1):
-                if not (mask[i * g.ms0 + j * g.ms1] > 0):
-                    C[i * g.ldc + j] = 0
+                C[i * g.ldc + j] = _act_grad_one(C[i * g.ldc + j], mask[i * g.ms0 + j * g.ms1], g.act)
 
 
 cdef void _convert_rows(Convert* c, floating* out, const floating* offset, const floating* scale,
@@ -423,7 +453,7 @@ cdef void _run_convert(Convert* c, int threads) noexcept nogil:
 
 
 cdef void _gemm_mask(Gemm* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """C[r0:r1, c0:c1] *= (mask > 0), a ReLU's derivative folded into the dX GEMM."""
+    """C[r0:r1, c0:c1] *= act'(.) through mask, an activation's derivative folded into the dX GEMM."""
     if g.is_double:
         _mask_rows(g, <double*>g.Cm, <const double*>g.mask, r0, r1, c0, c1)
     else:
@@ -491,7 +521,7 @@ cdef inline void _gemm_init(Gemm* g, bint is_double, bint ta, bint tb, Py_ssize_
     g.is_double, g.ta, g.tb, g.M, g.N, g.K = is_double, ta, tb, M, N, K
     g.alpha, g.beta = alpha, beta
     g.A, g.lda, g.Bm, g.ldb, g.Cm, g.ldc = <const char*>A, lda, <const char*>Bm, ldb, <char*>Cm, ldc
-    g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1, g.pre = SPLIT_NONE, 1, NULL, NULL, 0, 0, NULL
+    g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1, g.act, g.pre = SPLIT_NONE, 1, NULL, NULL, 0, 0, 0, NULL
 
 
 # ---------------------------------------------------------------------------
@@ -579,7 +609,7 @@ ctypedef struct Epilogue:
     int n_partial
     const char* b      # bias (O,) with element stride b_stride, or NULL
     Py_ssize_t b_stride
-    bint relu
+    int act             # FM_ACT_ code
     Py_ssize_t B, O
     int chunks
 
@@ -611,7 +641,7 @@ cdef void _epilogue_rows(Epilogue* e, floating* Y, const floating* S, const floa
         if b != NULL and not unit_bias:
             for j in range(O):
                 y[j] = y[j] + b[j * e.b_stride]
-        _bias_act_run(y, b if unit_bias else NULL, e.relu, O)
+        _bias_act_run(y, b if unit_bias else NULL, e.act, O)
 
 
 cdef void _epilogue_chunk(void* ctx, int chunk) noexcept nogil:
@@ -721,8 +751,10 @@ def forward_scratch_size(Py_ssize_t B, Py_ssize_t I, Py_ssize_t O):
 
 
 def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:, :] W, const floating[:] b=None,
-                   bint relu=False, floating[:, ::1] scratch=None):
-    """Y (B, O) = act(X (B, I) @ W (O, I)^T + b (O,)), act = ReLU if ``relu`` else identity.
+                   int act=0, floating[:, ::1] scratch=None):
+    """Y (B, O) = act(X (B, I) @ W (O, I)^T + b (O,)), ``act`` a code of :data:`ACTIVATIONS`.
+
+    ``act`` 0 is the identity and 1 the ReLU, so a bool works as "ReLU or not".
 
     ``Y`` is overwritten. One GEMM (in parallel chunks), then one fused
     bias(+ReLU) pass over Y that also adds the partial sums of a K-split.
@@ -731,11 +763,11 @@ def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:,
     transposed GEMM (W X^T) and holds partial sums; without it a K-split
     allocates its buffer and small batches take the plain GEMM.
     """
-    _linear_forward(Y, X, W, b, relu, scratch, NULL)
+    _linear_forward(Y, X, W, b, act, scratch, NULL)
 
 
 cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:, :] W, const floating[:] b,
-                         bint relu, floating[:, ::1] scratch, Convert* pre) except -1:
+                         int act, floating[:, ::1] scratch, Convert* pre) except -1:
     """:func:`linear_forward`; with ``pre``, X is first filled by that conversion (X being its ``out``).
 
     The conversion runs inside the GEMM's chunks when their cut allows it (each
@@ -758,6 +790,7 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
     _check2("W", W.shape[0], W.shape[1], O, I)
     _check2("Y", Y.shape[0], Y.shape[1], B, O)
     _check_output("Y", Y)
+    _check_act("act", act)
     if b is not None:
         _check1("b", b.shape[0], O)
     if X is not None:
@@ -799,11 +832,11 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
                 else:
                     g.pre = pre
             _run_gemm(&g, threads)
-        e.is_double, e.Y, e.transposed, e.relu, e.B, e.O = floating is double, <char*>&Y[0, 0], t, relu, B, O
+        e.is_double, e.Y, e.transposed, e.act, e.B, e.O = floating is double, <char*>&Y[0, 0], t, act, B, O
         e.S = <const char*>&work[0] if t else <const char*>&Y[0, 0]
         e.n_partial = K_PARTS - 1 if g.split == SPLIT_K else 0
         e.P = g.partial
-        if t or e.n_partial or e.b != NULL or relu:
+        if t or e.n_partial or e.b != NULL or act != FM_ACT_IDENTITY:
             _run_epilogue(&e, threads)
         _end_threads()
     return 0
@@ -831,24 +864,26 @@ cdef void _colsum_axpy(floating[:] db, const floating[:, :] dY, floating alpha, 
 
 cdef inline void _dx_gemm(Gemm* g, bint is_double, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, bint tdy,
                           const char* dY, Py_ssize_t lddy, bint tw, const char* W, Py_ssize_t ldw, char* dX,
-                          bint relu_input, bint tx, const char* X, Py_ssize_t ldx) noexcept nogil:
-    """Plan dX (B, I) = dY (B, O) @ W (O, I), masked by (X > 0) when ``relu_input``."""
+                          int act_input, bint tx, const char* X, Py_ssize_t ldx) noexcept nogil:
+    """Plan dX (B, I) = dY (B, O) @ W (O, I), times act'(.) through X when X is ``act_input``'s output."""
     _gemm_init(g, is_double, tdy, tw, B, I, O, 1.0, dY, lddy, W, ldw, 0.0, dX, I)
     g.split = _plan(B, I, O, False)
-    if relu_input:
-        g.mask = X
+    if act_input != FM_ACT_IDENTITY:
+        g.mask, g.act = X, act_input
         g.ms0 = 1 if tx else ldx
         g.ms1 = ldx if tx else 1
 
 
 def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
-                    const floating[:, :] dY, const floating[:, :] X, const floating[:, :] W, bint relu_input=False):
+                    const floating[:, :] dY, const floating[:, :] X, const floating[:, :] W, int act_input=0):
     """dW = dY^T @ X; db = sum_b dY; dX = dY @ W.
 
     dW (O, I), db (O,), dX (B, I) are overwritten; db and dX may be None to
-    skip them (the first layer needs no dX). With ``relu_input`` the input X is
-    the output of a ReLU and dX is masked by (X > 0) in the same call, i.e. dX
-    becomes the gradient with respect to the ReLU's input.
+    skip them (the first layer needs no dX). With ``act_input`` (a code of
+    :data:`ACTIVATIONS`; True is the ReLU) the input X is that activation's
+    output and dX is multiplied by its derivative, read through X, in the same
+    call (the ReLU's mask X > 0, tanh's 1 - X^2, the logistic's X (1 - X)): dX
+    becomes the gradient with respect to the activation's input.
     """
     cdef Py_ssize_t B = dY.shape[0], O = dY.shape[1], I = X.shape[1]
     cdef bint tdy, tx, tw
@@ -857,6 +892,7 @@ def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
     cdef int threads
     _check2("X", X.shape[0], X.shape[1], B, I)
     _check2("W", W.shape[0], W.shape[1], O, I)
+    _check_act("act_input", act_input)
     if dX is not None:
         _check2("dX", dX.shape[0], dX.shape[1], B, I)
         _check_output("dX", dX)
@@ -871,7 +907,7 @@ def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
         threads = _begin_threads()
         if dX is not None:
             _dx_gemm(&g, floating is double, B, I, O, tdy, _ptr(dY), lddy, tw, _ptr(W), ldw, <char*>&dX[0, 0],
-                     relu_input, tx, _ptr(X), ldx)
+                     act_input, tx, _ptr(X), ldx)
             _run_gemm(&g, threads)
         _gemm_init(&g, floating is double, not tdy, tx, O, I, B, 1.0, _ptr(dY), lddy, _ptr(X), ldx, 0.0,
                    &dW[0, 0], I)
@@ -884,12 +920,12 @@ def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
 
 def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
                         const floating[:, :] dY, const floating[:, :] X, double lr, double weight_decay=0.0,
-                        bint relu_input=False):
+                        int act_input=0):
     """dX = dY @ W (old W); then W <- (1 - lr wd) W - lr dY^T X; b <- b - lr sum_b dY.
 
     Plain SGD folded into the weight-gradient GEMM (beta = 1 - lr wd), so no
     dW buffer is written or read. ``W`` (O, I) and ``b`` (O,) are updated in
-    place; dX (B, I) is overwritten (None to skip); ``relu_input`` as in
+    place; dX (B, I) is overwritten (None to skip); ``act_input`` as in
     :func:`linear_backward`. Weight decay applies to W, not to b.
     """
     cdef Py_ssize_t B = dY.shape[0], O = dY.shape[1], I = X.shape[1]
@@ -900,6 +936,7 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
     _check2("X", X.shape[0], X.shape[1], B, I)
     _check2("W", W.shape[0], W.shape[1], O, I)
     _check_output("W", W)
+    _check_act("act_input", act_input)
     _check1("b", b.shape[0], O)
     if dX is not None:
         _check2("dX", dX.shape[0], dX.shape[1], B, I)
@@ -912,7 +949,7 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
         threads = _begin_threads()
         if dX is not None:  # must read W before the update below
             _dx_gemm(&g, floating is double, B, I, O, tdy, _ptr(dY), lddy, False, <const char*>&W[0, 0], I,
-                     <char*>&dX[0, 0], relu_input, tx, _ptr(X), ldx)
+                     <char*>&dX[0, 0], act_input, tx, _ptr(X), ldx)
             _run_gemm(&g, threads)
         _gemm_init(&g, floating is double, not tdy, tx, O, I, B, alpha, _ptr(dY), lddy, _ptr(X), ldx, beta,
                    &W[0, 0], I)
@@ -1034,7 +1071,7 @@ def pixel_sums(cnp.uint64_t[::1] out, const cnp.uint8_t[:, :] src):
 
 def linear_forward_images(floating[:, ::1] Y, floating[:, ::1] X, const cnp.uint8_t[:, :] src,
                           const cnp.int64_t[:] index, const floating[::1] offset, const floating[::1] scale,
-                          const floating[:, :] W, const floating[:] b=None, bint relu=False,
+                          const floating[:, :] W, const floating[:] b=None, int act=0,
                           floating[:, ::1] scratch=None):
     """X (B, D) = (src[index] - offset) / scale;  Y (B, O) = act(X @ W (O, D)^T + b): a first layer fed uint8 images.
 
@@ -1059,7 +1096,7 @@ def linear_forward_images(floating[:, ::1] Y, floating[:, ::1] X, const cnp.uint
     if c.n == 0 or c.D == 0:
         raise ValueError(f"{name}: expected a non-empty 2-D array, got shape ({B}, {D})")
     X_in = X
-    _linear_forward(Y, X_in, W, b, relu, scratch, &c)
+    _linear_forward(Y, X_in, W, b, act, scratch, &c)
 
 
 ctypedef struct ImagesWgrad:
@@ -1132,30 +1169,142 @@ def linear_backward_sgd_images(floating[:, ::1] W, floating[:] b, const floating
 
 
 # ---------------------------------------------------------------------------
-# ReLU
+# activations: ReLU, tanh, logistic, identity (forward/backward pairs)
 # ---------------------------------------------------------------------------
+
+ctypedef struct Elementwise:
+    bint is_double
+    char* out           # (B, N) C-contiguous
+    const char* a       # (B, N) rows with unit stride, ``lda`` elements apart: X (forward) or dY (backward)
+    Py_ssize_t lda
+    const char* y       # backward: the activation's output (B, N), rows ``ldy`` apart; NULL forward
+    Py_ssize_t ldy
+    Py_ssize_t B, N
+    int act, chunks
+
+
+cdef void _elementwise_rows(Elementwise* e, floating* out, const floating* a, const floating* y,
+                            Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """out[r0:r1] = act(a) (forward) or a * act'(.) through y (backward), row by row, out possibly a."""
+    cdef Py_ssize_t i, j
+    cdef floating* o
+    cdef const floating* src
+    for i in range(r0, r1):
+        o, src = out + i * e.N, a + i * e.lda
+        if o != src:
+            for j in range(e.N):
+                o[j] = src[j]
+        if y == NULL:
+            _bias_act_run(o, <const floating*>NULL, e.act, e.N)
+        else:
+            _act_grad_run(o, y + i * e.ldy, e.act, e.N)
+
+
+cdef void _elementwise_chunk(void* ctx, int chunk) noexcept nogil:
+    cdef Elementwise* e = <Elementwise*>ctx
+    cdef Py_ssize_t r0 = e.B * chunk // e.chunks, r1 = e.B * (chunk + 1) // e.chunks
+    if e.is_double:
+        _elementwise_rows(e, <double*>e.out, <const double*>e.a, <const double*>e.y, r0, r1)
+    else:
+        _elementwise_rows(e, <float*>e.out, <const float*>e.a, <const float*>e.y, r0, r1)
+
+
+cdef const floating[:, :] _rows_unit(const floating[:, :] a):
+    """``a`` itself when its rows have unit stride and do not overlap, else a C-ordered copy."""
+    if a.shape[1] > 1 and a.strides[1] != sizeof(floating) or a.shape[0] > 1 and a.strides[0] < a.shape[1] * sizeof(floating):
+        return np.ascontiguousarray(a)
+    return a
+
+
+cdef int _activation(floating[:, ::1] out, const floating[:, :] a, const floating[:, :] y, int act) except -1:
+    """out = act(a) when y is None, else out = a * act'(.) through y; parallel row chunks (checked shapes)."""
+    cdef Elementwise e
+    cdef int threads
+    cdef Py_ssize_t item = sizeof(floating)
+    if out.shape[0] == 0 or out.shape[1] == 0:
+        return 0
+    a = _rows_unit(a)
+    e.is_double, e.act, e.B, e.N = floating is double, act, out.shape[0], out.shape[1]
+    e.out, e.a, e.lda = <char*>&out[0, 0], _ptr(a), a.strides[0] // item
+    e.y, e.ldy = NULL, 0
+    if y is not None:
+        y = _rows_unit(y)
+        e.y, e.ldy = _ptr(y), y.strides[0] // item
+    with nogil:
+        threads = _begin_threads()
+        e.chunks = threads if e.B * e.N >= PARALLEL_MIN_ELEMENTS else 1
+        if e.chunks > e.B:
+            e.chunks = <int>e.B
+        fm_parallel_for(e.chunks, threads, _elementwise_chunk, &e)
+        _end_threads()
+    return 0
+
+
+cdef int _activation_forward(floating[:, ::1] Y, const floating[:, :] X, int act) except -1:
+    cdef const floating[:, :] forward = None  # no output to read a derivative through
+    _check2("Y", Y.shape[0], Y.shape[1], X.shape[0], X.shape[1])
+    _activation(Y, X, forward, act)
+    return 0
+
+
+cdef int _activation_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y,
+                              int act) except -1:
+    _check2("dY", dY.shape[0], dY.shape[1], Y.shape[0], Y.shape[1])
+    _check2("dX", dX.shape[0], dX.shape[1], Y.shape[0], Y.shape[1])
+    _activation(dX, dY, Y, act)
+    return 0
+
+
+def activation_forward(floating[:, ::1] Y, const floating[:, :] X, int act):
+    """Y (B, O) = act(X), ``act`` a code of :data:`ACTIVATIONS`; Y may be X (in place). NaN propagates."""
+    _check_act("act", act)
+    _activation_forward(Y, X, act)
+
+
+def activation_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y, int act):
+    """dX (B, O) = dY * act'(.), read through Y = act(X) the forward's output; dX may be dY (in place)."""
+    _check_act("act", act)
+    _activation_backward(dX, dY, Y, act)
+
 
 def relu_forward(floating[:, ::1] Y, const floating[:, :] X):
     """Y (B, O) = max(X, 0); Y may be X (in place). NaN propagates."""
-    cdef Py_ssize_t i, j
-    cdef floating v
-    _check2("Y", Y.shape[0], Y.shape[1], X.shape[0], X.shape[1])
-    with nogil:
-        for i in range(X.shape[0]):
-            for j in range(X.shape[1]):
-                v = X[i, j]
-                Y[i, j] = v if (v > 0 or v != v) else 0
+    _activation_forward(Y, X, FM_ACT_RELU)
 
 
 def relu_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y):
     """dX (B, O) = dY * (Y > 0), Y the ReLU's output; dX may be dY (in place)."""
-    cdef Py_ssize_t i, j
-    _check2("dY", dY.shape[0], dY.shape[1], Y.shape[0], Y.shape[1])
-    _check2("dX", dX.shape[0], dX.shape[1], Y.shape[0], Y.shape[1])
-    with nogil:
-        for i in range(Y.shape[0]):
-            for j in range(Y.shape[1]):
-                dX[i, j] = dY[i, j] if Y[i, j] > 0 else 0
+    _activation_backward(dX, dY, Y, FM_ACT_RELU)
+
+
+def tanh_forward(floating[:, ::1] Y, const floating[:, :] X):
+    """Y (B, O) = tanh(X); Y may be X (in place). NaN propagates."""
+    _activation_forward(Y, X, FM_ACT_TANH)
+
+
+def tanh_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y):
+    """dX (B, O) = dY * (1 - Y^2), Y = tanh(X) the forward's output; dX may be dY (in place)."""
+    _activation_backward(dX, dY, Y, FM_ACT_TANH)
+
+
+def logistic_forward(floating[:, ::1] Y, const floating[:, :] X):
+    """Y (B, O) = 1 / (1 + exp(-X)), from exp(-|X|) (no overflow); Y may be X (in place). NaN propagates."""
+    _activation_forward(Y, X, FM_ACT_LOGISTIC)
+
+
+def logistic_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y):
+    """dX (B, O) = dY * Y (1 - Y), Y the logistic's output; dX may be dY (in place)."""
+    _activation_backward(dX, dY, Y, FM_ACT_LOGISTIC)
+
+
+def identity_forward(floating[:, ::1] Y, const floating[:, :] X):
+    """Y (B, O) = X (a copy; nothing when Y is X)."""
+    _activation_forward(Y, X, FM_ACT_IDENTITY)
+
+
+def identity_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y):
+    """dX (B, O) = dY (a copy; Y, the forward's output, only fixes the shape); dX may be dY."""
+    _activation_backward(dX, dY, Y, FM_ACT_IDENTITY)
 
 
 # ---------------------------------------------------------------------------
@@ -1230,18 +1379,46 @@ def cross_entropy_backward(floating[:, ::1] dP, const floating[:, :] P, const fl
                 dP[i, j] = -T[i, j] * invb / p
 
 
+cdef double _weight_sum(const floating[:] weights, Py_ssize_t B) except? -1.0:
+    """The sum of per-row weights (B,), checked (finite, >= 0, a positive sum); B when weights is None."""
+    cdef Py_ssize_t i
+    cdef double total = 0
+    if weights is None:
+        return B
+    _check1("weights", weights.shape[0], B)
+    for i in range(B):
+        if not (weights[i] >= 0 and weights[i] < INFINITY):
+            raise ValueError(f"weights: expected finite values >= 0, got {weights[i]} at position {i}")
+        total += weights[i]
+    if not total > 0:
+        raise ValueError("weights: expected a positive sum, got all zeros")
+    return total
+
+
 cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z,
-                              const cnp.int64_t[:] labels, floating scale,
+                              const cnp.int64_t[:] labels, const floating* weights, floating scale,
                               double* total, Py_ssize_t* correct) noexcept nogil:
-    """Row loop shared by the two hooks below; returns the first bad label's row, or -1."""
+    """Row loop shared by the two hooks below; returns the first bad label's row, or -1.
+
+    Row b's loss counts ``weights[b]`` times into ``total`` and its gradient is
+    scaled by ``scale * weights[b]`` (weights NULL: 1 each); a row of weight 0
+    adds nothing and gets a zero gradient, whatever its logits.
+    """
     cdef Py_ssize_t i, j, arg, B = Z.shape[0], C = Z.shape[1]
     cdef cnp.int64_t y
-    cdef floating m, s, zy, e, inv
+    cdef floating m, s, zy, e, inv, wi = 1
     for i in range(B):  # all labels first: dZ may alias Z, which must survive an error
         if labels[i] < 0 or labels[i] >= C:
             return i
     for i in range(B):
         y = labels[i]
+        if weights != NULL:
+            wi = weights[i]
+            if wi == 0:
+                if has_dz:
+                    for j in range(C):
+                        dZ[i, j] = 0
+                continue
         m = Z[i, 0]
         arg = 0
         for j in range(1, C):
@@ -1261,13 +1438,13 @@ cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, const floating[:
             if has_dz:
                 dZ[i, j] = e
             s = s + e
-        total[0] += <double>(_log(s) + m - zy)
+        total[0] += wi * <double>(_log(s) + m - zy)
         correct[0] += (arg == y)
         if has_dz:
-            inv = scale / s
+            inv = scale * wi / s
             for j in range(C):
                 dZ[i, j] = dZ[i, j] * inv
-            dZ[i, y] = dZ[i, y] - scale
+            dZ[i, y] = dZ[i, y] - scale * wi
     return -1
 
 
@@ -1275,15 +1452,25 @@ cdef int _bad_label(const cnp.int64_t[:] labels, Py_ssize_t row, Py_ssize_t C) e
     raise ValueError(f"labels: expected class indices in [0, {C}), got {labels[row]} at position {row}")
 
 
-def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:, :] Z,
-                                           const cnp.int64_t[:] labels, double grad_scale=-1.0):
-    """loss = (1/B) sum_b [logsumexp(Z_b) - Z_b,y_b];  dZ = (softmax(Z) - onehot(y)) * grad_scale.
+cdef inline const floating* _weights_ptr(const floating[:] weights) noexcept nogil:
+    if weights is None:
+        return NULL
+    return &weights[0]
 
-    Z (B, C) logits, labels (B,) int64 in [0, C), grad_scale defaulting to 1/B.
+
+def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:, :] Z,
+                                           const cnp.int64_t[:] labels, double grad_scale=-1.0,
+                                           const floating[:] weights=None):
+    """loss = sum_b w_b [logsumexp(Z_b) - Z_b,y_b] / sum_b w_b;  dZ_b = (softmax(Z_b) - onehot(y_b)) w_b * grad_scale.
+
+    Z (B, C) logits, labels (B,) int64 in [0, C), weights (B,) per-row weights
+    (finite, >= 0, positive sum; None: all 1), grad_scale defaulting to
+    1/sum_b w_b (the weighted mean's gradient; 1/B without weights).
     dZ (B, C) is overwritten and may be Z itself (the logits are consumed in
     place). One pass per row; log-sum-exp with the row max, so huge logits
     cannot overflow. Returns (loss, n_correct), n_correct counting rows whose
-    argmax is the label. Raises ValueError on a label outside [0, C).
+    argmax is the label (rows of weight 0 are skipped: no loss, zero gradient,
+    not counted). Raises ValueError on a label outside [0, C) or bad weights.
     """
     cdef Py_ssize_t B = Z.shape[0], C = Z.shape[1], bad
     cdef double total = 0
@@ -1291,15 +1478,17 @@ def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:
     _check_nonempty("Z", B, C)
     _check1("labels", labels.shape[0], B)
     _check2("dZ", dZ.shape[0], dZ.shape[1], B, C)
-    cdef floating scale = <floating>(1.0 / B if grad_scale < 0 else grad_scale)
+    cdef double wsum = _weight_sum(weights, B)
+    cdef floating scale = <floating>(1.0 / wsum if grad_scale < 0 else grad_scale)
     with nogil:
-        bad = _softmax_xent(dZ, True, Z, labels, scale, &total, &correct)
+        bad = _softmax_xent(dZ, True, Z, labels, _weights_ptr(weights), scale, &total, &correct)
     if bad >= 0:
         _bad_label(labels, bad, C)
-    return total / B, correct
+    return total / wsum, correct
 
 
-def softmax_cross_entropy_forward(const floating[:, :] Z, const cnp.int64_t[:] labels):
+def softmax_cross_entropy_forward(const floating[:, :] Z, const cnp.int64_t[:] labels,
+                                  const floating[:] weights=None):
     """(loss, n_correct) of :func:`softmax_cross_entropy_forward_backward`, without the gradient."""
     cdef Py_ssize_t B = Z.shape[0], C = Z.shape[1], bad
     cdef double total = 0
@@ -1307,11 +1496,116 @@ def softmax_cross_entropy_forward(const floating[:, :] Z, const cnp.int64_t[:] l
     cdef floating[:, ::1] no_dz = None
     _check_nonempty("Z", B, C)
     _check1("labels", labels.shape[0], B)
+    cdef double wsum = _weight_sum(weights, B)
     with nogil:
-        bad = _softmax_xent(no_dz, False, Z, labels, 0, &total, &correct)
+        bad = _softmax_xent(no_dz, False, Z, labels, _weights_ptr(weights), 0, &total, &correct)
     if bad >= 0:
         _bad_label(labels, bad, C)
-    return total / B, correct
+    return total / wsum, correct
+
+
+# ---------------------------------------------------------------------------
+# the other output heads: logistic + binary cross-entropy, identity + squared error
+# ---------------------------------------------------------------------------
+
+cdef enum Head:
+    HEAD_LOGISTIC = 0
+    HEAD_SQUARED = 1
+
+
+cdef void _head_rows(Head head, floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z, const floating[:, :] T,
+                     const floating* weights, floating scale, double* total, Py_ssize_t* correct) noexcept nogil:
+    """Row loop of the two heads: each row's loss (weighted as in _softmax_xent) and, with has_dz, its gradient.
+
+    Logistic: sum_c softplus(z) - t z (= the binary cross-entropy of sigmoid(z)),
+    gradient sigmoid(z) - t; a row is correct when every (z > 0) is (t > 0.5).
+    Squared: sum_c (z - t)^2 / 2, gradient z - t. Each element of Z is read
+    before dZ (which may alias it) is written.
+    """
+    cdef Py_ssize_t i, j, B = Z.shape[0], C = Z.shape[1]
+    cdef floating z, t, e, p, g, wi = 1
+    cdef floating row
+    cdef bint right
+    for i in range(B):
+        if weights != NULL:
+            wi = weights[i]
+        row = 0
+        right = True
+        for j in range(C):
+            z, t = Z[i, j], T[i, j]
+            if head == HEAD_LOGISTIC:
+                e = _exp(-z if z > 0 else z)
+                p = 1 / (1 + e) if z > 0 else e / (1 + e)
+                row = row + (z if z > 0 else 0) - t * z + _log1p(e)
+                g = p - t
+                right = right and ((z > 0) == (t > 0.5))
+            else:
+                g = z - t
+                row = row + g * g / 2
+            if has_dz:
+                dZ[i, j] = g * scale * wi
+        if wi != 0:
+            total[0] += wi * <double>row
+            correct[0] += right
+
+
+cdef tuple _head(Head head, floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z, const floating[:, :] T,
+                 double grad_scale, const floating[:] weights):
+    """Check the arguments of a head hook and run it: (sum_b w_b loss_b / sum_b w_b, n_correct)."""
+    cdef Py_ssize_t B = Z.shape[0], C = Z.shape[1]
+    cdef double total = 0
+    cdef Py_ssize_t correct = 0
+    _check_nonempty("Z", B, C)
+    _check2("T", T.shape[0], T.shape[1], B, C)
+    if has_dz:
+        _check2("dZ", dZ.shape[0], dZ.shape[1], B, C)
+    cdef double wsum = _weight_sum(weights, B)
+    cdef floating scale = <floating>(1.0 / wsum if grad_scale < 0 else grad_scale)
+    with nogil:
+        _head_rows(head, dZ, has_dz, Z, T, _weights_ptr(weights), scale, &total, &correct)
+    return total / wsum, correct
+
+
+def logistic_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:, :] Z, const floating[:, :] T,
+                                            double grad_scale=-1.0, const floating[:] weights=None):
+    """The logistic head: loss = sum_b w_b sum_c [softplus(Z) - T Z]_bc / sum_b w_b;  dZ_b = (sigmoid(Z_b) - T_b) w_b * grad_scale.
+
+    The binary cross-entropy of sigmoid(Z) against targets T in [0, 1], summed
+    over the C outputs (multilabel; C = 1 for two classes), a weighted mean over
+    the rows, computed from the logits Z (B, C) (softplus(z) = max(z, 0) +
+    log1p(exp(-|z|)): no overflow, no log of 0). weights and grad_scale as in
+    :func:`softmax_cross_entropy_forward_backward`; dZ (B, C) may be Z. Returns
+    (loss, n_correct), a row correct when every output is on the side of 0.5 its
+    target is.
+    """
+    return _head(HEAD_LOGISTIC, dZ, True, Z, T, grad_scale, weights)
+
+
+def logistic_cross_entropy_forward(const floating[:, :] Z, const floating[:, :] T, const floating[:] weights=None):
+    """(loss, n_correct) of :func:`logistic_cross_entropy_forward_backward`, without the gradient."""
+    cdef floating[:, ::1] no_dz = None
+    return _head(HEAD_LOGISTIC, no_dz, False, Z, T, 0.0, weights)
+
+
+def squared_error_forward_backward(floating[:, ::1] dZ, const floating[:, :] Z, const floating[:, :] T,
+                                   double grad_scale=-1.0, const floating[:] weights=None):
+    """The identity head: loss = sum_b w_b ||Z_b - T_b||^2 / (2 C sum_b w_b);  dZ_b = (Z_b - T_b) w_b * grad_scale.
+
+    scikit-learn's squared loss (half the weighted mean over rows and outputs)
+    and scikit-learn's gradient, which is C times that loss's: the gradient of
+    the half squared error summed over the C outputs (the two agree for one
+    output). Z (B, C) outputs, T (B, C) targets; weights, grad_scale and dZ as in
+    :func:`softmax_cross_entropy_forward_backward`. Returns (loss, 0).
+    """
+    loss, _ = _head(HEAD_SQUARED, dZ, True, Z, T, grad_scale, weights)
+    return loss / Z.shape[1], 0
+
+
+def squared_error_forward(const floating[:, :] Z, const floating[:, :] T, const floating[:] weights=None):
+    """(loss, 0) of :func:`squared_error_forward_backward`, without the gradient."""
+    cdef floating[:, ::1] no_dz = None
+    loss, _ = _head(HEAD_SQUARED, no_dz, False, Z, T, 0.0, weights)
+    return loss / Z.shape[1], 0
 
 
 # ---------------------------------------------------------------------------
