@@ -138,6 +138,21 @@ def test_the_torch_trainers_take_any_data_set(sources, tmp_path):
                                "--device", "cpu", "--quiet", "--out_dir", str(tmp_path / "no")]) == 2
 
 
+def test_a_search_runs_on_the_data_set_it_is_given_and_keeps_it(sources, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    from fastmlp import search
+
+    flags = ["--model", "numpy", "--dataset", "mnist", "--data_dir", str(sources["mnist"][0]), "--validation_size",
+             "100", "--max_steps_cap", "5", "--eval_freq", "5", "--quiet", "--out_dir", str(tmp_path / "s")]
+    assert search.main([*flags, "--n_trials", "1"]) == 0
+    final = json.loads((tmp_path / "s" / "final" / "metrics.json").read_text())
+    assert final["dataset"] == "mnist" and final["class_names"] == list(I.MNIST.label_names)
+    capsys.readouterr()
+    other = [v if v != "mnist" else "fashion_mnist" for v in flags]
+    assert search.main([*other, "--n_trials", "2"]) == 2
+    assert "dataset: stored 'mnist', now 'fashion_mnist'" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- bad files
 
 

@@ -60,6 +60,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "grid": args.grid_values,
         "space": args.space_values,
         "validation_size": int(args.validation_size),
+        # None for the default: a study stored before --dataset existed was a CIFAR-10 study
+        "dataset": None if getattr(args, "dataset", "cifar10") == "cifar10" else args.dataset,
         "seed": int(args.seed),
         "max_steps_cap": args.max_steps_cap,
         "trainer_flags": shlex.split(args.trainer_flags or ""),
