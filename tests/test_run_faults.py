@@ -274,6 +274,40 @@ def test_a_crafted_checkpoint_is_refused_as_corrupt_before_training(kind, synthe
     assert (out / "checkpoint.npz").read_bytes() == crafted and not (out / "metrics.json").exists()
 
 
+def _nan_weight(state):
+    next(iter(state["model"].values())).view(-1)[0] = float("nan")
+
+
+TORCH_CRAFTED = {
+    "NaN weights": (_nan_weight, "NaN"),
+    "momentum 5": (lambda state: state["optimizer"]["param_groups"][0].update(momentum=5.0), "'momentum'"),
+    "a string in a curve row": (lambda state: state["curves"][-1].update(train_loss="oops"), "train_loss"),
+    "nested 100 deep": (lambda state: state["flags"].update(x=json.loads(_nested(100))), "nest"),
+}
+
+
+@pytest.mark.parametrize("kind", list(TORCH_CRAFTED))
+def test_a_crafted_torch_checkpoint_is_refused_as_corrupt(kind, synthetic_cifar_dir, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from torch_models import train_mlp
+
+    out = tmp_path / "run"
+    argv = ["--device", "cpu", "--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "8", "--max_steps",
+            "2", "--eval_freq", "1", "--optimizer", "momentum", "--quiet", "--threads", "1"]
+    assert train_mlp.main([*argv, "--out_dir", str(out)]) == 0
+    (out / "metrics.json").unlink()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    change, words = TORCH_CRAFTED[kind]
+    change(state)
+    torch.save(state, out / "checkpoint.pt")
+    with pytest.raises(SystemExit) as exited:
+        train_mlp.main(["--resume", str(out), "--max_steps", "4"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err and "RecursionError" not in err, err
+    assert "corrupt checkpoint" in err and words in err, err
+    assert not (out / "metrics.json").exists()
+
+
 # --------------------------------------------------------------------------- row 15: sizes no machine holds
 @pytest.mark.parametrize("flag, value", [("--batch_size", 10**12), ("--dnn_hidden_units", 10**9),
                                          ("--eval_batch_size", 10**11)])
