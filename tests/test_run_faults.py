@@ -169,6 +169,30 @@ def test_a_file_size_limit_is_an_io_error_line(synthetic_cifar_dir, tmp_path, ca
     assert _temporaries(out) == [] and not (out / "checkpoint.npz").exists()
 
 
+def test_an_unreadable_data_folder_is_one_io_error_line(synthetic_cifar_dir, tmp_path, capsys, monkeypatch):
+    """Every read below the data folder is refused (as for another user's 0700 folder: tests may run as root)."""
+    import builtins
+    import io
+
+    data = shutil.copytree(synthetic_cifar_dir, tmp_path / "data")
+    real_open, real_io_open = builtins.open, io.open
+
+    def refusing(opener):
+        def open_(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and str(data) in os.fsdecode(file):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
+            return opener(file, *args, **kwargs)
+        return open_
+
+    monkeypatch.setattr(builtins, "open", refusing(real_open))
+    monkeypatch.setattr(io, "open", refusing(real_io_open))
+    status, err = _status(["--data_dir", data, "--max_steps", 2, *TINY, "--out_dir", tmp_path / "run"], capsys)
+    monkeypatch.undo()
+    assert status == 74 and "Traceback" not in err, err
+    [line] = _error_lines(err)
+    assert str(data) in line and os.strerror(errno.EACCES) in line, line
+
+
 # --------------------------------------------------------------------------- row 9: SIGTERM, SIGHUP
 def _wait_for(path: Path, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 240
