@@ -333,8 +333,7 @@ def test_a_crafted_torch_checkpoint_is_refused_as_corrupt(kind, synthetic_cifar_
 
 
 # --------------------------------------------------------------------------- row 15: sizes no machine holds
-@pytest.mark.parametrize("flag, value", [("--batch_size", 10**12), ("--dnn_hidden_units", 10**9),
-                                         ("--eval_batch_size", 10**11)])
+@pytest.mark.parametrize("flag, value", [("--batch_size", 10**12), ("--dnn_hidden_units", 10**9)])
 def test_a_size_no_machine_holds_is_refused_naming_it(flag, value, synthetic_cifar_dir, tmp_path, capsys):
     argv = ["--data_dir", synthetic_cifar_dir, "--max_steps", 2, *TINY, flag, value, "--out_dir", tmp_path / "run"]
     status, err = _status(argv, capsys)
