@@ -169,6 +169,30 @@ def test_a_file_size_limit_is_an_io_error_line(synthetic_cifar_dir, tmp_path, ca
     assert _temporaries(out) == [] and not (out / "checkpoint.npz").exists()
 
 
+def test_an_unreadable_data_folder_is_one_io_error_line(synthetic_cifar_dir, tmp_path, capsys, monkeypatch):
+    """Every read below the data folder is refused (as for another user's 0700 folder: tests may run as root)."""
+    import builtins
+    import io
+
+    data = shutil.copytree(synthetic_cifar_dir, tmp_path / "data")
+    real_open, real_io_open = builtins.open, io.open
+
+    def refusing(opener):
+        def open_(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and str(data) in os.fsdecode(file):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
+            return opener(file, *args, **kwargs)
+        return open_
+
+    monkeypatch.setattr(builtins, "open", refusing(real_open))
+    monkeypatch.setattr(io, "open", refusing(real_io_open))
+    status, err = _status(["--data_dir", data, "--max_steps", 2, *TINY, "--out_dir", tmp_path / "run"], capsys)
+    monkeypatch.undo()
+    assert status == 74 and "Traceback" not in err, err
+    [line] = _error_lines(err)
+    assert str(data) in line and os.strerror(errno.EACCES) in line, line
+
+
 # --------------------------------------------------------------------------- row 9: SIGTERM, SIGHUP
 def _wait_for(path: Path, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 240
@@ -274,9 +298,42 @@ def test_a_crafted_checkpoint_is_refused_as_corrupt_before_training(kind, synthe
     assert (out / "checkpoint.npz").read_bytes() == crafted and not (out / "metrics.json").exists()
 
 
+def _nan_weight(state):
+    next(iter(state["model"].values())).view(-1)[0] = float("nan")
+
+
+TORCH_CRAFTED = {
+    "NaN weights": (_nan_weight, "NaN"),
+    "momentum 5": (lambda state: state["optimizer"]["param_groups"][0].update(momentum=5.0), "'momentum'"),
+    "a string in a curve row": (lambda state: state["curves"][-1].update(train_loss="oops"), "train_loss"),
+    "nested 100 deep": (lambda state: state["flags"].update(x=json.loads(_nested(100))), "nest"),
+}
+
+
+@pytest.mark.parametrize("kind", list(TORCH_CRAFTED))
+def test_a_crafted_torch_checkpoint_is_refused_as_corrupt(kind, synthetic_cifar_dir, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from torch_models import train_mlp
+
+    out = tmp_path / "run"
+    argv = ["--device", "cpu", "--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "8", "--max_steps",
+            "2", "--eval_freq", "1", "--optimizer", "momentum", "--quiet", "--threads", "1"]
+    assert train_mlp.main([*argv, "--out_dir", str(out)]) == 0
+    (out / "metrics.json").unlink()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    change, words = TORCH_CRAFTED[kind]
+    change(state)
+    torch.save(state, out / "checkpoint.pt")
+    with pytest.raises(SystemExit) as exited:
+        train_mlp.main(["--resume", str(out), "--max_steps", "4"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err and "RecursionError" not in err, err
+    assert "corrupt checkpoint" in err and words in err, err
+    assert not (out / "metrics.json").exists()
+
+
 # --------------------------------------------------------------------------- row 15: sizes no machine holds
-@pytest.mark.parametrize("flag, value", [("--batch_size", 10**12), ("--dnn_hidden_units", 10**9),
-                                         ("--eval_batch_size", 10**11)])
+@pytest.mark.parametrize("flag, value", [("--batch_size", 10**12), ("--dnn_hidden_units", 10**9)])
 def test_a_size_no_machine_holds_is_refused_naming_it(flag, value, synthetic_cifar_dir, tmp_path, capsys):
     argv = ["--data_dir", synthetic_cifar_dir, "--max_steps", 2, *TINY, flag, value, "--out_dir", tmp_path / "run"]
     status, err = _status(argv, capsys)

@@ -39,14 +39,15 @@ __all__ = [
     "EXIT_SIGHUP",
     "EXIT_SIGTERM",
     "EXIT_STATUSES",
+    "INVOCATION_FLAGS",
     "Stopped",
     "add_overwrite_argument",
     "describe_os_error",
-    "INVOCATION_FLAGS",
     "explicit_flags",
     "flag_actions",
     "merge_resume_flags",
     "printable",
+    "signals_stop_the_run",
     "run_main",
     "summary_line",
 ]
@@ -199,9 +200,12 @@ def _run_folder(args: argparse.Namespace, checkpoint_dir: Callable[[str], Path])
 
 
 def _train_in_folder(args: argparse.Namespace, train: Callable[[argparse.Namespace], Mapping[str, Any]],
-                     folder: Path, is_main: bool) -> Mapping[str, Any]:
-    """``train(args)`` with ``folder`` claimed (rank 0 only) and SIGTERM/SIGHUP stopping the run."""
-    claim = (claimed_run_dir(folder, resuming=args.resume is not None, overwrite=getattr(args, "overwrite", False))
+                     folder: Path, *, resuming: bool, is_main: bool) -> Mapping[str, Any]:
+    """``train(args)`` with ``folder`` claimed (rank 0 only) and SIGTERM/SIGHUP stopping the run.
+
+    ``resuming``: the run continues the one in ``folder`` (else the folder must be free).
+    """
+    claim = (claimed_run_dir(folder, resuming=resuming, overwrite=getattr(args, "overwrite", False))
              if is_main else contextlib.nullcontext())
     with signals_stop_the_run(), claim:
         return train(args)
@@ -257,7 +261,9 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
         folder = _run_folder(args, checkpoint_dir)
         if new_folder is None and not folder.exists():
             new_folder = folder
-        metrics = _train_in_folder(args, train, folder, is_main)
+        # --resume continues the run in the checkpoint's own folder; another folder must be free
+        resuming = args.resume is not None and folder.resolve() == Path(checkpoint_dir(args.resume)).resolve()
+        metrics = _train_in_folder(args, train, folder, resuming=resuming, is_main=is_main)
     except KeyboardInterrupt as exc:
         how = f" by {exc.args[0]}" if isinstance(exc, Stopped) else ""
         where = _run_folder(args, checkpoint_dir)

@@ -387,7 +387,7 @@ def check_all(values: Mapping[str, Any], names: Mapping[str, str] | None = None,
 
 def check_sizes(values: Mapping[str, Any], names: Mapping[str, str] | None = None, *,
                 label: Callable[[str], str] = str, n_inputs: int = 3072, n_classes: int = 10) -> None:
-    """Refuse checked sizes (layer widths, batch sizes) whose arrays this machine cannot hold.
+    """Refuse checked sizes (layer widths, the batch size) whose arrays this machine cannot hold.
 
     Checked before anything is loaded or allocated, so that ``--batch_size 10**12``
     gets a message naming it rather than a MemoryError from deep inside.
@@ -396,8 +396,9 @@ def check_sizes(values: Mapping[str, Any], names: Mapping[str, str] | None = Non
     ----------
     values : mapping
         Checked settings (:func:`check_all`), by the interface's own keys; the entries
-        ``hidden_units``, ``batch_size`` and ``eval_batch_size`` are read when present,
-        with ``dtype`` (default float32) for the bytes per value.
+        ``hidden_units`` and ``batch_size`` are read when present, with ``dtype``
+        (default float32) for the bytes per value. (An evaluation's chunks are at most
+        a split long, so ``eval_batch_size`` needs no bound.)
     names, label
         As for :func:`check_all`.
     n_inputs, n_classes : int
@@ -415,10 +416,9 @@ def check_sizes(values: Mapping[str, Any], names: Mapping[str, str] | None = Non
         check_network_size(n_inputs, widths, n_classes, itemsize,
                            label=f"{label(keys['hidden_units'])} {format_hidden_units(widths)!r}")
     row = n_inputs + 2 * sum(widths) + 2 * n_classes  # a batch row: the input, each layer's output and gradient
-    for entry in ("batch_size", "eval_batch_size"):
-        if entry in keys:
-            rows = values[keys[entry]]
-            check_fits_in_memory(rows * row * itemsize, f"{label(keys[entry])} {rows}: batches of that many rows")
+    if "batch_size" in keys:
+        rows = values[keys["batch_size"]]
+        check_fits_in_memory(rows * row * itemsize, f"{label(keys['batch_size'])} {rows}: batches of that many rows")
 
 
 def checker(name: str) -> Callable[[Any], Any]:

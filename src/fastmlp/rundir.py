@@ -35,13 +35,13 @@ RUN_FILES = ("checkpoint.npz", "checkpoint.pt", "metrics.json", "curves.csv", "c
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files of interrupted atomic writes in ``folder``; return them.
+    """Delete the temporary files of interrupted atomic writes of a run's files in ``folder``; return them.
 
-    Only names :func:`fastmlp.atomic.atomic_path` makes (a dot, the target's name, a
-    random part, ``.tmp``) are touched.
+    Only names :func:`fastmlp.atomic.atomic_path` makes for :data:`RUN_FILES` (a dot,
+    the file's name, a random part, ``.tmp``) are touched.
     """
     removed = []
-    for path in Path(folder).glob(".*.tmp"):
+    for path in (stale for name in RUN_FILES for stale in Path(folder).glob(f".{name}.*.tmp")):
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             if path.is_file():
                 path.unlink()
@@ -74,7 +74,7 @@ def _lock(folder: Path) -> int | None:
 
 def _check_free(folder: Path, *, overwrite: bool) -> None:
     """Refuse a folder holding a run's files; with ``overwrite``, delete them instead."""
-    found = [name for name in RUN_FILES if (folder / name).exists()]
+    found = [name for name in RUN_FILES if (folder / name).is_file()]
     if not found:
         return
     if not overwrite:
