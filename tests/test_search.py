@@ -239,7 +239,7 @@ def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_
 
 
 def _wait_for_running_trials(process: subprocess.Popen, out: Path, name: str, storage: str | None, n: int,
-                             timeout: float = 90) -> list:
+                             timeout: float = 300) -> list:
     """The trials of study ``name`` once ``n`` of them are training (their checkpoint written), while ``process`` lives."""
     deadline = time.monotonic() + timeout
     running = []
@@ -362,7 +362,7 @@ def _start_workers(data_dir: Path, out: Path, n: int, *extra: str) -> list[subpr
 def _all_succeed(processes: list[subprocess.Popen]) -> None:
     errors = []
     for proc in processes:
-        proc.wait(timeout=240)
+        proc.wait(timeout=600)  # generous: each worker imports and loads on a busy machine
         err = proc.stderr.read()
         if proc.returncode != 0 or "error" in err.lower():
             errors.append(f"exit {proc.returncode}: {err.strip()[-500:]}")
