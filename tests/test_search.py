@@ -537,6 +537,17 @@ def test_a_cut_last_journal_line_is_set_aside_and_the_study_goes_on(synthetic_ci
     assert search.main(argv) == 0  # and stays readable
 
 
+def test_a_file_that_is_not_a_journal_is_not_repaired(synthetic_cifar_dir, tmp_path, capsys):
+    """Only what starts as Optuna's lines do is taken for a cut line: another file is left as it is."""
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"my notes, no newline")
+    argv = _flags(synthetic_cifar_dir, tmp_path / "o", "--storage", str(notes), "--skip_final")
+    assert search.main(argv) == 2
+    assert "that do not start an Optuna journal line" in capsys.readouterr().err
+    assert notes.read_bytes() == b"my notes, no newline"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "o"]  # no side file
+
+
 @pytest.mark.parametrize("line, problem", [
     ('{"op_code": 99, "worker_id": "w"}', "unknown op_code 99"),
     ('{"op_code": 9, "worker_id": "w", "trial_id": 0, "system_attr": {"x": ' + "[" * 100_000 + "]" * 100_000
