@@ -240,7 +240,7 @@ def test_a_killed_worker_trial_is_failed_and_run_again(synthetic_cifar_dir, tmp_
 
 def _wait_for_running_trials(process: subprocess.Popen, out: Path, name: str, storage: str | None, n: int,
                              timeout: float = 300) -> list:
-    """The trials of study ``name`` once ``n`` of them are training (their checkpoint written), while ``process`` lives."""
+    """The trials of study ``name`` once ``n`` of them are training (checkpoint written); fails if ``process`` ends."""
     deadline = time.monotonic() + timeout
     running = []
     while time.monotonic() < deadline and len(running) < n and process.poll() is None:
