@@ -24,7 +24,7 @@ from fastmlp.search import study as studies
 from fastmlp.search.adapter import MODELS, TrainerAdapter
 from fastmlp.search.errors import SearchError, WorkerError
 from fastmlp.search.final import final_retrain
-from fastmlp.search.reports import fmt, say, write_outputs
+from fastmlp.search.reports import fmt, say, warnings_as_lines, write_outputs
 from fastmlp.search.space import DEFAULT_GRID, grid_size, parse_grid, parse_space
 from fastmlp.search.storage import GRACE_PERIOD_FACTOR, open_storage, optuna_module
 from fastmlp.search.workers import run_worker, run_workers
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with signals.signals_as_interrupts():
+        with signals.signals_as_interrupts(), warnings_as_lines(parser.prog):
             run_search(args)
     except SearchError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

@@ -54,6 +54,8 @@ _REQUIRED = {
     "DISCARD_TRIALS": (),
 }
 _CHUNK = 1 << 16
+# How every line Optuna writes starts: a cut line starts so too (or with a part of it).
+_LINE_START = b'{"op_code":'
 
 
 def _too_deep(value: Any, limit: int) -> bool:
@@ -136,6 +138,12 @@ def set_aside_cut_tail(path: str) -> int | None:
     int or None
         The offset the journal was truncated at; None when it ended with a newline (or
         was empty) and nothing was done.
+
+    Raises
+    ------
+    SearchError
+        When those bytes do not start as Optuna's lines do (the file is not a journal):
+        nothing is changed.
     """
     with open(path, "r+b") as f:
         size = f.seek(0, os.SEEK_END)
@@ -145,6 +153,12 @@ def set_aside_cut_tail(path: str) -> int | None:
         if f.read(1) == b"\n":
             return None
         offset = _last_line_start(f, size)
+        f.seek(offset)
+        head = f.read(len(_LINE_START))
+        if not _LINE_START.startswith(head):
+            raise SearchError(f"journal storage {path!r} ends in {size - offset} bytes without a newline "
+                              f"(from byte offset {offset}) that do not start an Optuna journal line; "
+                              "not an Optuna journal? Nothing was changed")
         side, out = _side_file(path, offset)
         with out:
             f.seek(offset)

@@ -7,13 +7,14 @@ configuration with its test accuracy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -24,13 +25,28 @@ from fastmlp.search.space import suggest_config
 from fastmlp.search.storage import one_line, optuna_module, quiet_optuna_warnings
 from fastmlp.search.study import best_trial, counts
 
-__all__ = ["describe", "fmt", "say", "write_outputs", "write_plots", "write_results_md", "write_trials_csv"]
+__all__ = ["describe", "fmt", "say", "warnings_as_lines", "write_outputs", "write_plots", "write_results_md",
+           "write_trials_csv"]
 
 
 def say(args: argparse.Namespace, message: str) -> None:
     """A progress line on stderr, unless ``--quiet``."""
     if not args.quiet:
         print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def warnings_as_lines(prefix: str) -> Iterator[None]:
+    """Within the block, each warning shown is one line on stderr, ``<prefix>: warning: <message>``.
+
+    (Python's own format adds the file, line and source line of the code that warned.)
+    """
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prefix}: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def describe(config: Mapping[str, Any]) -> str:

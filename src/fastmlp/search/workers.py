@@ -35,7 +35,7 @@ from fastmlp.search import study as studies
 from fastmlp.search.adapter import TrainerAdapter, threads_per_worker
 from fastmlp.search.errors import SearchError, WorkerError
 from fastmlp.search.files import read_regular_file
-from fastmlp.search.reports import describe, say
+from fastmlp.search.reports import describe, say, warnings_as_lines
 from fastmlp.search.space import suggest_config
 from fastmlp.search.storage import (
     hide_trial_failure_logs,
@@ -302,7 +302,8 @@ def worker_process(args_dict: dict, worker_index: int) -> None:
     signals.end_with_parent(multiprocessing.parent_process().pid)
     args = argparse.Namespace(**args_dict)
     args.worker_index = int(args.worker_index) + worker_index
-    with signals.signals_as_interrupts(signals.STOP_SIGNALS, once=True):
+    with signals.signals_as_interrupts(signals.STOP_SIGNALS, once=True), \
+            warnings_as_lines(f"fastmlp.search worker {args.worker_index}"):
         try:
             run_worker(args)
         except KeyboardInterrupt as exc:
