@@ -21,7 +21,9 @@ CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.se
                "torch_models.train_convnet"}
 LIBRARY_MODULES = {
     "fastmlp", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.curves", "fastmlp.data", "fastmlp.data.cache",
-    "fastmlp.data.dataset", "fastmlp.data.files", "fastmlp.data.preprocessing", "fastmlp._blas", "fastmlp.estimator",
+    "fastmlp.data.dataset", "fastmlp.data.files", "fastmlp.data.preprocessing", "fastmlp._blas", "fastmlp.estimators",
+    "fastmlp.estimators.base", "fastmlp.estimators.classifier", "fastmlp.estimators.docs", "fastmlp.estimators.network",
+    "fastmlp.estimators.regressor",
     "fastmlp.hyperparams", "fastmlp.loop", "fastmlp.mlp", "fastmlp.modules", "fastmlp.optim", "fastmlp.reference",
     "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training", "fastmlp.version", "fastmlp.search.space",
     "torch_models", "torch_models.batchnorm", "torch_models.checkpoint", "torch_models.convnet",

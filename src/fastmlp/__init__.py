@@ -19,6 +19,7 @@ _openblas.load()
 __all__ = [
     "MLP",
     "MLPClassifier",
+    "MLPRegressor",
     "CrossEntropyModule",
     "ImageBatch",
     "LinearModule",
@@ -36,7 +37,8 @@ __all__ = [
 
 _HOMES = {
     "MLP": "fastmlp.mlp",
-    "MLPClassifier": "fastmlp.estimator",
+    "MLPClassifier": "fastmlp.estimators",
+    "MLPRegressor": "fastmlp.estimators",
     "CrossEntropyModule": "fastmlp.modules",
     "ImageBatch": "fastmlp.images",
     "LinearModule": "fastmlp.modules",
