@@ -259,7 +259,7 @@ def test_train_step_on_images_stays_within_rounding_of_the_float_path():
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     for name, value in runs[1][1].items():
         np.testing.assert_allclose(runs[0][1][name], value, rtol=1e-4, atol=1e-6)
-    assert model._image_inputs == {}  # no converted batch was ever made
+    assert not any(b.images is not None for sets in model._buffers.idle.values() for b in sets)  # no converted batch was ever made
 
 
 def test_evaluating_image_batches_matches_the_converted_batches(synthetic_cifar_dir):
@@ -270,7 +270,7 @@ def test_evaluating_image_batches_matches_the_converted_batches(synthetic_cifar_
     loss_images, acc_images = model.evaluate_batches(test.image_batches(40))
     loss_floats, acc_floats = model.evaluate_batches(test.batches(40))
     assert loss_images == pytest.approx(loss_floats, rel=1e-5) and abs(acc_images - acc_floats) <= 1 / len(test.labels)
-    assert model._image_inputs == {}  # evaluation chunks above SMALL_BATCH rows keep no converted rows
+    assert not any(b.images is not None for sets in model._buffers.idle.values() for b in sets)  # evaluation chunks above SMALL_BATCH rows keep no converted rows
     previous = K.images_gemm(False)
     try:
         assert model.evaluate_batches(test.image_batches(40)) == (loss_floats, acc_floats)  # OpenBLAS: same numbers

@@ -7,9 +7,11 @@ networks, with one, two and three threads, and against float64 NumPy.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -268,3 +270,172 @@ def test_mlp_training_is_reproducible_with_threads(restore_threads):
     first, second = run(), run()
     for name in first:
         np.testing.assert_array_equal(first[name], second[name])
+
+
+# ----------------------------------------------------------------------------- concurrent callers
+# One fitted model shared by threads (a web server's pool, joblib's threading backend) must give
+# every caller the serial answer, and what other threads do must never move a chunk edge.
+
+
+def _concurrently(fn, args_per_thread, timeout=300):
+    """fn(*args) for each args on its own thread, all started together; their results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = threading.Barrier(len(args_per_thread))
+
+    def run(args):
+        start.wait(timeout=timeout)
+        return fn(*args)
+
+    with ThreadPoolExecutor(len(args_per_thread)) as ex:
+        futures = [ex.submit(run, args) for args in args_per_thread]
+        return [f.result(timeout=timeout) for f in futures]
+
+
+def _trained_mlp(dtype=np.float32):
+    model = fastmlp.MLP(3072, [100], 10, dtype=dtype, seed=0, init="kaiming")
+    rng = np.random.default_rng(1)
+    model.train_step(rng.standard_normal((200, 3072)).astype(dtype), rng.integers(0, 10, 200),
+                     fastmlp.optim.SGD(model, 1e-2))
+    return model
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_mlp_predicts_from_two_threads_as_serially(dtype, restore_threads):
+    fastmlp.set_num_threads(2)
+    model = _trained_mlp(dtype)
+    rng = np.random.default_rng(2)
+    inputs = [[rng.standard_normal((100, 3072)).astype(dtype) for _ in range(4)] for _ in range(2)]
+    labels = rng.integers(0, 10, 100)
+    serial = [[(model.predict_proba(x, batch_size=50), model.evaluate(x, labels, batch_size=50)) for x in xs]
+              for xs in inputs]
+
+    def calls(xs):
+        return [[(model.predict_proba(x, batch_size=50), model.evaluate(x, labels, batch_size=50)) for x in xs]
+                for _ in range(15)]
+
+    for thread, rounds in enumerate(_concurrently(calls, [(xs,) for xs in inputs])):
+        for results in rounds:
+            for (proba, (loss, acc)), (want_proba, (want_loss, want_acc)) in zip(results, serial[thread]):
+                np.testing.assert_array_equal(proba, want_proba)
+                assert (loss, acc) == (want_loss, want_acc)
+
+
+def test_one_classifier_predicts_from_two_threads_and_joblib_as_serially(restore_threads):
+    fastmlp.set_num_threads(2)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((600, 3072)).astype(np.float32)
+    y = rng.integers(0, 10, 600)
+    clf = fastmlp.MLPClassifier(hidden_layer_sizes=(100,), random_state=0).partial_fit(X, y, classes=np.arange(10))
+    parts = np.array_split(X, 6)
+    want = [clf.predict_proba(part) for part in parts]
+    for got in _concurrently(lambda: [clf.predict_proba(part) for part in parts for _ in range(5)], [(), ()]):
+        for i, proba in enumerate(got):
+            np.testing.assert_array_equal(proba, want[i // 5])
+    joblib = pytest.importorskip("joblib")
+    threaded = joblib.Parallel(n_jobs=3, prefer="threads")(joblib.delayed(clf.predict_proba)(p) for p in parts * 4)
+    for i, proba in enumerate(threaded):
+        np.testing.assert_array_equal(proba, want[i % len(parts)])
+
+
+def test_training_one_mlp_from_two_threads_at_once_is_refused():
+    model = fastmlp.MLP(3072, [100], 10, dtype=np.float32, seed=0)
+    opt = fastmlp.optim.SGD(model, 1e-3)
+    x = np.random.default_rng(4).standard_normal((500, 3072)).astype(np.float32)
+    y = np.zeros(500, np.int64)
+
+    def train():
+        try:
+            for _ in range(20):
+                model.train_step(x, y, opt)
+        except RuntimeError as e:
+            return str(e)
+        return None
+
+    # Two threads are not guaranteed to overlap: try a few times until they do.
+    for _ in range(20):
+        messages = [m for m in _concurrently(train, [(), ()]) if m is not None]
+        if messages:
+            break
+    assert messages, "two threads training one model at once were never refused"
+    assert "another thread" in messages[0] and "train_step" in messages[0]
+
+
+def _train_own_model(seed, steps=4):
+    model = fastmlp.MLP(3072, [128, 64], 10, dtype=np.float32, seed=seed, init="kaiming")
+    opt = fastmlp.optim.Adam(model, 1e-3)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        model.train_step(rng.standard_normal((256, 3072)).astype(np.float32), rng.integers(0, 10, 256), opt)
+    return model.state_dict()
+
+
+def test_four_threads_training_their_own_models_equal_serial_runs(restore_threads):
+    fastmlp.set_num_threads(2)
+    seeds = [(s,) for s in range(4)]
+    serial = [_train_own_model(*s) for s in seeds]
+    for _ in range(2):
+        for got, want in zip(_concurrently(_train_own_model, seeds), serial):
+            for name in want:
+                np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+@contextlib.contextmanager
+def _kernels_running_on_another_thread():
+    """Within the block, another thread calls a parallel GEMM over and over."""
+    stop = threading.Event()
+    x, w = np.ones((400, 3072), np.float32), np.ones((300, 3072), np.float32)
+
+    def loop():
+        y = np.empty((400, 300), np.float32)
+        while not stop.is_set():
+            K.linear_forward(y, x, w)
+
+    worker = threading.Thread(target=loop)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+
+
+def test_get_num_threads_is_the_setting_while_other_threads_run_kernels(restore_threads):
+    fastmlp.set_num_threads(3)
+    with _kernels_running_on_another_thread():
+        seen = {fastmlp.get_num_threads() for _ in range(2000)}
+    assert seen == {3}
+    assert fastmlp.get_num_threads() == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="os.fork with threads: Linux only")
+def test_fork_while_another_thread_is_in_a_kernel_keeps_the_thread_count(restore_threads):
+    fastmlp.set_num_threads(3)
+    x, w = np.ones((400, 3072), np.float32), np.ones((300, 3072), np.float32)
+    codes = []
+    with _kernels_running_on_another_thread():
+        for _ in range(20):
+            time.sleep(0.002)
+            pid = os.fork()
+            if pid == 0:  # the child: its count, and again after a kernel of its own
+                try:
+                    before = fastmlp.get_num_threads()
+                    K.linear_forward(np.empty((400, 300), np.float32), x, w)
+                    os._exit(10 * before + fastmlp.get_num_threads())
+                except BaseException:
+                    os._exit(99)
+            codes.append(_wait_child(pid))
+    assert codes == [33] * len(codes)
+
+
+def _wait_child(pid, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("a forked child hung")
+        time.sleep(0.01)

@@ -31,8 +31,9 @@ OpenBLAS's own two-thread split. Results are deterministic for a given number of
 threads; another number of threads moves the chunk edges, and OpenBLAS may
 round a smaller block differently in the last bits. The number of threads is
 OpenBLAS's own setting (``scipy_openblas_set_num_threads``, which threadpoolctl
-sees and limits); while a kernel runs, OpenBLAS is told to use one thread per
-call, so its own pool never wakes.
+sees and limits); while kernels run, OpenBLAS is told to use one thread per
+call, so its own pool never wakes, and the setting is kept aside for them: what
+other threads run, and a fork, never change the count a kernel uses.
 
 One GEMM is fastmlp's own: a first layer fed uint8 images, in float32, on a CPU
 with AVX-512 (``_images_gemm.h``; :func:`images_gemm` tells and switches). Its
@@ -74,12 +75,13 @@ cdef extern from "_loops.h" nogil:
     void fm_convert_f64(double* out, const cnp.uint8_t* src, const double* offset, const double* scale,
                         Py_ssize_t n)
     void fm_add_u8_u32(cnp.uint32_t* acc, const cnp.uint8_t* src, Py_ssize_t n)
-    void fm_relu_mask_f32(float* c, const float* mask, Py_ssize_t n)
-    void fm_relu_mask_f64(double* c, const double* mask, Py_ssize_t n)
+    void fm_act_grad_f32(float* c, const float* y, int act, Py_ssize_t n)
+    void fm_act_grad_f64(double* c, const double* y, int act, Py_ssize_t n)
     void fm_add_f32(float* y, const float* x, Py_ssize_t n)
     void fm_add_f64(double* y, const double* x, Py_ssize_t n)
-    void fm_bias_act_f32(float* y, const float* b, int relu, Py_ssize_t n)
-    void fm_bias_act_f64(double* y, const double* b, int relu, Py_ssize_t n)
+    void fm_bias_act_f32(float* y, const float* b, int act, Py_ssize_t n)
+    void fm_bias_act_f64(double* y, const double* b, int act, Py_ssize_t n)
+    int FM_ACT_IDENTITY, FM_ACT_RELU, FM_ACT_TANH, FM_ACT_LOGISTIC
 
 cdef extern from "_images_gemm.h" nogil:
     int fm_images_gemm_available()
@@ -95,6 +97,10 @@ cdef extern from "_images_gemm.h" nogil:
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fm_task)(void* ctx, int chunk) noexcept nogil
     int fm_parallel_for(int n_chunks, int n_threads, fm_task fn, void* ctx)
+    int fm_threads_begin()
+    void fm_threads_end()
+    int fm_threads_get()
+    void fm_threads_set(int n)
     int FM_MAX_THREADS
 
 cdef extern from "<pthread.h>" nogil:
@@ -150,11 +156,22 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
-cdef inline void _relu_mask_run(floating* c, const floating* mask, Py_ssize_t n) noexcept nogil:
+cdef inline void _act_grad_run(floating* c, const floating* y, int act, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        fm_relu_mask_f32(c, mask, n)
+        fm_act_grad_f32(c, y, act, n)
     else:
-        fm_relu_mask_f64(c, mask, n)
+        fm_act_grad_f64(c, y, act, n)
+
+
+cdef inline floating _act_grad_one(floating c, floating y, int act) noexcept nogil:
+    """c * act'(.) written through the activation's output y (one element of :func:`_act_grad_run`)."""
+    if act == FM_ACT_RELU:
+        return c if y > 0 else 0
+    if act == FM_ACT_TANH:
+        return c * (1 - y * y)
+    if act == FM_ACT_LOGISTIC:
+        return c * (y * (1 - y))
+    return c
 
 
 cdef inline void _add_run(floating* y, const floating* x, Py_ssize_t n) noexcept nogil:
@@ -164,11 +181,22 @@ cdef inline void _add_run(floating* y, const floating* x, Py_ssize_t n) noexcept
         fm_add_f64(y, x, n)
 
 
-cdef inline void _bias_act_run(floating* y, const floating* b, bint relu, Py_ssize_t n) noexcept nogil:
+cdef inline void _bias_act_run(floating* y, const floating* b, int act, Py_ssize_t n) noexcept nogil:
     if floating is float:
-        fm_bias_act_f32(y, b, relu, n)
+        fm_bias_act_f32(y, b, act, n)
     else:
-        fm_bias_act_f64(y, b, relu, n)
+        fm_bias_act_f64(y, b, act, n)
+
+
+# The activations of the fused layers and of the elementwise pairs, by name (codes of _loops.h).
+ACTIVATIONS = {"identity": FM_ACT_IDENTITY, "relu": FM_ACT_RELU, "tanh": FM_ACT_TANH, "logistic": FM_ACT_LOGISTIC}
+
+
+cdef int _check_act(str name, int act) except -1:
+    if act < FM_ACT_IDENTITY or act > FM_ACT_LOGISTIC:
+        raise ValueError(f"{name}: expected an activation code in {sorted(ACTIVATIONS.values())} "
+                         f"(fastmlp._kernels.ACTIVATIONS), got {act}")
+    return 0
 
 
 cdef inline Py_ssize_t _span(Py_ssize_t n, int part, int parts) noexcept nogil:
@@ -183,28 +211,29 @@ cdef inline Py_ssize_t _span(Py_ssize_t n, int part, int parts) noexcept nogil:
 # ---------------------------------------------------------------------------
 
 cdef inline int _begin_threads() noexcept nogil:
-    """fastmlp's thread count (OpenBLAS's setting); OpenBLAS itself goes single-threaded until _end_threads."""
-    cdef int n = scipy_openblas_get_num_threads()
-    if n > 1:
-        scipy_openblas_set_num_threads(1)
+    """fastmlp's thread count (OpenBLAS's setting); OpenBLAS itself goes single-threaded until _end_threads.
+
+    The count is the setting even while kernels on other threads hold OpenBLAS at
+    one thread (``_pool.h``), so chunk edges never depend on what other threads do.
+    """
+    cdef int n = fm_threads_begin()
     return n if n < FM_MAX_THREADS else FM_MAX_THREADS
 
 
-cdef inline void _end_threads(int n) noexcept nogil:
-    if n > 1:
-        scipy_openblas_set_num_threads(n)
+cdef inline void _end_threads() noexcept nogil:
+    fm_threads_end()
 
 
 def get_num_threads():
     """Threads fastmlp's kernels use: OpenBLAS's setting, which threadpoolctl also reads and limits."""
-    return scipy_openblas_get_num_threads()
+    return fm_threads_get()
 
 
 def set_num_threads(int n):
     """Use ``n`` threads (>= 1) in every later kernel call; sets OpenBLAS's own count."""
     if n < 1:
         raise ValueError(f"n: expected a positive number of threads, got {n}")
-    scipy_openblas_set_num_threads(n)
+    fm_threads_set(n)
 
 
 cdef void _probe_chunk(void* ctx, int chunk) noexcept nogil:
@@ -354,8 +383,9 @@ ctypedef struct Gemm:
     Split split
     int parts           # pieces along the split dimension
     char* partial       # SPLIT_K: parts - 1 row-major (M, N) buffers for parts 1.. (part 0 writes C)
-    const char* mask    # optional post-op: C[i, j] = 0 where not mask[i, j] > 0 (a ReLU's output)
+    const char* mask    # optional post-op: C[i, j] *= act'(.) through mask[i, j], an activation's output
     Py_ssize_t ms0, ms1  # element strides of mask
+    int act             # that activation (FM_ACT_ code)
     Convert* pre        # optional pre-op: each chunk first converts the part of A (images) it reads
 
 
@@ -378,11 +408,10 @@ cdef void _mask_rows(Gemm* g, floating* C, const floating* mask, Py_ssize_t r0, 
     cdef Py_ssize_t i, j
     for i in range(r0, r1):
         if g.ms1 == 1:  # rows of the mask are contiguous: the vectorised loop
-            _relu_mask_run(C + i * g.ldc + c0, mask + i * g.ms0 + c0, c1 - c0)
+            _act_grad_run(C + i * g.ldc + c0, mask + i * g.ms0 + c0, g.act, c1 - c0)
         else:
             for j in range(c0, c1):
-                if not (mask[i * g.ms0 + j * g.ms1] > 0):
-                    C[i * g.ldc + j] = 0
+                C[i * g.ldc + j] = _act_grad_one(C[i * g.ldc + j], mask[i * g.ms0 + j * g.ms1], g.act)
 
 
 cdef void _convert_rows(Convert* c, floating* out, const floating* offset, const floating* scale,
@@ -417,7 +446,7 @@ cdef void _run_convert(Convert* c, int threads) noexcept nogil:
 
 
 cdef void _gemm_mask(Gemm* g, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """C[r0:r1, c0:c1] *= (mask > 0), a ReLU's derivative folded into the dX GEMM."""
+    """C[r0:r1, c0:c1] *= act'(.) through mask, an activation's derivative folded into the dX GEMM."""
     if g.is_double:
         _mask_rows(g, <double*>g.Cm, <const double*>g.mask, r0, r1, c0, c1)
     else:
@@ -485,7 +514,7 @@ cdef inline void _gemm_init(Gemm* g, bint is_double, bint ta, bint tb, Py_ssize_
     g.is_double, g.ta, g.tb, g.M, g.N, g.K = is_double, ta, tb, M, N, K
     g.alpha, g.beta = alpha, beta
     g.A, g.lda, g.Bm, g.ldb, g.Cm, g.ldc = <const char*>A, lda, <const char*>Bm, ldb, <char*>Cm, ldc
-    g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1, g.pre = SPLIT_NONE, 1, NULL, NULL, 0, 0, NULL
+    g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1, g.act, g.pre = SPLIT_NONE, 1, NULL, NULL, 0, 0, 0, NULL
 
 
 # ---------------------------------------------------------------------------
@@ -573,7 +602,7 @@ ctypedef struct Epilogue:
     int n_partial
     const char* b      # bias (O,) with element stride b_stride, or NULL
     Py_ssize_t b_stride
-    bint relu
+    int act             # FM_ACT_ code
     Py_ssize_t B, O
     int chunks
 
@@ -605,7 +634,7 @@ cdef void _epilogue_rows(Epilogue* e, floating* Y, const floating* S, const floa
         if b != NULL and not unit_bias:
             for j in range(O):
                 y[j] = y[j] + b[j * e.b_stride]
-        _bias_act_run(y, b if unit_bias else NULL, e.relu, O)
+        _bias_act_run(y, b if unit_bias else NULL, e.act, O)
 
 
 cdef void _epilogue_chunk(void* ctx, int chunk) noexcept nogil:
@@ -715,8 +744,10 @@ def forward_scratch_size(Py_ssize_t B, Py_ssize_t I, Py_ssize_t O):
 
 
 def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:, :] W, const floating[:] b=None,
-                   bint relu=False, floating[:, ::1] scratch=None):
-    """Y (B, O) = act(X (B, I) @ W (O, I)^T + b (O,)), act = ReLU if ``relu`` else identity.
+                   int act=0, floating[:, ::1] scratch=None):
+    """Y (B, O) = act(X (B, I) @ W (O, I)^T + b (O,)), ``act`` a code of :data:`ACTIVATIONS`.
+
+    ``act`` 0 is the identity and 1 the ReLU, so a bool works as "ReLU or not".
 
     ``Y`` is overwritten. One GEMM (in parallel chunks), then one fused
     bias(+ReLU) pass over Y that also adds the partial sums of a K-split.
@@ -725,11 +756,11 @@ def linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:,
     transposed GEMM (W X^T) and holds partial sums; without it a K-split
     allocates its buffer and small batches take the plain GEMM.
     """
-    _linear_forward(Y, X, W, b, relu, scratch, NULL)
+    _linear_forward(Y, X, W, b, act, scratch, NULL)
 
 
 cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const floating[:, :] W, const floating[:] b,
-                         bint relu, floating[:, ::1] scratch, Convert* pre) except -1:
+                         int act, floating[:, ::1] scratch, Convert* pre) except -1:
     """:func:`linear_forward`; with ``pre``, X is first filled by that conversion (X being its ``out``).
 
     The conversion runs inside the GEMM's chunks when their cut allows it (each
@@ -752,6 +783,7 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
     _check2("W", W.shape[0], W.shape[1], O, I)
     _check2("Y", Y.shape[0], Y.shape[1], B, O)
     _check_output("Y", Y)
+    _check_act("act", act)
     if b is not None:
         _check1("b", b.shape[0], O)
     if X is not None:
@@ -793,13 +825,13 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
                 else:
                     g.pre = pre
             _run_gemm(&g, threads)
-        e.is_double, e.Y, e.transposed, e.relu, e.B, e.O = floating is double, <char*>&Y[0, 0], t, relu, B, O
+        e.is_double, e.Y, e.transposed, e.act, e.B, e.O = floating is double, <char*>&Y[0, 0], t, act, B, O
         e.S = <const char*>&work[0] if t else <const char*>&Y[0, 0]
         e.n_partial = K_PARTS - 1 if g.split == SPLIT_K else 0
         e.P = g.partial
-        if t or e.n_partial or e.b != NULL or relu:
+        if t or e.n_partial or e.b != NULL or act != FM_ACT_IDENTITY:
             _run_epilogue(&e, threads)
-        _end_threads(threads)
+        _end_threads()
     return 0
 
 
@@ -825,24 +857,26 @@ cdef void _colsum_axpy(floating[:] db, const floating[:, :] dY, floating alpha, 
 
 cdef inline void _dx_gemm(Gemm* g, bint is_double, Py_ssize_t B, Py_ssize_t I, Py_ssize_t O, bint tdy,
                           const char* dY, Py_ssize_t lddy, bint tw, const char* W, Py_ssize_t ldw, char* dX,
-                          bint relu_input, bint tx, const char* X, Py_ssize_t ldx) noexcept nogil:
-    """Plan dX (B, I) = dY (B, O) @ W (O, I), masked by (X > 0) when ``relu_input``."""
+                          int act_input, bint tx, const char* X, Py_ssize_t ldx) noexcept nogil:
+    """Plan dX (B, I) = dY (B, O) @ W (O, I), times act'(.) through X when X is ``act_input``'s output."""
     _gemm_init(g, is_double, tdy, tw, B, I, O, 1.0, dY, lddy, W, ldw, 0.0, dX, I)
     g.split = _plan(B, I, O, False)
-    if relu_input:
-        g.mask = X
+    if act_input != FM_ACT_IDENTITY:
+        g.mask, g.act = X, act_input
         g.ms0 = 1 if tx else ldx
         g.ms1 = ldx if tx else 1
 
 
 def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
-                    const floating[:, :] dY, const floating[:, :] X, const floating[:, :] W, bint relu_input=False):
+                    const floating[:, :] dY, const floating[:, :] X, const floating[:, :] W, int act_input=0):
     """dW = dY^T @ X; db = sum_b dY; dX = dY @ W.
 
     dW (O, I), db (O,), dX (B, I) are overwritten; db and dX may be None to
-    skip them (the first layer needs no dX). With ``relu_input`` the input X is
-    the output of a ReLU and dX is masked by (X > 0) in the same call, i.e. dX
-    becomes the gradient with respect to the ReLU's input.
+    skip them (the first layer needs no dX). With ``act_input`` (a code of
+    :data:`ACTIVATIONS`; True is the ReLU) the input X is that activation's
+    output and dX is multiplied by its derivative, read through X, in the same
+    call (the ReLU's mask X > 0, tanh's 1 - X^2, the logistic's X (1 - X)): dX
+    becomes the gradient with respect to the activation's input.
     """
     cdef Py_ssize_t B = dY.shape[0], O = dY.shape[1], I = X.shape[1]
     cdef bint tdy, tx, tw
@@ -851,6 +885,7 @@ def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
     cdef int threads
     _check2("X", X.shape[0], X.shape[1], B, I)
     _check2("W", W.shape[0], W.shape[1], O, I)
+    _check_act("act_input", act_input)
     if dX is not None:
         _check2("dX", dX.shape[0], dX.shape[1], B, I)
         _check_output("dX", dX)
@@ -865,25 +900,25 @@ def linear_backward(floating[:, ::1] dW, floating[:] db, floating[:, ::1] dX,
         threads = _begin_threads()
         if dX is not None:
             _dx_gemm(&g, floating is double, B, I, O, tdy, _ptr(dY), lddy, tw, _ptr(W), ldw, <char*>&dX[0, 0],
-                     relu_input, tx, _ptr(X), ldx)
+                     act_input, tx, _ptr(X), ldx)
             _run_gemm(&g, threads)
         _gemm_init(&g, floating is double, not tdy, tx, O, I, B, 1.0, _ptr(dY), lddy, _ptr(X), ldx, 0.0,
                    &dW[0, 0], I)
         g.split = _plan(O, I, B, False)
         _run_gemm(&g, threads)
-        _end_threads(threads)
+        _end_threads()
         if db is not None:
             _colsum_axpy(db, dY, <floating>1, <floating>0)
 
 
 def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
                         const floating[:, :] dY, const floating[:, :] X, double lr, double weight_decay=0.0,
-                        bint relu_input=False):
+                        int act_input=0):
     """dX = dY @ W (old W); then W <- (1 - lr wd) W - lr dY^T X; b <- b - lr sum_b dY.
 
     Plain SGD folded into the weight-gradient GEMM (beta = 1 - lr wd), so no
     dW buffer is written or read. ``W`` (O, I) and ``b`` (O,) are updated in
-    place; dX (B, I) is overwritten (None to skip); ``relu_input`` as in
+    place; dX (B, I) is overwritten (None to skip); ``act_input`` as in
     :func:`linear_backward`. Weight decay applies to W, not to b.
     """
     cdef Py_ssize_t B = dY.shape[0], O = dY.shape[1], I = X.shape[1]
@@ -894,6 +929,7 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
     _check2("X", X.shape[0], X.shape[1], B, I)
     _check2("W", W.shape[0], W.shape[1], O, I)
     _check_output("W", W)
+    _check_act("act_input", act_input)
     _check1("b", b.shape[0], O)
     if dX is not None:
         _check2("dX", dX.shape[0], dX.shape[1], B, I)
@@ -906,13 +942,13 @@ def linear_backward_sgd(floating[:, ::1] W, floating[:] b, floating[:, ::1] dX,
         threads = _begin_threads()
         if dX is not None:  # must read W before the update below
             _dx_gemm(&g, floating is double, B, I, O, tdy, _ptr(dY), lddy, False, <const char*>&W[0, 0], I,
-                     <char*>&dX[0, 0], relu_input, tx, _ptr(X), ldx)
+                     <char*>&dX[0, 0], act_input, tx, _ptr(X), ldx)
             _run_gemm(&g, threads)
         _gemm_init(&g, floating is double, not tdy, tx, O, I, B, alpha, _ptr(dY), lddy, _ptr(X), ldx, beta,
                    &W[0, 0], I)
         g.split = _plan(O, I, B, False)
         _run_gemm(&g, threads)
-        _end_threads(threads)
+        _end_threads()
         _colsum_axpy(b, dY, alpha, <floating>1)
 
 
@@ -979,7 +1015,7 @@ def convert_images(floating[:, ::1] out, const cnp.uint8_t[:, :] src, const cnp.
     with nogil:
         threads = _begin_threads()
         _run_convert(&c, threads)
-        _end_threads(threads)
+        _end_threads()
 
 
 cdef void _pixel_sums_chunk(void* ctx, int chunk) noexcept nogil:
@@ -1023,12 +1059,12 @@ def pixel_sums(cnp.uint64_t[::1] out, const cnp.uint8_t[:, :] src):
         threads = _begin_threads()
         s.chunks = threads if s.n * s.D >= PARALLEL_MIN_ELEMENTS and s.D >= threads * TILE else 1
         fm_parallel_for(s.chunks, threads, _pixel_sums_chunk, &s)
-        _end_threads(threads)
+        _end_threads()
 
 
 def linear_forward_images(floating[:, ::1] Y, floating[:, ::1] X, const cnp.uint8_t[:, :] src,
                           const cnp.int64_t[:] index, const floating[::1] offset, const floating[::1] scale,
-                          const floating[:, :] W, const floating[:] b=None, bint relu=False,
+                          const floating[:, :] W, const floating[:] b=None, int act=0,
                           floating[:, ::1] scratch=None):
     """X (B, D) = (src[index] - offset) / scale;  Y (B, O) = act(X @ W (O, D)^T + b): a first layer fed uint8 images.
 
@@ -1053,7 +1089,7 @@ def linear_forward_images(floating[:, ::1] Y, floating[:, ::1] X, const cnp.uint
     if c.n == 0 or c.D == 0:
         raise ValueError(f"{name}: expected a non-empty 2-D array, got shape ({B}, {D})")
     X_in = X
-    _linear_forward(Y, X_in, W, b, relu, scratch, &c)
+    _linear_forward(Y, X_in, W, b, act, scratch, &c)
 
 
 ctypedef struct ImagesWgrad:
@@ -1113,7 +1149,7 @@ def linear_backward_sgd_images(floating[:, ::1] W, floating[:] b, const floating
                 threads = _begin_threads()
                 u.parts = threads if B * O * D >= PARALLEL_MIN_MACS and D >= threads * TILE else 1
                 fm_parallel_for(u.parts, threads, _images_wgrad_chunk, &u)
-                _end_threads(threads)
+                _end_threads()
                 _colsum_axpy(b, dY, <floating>(-lr), <floating>1)
             return
     X = np.empty((B, D), dtype=np.asarray(W).dtype)  # OpenBLAS multiplies floats: convert into a temporary
@@ -1121,35 +1157,147 @@ def linear_backward_sgd_images(floating[:, ::1] W, floating[:] b, const floating
     with nogil:
         threads = _begin_threads()
         _run_convert(&c, threads)
-        _end_threads(threads)
+        _end_threads()
     linear_backward_sgd(W, b, None, dY, X, lr, weight_decay)
 
 
 # ---------------------------------------------------------------------------
-# ReLU
+# activations: ReLU, tanh, logistic, identity (forward/backward pairs)
 # ---------------------------------------------------------------------------
+
+ctypedef struct Elementwise:
+    bint is_double
+    char* out           # (B, N) C-contiguous
+    const char* a       # (B, N) rows with unit stride, ``lda`` elements apart: X (forward) or dY (backward)
+    Py_ssize_t lda
+    const char* y       # backward: the activation's output (B, N), rows ``ldy`` apart; NULL forward
+    Py_ssize_t ldy
+    Py_ssize_t B, N
+    int act, chunks
+
+
+cdef void _elementwise_rows(Elementwise* e, floating* out, const floating* a, const floating* y,
+                            Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """out[r0:r1] = act(a) (forward) or a * act'(.) through y (backward), row by row, out possibly a."""
+    cdef Py_ssize_t i, j
+    cdef floating* o
+    cdef const floating* src
+    for i in range(r0, r1):
+        o, src = out + i * e.N, a + i * e.lda
+        if o != src:
+            for j in range(e.N):
+                o[j] = src[j]
+        if y == NULL:
+            _bias_act_run(o, <const floating*>NULL, e.act, e.N)
+        else:
+            _act_grad_run(o, y + i * e.ldy, e.act, e.N)
+
+
+cdef void _elementwise_chunk(void* ctx, int chunk) noexcept nogil:
+    cdef Elementwise* e = <Elementwise*>ctx
+    cdef Py_ssize_t r0 = e.B * chunk // e.chunks, r1 = e.B * (chunk + 1) // e.chunks
+    if e.is_double:
+        _elementwise_rows(e, <double*>e.out, <const double*>e.a, <const double*>e.y, r0, r1)
+    else:
+        _elementwise_rows(e, <float*>e.out, <const float*>e.a, <const float*>e.y, r0, r1)
+
+
+cdef const floating[:, :] _rows_unit(const floating[:, :] a):
+    """``a`` itself when its rows have unit stride and do not overlap, else a C-ordered copy."""
+    if a.shape[1] > 1 and a.strides[1] != sizeof(floating) or a.shape[0] > 1 and a.strides[0] < a.shape[1] * sizeof(floating):
+        return np.ascontiguousarray(a)
+    return a
+
+
+cdef int _activation(floating[:, ::1] out, const floating[:, :] a, const floating[:, :] y, int act) except -1:
+    """out = act(a) when y is None, else out = a * act'(.) through y; parallel row chunks (checked shapes)."""
+    cdef Elementwise e
+    cdef int threads
+    cdef Py_ssize_t item = sizeof(floating)
+    if out.shape[0] == 0 or out.shape[1] == 0:
+        return 0
+    a = _rows_unit(a)
+    e.is_double, e.act, e.B, e.N = floating is double, act, out.shape[0], out.shape[1]
+    e.out, e.a, e.lda = <char*>&out[0, 0], _ptr(a), a.strides[0] // item
+    e.y, e.ldy = NULL, 0
+    if y is not None:
+        y = _rows_unit(y)
+        e.y, e.ldy = _ptr(y), y.strides[0] // item
+    with nogil:
+        threads = _begin_threads()
+        e.chunks = threads if e.B * e.N >= PARALLEL_MIN_ELEMENTS else 1
+        if e.chunks > e.B:
+            e.chunks = <int>e.B
+        fm_parallel_for(e.chunks, threads, _elementwise_chunk, &e)
+        _end_threads()
+    return 0
+
+
+cdef int _activation_forward(floating[:, ::1] Y, const floating[:, :] X, int act) except -1:
+    cdef const floating[:, :] forward = None  # no output to read a derivative through
+    _check2("Y", Y.shape[0], Y.shape[1], X.shape[0], X.shape[1])
+    _activation(Y, X, forward, act)
+    return 0
+
+
+cdef int _activation_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y,
+                              int act) except -1:
+    _check2("dY", dY.shape[0], dY.shape[1], Y.shape[0], Y.shape[1])
+    _check2("dX", dX.shape[0], dX.shape[1], Y.shape[0], Y.shape[1])
+    _activation(dX, dY, Y, act)
+    return 0
+
+
+def activation_forward(floating[:, ::1] Y, const floating[:, :] X, int act):
+    """Y (B, O) = act(X), ``act`` a code of :data:`ACTIVATIONS`; Y may be X (in place). NaN propagates."""
+    _check_act("act", act)
+    _activation_forward(Y, X, act)
+
+
+def activation_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y, int act):
+    """dX (B, O) = dY * act'(.), read through Y = act(X) the forward's output; dX may be dY (in place)."""
+    _check_act("act", act)
+    _activation_backward(dX, dY, Y, act)
+
 
 def relu_forward(floating[:, ::1] Y, const floating[:, :] X):
     """Y (B, O) = max(X, 0); Y may be X (in place). NaN propagates."""
-    cdef Py_ssize_t i, j
-    cdef floating v
-    _check2("Y", Y.shape[0], Y.shape[1], X.shape[0], X.shape[1])
-    with nogil:
-        for i in range(X.shape[0]):
-            for j in range(X.shape[1]):
-                v = X[i, j]
-                Y[i, j] = v if (v > 0 or v != v) else 0
+    _activation_forward(Y, X, FM_ACT_RELU)
 
 
 def relu_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y):
     """dX (B, O) = dY * (Y > 0), Y the ReLU's output; dX may be dY (in place)."""
-    cdef Py_ssize_t i, j
-    _check2("dY", dY.shape[0], dY.shape[1], Y.shape[0], Y.shape[1])
-    _check2("dX", dX.shape[0], dX.shape[1], Y.shape[0], Y.shape[1])
-    with nogil:
-        for i in range(Y.shape[0]):
-            for j in range(Y.shape[1]):
-                dX[i, j] = dY[i, j] if Y[i, j] > 0 else 0
+    _activation_backward(dX, dY, Y, FM_ACT_RELU)
+
+
+def tanh_forward(floating[:, ::1] Y, const floating[:, :] X):
+    """Y (B, O) = tanh(X); Y may be X (in place). NaN propagates."""
+    _activation_forward(Y, X, FM_ACT_TANH)
+
+
+def tanh_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y):
+    """dX (B, O) = dY * (1 - Y^2), Y = tanh(X) the forward's output; dX may be dY (in place)."""
+    _activation_backward(dX, dY, Y, FM_ACT_TANH)
+
+
+def logistic_forward(floating[:, ::1] Y, const floating[:, :] X):
+    """Y (B, O) = 1 / (1 + exp(-X)), from exp(-|X|) (no overflow); Y may be X (in place). NaN propagates."""
+    _activation_forward(Y, X, FM_ACT_LOGISTIC)
+
+
+def logistic_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y):
+    """dX (B, O) = dY * Y (1 - Y), Y the logistic's output; dX may be dY (in place)."""
+    _activation_backward(dX, dY, Y, FM_ACT_LOGISTIC)
+
+
+def identity_forward(floating[:, ::1] Y, const floating[:, :] X):
+    """Y (B, O) = X (a copy; nothing when Y is X)."""
+    _activation_forward(Y, X, FM_ACT_IDENTITY)
+
+
+def identity_backward(floating[:, ::1] dX, const floating[:, :] dY, const floating[:, :] Y):
+    """dX (B, O) = dY (a copy; Y, the forward's output, only fixes the shape); dX may be dY."""
+    _activation_backward(dX, dY, Y, FM_ACT_IDENTITY)
 
 
 # ---------------------------------------------------------------------------

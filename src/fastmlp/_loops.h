@@ -9,6 +9,7 @@
 #ifndef FASTMLP_LOOPS_H
 #define FASTMLP_LOOPS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,13 +37,25 @@ FM_CLONES static void fm_add_u8_u32(uint32_t *restrict acc, const uint8_t *restr
     for (ptrdiff_t j = 0; j < n; j++) acc[j] += src[j];
 }
 
-/* c[j] = 0 where not (mask[j] > 0): a ReLU's derivative, mask being the ReLU's output (NaN masks to 0). */
-#define FM_DEFINE_MASK(T, NAME)                                                              \
-    FM_CLONES static void NAME(T *restrict c, const T *restrict mask, ptrdiff_t n) {         \
-        for (ptrdiff_t j = 0; j < n; j++) c[j] = mask[j] > 0 ? c[j] : (T)0;                  \
+/* Activation codes, shared with _kernels.pyx (its ACTIVATIONS names them). */
+#define FM_ACT_IDENTITY 0
+#define FM_ACT_RELU 1
+#define FM_ACT_TANH 2
+#define FM_ACT_LOGISTIC 3
+
+/* c[j] *= act'(y[j]) written through the activation's output y: the ReLU's (y > 0; NaN masks to 0),
+ * tanh's 1 - y^2, the logistic's y (1 - y); nothing for the identity. */
+#define FM_DEFINE_ACT_GRAD(T, NAME)                                                                 \
+    FM_CLONES static void NAME(T *restrict c, const T *restrict y, int act, ptrdiff_t n) {          \
+        if (act == FM_ACT_RELU)                                                                     \
+            for (ptrdiff_t j = 0; j < n; j++) c[j] = y[j] > 0 ? c[j] : (T)0;                        \
+        else if (act == FM_ACT_TANH)                                                                \
+            for (ptrdiff_t j = 0; j < n; j++) c[j] = c[j] * ((T)1 - y[j] * y[j]);                   \
+        else if (act == FM_ACT_LOGISTIC)                                                            \
+            for (ptrdiff_t j = 0; j < n; j++) c[j] = c[j] * (y[j] * ((T)1 - y[j]));                 \
     }
-FM_DEFINE_MASK(float, fm_relu_mask_f32)
-FM_DEFINE_MASK(double, fm_relu_mask_f64)
+FM_DEFINE_ACT_GRAD(float, fm_act_grad_f32)
+FM_DEFINE_ACT_GRAD(double, fm_act_grad_f64)
 
 /* y[j] += x[j]. */
 #define FM_DEFINE_ADD(T, NAME)                                                               \
@@ -52,15 +65,23 @@ FM_DEFINE_MASK(double, fm_relu_mask_f64)
 FM_DEFINE_ADD(float, fm_add_f32)
 FM_DEFINE_ADD(double, fm_add_f64)
 
-/* y[j] = act(y[j] + b[j]) with act the ReLU if relu (NaN stays NaN) or the identity; b may be NULL. */
-#define FM_DEFINE_BIAS_ACT(T, NAME)                                                                   \
-    FM_CLONES static void NAME(T *restrict y, const T *restrict b, int relu, ptrdiff_t n) {          \
+/* y[j] = act(y[j] + b[j]), act one of the FM_ACT_ codes; b may be NULL. NaN stays NaN. The logistic
+ * takes exp of -|y| only, so it neither overflows nor loses the small side's precision. */
+#define FM_DEFINE_BIAS_ACT(T, NAME, EXP, TANH)                                                        \
+    FM_CLONES static void NAME(T *restrict y, const T *restrict b, int act, ptrdiff_t n) {           \
         if (b != NULL)                                                                                \
             for (ptrdiff_t j = 0; j < n; j++) y[j] += b[j];                                           \
-        if (relu)                                                                                     \
+        if (act == FM_ACT_RELU)                                                                       \
             for (ptrdiff_t j = 0; j < n; j++) y[j] = (y[j] > 0 || y[j] != y[j]) ? y[j] : (T)0;        \
+        else if (act == FM_ACT_TANH)                                                                  \
+            for (ptrdiff_t j = 0; j < n; j++) y[j] = TANH(y[j]);                                      \
+        else if (act == FM_ACT_LOGISTIC)                                                              \
+            for (ptrdiff_t j = 0; j < n; j++) {                                                       \
+                T e = EXP(y[j] > 0 ? -y[j] : y[j]);                                                   \
+                y[j] = y[j] > 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);                                 \
+            }                                                                                         \
     }
-FM_DEFINE_BIAS_ACT(float, fm_bias_act_f32)
-FM_DEFINE_BIAS_ACT(double, fm_bias_act_f64)
+FM_DEFINE_BIAS_ACT(float, fm_bias_act_f32, expf, tanhf)
+FM_DEFINE_BIAS_ACT(double, fm_bias_act_f64, exp, tanh)
 
 #endif /* FASTMLP_LOOPS_H */

@@ -18,6 +18,14 @@
  * claimed by a compare-and-swap on it, so a worker that wakes late for an old
  * job can never claim a chunk of a newer one. The caller publishes a job by
  * storing `state` (release) and then `job` (what sleeping workers wait on).
+ *
+ * The thread count (fm_threads_*) is OpenBLAS's own setting, so that threadpoolctl
+ * reads and limits it; but while any kernel runs, on any thread, OpenBLAS is set
+ * to one thread (its own pool must never wake inside a chunk). The setting is
+ * held here meanwhile: kernels that overlap share one such period (the first to
+ * begin saves the setting, the last to end puts it back), so a kernel, or a
+ * caller asking for the count, sees the setting and never that 1, whatever other
+ * threads are doing; chunk edges then depend on the setting alone.
  */
 #ifndef FASTMLP_POOL_H
 #define FASTMLP_POOL_H
@@ -28,6 +36,8 @@
 #include <stdint.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "cblas.h"
 
 #define FM_MAX_THREADS 256
 /* An idle worker busy-waits for FM_SPIN_NS, then yields the core between checks until
@@ -124,7 +134,24 @@ static void *fm_worker_main(void *arg) {
     return NULL;
 }
 
-/* After fork() only the forking thread exists in the child: forget the workers. */
+/* The thread count while kernels run (see the top of this file). */
+typedef struct {
+    pthread_mutex_t lock;
+    int running;  /* kernels between fm_threads_begin and fm_threads_end, all threads together */
+    int setting;  /* OpenBLAS's setting, saved while running > 0 */
+    int restore;  /* in a child forked while kernels ran: the setting to give OpenBLAS back */
+} fm_count_t;
+
+static fm_count_t fm_count = {PTHREAD_MUTEX_INITIALIZER, 0, 1, 0};
+
+/* Holding fm_count.lock across fork() means the child never inherits it mid-change. */
+static void fm_before_fork(void) { pthread_mutex_lock(&fm_count.lock); }
+
+static void fm_after_fork_parent(void) { pthread_mutex_unlock(&fm_count.lock); }
+
+/* After fork() only the forking thread exists in the child: forget the workers and the
+ * kernels other threads were running (their OpenBLAS setting of 1 is undone at the next
+ * use, not here: OpenBLAS may not be called safely inside a fork handler). */
 static void fm_after_fork_child(void) {
     pthread_mutex_init(&fm_pool.lock, NULL);
     pthread_cond_init(&fm_pool.wake, NULL);
@@ -132,9 +159,57 @@ static void fm_after_fork_child(void) {
     atomic_store(&fm_pool.active, 0);
     atomic_flag_clear(&fm_pool.busy);
     fm_pool.n_workers = 0;
+    pthread_mutex_init(&fm_count.lock, NULL);
+    if (fm_count.running > 0) fm_count.restore = fm_count.setting;
+    fm_count.running = 0;
 }
 
-static void fm_register_atfork(void) { pthread_atfork(NULL, NULL, fm_after_fork_child); }
+static void fm_register_atfork(void) { pthread_atfork(fm_before_fork, fm_after_fork_parent, fm_after_fork_child); }
+
+/* Lock fm_count; in a child forked mid-kernel, first give OpenBLAS its setting back. */
+static void fm_count_lock(void) {
+    pthread_once(&fm_atfork_once, fm_register_atfork);
+    pthread_mutex_lock(&fm_count.lock);
+    if (fm_count.restore > 0) {
+        if (fm_count.restore > 1) scipy_openblas_set_num_threads(fm_count.restore);
+        fm_count.restore = 0;
+    }
+}
+
+/* A kernel starts: returns the thread count it must use; OpenBLAS runs single-threaded until fm_threads_end. */
+static int fm_threads_begin(void) {
+    fm_count_lock();
+    if (fm_count.running++ == 0) {
+        fm_count.setting = scipy_openblas_get_num_threads();
+        if (fm_count.setting > 1) scipy_openblas_set_num_threads(1);
+    }
+    int n = fm_count.setting;
+    pthread_mutex_unlock(&fm_count.lock);
+    return n;
+}
+
+static void fm_threads_end(void) {
+    fm_count_lock();
+    if (--fm_count.running == 0 && fm_count.setting > 1) scipy_openblas_set_num_threads(fm_count.setting);
+    pthread_mutex_unlock(&fm_count.lock);
+}
+
+static int fm_threads_get(void) {
+    fm_count_lock();
+    int n = fm_count.running > 0 ? fm_count.setting : scipy_openblas_get_num_threads();
+    pthread_mutex_unlock(&fm_count.lock);
+    return n;
+}
+
+/* While kernels run the new setting waits in fm_count (OpenBLAS gets it when the last one ends). */
+static void fm_threads_set(int n) {
+    fm_count_lock();
+    if (fm_count.running > 0)
+        fm_count.setting = n;
+    else
+        scipy_openblas_set_num_threads(n);
+    pthread_mutex_unlock(&fm_count.lock);
+}
 
 /* Start workers until `n` exist; returns how many exist (fewer if the OS refused a thread). */
 static int fm_ensure_workers(int n) {

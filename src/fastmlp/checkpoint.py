@@ -6,9 +6,11 @@ it), with the keys
 - ``model/<name>``: the MLP's ``state_dict()``; ``optim/<name>``: the optimizer's;
 - ``data/...``: the arrays of the training ``DataSet.get_state()`` (batch order);
 - ``rng/keys``: NumPy's global MT19937 state (the ``--augment`` draws);
-- ``meta``: a 0-d string array holding JSON: ``format``, ``step``, the non-array
-  parts of the data and RNG states, and what the loop records (``flags``,
-  ``rows`` of the curves, ``wall_seconds``).
+- ``meta``: a 0-d string array holding JSON: ``format``, ``step``, ``network``
+  (the MLP's :meth:`~fastmlp.MLP.network_settings`, e.g. its activation; absent
+  in older checkpoints, whose networks were all ReLU), the non-array parts of the
+  data and RNG states, and what the loop records (``flags``, ``rows`` of the
+  curves, ``wall_seconds``).
 
 Format tag ``"fastmlp.checkpoint/1"``; checkpoints written before the tag became a
 string (``format: 1``) have the same layout and are read as well.
@@ -90,6 +92,7 @@ def save_checkpoint(path: str | Path, *, model, optimizer, step: int, data_state
     full_meta = {
         "format": CHECKPOINT_FORMAT,
         "step": int(step),
+        "network": model.network_settings(),
         "data_state": data_json,
         "numpy_rng": {"name": name, "pos": int(pos), "has_gauss": int(has_gauss),
                       "cached_gaussian": float(cached_gaussian)},

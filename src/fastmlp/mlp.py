@@ -4,31 +4,80 @@ Shapes: B batch, D n_inputs, H_l hidden widths, C n_classes, L linear layers.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 from fastmlp import _kernels as K
 from fastmlp._validation import as_float_2d, as_labels, check_dtype, check_positive_int
 from fastmlp.images import ImageBatch
-from fastmlp.modules import INITS, LinearModule, ReLUModule, SoftMaxModule
+from fastmlp.modules import ACTIVATION_MODULES, INITS, LinearModule, SoftMaxModule
 
 __all__ = ["MLP"]
 
-# Buffer sets kept for this many distinct batch sizes (training batch, eval chunk, last chunk...).
-_MAX_BUFFER_SETS = 4
+# Idle buffer sets are kept for this many distinct batch sizes (training batch, eval chunk, last chunk...),
+# and at most this many per size (one per thread that called at once, up to the bound).
+_MAX_BATCH_SIZES = 4
+_MAX_IDLE_PER_SIZE = 4
 
 
-def _kept(store: dict, batch: int, make):
-    """``store[batch]``, made by ``make()`` on first use; the oldest entry goes beyond _MAX_BUFFER_SETS."""
-    value = store.get(batch)
-    if value is None:
-        if len(store) >= _MAX_BUFFER_SETS:
-            store.pop(next(iter(store)))
-        value = store[batch] = make()
-    return value
+# What a network setting was before it could be chosen: older checkpoints lack it.
+_SETTINGS_BEFORE_CHOICE = {"activation": "relu"}
+
+
+class _Buffers:
+    """Scratch space for one pass over a batch of B rows.
+
+    ``acts[l]`` (B, H_l) layer outputs, ``grads[l]`` (B, H_l) their gradients (not
+    the output layer's), ``scratch`` (1, n) the forward GEMMs' work space or None,
+    ``images`` (B, D) a converted :class:`ImageBatch` (made on first use) or None.
+    """
+
+    __slots__ = ("acts", "grads", "scratch", "images")
+
+    def __init__(self, acts, grads, scratch):
+        self.acts, self.grads, self.scratch, self.images = acts, grads, scratch, None
+
+
+class _BufferPool:
+    """Buffer sets by batch size, each lent to one caller at a time: concurrent callers never share one.
+
+    ``with pool.lent(batch) as bufs:`` hands out an idle set for that batch
+    size (made by ``make(batch)`` when none is idle) and takes it back after. A
+    caller that borrows in turn (a training loop) gets the same set every time,
+    so it allocates nothing after its first step.
+    """
+
+    def __init__(self, make):
+        self.make = make
+        self.lock = threading.Lock()
+        self.idle: dict[int, list] = {}  # batch size -> idle sets, least recently used size first
+
+    @contextlib.contextmanager
+    def lent(self, batch):
+        with self.lock:
+            sets = self.idle.get(batch)
+            bufs = sets.pop() if sets else None
+        if bufs is None:
+            bufs = self.make(batch)
+        try:
+            yield bufs
+        finally:
+            self._give(batch, bufs)
+
+    def _give(self, batch, bufs):
+        with self.lock:
+            sets = self.idle.pop(batch, [])
+            if len(sets) < _MAX_IDLE_PER_SIZE:
+                sets.append(bufs)
+            self.idle[batch] = sets  # now the most recently used size
+            if len(self.idle) > _MAX_BATCH_SIZES:
+                self.idle.pop(next(iter(self.idle)))
 
 
 class MLP:
-    """Linear+ReLU hidden layers, a linear output layer and a softmax.
+    """Linear hidden layers with an activation (ReLU by default), a linear output layer and a softmax.
 
     Parameters
     ----------
@@ -44,24 +93,38 @@ class MLP:
         Seeds the weight initialisation.
     init : {"normal", "kaiming", "xavier"}, default "normal"
         Weight initialisation (``normal`` is the course's N(0, 0.0001^2)); biases start at zero.
+    activation : {"relu", "tanh", "logistic", "identity"}, default "relu"
+        The hidden layers' activation; every one runs fused into the layer's
+        GEMMs in ``train_step`` and inference, as the ReLU does.
 
     Attributes
     ----------
     layers : list
-        ``[LinearModule, ReLUModule, ..., LinearModule, SoftMaxModule]`` (the course's order).
+        ``[LinearModule, ReLUModule, ..., LinearModule, SoftMaxModule]`` (the course's order; the
+        activation's module in place of ``ReLUModule``).
     linears : list of LinearModule
         The parameterised layers, input to output.
 
     Notes
     -----
     ``forward``/``backward`` follow the course (probabilities out, module by
-    module). ``train_step`` is the fast path: forward with fused bias+ReLU, the
-    fused softmax-cross-entropy, backward with the ReLU mask folded into each
-    dX GEMM, and the optimizer update; it allocates nothing after its first
+    module). ``train_step`` is the fast path: forward with fused bias+activation, the
+    fused softmax-cross-entropy, backward with the activation's derivative folded
+    into each dX GEMM, and the optimizer update; it allocates nothing after its first
     call for a given batch size.
+
+    Threads: inference (``predict_proba``, ``predict``, ``evaluate``,
+    ``evaluate_batches``, ``forward``) may be called on one model from many
+    threads at once and gives each caller exactly its serial result: every call
+    borrows scratch buffers no other call holds. ``train_step`` from a second
+    thread while one runs on the same model raises ``RuntimeError`` (training
+    several models, one per thread, is fine and gives bitwise the serial
+    results). Inference concurrent with training sees weights mid-update.
+    ``backward`` uses what the last ``forward`` kept: one thread per model.
     """
 
-    def __init__(self, n_inputs, n_hidden, n_classes, *, dtype=np.float64, seed=None, init="normal"):
+    def __init__(self, n_inputs, n_hidden, n_classes, *, dtype=np.float64, seed=None, init="normal",
+                 activation="relu"):
         self.n_inputs = check_positive_int("n_inputs", n_inputs)
         self.n_classes = check_positive_int("n_classes", n_classes)
         if isinstance(n_hidden, (int, np.integer)) or n_hidden is None:
@@ -71,6 +134,9 @@ class MLP:
         if init not in INITS:
             raise ValueError(f"init: expected one of {INITS}, got {init!r}")
         self.init = init
+        if activation not in ACTIVATION_MODULES:
+            raise ValueError(f"activation: expected one of {tuple(ACTIVATION_MODULES)}, got {activation!r}")
+        self.activation = activation
         rng = np.random.default_rng(seed)
         sizes = [self.n_inputs, *self.n_hidden, self.n_classes]
         self.linears = [
@@ -78,14 +144,18 @@ class MLP:
         ]
         self.layers = []
         for lin in self.linears[:-1]:
-            self.layers += [lin, ReLUModule()]
+            self.layers += [lin, ACTIVATION_MODULES[activation]()]
         self.layers += [self.linears[-1], SoftMaxModule()]
-        self._buffers: dict[int, tuple] = {}
-        self._image_inputs: dict[int, np.ndarray] = {}  # converted ImageBatch rows, per batch size
         self.last_batch_correct = None
+        self._start_threads_state()
+
+    def _start_threads_state(self):
+        self._buffers = _BufferPool(self._new_buffers)
+        self._training = threading.Lock()  # held by the one train_step running
 
     def __repr__(self):
-        return f"MLP({self.n_inputs}, {self.n_hidden}, {self.n_classes}, dtype={self.dtype.name})"
+        extra = "" if self.activation == "relu" else f", activation={self.activation!r}"
+        return f"MLP({self.n_inputs}, {self.n_hidden}, {self.n_classes}, dtype={self.dtype.name}{extra})"
 
     # -- parameters -------------------------------------------------------
 
@@ -95,6 +165,20 @@ class MLP:
             if isinstance(layer, LinearModule):
                 yield f"layers.{idx}.weight", layer, "weight"
                 yield f"layers.{idx}.bias", layer, "bias"
+
+    def network_settings(self) -> dict[str, str]:
+        """What the weights alone do not say about the network, for a checkpoint: ``{"activation": ...}``."""
+        return {"activation": self.activation}
+
+    def check_network_settings(self, settings) -> None:
+        """Raise ValueError unless ``settings`` (from :meth:`network_settings`) describe this network.
+
+        A missing key means the value every network had before it could be chosen ("relu").
+        """
+        for key, value in self.network_settings().items():
+            recorded = settings.get(key, _SETTINGS_BEFORE_CHOICE[key])
+            if recorded != value:
+                raise ValueError(f"{key}: the checkpoint's network uses {recorded!r}, this one {value!r}")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter, keyed by :meth:`named_parameters` names."""
@@ -116,9 +200,12 @@ class MLP:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_buffers"] = {}  # scratch space, rebuilt on demand
-        state["_image_inputs"] = {}
+        del state["_buffers"], state["_training"]  # scratch space and a lock: made afresh
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update({**_SETTINGS_BEFORE_CHOICE, **state})  # pickles from before the settings existed
+        self._start_threads_state()
 
     # -- the course's contract ---------------------------------------------
 
@@ -137,10 +224,6 @@ class MLP:
 
     # -- fast paths -----------------------------------------------------------
 
-    def _get_buffers(self, batch):
-        """(activations, gradients, scratch) for batches of ``batch`` rows, made on first use."""
-        return _kept(self._buffers, batch, lambda: self._new_buffers(batch))
-
     def _new_buffers(self, batch):
         widths = [lin.out_features for lin in self.linears]
         acts = [np.empty((batch, w), dtype=self.dtype) for w in widths]
@@ -149,40 +232,47 @@ class MLP:
         sizes = [self.n_inputs, *widths]
         need = max(K.forward_scratch_size(batch, i, o) for i, o in zip(sizes[:-1], sizes[1:]))
         scratch = np.empty((1, need), dtype=self.dtype) if need else None
-        return acts, grads, scratch
+        return _Buffers(acts, grads, scratch)
 
     def _logits_into(self, x, bufs, images=None):
         """Forward pass of x (B, D) into the activation buffers; returns the logits buffer (B, C).
 
         With ``images`` (an :class:`ImageBatch`), the first layer converts them into x first.
         """
-        acts, _, scratch = bufs
+        acts, scratch = bufs.acts, bufs.scratch
         last = len(self.linears) - 1
+        hidden = K.ACTIVATIONS[self.activation]
         h = x
         for l, lin in enumerate(self.linears):
             w, b = lin.weight_and_bias()
+            act = hidden if l < last else 0  # the output layer's logits: no activation
             if l == 0 and images is not None:
                 K.linear_forward_images(acts[0], x, images.pixels, images.index, images.offset, images.scale, w, b,
-                                        l < last, scratch)
+                                        act, scratch)
             else:
-                K.linear_forward(acts[l], h, w, b, l < last, scratch)
+                K.linear_forward(acts[l], h, w, b, act, scratch)
             h = acts[l]
         return h
 
-    def _image_input(self, images, keep=True) -> np.ndarray | None:
-        """The buffer (B, D) an :class:`ImageBatch` is converted into, checked against the model.
-
-        With ``keep=False`` (no backward pass follows) None where the first layer's
-        GEMM converts into its own panels only (``K.forward_images_needs_x``).
-        """
+    def _check_images(self, images):
+        """The :class:`ImageBatch` ``images``, checked against the model."""
         if images.pixels.shape[1] != self.n_inputs:
             raise ValueError(f"x: expected images of {self.n_inputs} values each, got {images.pixels.shape[1]}")
         if images.dtype != self.dtype:
             raise ValueError(f"x: expected an ImageBatch converting to {self.dtype}, got {images.dtype}")
-        batch = len(images)
-        if not keep and not K.forward_images_needs_x(batch, self.dtype):
+        return images
+
+    def _image_input(self, images, bufs, keep=True) -> np.ndarray | None:
+        """The buffer (B, D) of ``bufs`` that ``images`` (checked) are converted into.
+
+        With ``keep=False`` (no backward pass follows) None where the first layer's
+        GEMM converts into its own panels only (``K.forward_images_needs_x``).
+        """
+        if not keep and not K.forward_images_needs_x(len(images), self.dtype):
             return None
-        return _kept(self._image_inputs, batch, lambda: np.empty((batch, self.n_inputs), dtype=self.dtype))
+        if bufs.images is None:
+            bufs.images = np.empty((len(images), self.n_inputs), dtype=self.dtype)
+        return bufs.images
 
     def train_step(self, x, y, optimizer) -> float:
         """One optimisation step on the batch (x, y); returns its mean loss before the update.
@@ -208,17 +298,24 @@ class MLP:
         """
         if getattr(optimizer, "model", None) is not self:
             raise ValueError("optimizer: it was built for a different model; pass an optimizer built on this MLP")
-        images = x if isinstance(x, ImageBatch) else None
+        if not self._training.acquire(blocking=False):
+            raise RuntimeError("train_step: this MLP is being trained by another thread at this moment; train a "
+                               "model from one thread at a time (give each thread its own model)")
+        try:
+            images = self._check_images(x) if isinstance(x, ImageBatch) else None
+            x = None if images is not None else as_float_2d("x", x, self.dtype, self.n_inputs)
+            batch = len(images) if images is not None else x.shape[0]
+            labels = as_labels("y", y, batch, self.n_classes)
+            with self._buffers.lent(batch) as bufs:
+                return self._train_step(x, images, labels, optimizer, bufs)
+        finally:
+            self._training.release()
+
+    def _train_step(self, x, images, labels, optimizer, bufs) -> float:
+        """:meth:`train_step` on checked inputs (x None for ``images``), in the buffer set ``bufs``."""
         fused = optimizer.fused
         if images is not None:  # fused SGD can update the first layer from the pixels themselves
-            x, batch = self._image_input(images, keep=not fused), len(images)
-        else:
-            x = as_float_2d("x", x, self.dtype, self.n_inputs)
-            batch = x.shape[0]
-        labels = as_labels("y", y, batch, self.n_classes)
-        bufs = self._get_buffers(batch)
-        acts, grads, _ = bufs
-
+            x = self._image_input(images, bufs, keep=not fused)
         logits = self._logits_into(x, bufs, images)
         # dL/dlogits overwrites the logits buffer: the logits are not needed again.
         loss, correct = K.softmax_cross_entropy_forward_backward(logits, logits, labels)
@@ -226,6 +323,8 @@ class MLP:
         if not np.isfinite(loss):
             return float(loss)  # leave the parameters as they were; the caller decides
 
+        acts, grads = bufs.acts, bufs.grads
+        hidden = K.ACTIVATIONS[self.activation]
         dout = logits
         for l in range(len(self.linears) - 1, -1, -1):
             lin = self.linears[l]
@@ -235,11 +334,11 @@ class MLP:
             if x_in is None:  # the first layer's converted batch was not kept
                 K.linear_backward_sgd_images(w, b, dout, images.pixels, images.index, images.offset, images.scale,
                                              optimizer.lr, optimizer.weight_decay)
-            elif fused:
-                K.linear_backward_sgd(w, b, dx, dout, x_in, optimizer.lr, optimizer.weight_decay, l > 0)
+            elif fused:  # x_in of a hidden layer is the activation's output: dx gets its derivative
+                K.linear_backward_sgd(w, b, dx, dout, x_in, optimizer.lr, optimizer.weight_decay, hidden if l else 0)
             else:
                 dw, db = lin.grad_buffers()
-                K.linear_backward(dw, db, dx, dout, x_in, w, l > 0)
+                K.linear_backward(dw, db, dx, dout, x_in, w, hidden if l else 0)
             dout = dx
         if not fused:
             optimizer.step()
@@ -266,15 +365,14 @@ class MLP:
         """
         total_loss, total_correct, n = 0.0, 0, 0
         for xb, yb in batches:
-            if isinstance(xb, ImageBatch):
-                images, xb = xb, self._image_input(xb, keep=False)
-                rows = len(images)
-            else:
-                images, xb = None, as_float_2d("x", xb, self.dtype, self.n_inputs)
-                rows = xb.shape[0]
+            images = self._check_images(xb) if isinstance(xb, ImageBatch) else None
+            xb = None if images is not None else as_float_2d("x", xb, self.dtype, self.n_inputs)
+            rows = len(images) if images is not None else xb.shape[0]
             labels = as_labels("y", yb, rows, self.n_classes)
-            logits = self._logits_into(xb, self._get_buffers(rows), images)
-            loss, correct = K.softmax_cross_entropy_forward(logits, labels)
+            with self._buffers.lent(rows) as bufs:
+                if images is not None:
+                    xb = self._image_input(images, bufs, keep=False)
+                loss, correct = K.softmax_cross_entropy_forward(self._logits_into(xb, bufs, images), labels)
             total_loss += loss * rows
             total_correct += correct
             n += rows
@@ -289,7 +387,8 @@ class MLP:
         out = np.empty((x.shape[0], self.n_classes), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size]
-            K.softmax_forward(out[start : start + xb.shape[0]], self._logits_into(xb, self._get_buffers(xb.shape[0])))
+            with self._buffers.lent(xb.shape[0]) as bufs:
+                K.softmax_forward(out[start : start + xb.shape[0]], self._logits_into(xb, bufs))
         return out
 
     def predict(self, x, batch_size=1000):

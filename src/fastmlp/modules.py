@@ -15,10 +15,13 @@ from fastmlp._validation import as_float_2d, as_labels, check_dtype, check_param
 
 __all__ = [
     "CrossEntropyModule",
+    "IdentityModule",
     "LinearModule",
     "ReLUModule",
+    "SigmoidModule",
     "SoftMaxModule",
     "SoftmaxCrossEntropyModule",
+    "TanhModule",
     "init_weight",
 ]
 
@@ -159,6 +162,28 @@ class ReLUModule(_ElementwiseModule):
 
     forward_kernel = K.relu_forward
     backward_kernel = K.relu_backward
+
+
+class TanhModule(_ElementwiseModule):
+    """out = tanh(x) on x (B, D); backward: dx = dout * (1 - out^2)."""
+
+    forward_kernel, backward_kernel = K.tanh_forward, K.tanh_backward
+
+
+class SigmoidModule(_ElementwiseModule):
+    """out = 1 / (1 + exp(-x)) on x (B, D) (the logistic; no overflow); backward: dx = dout * out (1 - out)."""
+
+    forward_kernel, backward_kernel = K.logistic_forward, K.logistic_backward
+
+
+class IdentityModule(_ElementwiseModule):
+    """out = x on x (B, D) (a copy); backward: dx = dout. A linear model's "activation"."""
+
+    forward_kernel, backward_kernel = K.identity_forward, K.identity_backward
+
+
+# The module of each hidden activation an MLP takes (fastmlp._kernels.ACTIVATIONS names the same four).
+ACTIVATION_MODULES = {"relu": ReLUModule, "tanh": TanhModule, "logistic": SigmoidModule, "identity": IdentityModule}
 
 
 class SoftMaxModule(_ElementwiseModule):

@@ -14,10 +14,14 @@ __all__ = [
     "convert_images",
     "cross_entropy_backward",
     "cross_entropy_forward",
+    "identity_backward",
+    "identity_forward",
     "linear_backward",
     "linear_backward_sgd_images",
     "linear_forward",
     "linear_forward_images",
+    "logistic_backward",
+    "logistic_forward",
     "pixel_sums",
     "relu_backward",
     "relu_forward",
@@ -25,6 +29,8 @@ __all__ = [
     "softmax_backward",
     "softmax_cross_entropy",
     "softmax_forward",
+    "tanh_backward",
+    "tanh_forward",
 ]
 
 
@@ -73,6 +79,37 @@ def relu_forward(x):
 def relu_backward(dout, out):
     """dout * (out > 0), ``out`` being the ReLU's output."""
     return dout * (out > 0)
+
+
+def tanh_forward(x):
+    """tanh(x)."""
+    return np.tanh(x)
+
+
+def tanh_backward(dout, out):
+    """dout * (1 - out^2), ``out`` being tanh's output."""
+    return dout * (1 - out * out)
+
+
+def logistic_forward(x):
+    """1 / (1 + exp(-x)), computed from exp(-|x|) so that it never overflows."""
+    e = np.exp(-np.abs(x))
+    return np.where(x > 0, 1 / (1 + e), e / (1 + e))
+
+
+def logistic_backward(dout, out):
+    """dout * out (1 - out), ``out`` being the logistic's output."""
+    return dout * (out * (1 - out))
+
+
+def identity_forward(x):
+    """x (a copy)."""
+    return np.array(x, copy=True)
+
+
+def identity_backward(dout, out):
+    """dout (a copy); ``out`` is only there to mirror the other pairs."""
+    return np.array(dout, copy=True)
 
 
 def softmax_forward(z):

@@ -250,6 +250,7 @@ class MLPHooks:
                              f"run: {message}") from None
 
     def _restore(self, checkpoint: Mapping[str, Any], args: argparse.Namespace) -> None:
+        self.model.check_network_settings(checkpoint["meta"].get("network", {}))
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optim"])
         # The checkpoint carries the old hyper-parameters: this run's flags win
