@@ -148,11 +148,13 @@ def test_a_zero_sample_weight_removes_the_sample(digits):
     np.testing.assert_allclose(changed.predict(X), weighted.predict(X), rtol=1e-10, atol=1e-12)
 
 
-def test_the_fused_core_and_the_numpy_path_make_the_same_updates(digits):
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+def test_the_fused_core_and_the_numpy_path_make_the_same_updates(digits, activation):
     """Weights all 2 (alpha 0) give the unweighted gradient but go through NumPy backprop, not MLP.train_step."""
     X, y = digits
-    core = MLPClassifier(random_state=0, max_iter=3, alpha=0.0).fit(X, y)
-    numpy_path = MLPClassifier(random_state=0, max_iter=3, alpha=0.0).fit(X, y, sample_weight=np.full(len(y), 2.0))
+    params = dict(random_state=0, max_iter=3, alpha=0.0, activation=activation, hidden_layer_sizes=(24, 12))
+    core = MLPClassifier(**params).fit(X, y)
+    numpy_path = MLPClassifier(**params).fit(X, y, sample_weight=np.full(len(y), 2.0))
     _assert_same_training(core, numpy_path, rtol=1e-9)
 
 

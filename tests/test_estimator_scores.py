@@ -55,3 +55,23 @@ def test_default_scores_match_scikit_learn(data, standardize):
     ours = _mean_score(fastmlp, name, *split, standardize)
     theirs = _mean_score(neural_network, name, *split, standardize)
     assert ours >= theirs - MARGIN, f"{data}: fastmlp {ours:.4f}, scikit-learn {theirs:.4f}"
+
+
+@pytest.mark.slow
+def test_the_comparison_bench_runs(tmp_path, capsys):
+    """benches/sklearn_compare.py at its smallest: both children fit, and at matched settings score alike."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benches" / "sklearn_compare.py"
+    spec = importlib.util.spec_from_file_location("sklearn_compare", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "compare.json"
+    assert bench.main(["--rounds", "1", "--epochs", "2", "--settle", "0", "--threads", "1", "--data", "diabetes",
+                       "--json", str(out)]) == 0
+    assert "| diabetes | 1 |" in capsys.readouterr().out
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["fastmlp_score"] == pytest.approx(result["sklearn_score"], abs=1e-6)
+    assert result["speedup"] > 0 and any(pool["internal_api"] == "openblas" for pool in result["fastmlp_pools"])

@@ -36,7 +36,7 @@ import numpy as np
 __all__ = ["CORE_NETWORKS", "Network"]
 
 #: (hidden activation, output activation) pairs that ``MLP.train_step`` trains fused.
-CORE_NETWORKS = frozenset({("relu", "softmax")})
+CORE_NETWORKS = frozenset((hidden, "softmax") for hidden in ("relu", "tanh", "logistic", "identity"))
 
 
 def _relu(z):
@@ -131,7 +131,7 @@ class Network:
         """A network of layer widths ``units`` initialised as scikit-learn's ``_init_coef`` would."""
         from fastmlp.mlp import MLP
 
-        model = MLP(units[0], units[1:-1], units[-1], dtype=dtype, seed=0, init="xavier")
+        model = MLP(units[0], units[1:-1], units[-1], dtype=dtype, seed=0, init="xavier", activation=activation)
         factor = 2.0 if activation == "logistic" else 6.0
         for lin, fan_in, fan_out in zip(model.linears, units[:-1], units[1:]):
             bound = np.sqrt(factor / (fan_in + fan_out))
@@ -144,7 +144,10 @@ class Network:
     @property
     def coefs(self) -> list[np.ndarray]:
         """Views (in, out) of every layer's weight (writable: they are the live parameters)."""
-        return [lin.params["weight"].T for lin in self.model.linears]
+        return [weight.T for weight in self._weights()]
+
+    def _weights(self):
+        return [lin.params["weight"] for lin in self.model.linears]
 
     @property
     def intercepts(self) -> list[np.ndarray]:
@@ -196,17 +199,16 @@ class Network:
         """Whether a batch is trained by ``MLP.train_step`` (fused kernels)."""
         return sample_weight is None and (self.activation, self.out_activation) in CORE_NETWORKS
 
-    def train_batch(self, x: np.ndarray, y: np.ndarray, labels, sample_weight, alpha: float) -> float:
+    def train_batch(self, x: np.ndarray, targets: np.ndarray, sample_weight, alpha: float) -> float:
         """One update on the batch; returns scikit-learn's loss before it (penalty included).
 
         Parameters
         ----------
         x : ndarray (B, D)
             C-contiguous, of the network's dtype.
-        y : ndarray (B, K)
-            Targets (one-hot or indicator rows for classifiers).
-        labels : ndarray (B,) of int or None
-            Class indices of a softmax network (what the core's fused loss reads).
+        targets : ndarray (B,) of int, or (B, K)
+            Class indices where :meth:`uses_core` (what the core's fused loss
+            reads), else the target rows (one-hot or indicator rows for classifiers).
         sample_weight : ndarray (B,) or None
         alpha : float
             scikit-learn's L2 penalty.
@@ -214,13 +216,14 @@ class Network:
         total = x.shape[0] if sample_weight is None else float(sample_weight.sum())
         penalty = 0.0
         if alpha:
-            penalty = 0.5 * alpha * sum(float(np.dot(w.ravel(), w.ravel())) for w in self.coefs) / total
+            # the core's (out, in) weights are contiguous: vdot reads them without a copy
+            penalty = 0.5 * alpha * sum(float(np.vdot(w, w)) for w in self._weights()) / total
         self.optimizer.weight_decay = alpha / total
         if self.epsilon:  # Adam
             self.optimizer.eps = self.epsilon / math.sqrt(1.0 - self.optimizer.beta2 ** (self.optimizer.t + 1))
-        if labels is not None and self.uses_core(sample_weight):
-            return self.model.train_step(x, labels, self.optimizer) + penalty
-        return self._numpy_step(x, y, sample_weight, total) + penalty
+        if targets.ndim == 1:
+            return self.model.train_step(x, targets, self.optimizer) + penalty
+        return self._numpy_step(x, targets, sample_weight, total) + penalty
 
     def _numpy_step(self, x, y, sample_weight, total) -> float:
         activations = self._forward(x, keep=True)
