@@ -203,6 +203,42 @@ def test_max_iter_warns_and_partial_fit_runs_one_epoch(digits):
         MLPClassifier(random_state=0).fit(X[y < 6], y[y < 6]).partial_fit(X, y)
 
 
+def test_verbose_prints_each_epoch_as_scikit_learn(digits, capsys):
+    X, y = digits
+    clf = MLPClassifier(max_iter=2, verbose=True, random_state=0).fit(X, y)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"Iteration {i + 1}, loss = {loss:.8f}" for i, loss in enumerate(clf.loss_curve_)]
+
+
+def test_an_interrupted_fit_keeps_what_it_learnt(digits, monkeypatch):
+    """Ctrl-C during fit: a warning and a usable model of the epochs done (scikit-learn's behaviour)."""
+    from fastmlp.estimators.network import Network
+
+    X, y = digits
+    calls = {"n": 0}
+    original = Network.train_batch
+
+    def interrupt_at_the_fifth_batch(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(Network, "train_batch", interrupt_at_the_fifth_batch)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        clf = MLPClassifier(max_iter=50, random_state=0).fit(X, y)
+    assert clf.n_iter_ == 2 and clf.predict(X).shape == y.shape  # 2 batches an epoch
+
+
+def test_a_refused_refit_leaves_the_fitted_model(digits):
+    X, y = digits
+    clf = MLPClassifier(max_iter=2, random_state=0).fit(X, y)
+    before = clf.predict_proba(X)
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit(np.full_like(X, np.nan), y)
+    np.testing.assert_array_equal(clf.predict_proba(X), before)
+
+
 # ------------------------------------------------------------------ dtype, attributes, input checks
 @pytest.mark.parametrize("input_dtype, dtype, expected", [
     (np.float64, None, np.float64), (np.float32, None, np.float32), (np.int64, None, np.float64),

@@ -130,12 +130,12 @@ class BaseMLP(BaseEstimator):
             raise ValueError("solver='lbfgs' is not offered by fastmlp's estimators: use solver='adam' (the "
                              "default) or solver='sgd'.")
 
-    def _float_X(self, X):
-        """X in the network's dtype (fitted) or the ``dtype`` parameter's (None: X's own float dtype).
+    def _float_X(self, X, fresh: bool = False):
+        """X in the network's dtype, or for a ``fresh`` network the ``dtype`` parameter's (None: X's own).
 
         Sparse X stays sparse (CSR: rows are what the batches take) and is made dense batch by batch.
         """
-        if hasattr(self, "_network"):
+        if not fresh:
             dtype = self._network.dtype
         else:
             dtype = X.dtype if self.dtype is None else np.dtype(self.dtype)
@@ -168,10 +168,8 @@ class BaseMLP(BaseEstimator):
         self._check_solver()
         hidden = self._hidden_sizes()
         first_pass = not hasattr(self, "_network") or (not self.warm_start and not incremental)
-        if first_pass and hasattr(self, "_network"):
-            del self._network
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        X = self._float_X(X)
+        X = self._float_X(X, fresh=first_pass)
         if sample_weight is not None:
             from sklearn.utils.validation import _check_sample_weight
 
@@ -242,10 +240,19 @@ class BaseMLP(BaseEstimator):
             raise ValueError("partial_fit does not support early_stopping=True")
         (X, y, sample_weight), validation = self._split(X, y, sample_weight)
         labels = self._class_indices(y)
+        self.n_iter_ = 0
+        try:
+            self._epochs(X, y, labels, sample_weight, validation, incremental)
+        except KeyboardInterrupt:  # as scikit-learn: keep what was learnt so far
+            warnings.warn("Training interrupted by user.")
+        if self.early_stopping:
+            self._network.load(self._best_state)
+
+    def _epochs(self, X, y, labels, sample_weight, validation, incremental: bool) -> None:
+        """Up to ``max_iter`` epochs (one for ``partial_fit``), stopping by scikit-learn's rules."""
         n_samples = X.shape[0]
         batch_size = self._batch_size(n_samples)
         order = np.arange(n_samples, dtype=int)
-        self.n_iter_ = 0
         for _ in range(self.max_iter):
             if self.shuffle:
                 order = shuffle(order, random_state=self._random_state)
@@ -264,8 +271,6 @@ class BaseMLP(BaseEstimator):
             if self.n_iter_ == self.max_iter:
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                               "optimization hasn't converged yet.", ConvergenceWarning)
-        if self.early_stopping:
-            self._network.load(self._best_state)
 
     def _epoch(self, X, y, labels, sample_weight, order, batch_size) -> float:
         """One pass over the data in ``order``; returns the epoch's mean loss (scikit-learn's ``loss_``)."""
