@@ -252,7 +252,7 @@ def test_checkpoints_record_the_activation(tmp_path):
     save_checkpoint(tmp_path / "c.npz", model=model, optimizer=fastmlp.optim.SGD(model, 0.1), step=0,
                     data_state={}, meta={})
     settings = load_checkpoint(tmp_path / "c.npz")["meta"]["network"]
-    assert settings == {"activation": "tanh"}
+    assert settings == {"activation": "tanh", "output": "softmax"}
     model.check_network_settings(settings)
     with pytest.raises(ValueError, match="activation: the checkpoint's network uses 'tanh', this one 'relu'"):
         fastmlp.MLP(3, [2], 2).check_network_settings(settings)

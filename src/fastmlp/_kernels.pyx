@@ -42,7 +42,7 @@ panels, so neither the training step nor an evaluation writes its converted
 batch; its sums differ from OpenBLAS's in the last bits.
 """
 from libc.limits cimport INT_MAX
-from libc.math cimport exp, expf, log, logf, sqrt, sqrtf, INFINITY
+from libc.math cimport exp, expf, log, log1p, log1pf, logf, sqrt, sqrtf, INFINITY
 from libc.string cimport memset
 cimport numpy as cnp
 
@@ -147,6 +147,13 @@ cdef inline floating _log(floating x) noexcept nogil:
         return logf(x)
     else:
         return log(x)
+
+
+cdef inline floating _log1p(floating x) noexcept nogil:
+    if floating is float:
+        return log1pf(x)
+    else:
+        return log1p(x)
 
 
 cdef inline floating _sqrt(floating x) noexcept nogil:
@@ -1372,18 +1379,46 @@ def cross_entropy_backward(floating[:, ::1] dP, const floating[:, :] P, const fl
                 dP[i, j] = -T[i, j] * invb / p
 
 
+cdef double _weight_sum(const floating[:] weights, Py_ssize_t B) except? -1.0:
+    """The sum of per-row weights (B,), checked (finite, >= 0, a positive sum); B when weights is None."""
+    cdef Py_ssize_t i
+    cdef double total = 0
+    if weights is None:
+        return B
+    _check1("weights", weights.shape[0], B)
+    for i in range(B):
+        if not (weights[i] >= 0 and weights[i] < INFINITY):
+            raise ValueError(f"weights: expected finite values >= 0, got {weights[i]} at position {i}")
+        total += weights[i]
+    if not total > 0:
+        raise ValueError("weights: expected a positive sum, got all zeros")
+    return total
+
+
 cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z,
-                              const cnp.int64_t[:] labels, floating scale,
+                              const cnp.int64_t[:] labels, const floating* weights, floating scale,
                               double* total, Py_ssize_t* correct) noexcept nogil:
-    """Row loop shared by the two hooks below; returns the first bad label's row, or -1."""
+    """Row loop shared by the two hooks below; returns the first bad label's row, or -1.
+
+    Row b's loss counts ``weights[b]`` times into ``total`` and its gradient is
+    scaled by ``scale * weights[b]`` (weights NULL: 1 each); a row of weight 0
+    adds nothing and gets a zero gradient, whatever its logits.
+    """
     cdef Py_ssize_t i, j, arg, B = Z.shape[0], C = Z.shape[1]
     cdef cnp.int64_t y
-    cdef floating m, s, zy, e, inv
+    cdef floating m, s, zy, e, inv, wi = 1
     for i in range(B):  # all labels first: dZ may alias Z, which must survive an error
         if labels[i] < 0 or labels[i] >= C:
             return i
     for i in range(B):
         y = labels[i]
+        if weights != NULL:
+            wi = weights[i]
+            if wi == 0:
+                if has_dz:
+                    for j in range(C):
+                        dZ[i, j] = 0
+                continue
         m = Z[i, 0]
         arg = 0
         for j in range(1, C):
@@ -1403,13 +1438,13 @@ cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, const floating[:
             if has_dz:
                 dZ[i, j] = e
             s = s + e
-        total[0] += <double>(_log(s) + m - zy)
+        total[0] += wi * <double>(_log(s) + m - zy)
         correct[0] += (arg == y)
         if has_dz:
-            inv = scale / s
+            inv = scale * wi / s
             for j in range(C):
                 dZ[i, j] = dZ[i, j] * inv
-            dZ[i, y] = dZ[i, y] - scale
+            dZ[i, y] = dZ[i, y] - scale * wi
     return -1
 
 
@@ -1417,15 +1452,25 @@ cdef int _bad_label(const cnp.int64_t[:] labels, Py_ssize_t row, Py_ssize_t C) e
     raise ValueError(f"labels: expected class indices in [0, {C}), got {labels[row]} at position {row}")
 
 
-def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:, :] Z,
-                                           const cnp.int64_t[:] labels, double grad_scale=-1.0):
-    """loss = (1/B) sum_b [logsumexp(Z_b) - Z_b,y_b];  dZ = (softmax(Z) - onehot(y)) * grad_scale.
+cdef inline const floating* _weights_ptr(const floating[:] weights) noexcept nogil:
+    if weights is None:
+        return NULL
+    return &weights[0]
 
-    Z (B, C) logits, labels (B,) int64 in [0, C), grad_scale defaulting to 1/B.
+
+def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:, :] Z,
+                                           const cnp.int64_t[:] labels, double grad_scale=-1.0,
+                                           const floating[:] weights=None):
+    """loss = sum_b w_b [logsumexp(Z_b) - Z_b,y_b] / sum_b w_b;  dZ_b = (softmax(Z_b) - onehot(y_b)) w_b * grad_scale.
+
+    Z (B, C) logits, labels (B,) int64 in [0, C), weights (B,) per-row weights
+    (finite, >= 0, positive sum; None: all 1), grad_scale defaulting to
+    1/sum_b w_b (the weighted mean's gradient; 1/B without weights).
     dZ (B, C) is overwritten and may be Z itself (the logits are consumed in
     place). One pass per row; log-sum-exp with the row max, so huge logits
     cannot overflow. Returns (loss, n_correct), n_correct counting rows whose
-    argmax is the label. Raises ValueError on a label outside [0, C).
+    argmax is the label (rows of weight 0 are skipped: no loss, zero gradient,
+    not counted). Raises ValueError on a label outside [0, C) or bad weights.
     """
     cdef Py_ssize_t B = Z.shape[0], C = Z.shape[1], bad
     cdef double total = 0
@@ -1433,15 +1478,17 @@ def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:
     _check_nonempty("Z", B, C)
     _check1("labels", labels.shape[0], B)
     _check2("dZ", dZ.shape[0], dZ.shape[1], B, C)
-    cdef floating scale = <floating>(1.0 / B if grad_scale < 0 else grad_scale)
+    cdef double wsum = _weight_sum(weights, B)
+    cdef floating scale = <floating>(1.0 / wsum if grad_scale < 0 else grad_scale)
     with nogil:
-        bad = _softmax_xent(dZ, True, Z, labels, scale, &total, &correct)
+        bad = _softmax_xent(dZ, True, Z, labels, _weights_ptr(weights), scale, &total, &correct)
     if bad >= 0:
         _bad_label(labels, bad, C)
-    return total / B, correct
+    return total / wsum, correct
 
 
-def softmax_cross_entropy_forward(const floating[:, :] Z, const cnp.int64_t[:] labels):
+def softmax_cross_entropy_forward(const floating[:, :] Z, const cnp.int64_t[:] labels,
+                                  const floating[:] weights=None):
     """(loss, n_correct) of :func:`softmax_cross_entropy_forward_backward`, without the gradient."""
     cdef Py_ssize_t B = Z.shape[0], C = Z.shape[1], bad
     cdef double total = 0
@@ -1449,11 +1496,116 @@ def softmax_cross_entropy_forward(const floating[:, :] Z, const cnp.int64_t[:] l
     cdef floating[:, ::1] no_dz = None
     _check_nonempty("Z", B, C)
     _check1("labels", labels.shape[0], B)
+    cdef double wsum = _weight_sum(weights, B)
     with nogil:
-        bad = _softmax_xent(no_dz, False, Z, labels, 0, &total, &correct)
+        bad = _softmax_xent(no_dz, False, Z, labels, _weights_ptr(weights), 0, &total, &correct)
     if bad >= 0:
         _bad_label(labels, bad, C)
-    return total / B, correct
+    return total / wsum, correct
+
+
+# ---------------------------------------------------------------------------
+# the other output heads: logistic + binary cross-entropy, identity + squared error
+# ---------------------------------------------------------------------------
+
+cdef enum Head:
+    HEAD_LOGISTIC = 0
+    HEAD_SQUARED = 1
+
+
+cdef void _head_rows(Head head, floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z, const floating[:, :] T,
+                     const floating* weights, floating scale, double* total, Py_ssize_t* correct) noexcept nogil:
+    """Row loop of the two heads: each row's loss (weighted as in _softmax_xent) and, with has_dz, its gradient.
+
+    Logistic: sum_c softplus(z) - t z (= the binary cross-entropy of sigmoid(z)),
+    gradient sigmoid(z) - t; a row is correct when every (z > 0) is (t > 0.5).
+    Squared: sum_c (z - t)^2 / 2, gradient z - t. Each element of Z is read
+    before dZ (which may alias it) is written.
+    """
+    cdef Py_ssize_t i, j, B = Z.shape[0], C = Z.shape[1]
+    cdef floating z, t, e, p, g, wi = 1
+    cdef floating row
+    cdef bint right
+    for i in range(B):
+        if weights != NULL:
+            wi = weights[i]
+        row = 0
+        right = True
+        for j in range(C):
+            z, t = Z[i, j], T[i, j]
+            if head == HEAD_LOGISTIC:
+                e = _exp(-z if z > 0 else z)
+                p = 1 / (1 + e) if z > 0 else e / (1 + e)
+                row = row + (z if z > 0 else 0) - t * z + _log1p(e)
+                g = p - t
+                right = right and ((z > 0) == (t > 0.5))
+            else:
+                g = z - t
+                row = row + g * g / 2
+            if has_dz:
+                dZ[i, j] = g * scale * wi
+        if wi != 0:
+            total[0] += wi * <double>row
+            correct[0] += right
+
+
+cdef tuple _head(Head head, floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z, const floating[:, :] T,
+                 double grad_scale, const floating[:] weights):
+    """Check the arguments of a head hook and run it: (sum_b w_b loss_b / sum_b w_b, n_correct)."""
+    cdef Py_ssize_t B = Z.shape[0], C = Z.shape[1]
+    cdef double total = 0
+    cdef Py_ssize_t correct = 0
+    _check_nonempty("Z", B, C)
+    _check2("T", T.shape[0], T.shape[1], B, C)
+    if has_dz:
+        _check2("dZ", dZ.shape[0], dZ.shape[1], B, C)
+    cdef double wsum = _weight_sum(weights, B)
+    cdef floating scale = <floating>(1.0 / wsum if grad_scale < 0 else grad_scale)
+    with nogil:
+        _head_rows(head, dZ, has_dz, Z, T, _weights_ptr(weights), scale, &total, &correct)
+    return total / wsum, correct
+
+
+def logistic_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:, :] Z, const floating[:, :] T,
+                                            double grad_scale=-1.0, const floating[:] weights=None):
+    """The logistic head: loss = sum_b w_b sum_c [softplus(Z) - T Z]_bc / sum_b w_b;  dZ_b = (sigmoid(Z_b) - T_b) w_b * grad_scale.
+
+    The binary cross-entropy of sigmoid(Z) against targets T in [0, 1], summed
+    over the C outputs (multilabel; C = 1 for two classes), a weighted mean over
+    the rows, computed from the logits Z (B, C) (softplus(z) = max(z, 0) +
+    log1p(exp(-|z|)): no overflow, no log of 0). weights and grad_scale as in
+    :func:`softmax_cross_entropy_forward_backward`; dZ (B, C) may be Z. Returns
+    (loss, n_correct), a row correct when every output is on the side of 0.5 its
+    target is.
+    """
+    return _head(HEAD_LOGISTIC, dZ, True, Z, T, grad_scale, weights)
+
+
+def logistic_cross_entropy_forward(const floating[:, :] Z, const floating[:, :] T, const floating[:] weights=None):
+    """(loss, n_correct) of :func:`logistic_cross_entropy_forward_backward`, without the gradient."""
+    cdef floating[:, ::1] no_dz = None
+    return _head(HEAD_LOGISTIC, no_dz, False, Z, T, 0.0, weights)
+
+
+def squared_error_forward_backward(floating[:, ::1] dZ, const floating[:, :] Z, const floating[:, :] T,
+                                   double grad_scale=-1.0, const floating[:] weights=None):
+    """The identity head: loss = sum_b w_b ||Z_b - T_b||^2 / (2 C sum_b w_b);  dZ_b = (Z_b - T_b) w_b * grad_scale.
+
+    scikit-learn's squared loss (half the weighted mean over rows and outputs)
+    and scikit-learn's gradient, which is C times that loss's: the gradient of
+    the half squared error summed over the C outputs (the two agree for one
+    output). Z (B, C) outputs, T (B, C) targets; weights, grad_scale and dZ as in
+    :func:`softmax_cross_entropy_forward_backward`. Returns (loss, 0).
+    """
+    loss, _ = _head(HEAD_SQUARED, dZ, True, Z, T, grad_scale, weights)
+    return loss / Z.shape[1], 0
+
+
+def squared_error_forward(const floating[:, :] Z, const floating[:, :] T, const floating[:] weights=None):
+    """(loss, 0) of :func:`squared_error_forward_backward`, without the gradient."""
+    cdef floating[:, ::1] no_dz = None
+    loss, _ = _head(HEAD_SQUARED, no_dz, False, Z, T, 0.0, weights)
+    return loss / Z.shape[1], 0
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 from fastmlp import _kernels as K
 from fastmlp._validation import as_float_2d, as_labels, check_dtype, check_positive_int
 from fastmlp.images import ImageBatch
-from fastmlp.modules import ACTIVATION_MODULES, INITS, LinearModule, SoftMaxModule
+from fastmlp.modules import ACTIVATION_MODULES, INITS, IdentityModule, LinearModule, SigmoidModule, SoftMaxModule
 
 __all__ = ["MLP"]
 
@@ -23,7 +23,14 @@ _MAX_IDLE_PER_SIZE = 4
 
 
 # What a network setting was before it could be chosen: older checkpoints lack it.
-_SETTINGS_BEFORE_CHOICE = {"activation": "relu"}
+_SETTINGS_BEFORE_CHOICE = {"activation": "relu", "output": "softmax"}
+
+# Each output head: its course-contract module, its fused (loss, n_correct, dZ) kernel and its loss-only twin.
+_HEADS = {
+    "softmax": (SoftMaxModule, K.softmax_cross_entropy_forward_backward, K.softmax_cross_entropy_forward),
+    "logistic": (SigmoidModule, K.logistic_cross_entropy_forward_backward, K.logistic_cross_entropy_forward),
+    "identity": (IdentityModule, K.squared_error_forward_backward, K.squared_error_forward),
+}
 
 
 class _Buffers:
@@ -77,7 +84,7 @@ class _BufferPool:
 
 
 class MLP:
-    """Linear hidden layers with an activation (ReLU by default), a linear output layer and a softmax.
+    """Linear hidden layers with an activation (ReLU by default), a linear output layer and an output head.
 
     Parameters
     ----------
@@ -86,7 +93,7 @@ class MLP:
     n_hidden : sequence of int
         Hidden layer widths; ``[]`` gives multinomial logistic regression.
     n_classes : int
-        Number of classes C.
+        Number of outputs C: classes (softmax), labels (logistic; 1 for two classes) or targets (identity).
     dtype : float32 or float64, default float64
         Every parameter, gradient and buffer uses it; inputs are converted to it once.
     seed : int, numpy Generator or None
@@ -96,6 +103,14 @@ class MLP:
     activation : {"relu", "tanh", "logistic", "identity"}, default "relu"
         The hidden layers' activation; every one runs fused into the layer's
         GEMMs in ``train_step`` and inference, as the ReLU does.
+    output : {"softmax", "logistic", "identity"}, default "softmax"
+        The output head and its loss, fused as one kernel in ``train_step``:
+        ``softmax`` with the cross-entropy (targets: class indices (B,) or one-hot
+        (B, C)); ``logistic``, a sigmoid per output with the binary cross-entropy
+        summed over the outputs (multilabel targets (B, C) in [0, 1]; with C = 1,
+        two classes as scikit-learn fits them); ``identity`` with scikit-learn's
+        squared loss, half the mean over rows and outputs (targets (B, C), or (B,)
+        when C = 1; its gradient is scikit-learn's, C times that loss's).
 
     Attributes
     ----------
@@ -124,7 +139,7 @@ class MLP:
     """
 
     def __init__(self, n_inputs, n_hidden, n_classes, *, dtype=np.float64, seed=None, init="normal",
-                 activation="relu"):
+                 activation="relu", output="softmax"):
         self.n_inputs = check_positive_int("n_inputs", n_inputs)
         self.n_classes = check_positive_int("n_classes", n_classes)
         if isinstance(n_hidden, (int, np.integer)) or n_hidden is None:
@@ -137,6 +152,9 @@ class MLP:
         if activation not in ACTIVATION_MODULES:
             raise ValueError(f"activation: expected one of {tuple(ACTIVATION_MODULES)}, got {activation!r}")
         self.activation = activation
+        if output not in _HEADS:
+            raise ValueError(f"output: expected one of {tuple(_HEADS)}, got {output!r}")
+        self.output = output
         rng = np.random.default_rng(seed)
         sizes = [self.n_inputs, *self.n_hidden, self.n_classes]
         self.linears = [
@@ -145,7 +163,7 @@ class MLP:
         self.layers = []
         for lin in self.linears[:-1]:
             self.layers += [lin, ACTIVATION_MODULES[activation]()]
-        self.layers += [self.linears[-1], SoftMaxModule()]
+        self.layers += [self.linears[-1], _HEADS[output][0]()]
         self.last_batch_correct = None
         self._start_threads_state()
 
@@ -154,7 +172,8 @@ class MLP:
         self._training = threading.Lock()  # held by the one train_step running
 
     def __repr__(self):
-        extra = "" if self.activation == "relu" else f", activation={self.activation!r}"
+        extra = "".join(f", {key}={value!r}" for key, value in self.network_settings().items()
+                        if value != _SETTINGS_BEFORE_CHOICE[key])
         return f"MLP({self.n_inputs}, {self.n_hidden}, {self.n_classes}, dtype={self.dtype.name}{extra})"
 
     # -- parameters -------------------------------------------------------
@@ -167,13 +186,13 @@ class MLP:
                 yield f"layers.{idx}.bias", layer, "bias"
 
     def network_settings(self) -> dict[str, str]:
-        """What the weights alone do not say about the network, for a checkpoint: ``{"activation": ...}``."""
-        return {"activation": self.activation}
+        """What the weights alone do not say about the network, for a checkpoint: its activation and output."""
+        return {"activation": self.activation, "output": self.output}
 
     def check_network_settings(self, settings) -> None:
         """Raise ValueError unless ``settings`` (from :meth:`network_settings`) describe this network.
 
-        A missing key means the value every network had before it could be chosen ("relu").
+        A missing key means the value every network had before it could be chosen ("relu", "softmax").
         """
         for key, value in self.network_settings().items():
             recorded = settings.get(key, _SETTINGS_BEFORE_CHOICE[key])
@@ -274,8 +293,8 @@ class MLP:
             bufs.images = np.empty((len(images), self.n_inputs), dtype=self.dtype)
         return bufs.images
 
-    def train_step(self, x, y, optimizer) -> float:
-        """One optimisation step on the batch (x, y); returns its mean loss before the update.
+    def train_step(self, x, y, optimizer, sample_weight=None) -> float:
+        """One optimisation step on the batch (x, y); returns its (weighted) mean loss before the update.
 
         Parameters
         ----------
@@ -287,14 +306,23 @@ class MLP:
             own GEMM, which with plain SGD also updates the first layer from the
             pixels (sums within float32 rounding of OpenBLAS's; see
             ``fastmlp._kernels.images_gemm``).
-        y : array (B,) of int class indices, or one-hot (B, C)
+        y : array
+            Targets of the output head (see the class docstring): for softmax int
+            class indices (B,) or one-hot (B, C); for logistic (B, C) in [0, 1];
+            for identity (B, C), or (B,) with one output.
         optimizer : fastmlp.optim.SGD or Adam built on this model
             Plain SGD is folded into the backward GEMMs (``grads`` are then not
             written); other optimizers get ``grads`` filled and ``step()`` called.
+        sample_weight : array (B,) or None
+            Per-row weights (finite, >= 0, a positive sum): the loss is
+            sum_b w_b loss_b / sum_b w_b and row b's gradient is scaled by
+            w_b / sum_b w_b instead of 1/B, scikit-learn's MLP convention (a row
+            of weight 0 has no influence; weight 2 counts as the row twice).
 
         Modifies in place: every parameter, the optimizer state, and (for
         non-fused optimizers) every ``grads`` array. ``last_batch_correct``
-        holds how many rows of the batch were classified right (before the update).
+        holds how many rows of the batch (of positive weight) were classified
+        right (before the update; every output right for logistic, 0 for identity).
         """
         if getattr(optimizer, "model", None) is not self:
             raise ValueError("optimizer: it was built for a different model; pass an optimizer built on this MLP")
@@ -305,20 +333,52 @@ class MLP:
             images = self._check_images(x) if isinstance(x, ImageBatch) else None
             x = None if images is not None else as_float_2d("x", x, self.dtype, self.n_inputs)
             batch = len(images) if images is not None else x.shape[0]
-            labels = as_labels("y", y, batch, self.n_classes)
+            targets = self._targets(y, batch)
+            weights = None if sample_weight is None else self._sample_weight(sample_weight, batch)
             with self._buffers.lent(batch) as bufs:
-                return self._train_step(x, images, labels, optimizer, bufs)
+                return self._train_step(x, images, targets, weights, optimizer, bufs)
         finally:
             self._training.release()
 
-    def _train_step(self, x, images, labels, optimizer, bufs) -> float:
+    def _targets(self, y, batch) -> np.ndarray:
+        """``y`` checked for the output head: int64 labels (B,) for softmax, else (B, C) in the model's dtype."""
+        if self.output == "softmax":
+            return as_labels("y", y, batch, self.n_classes)
+        arr = np.asarray(y)
+        if arr.ndim == 1 and self.n_classes == 1:
+            arr = arr.reshape(-1, 1)
+        t = as_float_2d("y", arr, self.dtype, self.n_classes)
+        if t.shape[0] != batch:
+            raise ValueError(f"y: expected {batch} rows of targets (one per row of x), got {t.shape[0]}")
+        if not np.isfinite(t).all():
+            raise ValueError("y: expected finite target values, got NaN or inf")
+        if self.output == "logistic" and not ((t >= 0) & (t <= 1)).all():
+            raise ValueError(f"y: expected targets in [0, 1] for output='logistic', got values in "
+                             f"[{t.min()}, {t.max()}]")
+        return t
+
+    def _sample_weight(self, sample_weight, batch) -> np.ndarray:
+        """``sample_weight`` checked: (B,) in the model's dtype, finite, >= 0, with a positive sum."""
+        w = np.asarray(sample_weight)
+        if w.dtype.kind not in "biuf":
+            raise TypeError(f"sample_weight: expected a real numeric array, got dtype {w.dtype}")
+        if w.shape != (batch,):
+            raise ValueError(f"sample_weight: expected shape ({batch},) (one weight per row of x), got {w.shape}")
+        w = w.astype(self.dtype, copy=False)
+        if not (np.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError("sample_weight: expected finite weights >= 0, got a negative, NaN or inf weight")
+        if not w.sum() > 0:
+            raise ValueError("sample_weight: expected a positive sum, got all zeros")
+        return w
+
+    def _train_step(self, x, images, targets, weights, optimizer, bufs) -> float:
         """:meth:`train_step` on checked inputs (x None for ``images``), in the buffer set ``bufs``."""
         fused = optimizer.fused
         if images is not None:  # fused SGD can update the first layer from the pixels themselves
             x = self._image_input(images, bufs, keep=not fused)
         logits = self._logits_into(x, bufs, images)
         # dL/dlogits overwrites the logits buffer: the logits are not needed again.
-        loss, correct = K.softmax_cross_entropy_forward_backward(logits, logits, labels)
+        loss, correct = _HEADS[self.output][1](logits, logits, targets, weights=weights)
         self.last_batch_correct = correct
         if not np.isfinite(loss):
             return float(loss)  # leave the parameters as they were; the caller decides
@@ -345,18 +405,19 @@ class MLP:
         return float(loss)
 
     def evaluate(self, x, y, batch_size=1000):
-        """Mean cross-entropy loss and accuracy of the model on (x, y), in chunks of ``batch_size``.
+        """Mean loss and accuracy of the model on (x, y), in chunks of ``batch_size``.
 
-        x (N, D); y (N,) int class indices or one-hot (N, C). Returns (loss, accuracy) as floats.
+        x (N, D); y the output head's targets (see ``train_step``). Returns (loss,
+        accuracy) as floats, accuracy NaN for the identity head (no classes).
         """
         x = as_float_2d("x", x, self.dtype, self.n_inputs)
-        labels = as_labels("y", y, x.shape[0], self.n_classes)
+        labels = self._targets(y, x.shape[0])
         batch_size = check_positive_int("batch_size", batch_size)
         chunks = ((x[s : s + batch_size], labels[s : s + batch_size]) for s in range(0, x.shape[0], batch_size))
         return self.evaluate_batches(chunks)
 
     def evaluate_batches(self, batches):
-        """Mean cross-entropy loss and accuracy over an iterable of (x (b, D), y (b,)) batches.
+        """Mean loss and accuracy (as :meth:`evaluate`) over an iterable of (x (b, D), y) batches.
 
         For data that is converted batch by batch (``fastmlp.data.DataSet.batches``):
         each x is used before the next is asked for. An x may also be an
@@ -368,29 +429,36 @@ class MLP:
             images = self._check_images(xb) if isinstance(xb, ImageBatch) else None
             xb = None if images is not None else as_float_2d("x", xb, self.dtype, self.n_inputs)
             rows = len(images) if images is not None else xb.shape[0]
-            labels = as_labels("y", yb, rows, self.n_classes)
+            targets = self._targets(yb, rows)
             with self._buffers.lent(rows) as bufs:
                 if images is not None:
                     xb = self._image_input(images, bufs, keep=False)
-                loss, correct = K.softmax_cross_entropy_forward(self._logits_into(xb, bufs, images), labels)
+                loss, correct = _HEADS[self.output][2](self._logits_into(xb, bufs, images), targets)
             total_loss += loss * rows
             total_correct += correct
             n += rows
         if n == 0:
             raise ValueError("batches: expected at least one batch, got none")
-        return total_loss / n, total_correct / n
+        return total_loss / n, (total_correct / n if self.output != "identity" else float("nan"))
 
     def predict_proba(self, x, batch_size=1000):
-        """Class probabilities (N, C) for x (N, D), without keeping anything for backward."""
+        """The output head's values (N, C) for x (N, D), without keeping anything for backward.
+
+        Class probabilities (softmax), each output's probability (logistic), or
+        the predicted targets (identity).
+        """
         x = as_float_2d("x", x, self.dtype, self.n_inputs)
         batch_size = check_positive_int("batch_size", batch_size)
         out = np.empty((x.shape[0], self.n_classes), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size]
             with self._buffers.lent(xb.shape[0]) as bufs:
-                K.softmax_forward(out[start : start + xb.shape[0]], self._logits_into(xb, bufs))
+                _HEADS[self.output][0].forward_kernel(out[start : start + xb.shape[0]], self._logits_into(xb, bufs))
         return out
 
     def predict(self, x, batch_size=1000):
-        """Predicted class indices (N,) int64."""
-        return self.predict_proba(x, batch_size).argmax(axis=1).astype(np.int64)
+        """Predicted class indices (N,) int64 (softmax); 0/1 labels (N, C) int64 (logistic); targets (N, C) (identity)."""
+        out = self.predict_proba(x, batch_size)
+        if self.output == "softmax":
+            return out.argmax(axis=1).astype(np.int64)
+        return (out > 0.5).astype(np.int64) if self.output == "logistic" else out

@@ -21,6 +21,7 @@ __all__ = [
     "linear_forward",
     "linear_forward_images",
     "logistic_backward",
+    "logistic_cross_entropy",
     "logistic_forward",
     "pixel_sums",
     "relu_backward",
@@ -29,6 +30,7 @@ __all__ = [
     "softmax_backward",
     "softmax_cross_entropy",
     "softmax_forward",
+    "squared_error",
     "tanh_backward",
     "tanh_forward",
 ]
@@ -137,21 +139,47 @@ def cross_entropy_backward(p, t):
     return -t / np.maximum(p, _floor(p.dtype)) / p.shape[0]
 
 
-def softmax_cross_entropy(z, labels):
-    """Fused softmax + cross-entropy on logits z (B, C) and int labels (B,).
+def _row_weights(weights, b, dtype):
+    """Per-row weights (B, 1) divided by their sum: 1/B each when ``weights`` is None."""
+    w = np.ones(b, dtype=dtype) if weights is None else np.asarray(weights, dtype=dtype)
+    return (w / w.sum())[:, None]
 
-    Returns (mean loss, dz (B, C) = (softmax(z) - onehot) / B).
+
+def softmax_cross_entropy(z, labels, weights=None):
+    """Fused softmax + cross-entropy on logits z (B, C) and int labels (B,), rows weighted by ``weights`` (B,).
+
+    Returns (weighted mean loss, dz (B, C) = (softmax(z) - onehot) w_b / sum w): 1/B each without weights.
     """
     b = z.shape[0]
     rows = np.arange(b)
     shifted = z - z.max(axis=1, keepdims=True)
     e = np.exp(shifted)  # once: the loss and the gradient share it
     norm = e.sum(axis=1, keepdims=True)
-    loss = float((np.log(norm[:, 0]) - shifted[rows, labels]).mean())
+    r = _row_weights(weights, b, z.dtype)
+    loss = float(((np.log(norm[:, 0]) - shifted[rows, labels]) * r[:, 0]).sum())
     dz = e / norm
     dz[rows, labels] -= 1
-    dz /= b
-    return loss, dz
+    return loss, dz * r
+
+
+def logistic_cross_entropy(z, t, weights=None):
+    """Sigmoid + binary cross-entropy on logits z (B, C) and targets t (B, C) in [0, 1], summed over outputs.
+
+    Returns (weighted mean over rows of sum_c [softplus(z) - t z], dz = (sigmoid(z) - t) w_b / sum w).
+    """
+    r = _row_weights(weights, z.shape[0], z.dtype)
+    softplus = np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+    return float(((softplus - t * z).sum(axis=1) * r[:, 0]).sum()), (logistic_forward(z) - t) * r
+
+
+def squared_error(z, t, weights=None):
+    """scikit-learn's squared loss on outputs z (B, C) and targets t (B, C), and its gradient.
+
+    Returns (sum_b w_b ||z_b - t_b||^2 / (2 C sum w), dz = (z - t) w_b / sum w): the
+    gradient of C times the loss, as scikit-learn's MLPRegressor computes it.
+    """
+    r = _row_weights(weights, z.shape[0], z.dtype)
+    return float((((z - t) ** 2).sum(axis=1) * r[:, 0]).sum() / (2 * z.shape[1])), (z - t) * r
 
 
 def sgd_update(w, g, v=None, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
