@@ -149,12 +149,20 @@ def test_a_zero_sample_weight_removes_the_sample(digits):
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
-def test_the_fused_core_and_the_numpy_path_make_the_same_updates(digits, activation):
-    """Weights all 2 (alpha 0) give the unweighted gradient but go through NumPy backprop, not MLP.train_step."""
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
+def test_the_fused_core_and_the_numpy_path_make_the_same_updates(digits, task, activation, monkeypatch):
+    """MLP.train_step (every head, with sample weights) and the NumPy backprop do the same sums."""
+    from fastmlp.estimators.network import Network
+
     X, y = digits
-    params = dict(random_state=0, max_iter=3, alpha=0.0, activation=activation, hidden_layer_sizes=(24, 12))
-    core = MLPClassifier(**params).fit(X, y)
-    numpy_path = MLPClassifier(**params).fit(X, y, sample_weight=np.full(len(y), 2.0))
+    target = {"multiclass": y, "binary": y > 4, "multilabel": np.stack([y > 4, y % 2 == 0], axis=1).astype(int),
+              "regression": np.stack([y / 9.0, X[:, 20]], axis=1)}[task]
+    weights = np.random.default_rng(1).uniform(0, 2, size=len(y))
+    cls = MLPRegressor if task == "regression" else MLPClassifier
+    params = dict(random_state=0, max_iter=3, alpha=1e-2, activation=activation, hidden_layer_sizes=(24, 12))
+    core = cls(**params).fit(X, target, sample_weight=weights)
+    monkeypatch.setattr(Network, "uses_core", lambda self, sample_weight: False)
+    numpy_path = cls(**params).fit(X, target, sample_weight=weights)
     _assert_same_training(core, numpy_path, rtol=1e-9)
 
 
@@ -218,11 +226,11 @@ def test_an_interrupted_fit_keeps_what_it_learnt(digits, monkeypatch):
     calls = {"n": 0}
     original = Network.train_batch
 
-    def interrupt_at_the_fifth_batch(self, *args):
+    def interrupt_at_the_fifth_batch(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return original(self, *args)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Network, "train_batch", interrupt_at_the_fifth_batch)
     with pytest.warns(UserWarning, match="Training interrupted by user"):

@@ -275,13 +275,14 @@ class BaseMLP(BaseEstimator):
     def _epoch(self, X, y, labels, sample_weight, order, batch_size) -> float:
         """One pass over the data in ``order``; returns the epoch's mean loss (scikit-learn's ``loss_``)."""
         n_samples = X.shape[0]
-        # the core's fused loss reads class indices; NumPy backprop reads the target rows
-        targets = labels if labels is not None and self._network.uses_core(sample_weight) else y
+        fused = self._network.uses_core(sample_weight)
+        # a fused softmax head reads class indices; the other heads and NumPy backprop read the target rows
+        targets = labels if fused and labels is not None else y
         accumulated = 0.0
         for batch in gen_batches(n_samples, batch_size):
             rows = order[batch] if self.shuffle else batch
             weights = None if sample_weight is None else sample_weight[rows]
-            loss = self._network.train_batch(_dense(X[rows]), targets[rows], weights, self.alpha)
+            loss = self._network.train_batch(_dense(X[rows]), targets[rows], weights, self.alpha, fused=fused)
             if not np.isfinite(loss):
                 raise ValueError(f"Solver produced non-finite parameter weights (loss {loss} at iteration "
                                  f"{self.n_iter_ + 1}). The input data may contain large values and need to be "

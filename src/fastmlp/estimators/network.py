@@ -20,10 +20,11 @@ reproduce; this module makes fastmlp's parts compute them:
   ``sqrt(v)`` before the bias correction, which is fastmlp's Adam with
   ``eps = epsilon / sqrt(1 - beta_2^t)``.
 
-Where the core has the fused kernels for the network (:data:`CORE_NETWORKS`) and
-no sample weights are given, a batch is one :meth:`fastmlp.MLP.train_step`;
-otherwise the forward and backward passes are NumPy here (the same formulas) and
-the optimizer makes the update from the ``grads`` this module fills.
+Where the core has the output head (:data:`CORE_OUTPUTS`: every network but the
+Poisson regressor's) and the sample weights are not negative, a batch is one
+:meth:`fastmlp.MLP.train_step`; otherwise the forward and backward passes are
+NumPy here (the same formulas) and the optimizer makes the update from the
+``grads`` this module fills.
 
 Shapes: B batch, D inputs, K outputs; ``units`` = [D, hidden..., K].
 """
@@ -33,10 +34,10 @@ import math
 
 import numpy as np
 
-__all__ = ["CORE_NETWORKS", "Network"]
+__all__ = ["CORE_OUTPUTS", "Network"]
 
-#: (hidden activation, output activation) pairs that ``MLP.train_step`` trains fused.
-CORE_NETWORKS = frozenset((hidden, "softmax") for hidden in ("relu", "tanh", "logistic", "identity"))
+#: Output activations that are ``MLP``'s fused output heads (each with its loss); any hidden activation fuses.
+CORE_OUTPUTS = ("softmax", "logistic", "identity")
 
 
 def _relu(z):
@@ -131,7 +132,10 @@ class Network:
         """A network of layer widths ``units`` initialised as scikit-learn's ``_init_coef`` would."""
         from fastmlp.mlp import MLP
 
-        model = MLP(units[0], units[1:-1], units[-1], dtype=dtype, seed=0, init="xavier", activation=activation)
+        # the exponential output (Poisson loss) has no head in the core: NumPy computes it after the identity
+        output = out_activation if out_activation in CORE_OUTPUTS else "identity"
+        model = MLP(units[0], units[1:-1], units[-1], dtype=dtype, seed=0, init="xavier", activation=activation,
+                    output=output)
         factor = 2.0 if activation == "logistic" else 6.0
         for lin, fan_in, fan_out in zip(model.linears, units[:-1], units[1:]):
             bound = np.sqrt(factor / (fan_in + fan_out))
@@ -139,6 +143,18 @@ class Network:
             weight[...] = random_state.uniform(-bound, bound, (fan_in, fan_out)).T
             bias[...] = random_state.uniform(-bound, bound, fan_out)
         return cls(model, activation, out_activation, loss)
+
+    def __setstate__(self, state: dict) -> None:
+        # A pickle loaded from a read-only memory map (joblib does that) gives read-only
+        # arrays; the kernels update parameters, gradients and optimizer state in place.
+        self.__dict__.update(state)
+        stores = [store for lin in self.model.linears for store in (lin.params, lin.grads)]
+        if self.optimizer is not None:
+            stores.append(self.optimizer.state)
+        for store in stores:
+            for key, value in store.items():
+                if isinstance(value, np.ndarray) and not value.flags.writeable:
+                    store[key] = value.copy()
 
     # ---------------------------------------------------------------- parameters
     @property
@@ -196,10 +212,14 @@ class Network:
 
     # ---------------------------------------------------------------- training
     def uses_core(self, sample_weight) -> bool:
-        """Whether a batch is trained by ``MLP.train_step`` (fused kernels)."""
-        return sample_weight is None and (self.activation, self.out_activation) in CORE_NETWORKS
+        """Whether batches of these samples are trained by ``MLP.train_step`` (fused kernels).
 
-    def train_batch(self, x: np.ndarray, targets: np.ndarray, sample_weight, alpha: float) -> float:
+        The core's heads take weights >= 0; scikit-learn also accepts negative ones.
+        """
+        weights_ok = sample_weight is None or bool(np.all(sample_weight >= 0))
+        return self.out_activation in CORE_OUTPUTS and weights_ok
+
+    def train_batch(self, x: np.ndarray, targets: np.ndarray, sample_weight, alpha: float, *, fused: bool) -> float:
         """One update on the batch; returns scikit-learn's loss before it (penalty included).
 
         Parameters
@@ -207,11 +227,13 @@ class Network:
         x : ndarray (B, D)
             C-contiguous, of the network's dtype.
         targets : ndarray (B,) of int, or (B, K)
-            Class indices where :meth:`uses_core` (what the core's fused loss
-            reads), else the target rows (one-hot or indicator rows for classifiers).
+            The target rows (one-hot or indicator rows for classifiers), or
+            class indices for a fused softmax head (what its loss kernel reads).
         sample_weight : ndarray (B,) or None
         alpha : float
             scikit-learn's L2 penalty.
+        fused : bool
+            Train with ``MLP.train_step`` (where :meth:`uses_core`), else NumPy backprop.
         """
         total = x.shape[0] if sample_weight is None else float(sample_weight.sum())
         penalty = 0.0
@@ -221,8 +243,8 @@ class Network:
         self.optimizer.weight_decay = alpha / total
         if self.epsilon:  # Adam
             self.optimizer.eps = self.epsilon / math.sqrt(1.0 - self.optimizer.beta2 ** (self.optimizer.t + 1))
-        if targets.ndim == 1:
-            return self.model.train_step(x, targets, self.optimizer) + penalty
+        if fused:
+            return self.model.train_step(x, targets, self.optimizer, sample_weight=sample_weight) + penalty
         return self._numpy_step(x, targets, sample_weight, total) + penalty
 
     def _numpy_step(self, x, y, sample_weight, total) -> float:
@@ -260,6 +282,6 @@ class Network:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The output activations (B, K) for x (B, D)."""
-        if (self.activation, self.out_activation) in CORE_NETWORKS:
+        if self.out_activation in CORE_OUTPUTS:
             return self.model.predict_proba(x)
         return self._forward(x, keep=False)[-1]
