@@ -148,6 +148,13 @@ def test_a_zero_sample_weight_removes_the_sample(digits):
     np.testing.assert_allclose(changed.predict(X), weighted.predict(X), rtol=1e-10, atol=1e-12)
 
 
+def test_a_batch_of_zero_weights_is_refused_by_name():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    weights = np.r_[np.zeros(20), np.ones(20)]
+    with pytest.raises(ValueError, match=r"sample_weight: a batch of 10 samples has weights summing to 0"):
+        MLPRegressor(batch_size=10, shuffle=False).fit(X, X[:, 0], sample_weight=weights)
+
+
 @pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
 @pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
 def test_the_fused_core_and_the_numpy_path_make_the_same_updates(digits, task, activation, monkeypatch):

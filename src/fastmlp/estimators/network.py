@@ -236,6 +236,9 @@ class Network:
             Train with ``MLP.train_step`` (where :meth:`uses_core`), else NumPy backprop.
         """
         total = x.shape[0] if sample_weight is None else float(sample_weight.sum())
+        if total <= 0:  # scikit-learn divides by it too (and fails with ZeroDivisionError)
+            raise ValueError(f"sample_weight: a batch of {x.shape[0]} samples has weights summing to {total}; each "
+                             "batch needs a positive sum (shuffle=True or a larger batch_size mixes the samples)")
         penalty = 0.0
         if alpha:
             # the core's (out, in) weights are contiguous: vdot reads them without a copy
