@@ -20,7 +20,7 @@ CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.se
                "fastmlp.__main__", "fastmlp.plot", "torch_models.cli", "torch_models.train_mlp",
                "torch_models.train_convnet", "fastmlp.predict"}
 LIBRARY_MODULES = {
-    "fastmlp.modelfile", "fastmlp.interop", "fastmlp.onnx_export",
+    "fastmlp.modelfile", "fastmlp.predictor", "fastmlp.interop", "fastmlp.onnx_export",
     "fastmlp", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.curves", "fastmlp.data", "fastmlp.data.cache",
     "fastmlp.data.dataset", "fastmlp.data.files", "fastmlp.data.idx", "fastmlp.data.preprocessing", "fastmlp.data.registry",
     "fastmlp.data.sources", "fastmlp._blas", "fastmlp.estimators",
