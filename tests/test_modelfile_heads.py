@@ -158,3 +158,22 @@ def test_heads_the_file_cannot_hold_and_wrong_labels_are_refused(tmp_path):
     with pytest.raises(ValueError, match="expected a list of 2 labels"):
         fastmlp.save(binary, tmp_path / "b.safetensors", classes=["yes"])
     assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- ONNX
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_onnx_graph_gives_the_estimators_probabilities_or_values(tmp_path, kind, activation):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    estimator, X = _fitted(kind, activation)
+    path = fastmlp.export_onnx(estimator, tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    regressor = kind in ("regression", "multioutput")
+    assert session.get_outputs()[0].name == ("values" if regressor else "probabilities")
+    got = session.run(None, {"x": X.astype(np.float32)})[0]
+    expected = estimator.predict(X).reshape(len(X), -1) if regressor else estimator.predict_proba(X)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert props["target"] == TARGET[kind]
+    assert json.loads(props["classes"]) == (None if regressor else estimator.classes_.tolist())
