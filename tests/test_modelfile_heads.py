@@ -146,18 +146,37 @@ def test_an_unfitted_estimator_is_refused_by_name(tmp_path, cls):
     assert not list(tmp_path.iterdir())
 
 
-def test_heads_the_file_cannot_hold_and_wrong_labels_are_refused(tmp_path):
-    cls, X, y = _data("regression")
-    poisson = cls(loss="poisson", hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit(X, np.abs(y))
-    with pytest.raises(ValueError, match="output activation 'exp'"):
-        fastmlp.save(poisson, tmp_path / "p.safetensors")
+def test_wrong_labels_and_unknown_heads_are_refused(tmp_path):
     identity = fastmlp.MLP(5, [4], 2, seed=0, output="identity")
     with pytest.raises(ValueError, match="classes: a regressor"):
         fastmlp.save(identity, tmp_path / "i.safetensors", classes=["a", "b"])
     binary = fastmlp.MLP(5, [4], 1, seed=0, output="logistic")
     with pytest.raises(ValueError, match="expected a list of 2 labels"):
         fastmlp.save(binary, tmp_path / "b.safetensors", classes=["yes"])
+
+    class Softplus:  # a head the file has no name for
+        coefs_, intercepts_ = [np.ones((5, 2))], [np.zeros(2)]
+        activation, out_activation_ = "relu", "softplus"
+
+    with pytest.raises(ValueError, match="output activation 'softplus': expected"):
+        fastmlp.save(Softplus(), tmp_path / "s.safetensors")
     assert not list(tmp_path.iterdir())
+
+
+def _poisson(dtype="float32"):
+    cls, X, y = _data("multioutput")
+    return cls(loss="poisson", hidden_layer_sizes=(5,), activation="tanh", max_iter=10, random_state=0,
+               dtype=dtype).fit(X, np.exp(y / 4)), X
+
+
+def test_a_poisson_regressor_keeps_its_exponential_output(tmp_path):
+    estimator, X = _poisson()
+    loaded = fastmlp.load(fastmlp.save(estimator, tmp_path / "p.safetensors"))
+    assert loaded.out_activation_ == "exp" and loaded.target == "regression"
+    # the estimator's exponential head runs in NumPy, the Predictor's network in the core's kernels
+    np.testing.assert_allclose(loaded.predict(X), estimator.predict(X), rtol=1e-6)
+    again = fastmlp.load(fastmlp.save(loaded, tmp_path / "again.safetensors"))
+    np.testing.assert_array_equal(again.predict(X), loaded.predict(X))
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -177,3 +196,11 @@ def test_the_onnx_graph_gives_the_estimators_probabilities_or_values(tmp_path, k
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props["target"] == TARGET[kind]
     assert json.loads(props["classes"]) == (None if regressor else estimator.classes_.tolist())
+
+
+def test_the_onnx_graph_of_a_poisson_regressor_ends_in_exp(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    estimator, X = _poisson()
+    session = ort.InferenceSession(str(fastmlp.export_onnx(estimator, tmp_path / "p.onnx")),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": X.astype(np.float32)})[0], estimator.predict(X), rtol=1e-5)

@@ -22,7 +22,8 @@ The file is safetensors (tensors and a JSON header; reading it runs no code):
 The output head says what the model predicts: ``softmax``, one class of C
 (``classes`` has C labels); ``logistic`` with one output, one of two classes (two
 labels, scikit-learn's binary classifier); ``logistic`` with C outputs, a set of
-the C labels (multilabel); ``identity``, C values (a regressor: ``classes`` null).
+the C labels (multilabel); ``identity``, C values (a regressor: ``classes`` null);
+``exp``, their exponentials (a regressor fitted with scikit-learn's Poisson loss).
 
 Every file is checked before safetensors parses it, so a truncated, foreign or
 hostile file raises ``ValueError`` naming it: the 8-byte header length against the
@@ -75,7 +76,7 @@ TENSOR_DTYPES = {"F32": np.dtype(np.float32), "F64": np.dtype(np.float64)}
 CLASS_KINDS = "biufU"
 #: The hidden activations and the output heads a model file may hold.
 ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
-OUTPUTS = ("softmax", "logistic", "identity")
+OUTPUTS = ("softmax", "logistic", "identity", "exp")
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
@@ -126,7 +127,7 @@ def _network_of(obj) -> dict[str, Any]:
 
 def _labels(classes, out_activation: str, n_outputs: int) -> np.ndarray | None:
     """The labels a file stores: ``classes``, or by default 0..C-1 (0, 1 for one logistic output; none for identity)."""
-    if classes is None and out_activation != "identity":
+    if classes is None and out_activation not in ("identity", "exp"):
         classes = np.arange(2 if out_activation == "logistic" and n_outputs == 1 else n_outputs)
     if classes is None:
         return None
@@ -144,8 +145,11 @@ def model_record(obj, *, offset=None, scale=None, preprocessing: str | None = No
     if preprocessing is not None and not isinstance(preprocessing, str):  # a fastmlp.data.Preprocessing
         offset, scale, preprocessing = preprocessing.offset, preprocessing.scale, preprocessing.kind
     if isinstance(obj, Predictor):
-        return model_record(obj.model, offset=obj.offset, scale=obj.scale, preprocessing=obj.preprocessing,
-                            classes=obj.classes_, input_shape=obj.input_shape, feature_names=obj.feature_names_in_)
+        tensors, meta = model_record(obj.model, offset=obj.offset, scale=obj.scale, preprocessing=obj.preprocessing,
+                                     classes=obj.classes_, input_shape=obj.input_shape,
+                                     feature_names=obj.feature_names_in_)
+        meta["architecture"]["out_activation"] = obj.out_activation_  # "exp" is not the network's own head
+        return tensors, meta
     network = _network_of(obj)
     layers = network["layers"]
     dtype = np.dtype(layers[0][0].dtype)
@@ -190,8 +194,8 @@ def save(obj, path: str | os.PathLike, *, offset=None, scale=None, preprocessing
     obj : fastmlp.MLP, fitted fastmlp.MLPClassifier or MLPRegressor, or Predictor
         An estimator is read through its public fitted attributes (``coefs_``,
         ``intercepts_``, ``activation``, ``out_activation_``, ``classes_``,
-        ``feature_names_in_``), so scikit-learn's own MLPs save too (except
-        ``out_activation_='exp'``, the Poisson loss's); a Predictor keeps everything it holds.
+        ``feature_names_in_``), so scikit-learn's own MLPs save too; a Predictor keeps
+        everything it holds.
     path : path
         The file to write (by convention ``*.safetensors``); its folder is created.
     offset, scale : array (D,), optional
@@ -367,9 +371,9 @@ def _check_head(meta: dict, n_outputs: int, what: str) -> None:
         raise ValueError(f"{what}: activation {activation!r:.40} and output activation {head!r:.40}: expected "
                          f"an activation of {ACTIVATIONS} and an output of {OUTPUTS}")
     classes = meta.get("classes")
-    if head == "identity":
+    if head in ("identity", "exp"):
         if classes is not None:
-            raise ValueError(f"{what}: classes: a regressor (output 'identity') has none, got {classes!r:.200}")
+            raise ValueError(f"{what}: classes: a regressor (output {head!r}) has none, got {classes!r:.200}")
         return
     n_labels = 2 if head == "logistic" and n_outputs == 1 else n_outputs
     if not isinstance(classes, list) or len(classes) != n_labels:
@@ -384,10 +388,11 @@ def _build(meta: dict, tensors: dict[str, np.ndarray], what: str) -> Predictor:
     arch = meta["architecture"] if isinstance(meta.get("architecture"), dict) else {}
     sizes = arch.get("sizes")
     _check_fits(meta, {name: t.shape for name, t in tensors.items()}, sizes, what)
+    head = arch.get("out_activation", "softmax")
     try:
         dtype = np.dtype(arch.get("dtype"))
         model = MLP(sizes[0], sizes[1:-1], sizes[-1], dtype=dtype, activation=arch.get("activation", "relu"),
-                    output=arch.get("out_activation", "softmax"))
+                    output="identity" if head == "exp" else head)
         classes = None if meta["classes"] is None else _read_classes(meta)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what}: cannot rebuild the model it describes: {exc}") from None
@@ -401,7 +406,8 @@ def _build(meta: dict, tensors: dict[str, np.ndarray], what: str) -> Predictor:
     return Predictor(model, classes, offset=None if offset is None else offset.astype(dtype),
                      scale=None if scale is None else scale.astype(dtype), preprocessing=spec.get("preprocessing"),
                      input_shape=None if spec.get("shape") is None else tuple(spec["shape"]), info=info,
-                     feature_names=None if names is None else np.asarray(names, dtype=object))
+                     feature_names=None if names is None else np.asarray(names, dtype=object),
+                     out_activation=head)
 
 
 def _read_classes(meta: dict) -> np.ndarray:

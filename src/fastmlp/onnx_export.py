@@ -9,7 +9,7 @@ with the activation Relu, Tanh, Sigmoid or Identity, and the head by what the mo
 predicts: Softmax (multiclass) or Sigmoid (multilabel) to ``probabilities`` (N, C);
 for a binary model (one logistic output) Sigmoid then (1 - p, p) to
 ``probabilities`` (N, 2), as scikit-learn's ``predict_proba``; for a regressor the
-``values`` (N, K), K the number of outputs (1 included).
+``values`` (N, K), K the number of outputs (1 included), through Exp for the Poisson loss's output.
 
 The preprocessing the model was trained with is part of the graph: a runtime
 feeds it the stored pixels (for CIFAR-10, uint8 rows of 3,072 values in CIFAR's
@@ -70,7 +70,7 @@ def _head(predictor, logits: str, inits: list, numpy_helper, helper) -> list:
     """The nodes from the last layer's ``logits`` to the graph's output, by the predictor's target."""
     target = predictor.target
     if target == "regression":
-        return [helper.make_node("Identity", [logits], [VALUES_NAME])]
+        return [helper.make_node("Exp" if predictor.out_activation_ == "exp" else "Identity", [logits], [VALUES_NAME])]
     if target == "multiclass":
         return [helper.make_node("Softmax", [logits], [OUTPUT_NAME], axis=1)]
     if target == "multilabel":

@@ -36,6 +36,9 @@ class Predictor:
         The file's metadata (versions, source), as read.
     feature_names : ndarray (D,) of str, optional
         The column names the estimator was fitted with: a DataFrame's columns are checked against them.
+    out_activation : str, optional
+        ``"exp"`` for a regressor with an exponential output (scikit-learn's Poisson
+        loss; ``model`` then has the identity head); default: ``model``'s head.
 
     Attributes
     ----------
@@ -45,10 +48,12 @@ class Predictor:
         D.
     n_outputs_ : int
         K.
+    out_activation_ : str
+        The output head: ``softmax``, ``logistic``, ``identity`` or ``exp``.
     """
 
     def __init__(self, model, classes, *, offset=None, scale=None, preprocessing=None, input_shape=None,
-                 info=None, feature_names=None):
+                 info=None, feature_names=None, out_activation=None):
         self.model = model
         self.classes_ = classes
         self.offset, self.scale = offset, scale
@@ -56,6 +61,7 @@ class Predictor:
         self.input_shape = input_shape
         self.info = info if info is not None else {}
         self.feature_names_in_ = feature_names
+        self.out_activation = out_activation
 
     @property
     def n_features_in_(self) -> int:
@@ -70,12 +76,16 @@ class Predictor:
         return self.model.dtype
 
     @property
+    def out_activation_(self) -> str:
+        return self.model.output if self.out_activation is None else self.out_activation
+
+    @property
     def target(self) -> str:
         """What :meth:`predict` gives, one of :data:`TARGETS`: a class, one of two, a set of labels, values."""
-        head = self.model.output
+        head = self.out_activation_
         if head == "logistic":
             return "binary" if self.n_outputs_ == 1 else "multilabel"
-        return "regression" if head == "identity" else "multiclass"
+        return "multiclass" if head == "softmax" else "regression"
 
     def __repr__(self) -> str:
         labels = "" if self.classes_ is None else f", classes={len(self.classes_)}"
@@ -142,12 +152,15 @@ class Predictor:
 
     def outputs(self, x, batch_size: int = 1000) -> np.ndarray:
         """The output head's values (N, K) of the model's dtype for raw inputs ``x``."""
-        return self.model.predict_proba(self.transform(x), batch_size)
+        out = self.model.predict_proba(self.transform(x), batch_size)
+        if self.out_activation_ == "exp":  # the core has no exponential head: applied after its identity
+            np.exp(out, out=out)
+        return out
 
     def _classifier_only(self, name: str) -> None:
         if self.target == "regression":  # as scikit-learn's regressors, which have no such method
-            raise AttributeError(f"{name}: this model is a regressor (output 'identity'): it predicts values, "
-                                 "use predict")
+            raise AttributeError(f"{name}: this model is a regressor (output {self.out_activation_!r}): it "
+                                 "predicts values, use predict")
 
     @property
     def predict_proba(self):
