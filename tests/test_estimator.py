@@ -379,8 +379,8 @@ def test_clone_pipeline_gridsearch(digits):
     assert search.best_params_["learning_rate_init"] == 1e-2
 
 
-def test_import_fastmlp_does_not_import_scikit_learn():
-    code = ("import sys, fastmlp\nfastmlp.MLP\nassert 'sklearn' not in sys.modules\n"
+def test_import_fastmlp_and_its_training_cli_do_not_import_scikit_learn():
+    code = ("import sys, fastmlp, fastmlp.train\nfastmlp.MLP\nassert 'sklearn' not in sys.modules\n"
             "fastmlp.MLPRegressor\nassert 'sklearn' in sys.modules\nprint('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
