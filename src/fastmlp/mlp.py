@@ -116,7 +116,7 @@ class MLP:
     ----------
     layers : list
         ``[LinearModule, ReLUModule, ..., LinearModule, SoftMaxModule]`` (the course's order; the
-        activation's module in place of ``ReLUModule``).
+        activation's and the output head's modules in place of ``ReLUModule`` and ``SoftMaxModule``).
     linears : list of LinearModule
         The parameterised layers, input to output.
 
@@ -124,7 +124,7 @@ class MLP:
     -----
     ``forward``/``backward`` follow the course (probabilities out, module by
     module). ``train_step`` is the fast path: forward with fused bias+activation, the
-    fused softmax-cross-entropy, backward with the activation's derivative folded
+    output head's fused loss and gradient, backward with the activation's derivative folded
     into each dX GEMM, and the optimizer update; it allocates nothing after its first
     call for a given batch size.
 
