@@ -254,6 +254,12 @@ def test_a_refused_refit_leaves_the_fitted_model(digits):
     np.testing.assert_array_equal(clf.predict_proba(X), before)
 
 
+def test_a_huge_max_iter_builds_nothing_of_its_length(digits):
+    clf = MLPClassifier(max_iter=2**62, tol=10.0, n_iter_no_change=1, random_state=0).fit(*digits)
+    # epoch 1 sets best_loss_; epochs 2 and 3 fail to beat it by tol, and 2 > n_iter_no_change stops
+    assert clf.n_iter_ == 3
+
+
 # ------------------------------------------------------------------ dtype, attributes, input checks
 @pytest.mark.parametrize("input_dtype, dtype, expected", [
     (np.float64, None, np.float64), (np.float32, None, np.float32), (np.int64, None, np.float64),
@@ -373,8 +379,8 @@ def test_clone_pipeline_gridsearch(digits):
     assert search.best_params_["learning_rate_init"] == 1e-2
 
 
-def test_import_fastmlp_does_not_import_scikit_learn():
-    code = ("import sys, fastmlp\nfastmlp.MLP\nassert 'sklearn' not in sys.modules\n"
+def test_import_fastmlp_and_its_training_cli_do_not_import_scikit_learn():
+    code = ("import sys, fastmlp, fastmlp.train\nfastmlp.MLP\nassert 'sklearn' not in sys.modules\n"
             "fastmlp.MLPRegressor\nassert 'sklearn' in sys.modules\nprint('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

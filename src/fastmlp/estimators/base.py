@@ -278,11 +278,17 @@ class BaseMLP(BaseEstimator):
         fused = self._network.uses_core(sample_weight)
         # a fused softmax head reads class indices; the other heads and NumPy backprop read the target rows
         targets = labels if fused and labels is not None else y
+        # shuffled dense rows are gathered into one reused buffer (no allocation per batch)
+        gathered = np.empty((batch_size, X.shape[1]), X.dtype) if self.shuffle and not sparse.issparse(X) else None
         accumulated = 0.0
         for batch in gen_batches(n_samples, batch_size):
             rows = order[batch] if self.shuffle else batch
             weights = None if sample_weight is None else sample_weight[rows]
-            loss = self._network.train_batch(_dense(X[rows]), targets[rows], weights, self.alpha, fused=fused)
+            if gathered is not None:
+                x = np.take(X, rows, axis=0, out=gathered[:len(rows)])
+            else:
+                x = _dense(X[rows])
+            loss = self._network.train_batch(x, targets[rows], weights, self.alpha, fused=fused)
             if not np.isfinite(loss):
                 raise ValueError(f"Solver produced non-finite parameter weights (loss {loss} at iteration "
                                  f"{self.n_iter_ + 1}). The input data may contain large values and need to be "
