@@ -1,4 +1,9 @@
-"""``fastmlp.MLPClassifier``: the scikit-learn estimator API, with and without scikit-learn."""
+"""``fastmlp.MLPClassifier`` / ``MLPRegressor``: scikit-learn's parameters, numbers and estimator contract.
+
+One ``random_state`` starts fastmlp's and scikit-learn's estimators from the same
+weights and feeds them the same batches, so most parameters are tested by
+training both for a few epochs and comparing the loss curves and the weights.
+"""
 from __future__ import annotations
 
 import os
@@ -10,276 +15,382 @@ import warnings
 import numpy as np
 import pytest
 
-from fastmlp import MLPClassifier
-from fastmlp.estimator import NotFittedError
+sklearn = pytest.importorskip("sklearn")
+from sklearn import neural_network  # noqa: E402
+from sklearn.datasets import load_diabetes, load_digits  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-# A configuration that learns small problems in a few hundred updates (the
-# course defaults -- N(0, 1e-4^2) init, SGD at 2e-3 -- are much slower).
-FAST = dict(hidden_layer_sizes=(32,), optimizer="adam", learning_rate=1e-2, init="kaiming", max_steps=200)
+from fastmlp import MLPClassifier, MLPRegressor  # noqa: E402
 
-
-def make_blobs(n=600, n_features=10, n_classes=3, seed=0):
-    """Gaussian clusters around random centres: (X (n, n_features) float64, y (n,) int in 0..n_classes-1)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=2.0, size=(n_classes, n_features))
-    y = rng.integers(0, n_classes, size=n)
-    X = centres[y] + rng.normal(size=(n, n_features))
-    return X, y
+# Most fits here stop at max_iter on purpose (scikit-learn's ConvergenceWarning).
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
 
 @pytest.fixture(scope="module")
-def blobs():
-    X, y = make_blobs()
-    return X[:400], y[:400], X[400:], y[400:]
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return StandardScaler().fit_transform(X[:400]), y[:400]
 
 
-# ------------------------------------------------------------------ fit / predict / score
-def test_fit_predict_score(blobs):
-    X, y, X_test, y_test = blobs
-    clf = MLPClassifier(**FAST, random_state=0)
-    assert clf.fit(X, y) is clf
-    assert clf.score(X_test, y_test) > 0.8  # chance is 1/3
-    assert clf.n_features_in_ == 10
-    assert clf.classes_.tolist() == [0, 1, 2]
-    proba = clf.predict_proba(X_test)
-    assert proba.shape == (200, 3) and proba.dtype == np.float32
-    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_array_equal(clf.predict(X_test), clf.classes_[proba.argmax(axis=1)])
-    assert len(clf.loss_curve_) == clf.n_steps_ == 200
-    assert np.mean(clf.loss_curve_[-20:]) < 0.5 * np.mean(clf.loss_curve_[:20])
-    # A second fit starts afresh (same random_state: same result).
-    before = clf.predict_proba(X_test)
-    clf.fit(X, y)
-    assert clf.n_steps_ == 200
-    np.testing.assert_array_equal(clf.predict_proba(X_test), before)
+@pytest.fixture(scope="module")
+def diabetes():
+    X, y = load_diabetes(return_X_y=True)
+    return StandardScaler().fit_transform(X), (y - y.mean()) / y.std()
 
 
-def test_random_state_controls_the_result(blobs):
-    X, y, X_test, _ = blobs
-    a = MLPClassifier(**FAST, random_state=1).fit(X, y).predict_proba(X_test)
-    b = MLPClassifier(**FAST, random_state=1).fit(X, y).predict_proba(X_test)
-    c = MLPClassifier(**FAST, random_state=2).fit(X, y).predict_proba(X_test)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
+def _both(cls_name: str, X, y, sample_weight=None, **params):
+    """(fastmlp's, scikit-learn's) estimator fitted on the same data with the same parameters."""
+    fitted = []
+    for module in (sys.modules["fastmlp"], neural_network):
+        estimator = getattr(module, cls_name)(random_state=0, **params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fitted.append(estimator.fit(X, y, sample_weight=sample_weight))
+    return fitted
 
 
-def test_string_labels_and_lists(blobs):
-    X, y, X_test, y_test = blobs
-    names = np.array(["cat", "dog", "bird"])
-    clf = MLPClassifier(**FAST, random_state=0).fit(X.tolist(), list(names[y]))
-    assert clf.classes_.tolist() == ["bird", "cat", "dog"]  # sorted, like np.unique
-    predicted = clf.predict(X_test)
-    assert set(predicted) <= {"bird", "cat", "dog"}
-    assert clf.score(X_test, names[y_test]) > 0.8
+def _assert_same_training(ours, theirs, rtol=1e-7):
+    assert ours.n_iter_ == theirs.n_iter_ and ours.t_ == theirs.t_
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=rtol)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=rtol * 100, atol=rtol * 10)
 
 
-def test_logistic_regression_float64(blobs):
-    X, y, X_test, y_test = blobs
-    clf = MLPClassifier(**{**FAST, "hidden_layer_sizes": ()}, dtype=np.float64, random_state=0).fit(X, y)
-    assert clf.model_.n_hidden == []
-    assert clf.predict_proba(X_test).dtype == np.float64
-    assert clf.score(X_test, y_test) > 0.8
+# ------------------------------------------------------------------ scikit-learn's numbers
+CLASSIFIER_SETTINGS = [
+    dict(),  # adam, the fused core path
+    dict(shuffle=False, batch_size=64),
+    dict(solver="sgd"),  # nesterov momentum 0.9
+    dict(solver="sgd", nesterovs_momentum=False, momentum=0.5),
+    dict(solver="sgd", momentum=0.0, learning_rate_init=0.05),
+    dict(solver="sgd", learning_rate="invscaling", power_t=0.25, learning_rate_init=0.05),
+    dict(solver="sgd", learning_rate="adaptive", tol=10.0, n_iter_no_change=1),  # rate / 5 after every epoch
+    dict(alpha=3.0),
+    dict(activation="tanh", hidden_layer_sizes=(20, 10)),
+    dict(activation="logistic", beta_1=0.5, beta_2=0.9, epsilon=1e-3),
+    dict(activation="identity", hidden_layer_sizes=()),
+    dict(early_stopping=True, validation_fraction=0.2, n_iter_no_change=2),
+    dict(tol=10.0, n_iter_no_change=2),  # stops after 3 epochs
+]
 
 
-def test_partial_fit(blobs):
-    X, y, X_test, y_test = blobs
-    clf = MLPClassifier(**{**FAST, "batch_size": 64}, random_state=0)
+@pytest.mark.parametrize("params", CLASSIFIER_SETTINGS, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
+def test_classifier_trains_as_scikit_learn(digits, params):
+    X, y = digits
+    ours, theirs = _both("MLPClassifier", X, y, **{"max_iter": 6, "hidden_layer_sizes": (32,), **params})
+    _assert_same_training(ours, theirs)
+    assert ours.best_loss_ == pytest.approx(theirs.best_loss_) if theirs.best_loss_ is not None else True
+    if params.get("early_stopping"):
+        np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_)
+        assert ours.best_validation_score_ == theirs.best_validation_score_ and ours.best_loss_ is None
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-5, atol=1e-9)
+
+
+def test_the_stopping_rules_stop_where_scikit_learns_do(digits):
+    X, y = digits
+    for params in (dict(tol=10.0, n_iter_no_change=2), dict(early_stopping=True, tol=1.0, n_iter_no_change=3)):
+        ours, theirs = _both("MLPClassifier", X, y, max_iter=50, hidden_layer_sizes=(16,), **params)
+        assert ours.n_iter_ == theirs.n_iter_ < 50
+
+
+@pytest.mark.parametrize("kind", ["binary", "multilabel"])
+def test_logistic_outputs_train_as_scikit_learn(digits, kind):
+    X, y = digits
+    target = y > 4 if kind == "binary" else np.stack([y > 4, y % 2 == 0, y == 3], axis=1).astype(int)
+    ours, theirs = _both("MLPClassifier", X, target, max_iter=5, hidden_layer_sizes=(16,))
+    assert ours.out_activation_ == theirs.out_activation_ == "logistic"
+    _assert_same_training(ours, theirs)
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    assert ours.predict_proba(X).shape == theirs.predict_proba(X).shape
+
+
+@pytest.mark.parametrize("params", [dict(), dict(solver="sgd", learning_rate_init=0.01), dict(loss="poisson")],
+                         ids=["adam", "sgd", "poisson"])
+def test_regressor_trains_as_scikit_learn(diabetes, params):
+    X, y = diabetes
+    y = np.exp(y) if params.get("loss") == "poisson" else y
+    ours, theirs = _both("MLPRegressor", X, y, max_iter=6, hidden_layer_sizes=(16,), **params)
+    _assert_same_training(ours, theirs)
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-6)
+
+
+def test_multi_output_regression(diabetes):
+    X, y = diabetes
+    Y = np.stack([y, -2 * y, X[:, 0]], axis=1)
+    ours, theirs = _both("MLPRegressor", X, Y, max_iter=5)
+    assert ours.n_outputs_ == 3 and ours.predict(X).shape == (len(X), 3)
+    _assert_same_training(ours, theirs)
+
+
+def test_sample_weights_train_as_scikit_learn(digits):
+    X, y = digits
+    weights = np.random.default_rng(0).uniform(0, 3, size=len(y))
+    ours, theirs = _both("MLPClassifier", X, y, sample_weight=weights, max_iter=4, hidden_layer_sizes=(16,))
+    _assert_same_training(ours, theirs)
+
+
+# ------------------------------------------------------------------ each parameter's meaning
+def test_a_zero_sample_weight_removes_the_sample(digits):
+    """One full batch per epoch: samples of weight 0 change nothing (fit without them: the same weights)."""
+    X, y = digits[0][:150], digits[1][:150]
+    weights = np.ones(len(y))
+    weights[::3] = 0
+    kept = weights > 0
+    weighted = MLPRegressor(random_state=0, max_iter=5, shuffle=False).fit(X, y, sample_weight=weights)
+    without = MLPRegressor(random_state=0, max_iter=5, shuffle=False).fit(X[kept], y[kept])
+    for a, b in zip(weighted.coefs_, without.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    changed = MLPRegressor(random_state=0, max_iter=5, shuffle=False).fit(X, y + 5 * ~kept, sample_weight=weights)
+    np.testing.assert_allclose(changed.predict(X), weighted.predict(X), rtol=1e-10, atol=1e-12)
+
+
+def test_a_batch_of_zero_weights_is_refused_by_name():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    weights = np.r_[np.zeros(20), np.ones(20)]
+    with pytest.raises(ValueError, match=r"sample_weight: a batch of 10 samples has weights summing to 0"):
+        MLPRegressor(batch_size=10, shuffle=False).fit(X, X[:, 0], sample_weight=weights)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
+def test_the_fused_core_and_the_numpy_path_make_the_same_updates(digits, task, activation, monkeypatch):
+    """MLP.train_step (every head, with sample weights) and the NumPy backprop do the same sums."""
+    from fastmlp.estimators.network import Network
+
+    X, y = digits
+    target = {"multiclass": y, "binary": y > 4, "multilabel": np.stack([y > 4, y % 2 == 0], axis=1).astype(int),
+              "regression": np.stack([y / 9.0, X[:, 20]], axis=1)}[task]
+    weights = np.random.default_rng(1).uniform(0, 2, size=len(y))
+    cls = MLPRegressor if task == "regression" else MLPClassifier
+    params = dict(random_state=0, max_iter=3, alpha=1e-2, activation=activation, hidden_layer_sizes=(24, 12))
+    core = cls(**params).fit(X, target, sample_weight=weights)
+    monkeypatch.setattr(Network, "uses_core", lambda self, sample_weight: False)
+    numpy_path = cls(**params).fit(X, target, sample_weight=weights)
+    _assert_same_training(core, numpy_path, rtol=1e-9)
+
+
+def test_alpha_penalises_the_weights(digits):
+    X, y = digits
+    norms = [sum(float(np.sum(c * c)) for c in MLPClassifier(alpha=alpha, max_iter=20, random_state=0)
+                 .fit(X, y).coefs_) for alpha in (0.0, 1.0, 100.0)]
+    assert norms[2] < norms[1] < norms[0] and norms[2] < 0.6 * norms[0]
+
+
+def test_early_stopping_stops_and_keeps_the_best_weights(digits):
+    X, y = digits
+    clf = MLPClassifier(early_stopping=True, n_iter_no_change=2, max_iter=500, random_state=0).fit(X, y)
+    assert clf.n_iter_ < 500 and len(clf.validation_scores_) == clf.n_iter_
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+    with pytest.raises(ValueError, match="partial_fit does not support early_stopping"):
+        clf.partial_fit(X, y)
+
+
+def test_warm_start_continues_from_the_fitted_weights(digits):
+    X, y = digits
+    cold = MLPClassifier(max_iter=3, random_state=0, warm_start=False)
+    warm = MLPClassifier(max_iter=3, random_state=0, warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for clf in (cold, warm):
+            clf.fit(X, y)
+            clf.fit(X, y)
+    assert len(cold.loss_curve_) == 3 and len(warm.loss_curve_) == 6
+    assert warm.loss_curve_[3] < warm.loss_curve_[0] and warm.t_ == 6 * len(X)
+    with pytest.raises(ValueError, match="warm_start can only be used where `y` has the same classes"):
+        warm.fit(X[y < 5], y[y < 5])
+
+
+def test_max_iter_warns_and_partial_fit_runs_one_epoch(digits):
+    X, y = digits
+    with pytest.warns(ConvergenceWarning, match=r"Maximum iterations \(2\) reached"):
+        MLPClassifier(max_iter=2, random_state=0).fit(X, y)
+    clf = MLPClassifier(random_state=0)
     with pytest.raises(ValueError, match="classes must be passed on the first call"):
         clf.partial_fit(X, y)
-    clf.partial_fit(X[:100], y[:100], classes=[0, 1, 2])
-    assert clf.n_steps_ == 2  # ceil(100 / 64): one pass
-    first_score = clf.score(X_test, y_test)
-    for _ in range(10):
-        clf.partial_fit(X, y)
-    assert clf.n_steps_ == 2 + 10 * 7
-    assert clf.score(X_test, y_test) > max(0.8, first_score)
-    # A chunk may miss classes; it may not bring new ones.
-    clf.partial_fit(X[y == 0], y[y == 0])
-    with pytest.raises(ValueError, match=r"labels not in classes_.*\[7\]"):
-        clf.partial_fit(X[:5], [0, 1, 7, 2, 0])
-    with pytest.raises(ValueError, match="differs from classes_"):
-        clf.partial_fit(X, y, classes=[0, 1, 2, 3])
-    with pytest.raises(ValueError, match="X has 4 features, but MLPClassifier is expecting 10"):
-        clf.partial_fit(X[:, :4], y)
+    for _ in range(3):
+        clf.partial_fit(X[y < 6], y[y < 6], classes=np.arange(10))
+    assert clf.n_iter_ == 1 and len(clf.loss_curve_) == 3 and clf.t_ == 3 * np.sum(y < 6)
+    with pytest.raises(ValueError, match="classes not in"):
+        MLPClassifier(random_state=0).fit(X[y < 6], y[y < 6]).partial_fit(X, y)
 
 
-# ------------------------------------------------------------------ params, pickling
-def test_get_set_params_round_trip():
-    spec_defaults = dict(hidden_layer_sizes=(100,), learning_rate=2e-3, batch_size=200, max_steps=1500,
-                         optimizer="sgd", dtype=np.float32, random_state=None, verbose=False)
-    params = MLPClassifier().get_params()
-    assert {k: params[k] for k in spec_defaults} == spec_defaults
-    assert set(params) == set(spec_defaults) | {"momentum", "weight_decay", "init"}
-
-    sizes = [64, 32]  # stored as given, not copied or converted
-    clf = MLPClassifier(hidden_layer_sizes=sizes)
-    assert clf.get_params()["hidden_layer_sizes"] is sizes
-    other = MLPClassifier(**{**params, "learning_rate": 0.5, "optimizer": "adam", "random_state": 3})
-    assert clf.set_params(**other.get_params()) is clf
-    assert clf.get_params() == other.get_params()
-    with pytest.raises(ValueError, match="Invalid parameter 'learning_rat'"):
-        clf.set_params(learning_rat=1.0)
-    assert "learning_rate=0.5" in repr(clf) and "batch_size" not in repr(clf)
+def test_verbose_prints_each_epoch_as_scikit_learn(digits, capsys):
+    X, y = digits
+    clf = MLPClassifier(max_iter=2, verbose=True, random_state=0).fit(X, y)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"Iteration {i + 1}, loss = {loss:.8f}" for i, loss in enumerate(clf.loss_curve_)]
 
 
-def test_pickle_round_trip_and_continue(blobs):
-    X, y, X_test, _ = blobs
-    clf = MLPClassifier(**{**FAST, "optimizer": "momentum"}, random_state=0).fit(X, y)
+def test_an_interrupted_fit_keeps_what_it_learnt(digits, monkeypatch):
+    """Ctrl-C during fit: a warning and a usable model of the epochs done (scikit-learn's behaviour)."""
+    from fastmlp.estimators.network import Network
+
+    X, y = digits
+    calls = {"n": 0}
+    original = Network.train_batch
+
+    def interrupt_at_the_fifth_batch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Network, "train_batch", interrupt_at_the_fifth_batch)
+    with pytest.warns(UserWarning, match="Training interrupted by user"):
+        clf = MLPClassifier(max_iter=50, random_state=0).fit(X, y)
+    assert clf.n_iter_ == 2 and clf.predict(X).shape == y.shape  # 2 batches an epoch
+
+
+def test_a_refused_refit_leaves_the_fitted_model(digits):
+    X, y = digits
+    clf = MLPClassifier(max_iter=2, random_state=0).fit(X, y)
+    before = clf.predict_proba(X)
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit(np.full_like(X, np.nan), y)
+    np.testing.assert_array_equal(clf.predict_proba(X), before)
+
+
+def test_a_huge_max_iter_builds_nothing_of_its_length(digits):
+    clf = MLPClassifier(max_iter=2**62, tol=10.0, n_iter_no_change=1, random_state=0).fit(*digits)
+    # epoch 1 sets best_loss_; epochs 2 and 3 fail to beat it by tol, and 2 > n_iter_no_change stops
+    assert clf.n_iter_ == 3
+
+
+# ------------------------------------------------------------------ dtype, attributes, input checks
+@pytest.mark.parametrize("input_dtype, dtype, expected", [
+    (np.float64, None, np.float64), (np.float32, None, np.float32), (np.int64, None, np.float64),
+    (np.float64, "float32", np.float32), (np.float32, np.float64, np.float64),
+])
+def test_the_dtype_follows_the_input_unless_given(digits, input_dtype, dtype, expected):
+    X, y = digits
+    clf = MLPClassifier(max_iter=2, dtype=dtype, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit((X * 4).astype(input_dtype), y)
+    assert all(c.dtype == expected for c in clf.coefs_ + clf.intercepts_)
+    assert clf.predict_proba(X).dtype == expected
+
+
+def test_fitted_attributes(digits):
+    X, y = digits
+    clf = MLPClassifier(hidden_layer_sizes=(20, 7), max_iter=3, random_state=0)
+    with pytest.warns(ConvergenceWarning):
+        clf.fit(X, y)
+    assert [c.shape for c in clf.coefs_] == [(64, 20), (20, 7), (7, 10)]
+    assert [b.shape for b in clf.intercepts_] == [(20,), (7,), (10,)]
+    assert (clf.n_layers_, clf.n_outputs_, clf.out_activation_, clf.n_features_in_) == (4, 10, "softmax", 64)
+    assert clf.loss_ == clf.loss_curve_[-1] and clf.best_loss_ == min(clf.loss_curve_)
+    assert clf.validation_scores_ is None and clf.best_validation_score_ is None
+    np.testing.assert_allclose(clf.predict_log_proba(X), np.log(clf.predict_proba(X)))
+    # coefs_ are the live weights: writing into them changes the predictions
+    clf.coefs_[-1][...] = 0
+    clf.intercepts_[-1][...] = np.arange(10)
+    assert np.all(clf.predict(X) == 9)
+
+
+def test_reordered_dataframe_columns_are_refused(digits):
+    pd = pytest.importorskip("pandas")
+    X, y = digits
+    frame = pd.DataFrame(X, columns=[f"px{i}" for i in range(64)])
+    clf = MLPClassifier(max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(frame, y)
+    assert list(clf.feature_names_in_) == list(frame.columns)
+    with pytest.raises(ValueError, match="Feature names must be in the same order"):
+        clf.predict(frame[frame.columns[::-1]])
+
+
+def test_lbfgs_is_refused_with_the_solvers_offered(digits):
+    with pytest.raises(ValueError, match=r"solver='lbfgs' is not offered.*'adam'.*'sgd'"):
+        MLPClassifier(solver="lbfgs").fit(*digits)
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes must be > 0"),
+    (dict(learning_rate="cosine"), "'learning_rate' parameter .* must be a str among"),
+    (dict(dtype="float16"), "'dtype' parameter"),
+    (dict(n_threads=0), "'n_threads' parameter"),
+    (dict(max_steps=10), "unexpected keyword argument 'max_steps'"),
+])
+def test_bad_parameters_are_named(digits, params, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        MLPClassifier(**params).fit(*digits)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow on the way
+def test_divergence_is_an_error_not_garbage(digits):
+    X, y = digits
+    with pytest.raises(ValueError, match="non-finite"):
+        MLPRegressor(solver="sgd", learning_rate_init=1e6, max_iter=20, random_state=0).fit(X * 1e3, y * 1e3)
+
+
+def test_sparse_input_trains_as_dense(digits):
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    X, y = digits
+    X = np.where(np.abs(X) > 1, X, 0)
+    dense = MLPClassifier(max_iter=3, random_state=0).fit(X, y)
+    sparse = MLPClassifier(max_iter=3, random_state=0).fit(scipy_sparse.csr_matrix(X), y)
+    _assert_same_training(sparse, dense, rtol=1e-9)
+    np.testing.assert_allclose(sparse.predict_proba(scipy_sparse.csc_matrix(X)), dense.predict_proba(X))
+
+
+# ------------------------------------------------------------------ pickling, threads, scikit-learn's tools
+def test_pickle_round_trip_and_continue(digits):
+    X, y = digits
+    clf = MLPClassifier(solver="sgd", max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
     copy = pickle.loads(pickle.dumps(clf))
-    np.testing.assert_array_equal(copy.predict_proba(X_test), clf.predict_proba(X_test))
-    np.testing.assert_array_equal(copy.predict(X_test), clf.predict(X_test))
-    assert copy.get_params() == clf.get_params() and copy.loss_curve_ == clf.loss_curve_
-    # The optimizer state and batch order travel too: both continue identically.
+    np.testing.assert_array_equal(copy.predict_proba(X), clf.predict_proba(X))
+    # the optimizer's momentum travels too: both continue identically
     clf.partial_fit(X, y)
     copy.partial_fit(X, y)
-    np.testing.assert_array_equal(copy.predict_proba(X_test), clf.predict_proba(X_test))
-    # An unfitted estimator pickles as well.
-    assert pickle.loads(pickle.dumps(MLPClassifier(max_steps=7))).max_steps == 7
+    np.testing.assert_array_equal(copy.predict_proba(X), clf.predict_proba(X))
+    assert pickle.loads(pickle.dumps(MLPRegressor(max_iter=7))).max_iter == 7
 
 
-# ------------------------------------------------------------------ errors
-def test_not_fitted():
-    clf = MLPClassifier()
-    for method in (clf.predict, clf.predict_proba):
-        with pytest.raises(NotFittedError, match="not fitted yet"):
-            method(np.zeros((2, 3)))
-    assert issubclass(NotFittedError, ValueError) and issubclass(NotFittedError, AttributeError)
+def test_n_threads_changes_the_threads_not_the_result(digits):
+    X, y = digits
+    one = MLPClassifier(max_iter=2, n_threads=1, random_state=0)
+    default = MLPClassifier(max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        np.testing.assert_allclose(one.fit(X, y).predict_proba(X), default.fit(X, y).predict_proba(X), rtol=1e-6)
 
 
-@pytest.mark.parametrize("X,y,error,match", [
-    (np.zeros(10), np.arange(10) % 2, ValueError, "Reshape your data"),
-    (np.full((4, 2), np.nan), [0, 1, 0, 1], ValueError, "Input X contains NaN"),
-    (np.full((4, 2), np.inf), [0, 1, 0, 1], ValueError, "Input X contains infinity"),
-    (np.zeros((0, 3)), [], ValueError, r"0 sample\(s\)"),
-    (np.zeros((4, 0)), [0, 1, 0, 1], ValueError, r"0 feature\(s\)"),
-    (np.zeros((4, 2)) + 1j, [0, 1, 0, 1], ValueError, "Complex data not supported"),
-    ([["a", "b"], ["c", "d"]], [0, 1], ValueError, "X: cannot convert"),
-    (np.zeros((4, 2)), [0, 1, 0], ValueError, "X has 4, y has 3"),
-    (np.zeros((4, 2)), [1, 1, 1, 1], ValueError, "only one class"),
-    (np.zeros((4, 2)), [0.5, 1.5, 0.5, 1.5], ValueError, "Unknown label type"),
-    (np.zeros((4, 2)), [0, np.nan, 1, 0], ValueError, "Input y contains NaN"),
-    (np.zeros((4, 2)), None, ValueError, "requires y to be passed"),
-    (np.zeros((4, 2)), np.zeros((4, 2)), ValueError, r"1-d array of labels.*got shape \(4, 2\)"),
-])
-def test_bad_inputs(X, y, error, match):
-    with pytest.raises(error, match=match):
-        MLPClassifier(max_steps=2).fit(X, y)
+def test_clone_pipeline_gridsearch(digits):
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+
+    X, y = digits
+    clf = MLPClassifier(hidden_layer_sizes=(16,), learning_rate_init=1e-2, max_iter=50, random_state=0)
+    assert clone(clf).get_params() == clf.get_params()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assert make_pipeline(StandardScaler(), clf).fit(X[:300], y[:300]).score(X[300:], y[300:]) > 0.8
+        search = GridSearchCV(clf, {"learning_rate_init": [1e-2, 1e-7]}, cv=2).fit(X, y)
+    assert search.best_params_["learning_rate_init"] == 1e-2
 
 
-def test_sparse_X_is_refused():
-    scipy_sparse = pytest.importorskip("scipy.sparse")
-    with pytest.raises(TypeError, match="sparse"):
-        MLPClassifier(max_steps=2).fit(scipy_sparse.csr_matrix(np.eye(4)), [0, 1, 0, 1])
-
-
-def test_column_vector_y_warns_and_works(blobs):
-    X, y, X_test, _ = blobs
-    with pytest.warns(UserWarning, match="A column-vector y was passed"):
-        clf = MLPClassifier(**FAST, random_state=0).fit(X, y[:, None])
-    np.testing.assert_array_equal(clf.predict(X_test), MLPClassifier(**FAST, random_state=0).fit(X, y).predict(X_test))
-
-
-@pytest.mark.parametrize("params,error,match", [
-    (dict(learning_rate=-1.0), ValueError, "learning_rate: expected a finite number > 0"),
-    (dict(batch_size=0), ValueError, "batch_size: expected an integer > 0"),
-    (dict(max_steps=2.5), TypeError, "max_steps: expected an integer > 0"),
-    (dict(hidden_layer_sizes=(10, "a")), TypeError, "hidden_layer_sizes"),
-    (dict(hidden_layer_sizes=(10, 0)), ValueError, "hidden_layer_sizes"),
-    (dict(optimizer="rmsprop"), ValueError, "optimizer: expected one of"),
-    (dict(init="zeros"), ValueError, "init: expected one of"),
-    (dict(momentum=1.0), ValueError, "momentum"),
-    (dict(dtype=np.int32), TypeError, "dtype: expected float32 or float64"),
-    (dict(random_state=-3), ValueError, "random_state"),
-    (dict(random_state="seven"), TypeError, "random_state"),
-    (dict(verbose="yes"), TypeError, "verbose: expected a bool"),
-])
-def test_bad_hyperparameters_fail_at_fit(params, error, match):
-    """TypeError for a value of the wrong type, ValueError for one out of range (fastmlp.hyperparams)."""
-    clf = MLPClassifier(**params)  # sklearn convention: __init__ and set_params never check
-    with pytest.raises(error, match=match):
-        clf.fit(np.eye(4), [0, 1, 0, 1])
-
-
-def test_divergence_is_reported():
-    X, y = make_blobs(n=100)
-    with pytest.raises(FloatingPointError, match="diverged at update"):
-        MLPClassifier(learning_rate=1e30, max_steps=50, random_state=0).fit(X * 1e3, y)
-
-
-def test_works_without_scikit_learn_imported():
-    """The estimator never imports scikit-learn itself (a fresh interpreter checks sys.modules)."""
-    code = (
-        "import sys, numpy as np\n"
-        "from fastmlp import MLPClassifier\n"
-        "from fastmlp.estimator import NotFittedError\n"
-        "X = np.random.default_rng(0).normal(size=(50, 3)); y = (X[:, 0] > 0).astype(int)\n"
-        "clf = MLPClassifier(max_steps=20, random_state=0).fit(X, y); clf.predict(X)\n"
-        "try:\n    MLPClassifier().predict(X)\nexcept NotFittedError as e:\n    assert type(e) is NotFittedError\n"
-        "assert 'sklearn' not in sys.modules, 'sklearn was imported'\n"
-        "print('ok')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+def test_import_fastmlp_and_its_training_cli_do_not_import_scikit_learn():
+    code = ("import sys, fastmlp, fastmlp.train\nfastmlp.MLP\nassert 'sklearn' not in sys.modules\n"
+            "fastmlp.MLPRegressor\nassert 'sklearn' in sys.modules\nprint('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 
 
-# ------------------------------------------------------------------ with scikit-learn
-def test_clone_pipeline_gridsearch(blobs):
-    pytest.importorskip("sklearn")
-    from sklearn.base import clone, is_classifier
-    from sklearn.exceptions import NotFittedError as SkNotFittedError
-    from sklearn.model_selection import GridSearchCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    X, y, X_test, y_test = blobs
-    clf = MLPClassifier(**FAST, random_state=0)
-    assert is_classifier(clf)
-    twin = clone(clf)
-    assert twin is not clf and twin.get_params() == clf.get_params()
-    with pytest.raises(SkNotFittedError):  # sklearn's own exception class is honoured once sklearn is loaded
-        twin.predict(X_test)
-
-    pipe = make_pipeline(StandardScaler(), MLPClassifier(**FAST, random_state=0)).fit(X, y)
-    assert pipe.score(X_test, y_test) > 0.8
-
-    search = GridSearchCV(MLPClassifier(**FAST, random_state=0),
-                          {"hidden_layer_sizes": [(8,), (32,)], "learning_rate": [1e-2, 1e-6]}, cv=3)
-    search.fit(X, y)
-    assert search.best_params_["learning_rate"] == 1e-2  # 1e-6 barely moves from the random start
-    assert search.score(X_test, y_test) > 0.8
-
-
-def _sklearn_checks():
-    """scikit-learn's own estimator checks (an empty list when scikit-learn is missing)."""
-    try:
-        from sklearn.utils.estimator_checks import parametrize_with_checks
-    except ImportError:
-        return None
+@parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)])
+def test_sklearn_estimator_checks(estimator, check):
+    """Every check of scikit-learn's, none expected to fail (scikit-learn's own MLPs are checked at max_iter=100)."""
     with warnings.catch_warnings():
-        # "does not inherit from BaseEstimator": on purpose, fastmlp does not depend on sklearn.
-        warnings.simplefilter("ignore", UserWarning)
-        # Every check passes; none is listed as an expected failure. (Without pandas the
-        # pandas-based checks skip themselves.)
-        return parametrize_with_checks([MLPClassifier(**FAST, random_state=0)])
-
-
-_checks = _sklearn_checks()
-if _checks is not None:
-    @_checks
-    def test_sklearn_estimator_checks(estimator, check):
+        warnings.simplefilter("ignore", ConvergenceWarning)
         check(estimator)
-else:  # pragma: no cover - scikit-learn not installed
-    def test_sklearn_estimator_checks():
-        pytest.skip("scikit-learn is not installed")
-
-
-def test_a_huge_max_steps_builds_nothing_of_its_length():
-    """max_steps=2**62 used to allocate a list of 2**62 batch sizes (MemoryError) before the first update;
-    now updates start at once (and this run diverges at its second update, which ends it)."""
-    X, y = make_blobs(n=100)
-    clf = MLPClassifier(learning_rate=1e30, max_steps=2**62, random_state=0)
-    with pytest.raises(FloatingPointError, match="diverged at update 2"):
-        clf.fit(X * 1e3, y)
-    assert clf.n_steps_ == 1

@@ -20,7 +20,7 @@ def _run(script, *args, cwd):
 
 def test_the_estimator_learns_the_digits_and_its_model_file_predicts_the_same(tmp_path):
     pytest.importorskip("sklearn")
-    out = _run("estimator_digits.py", "--max_steps", 400, "--out", tmp_path / "digits.safetensors", cwd=tmp_path)
+    out = _run("estimator_digits.py", "--max_iter", 20, "--out", tmp_path / "digits.safetensors", cwd=tmp_path)
     assert float(re.search(r"test accuracy (\S+)", out).group(1)) > 0.85, out
     assert "predicts the same labels: True" in out
     assert (tmp_path / "digits.safetensors").is_file()

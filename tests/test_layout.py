@@ -20,10 +20,12 @@ CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.se
                "fastmlp.__main__", "fastmlp.plot", "torch_models.cli", "torch_models.train_mlp",
                "torch_models.train_convnet", "fastmlp.predict"}
 LIBRARY_MODULES = {
-    "fastmlp.modelfile", "fastmlp.interop", "fastmlp.onnx_export",
+    "fastmlp.modelfile", "fastmlp.predictor", "fastmlp.interop", "fastmlp.onnx_export",
     "fastmlp", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.curves", "fastmlp.data", "fastmlp.data.cache",
     "fastmlp.data.dataset", "fastmlp.data.files", "fastmlp.data.idx", "fastmlp.data.preprocessing", "fastmlp.data.registry",
-    "fastmlp.data.sources", "fastmlp._blas", "fastmlp.estimator",
+    "fastmlp.data.sources", "fastmlp._blas", "fastmlp.estimators",
+    "fastmlp.estimators.base", "fastmlp.estimators.classifier", "fastmlp.estimators.docs", "fastmlp.estimators.network",
+    "fastmlp.estimators.regressor",
     "fastmlp.hyperparams", "fastmlp.loop", "fastmlp.mlp", "fastmlp.modules", "fastmlp.optim", "fastmlp.reference",
     "fastmlp.rundir", "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training", "fastmlp.version", "fastmlp.search.space",
     "torch_models", "torch_models.batchnorm", "torch_models.checkpoint", "torch_models.convnet",

@@ -59,9 +59,13 @@ def test_a_plain_mlp_exports_in_its_dtype(tmp_path, dtype):
 def test_logistic_regression_and_a_fitted_estimator_export(tmp_path):
     X = np.random.default_rng(4).normal(size=(50, 6))
     y = (X[:, 0] + X[:, 1] > 0).astype(int)
-    clf = fastmlp.MLPClassifier(hidden_layer_sizes=(), max_steps=20, init="kaiming", random_state=0).fit(X, y)
+    sklearn_exceptions = pytest.importorskip("sklearn.exceptions")
+    clf = fastmlp.MLPClassifier(hidden_layer_sizes=(), max_iter=5, random_state=0, dtype="float32")
+    with pytest.warns(sklearn_exceptions.ConvergenceWarning):  # five epochs on purpose
+        clf.fit(X, y)
     session = _session(fastmlp.export_onnx(clf, tmp_path / "clf.onnx"))
     got = session.run(None, {"x": X.astype(np.float32)})[0]
+    assert got.shape == (50, 2)  # one logistic output, as scikit-learn's two columns (1 - p, p)
     np.testing.assert_allclose(got, clf.predict_proba(X), rtol=0, atol=1e-6)
 
 

@@ -161,3 +161,59 @@ def test_grey_models_read_images_as_one_channel(tmp_path, capsys, input_shape):
     status, lines, err = _run([path, tmp_path / "grey.png"], capsys)
     assert status == 0, err
     assert lines[0].split(": ")[1].split()[0] == fastmlp.load(path).predict(grey.reshape(1, 16))[0]
+
+
+# --------------------------------------------------------------------------- regressors and multilabel models
+def _head_model(tmp_path, output, n_outputs, classes=None):
+    model = fastmlp.MLP(6, [5], n_outputs, dtype=np.float32, seed=3, init="kaiming", activation="tanh",
+                        output=output)
+    x = np.random.default_rng(4).normal(size=(3, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    return fastmlp.save(model, tmp_path / f"{output}.safetensors", classes=classes), tmp_path / "x.npy", x
+
+
+@pytest.mark.parametrize("n_outputs", [1, 2])
+def test_a_regressor_prints_its_values(tmp_path, capsys, n_outputs):
+    path, npy, x = _head_model(tmp_path, "identity", n_outputs)
+    expected = fastmlp.load(path).predict(x).reshape(3, -1)
+    status, lines, err = _run([path, npy], capsys)
+    assert status == 0 and err == []
+    got = [[float(v) for v in line.split(": ", 1)[1].split(", ")] for line in lines]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert [line.split(":")[0] for line in lines] == [f"{npy}[{i}]" for i in range(3)]
+    status, lines, _ = _run([path, npy, "--json"], capsys)
+    np.testing.assert_allclose([json.loads(line)["values"] for line in lines], expected, rtol=1e-6)
+
+
+def test_a_multilabel_model_prints_the_labels_it_predicts(tmp_path, capsys):
+    path, npy, x = _head_model(tmp_path, "logistic", 4, classes=["red", "green", "blue", "grey"])
+    loaded = fastmlp.load(path)
+    chosen, proba = loaded.predict(x), loaded.predict_proba(x)
+    status, lines, err = _run([path, npy, "--json"], capsys)
+    assert status == 0 and err == []
+    for line, row, p in zip(lines, chosen, proba):
+        found = json.loads(line)["labels"]
+        assert [f["class"] for f in found] == [c for c, on in zip(loaded.classes_, row) if on]
+        assert [f["probability"] for f in found] == pytest.approx(p[row == 1].tolist(), abs=1e-6)
+    status, lines, _ = _run([path, npy], capsys)
+    assert lines[0] == f"{npy}[0]: " + (", ".join(f"{c} {q:.4f}" for c, q, on in zip(loaded.classes_, proba[0],
+                                                                                      chosen[0]) if on)
+                                        or "(no label)")
+
+
+def test_a_binary_model_ranks_its_two_classes(tmp_path, capsys):
+    path, npy, x = _head_model(tmp_path, "logistic", 1, classes=["no", "yes"])
+    loaded = fastmlp.load(path)
+    status, lines, _ = _run([path, npy, "--top_k", "2", "--json"], capsys)
+    assert status == 0
+    for line, label, p in zip(lines, loaded.predict(x), loaded.predict_proba(x)):
+        top = json.loads(line)["top"]
+        assert top[0]["class"] == label and [t["probability"] for t in top] == pytest.approx(sorted(p)[::-1])
+
+
+@pytest.mark.parametrize("output, n_outputs", [("identity", 1), ("logistic", 3)])
+def test_top_k_is_refused_for_a_regressor_or_multilabel_model(tmp_path, capsys, output, n_outputs):
+    path, npy, _ = _head_model(tmp_path, output, n_outputs)
+    status, lines, err = _run([path, npy, "--top_k", "2"], capsys)
+    assert status == predict.EXIT_BAD_INPUT and lines == []
+    assert len(err) == 1 and err[0].startswith("error: --top_k:")

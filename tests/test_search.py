@@ -126,7 +126,9 @@ def test_grid_runs_each_point_once_selects_on_validation_and_writes_outputs(
     assert results.count("| complete |") == 4
     for png in ("optimization_history.png", "param_importances.png", "intermediate_values.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(out.glob("trials/*/checkpoint.npz"))  # per-trial checkpoints are removed
+    trial_dirs = [Path(t.user_attrs["trial_dir"]).resolve() for t in trials]  # trials/<study>/trial_NNNN
+    assert all(d.is_dir() and d.parent.parent == (out / "trials").resolve() for d in trial_dirs)
+    assert not any((d / "checkpoint.npz").exists() for d in trial_dirs)  # per-trial checkpoints are removed
 
     # A grid that is done runs nothing more.
     assert search.main(argv) == 0

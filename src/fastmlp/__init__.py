@@ -20,6 +20,7 @@ __all__ = [
     "MLP",
     "MLPClassifier",
     "Predictor",
+    "MLPRegressor",
     "CrossEntropyModule",
     "IdentityModule",
     "ImageBatch",
@@ -43,11 +44,12 @@ __all__ = [
 
 _HOMES = {
     "MLP": "fastmlp.mlp",
-    "MLPClassifier": "fastmlp.estimator",
+    "MLPClassifier": "fastmlp.estimators",
     "Predictor": "fastmlp.modelfile",
     "load": "fastmlp.modelfile",
     "save": "fastmlp.modelfile",
     "export_onnx": "fastmlp.onnx_export",
+    "MLPRegressor": "fastmlp.estimators",
     "CrossEntropyModule": "fastmlp.modules",
     "IdentityModule": "fastmlp.modules",
     "ImageBatch": "fastmlp.images",

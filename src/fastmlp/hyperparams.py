@@ -8,7 +8,6 @@ scikit-learn's ``_parameter_constraints``. It is read by
   first, so that ``--batch_size -5`` is checked as the number -5;
 - :func:`fastmlp.training.checked_flags`, for flags handed to ``train()`` in a
   Namespace built by hand;
-- :class:`fastmlp.MLPClassifier`, at ``fit``;
 - the search space (:mod:`fastmlp.search.space`: every ``--grid`` value and every
   end of a ``--space`` range);
 - the torch trainers (``torch_models.train_mlp``, ``torch_models.train_convnet``):
@@ -17,7 +16,8 @@ scikit-learn's ``_parameter_constraints``. It is read by
 
 So a bad value gets one message everywhere, ``<name>: expected <what>, got <value>``,
 where ``<name>`` is what the interface calls it: ``--batch_size`` (command line),
-``batch_size`` (estimator), ``--grid['batch_size']`` (search).
+``--grid['batch_size']`` (search). (The scikit-learn estimators take
+scikit-learn's parameters and check them with scikit-learn's own constraints.)
 
 Errors
 ------
@@ -249,8 +249,8 @@ NONNEGATIVE_INT = Interval(int, 0)
 POSITIVE_NUMBER = Interval(float, 0.0, closed="neither")
 
 #: Every hyper-parameter's constraint, by name. Interfaces that name a parameter
-#: differently map their name to these: ``--dnn_hidden_units`` and the estimator's
-#: ``hidden_layer_sizes`` are ``hidden_units``; the torch MLP's ``--init`` is
+#: differently map their name to these: ``--dnn_hidden_units`` is
+#: ``hidden_units``; the torch MLP's ``--init`` is
 #: ``torch_init`` (it also offers PyTorch's own initialisation).
 CONSTRAINTS: dict[str, Constraint] = {
     # the network
@@ -328,7 +328,7 @@ def check(name: str | Constraint, value: Any, *, label: str | None = None) -> An
     ----------
     name : str or Constraint
         A key of :data:`CONSTRAINTS`, or a constraint of the caller's own (an option
-        that is no hyper-parameter, such as the estimator's ``verbose``).
+        that is no hyper-parameter).
     value
         The value to check.
     label : str, optional

@@ -42,8 +42,9 @@ def to_torch(model):
     Returns
     -------
     torch_models.MLP
-        In eval mode; ``torch.softmax(module(x), 1)`` equals ``model.predict_proba(x)``
-        within rounding.
+        In eval mode, returning the last layer's outputs: for a softmax head
+        ``torch.softmax(module(x), 1)`` equals ``model.predict_proba(x)`` within rounding
+        (``torch.sigmoid`` for a logistic head; the outputs themselves for an identity one).
     """
     import torch
 

@@ -10,8 +10,7 @@ A run is five named steps; the framework-specific work is done by a *hooks* obje
     finish(progress, ...)                  # metrics.json from the last evaluation
 
 Who runs it: ``fastmlp.train`` (hooks :class:`fastmlp.training.MLPHooks`), the torch
-trainers (``torch_models.hooks.TorchHooks``) and :class:`fastmlp.MLPClassifier`, which
-needs only the stepping part (:func:`train_steps`: no evaluation, no files). What the
+trainers (``torch_models.hooks.TorchHooks``). What the
 hooks must do is written on each method of :class:`Hooks`.
 
 Distributed runs: every rank runs the loop and calls every hook (evaluation and the

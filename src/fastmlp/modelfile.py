@@ -15,8 +15,15 @@ The file is safetensors (tensors and a JSON header; reading it runs no code):
 - the header's ``__metadata__["fastmlp"]``: a JSON object with ``format``,
   ``format_version``, ``fastmlp_version``, ``architecture`` (``sizes`` [D, H..., C],
   ``activation``, ``out_activation``, ``dtype``), ``input`` (``shape`` of one example,
-  e.g. [3, 32, 32], and ``preprocessing``, its kind or null), ``classes`` and
-  ``classes_dtype``, and ``source`` (what was saved).
+  e.g. [3, 32, 32], ``preprocessing``, its kind or null, and ``feature_names``, the
+  estimator's ``feature_names_in_`` or null), ``classes`` and ``classes_dtype``, and
+  ``source`` (what was saved).
+
+The output head says what the model predicts: ``softmax``, one class of C
+(``classes`` has C labels); ``logistic`` with one output, one of two classes (two
+labels, scikit-learn's binary classifier); ``logistic`` with C outputs, a set of
+the C labels (multilabel); ``identity``, C values (a regressor: ``classes`` null);
+``exp``, their exponentials (a regressor fitted with scikit-learn's Poisson loss).
 
 Every file is checked before safetensors parses it, so a truncated, foreign or
 hostile file raises ``ValueError`` naming it: the 8-byte header length against the
@@ -33,13 +40,18 @@ from typing import Any
 
 import numpy as np
 
+from fastmlp.predictor import TARGETS, Predictor
+
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MAX_FILE_BYTES",
     "MAX_HEADER_BYTES",
     "MAX_JSON_DEPTH",
+    "ACTIVATIONS",
     "MODEL_FILE_NAME",
+    "OUTPUTS",
+    "TARGETS",
     "Predictor",
     "load",
     "model_record",
@@ -62,165 +74,84 @@ MAX_JSON_DEPTH = 16
 TENSOR_DTYPES = {"F32": np.dtype(np.float32), "F64": np.dtype(np.float64)}
 #: The kinds of class labels a file may hold (bool, ints, floats, str).
 CLASS_KINDS = "biufU"
+#: The hidden activations and the output heads a model file may hold.
+ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
+OUTPUTS = ("softmax", "logistic", "identity", "exp")
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
-# --------------------------------------------------------------------------- the loaded model
-class Predictor:
-    """A network with its input preprocessing and class labels: predicts raw inputs.
-
-    Parameters
-    ----------
-    model : fastmlp.MLP
-        The network, D inputs and C classes.
-    classes : ndarray (C,)
-        The label of each output, in order.
-    offset, scale : ndarray (D,) of the model's dtype, or None
-        The preprocessing x = (raw - offset) / scale (no division when ``scale`` is
-        None; no preprocessing at all when ``offset`` is None).
-    preprocessing : str or None
-        The name of the preprocessing (``mean_image``, ``standardize``), for display.
-    input_shape : tuple of int or None
-        The shape of one example as the training data stored it, e.g. (3, 32, 32).
-    info : dict, optional
-        The file's metadata (versions, source), as read.
-
-    Attributes
-    ----------
-    classes_ : ndarray (C,)
-    n_features_in_ : int
-        D.
-    """
-
-    def __init__(self, model, classes, *, offset=None, scale=None, preprocessing=None, input_shape=None,
-                 info=None):
-        self.model = model
-        self.classes_ = classes
-        self.offset, self.scale = offset, scale
-        self.preprocessing = preprocessing
-        self.input_shape = input_shape
-        self.info = info if info is not None else {}
-
-    @property
-    def n_features_in_(self) -> int:
-        return self.model.n_inputs
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.model.dtype
-
-    def __repr__(self) -> str:
-        return (f"Predictor({self.model!r}, classes={len(self.classes_)}, "
-                f"preprocessing={self.preprocessing!r}, input_shape={self.input_shape})")
-
-    def rows(self, x) -> np.ndarray:
-        """Raw inputs as rows (N, D): ``x`` (N, D), (N, *input_shape), or HWC images for a CHW input_shape.
-
-        Raises
-        ------
-        TypeError
-            For non-numeric ``x``.
-        ValueError
-            For any other shape, naming the shapes accepted.
-        """
-        arr = np.asarray(x)
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"x: expected a real numeric array (e.g. uint8 pixels), got dtype {arr.dtype}")
-        accepted = self.accepted_shapes()
-        per_example = arr.shape[1:]
-        if arr.ndim < 2 or per_example not in accepted or arr.shape[0] == 0:
-            shown = " or ".join(f"(N, {', '.join(map(str, s))})" for s in accepted)
-            raise ValueError(f"x: expected a non-empty array of shape {shown}, got shape {arr.shape}")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise ValueError("x: expected finite values, got NaN or infinity")
-        if accepted.index(per_example) == 2:  # channels last: into the stored channels-first order
-            arr = arr.transpose(0, 3, 1, 2)
-        return arr.reshape(arr.shape[0], -1)
-
-    def accepted_shapes(self) -> list[tuple]:
-        """The shapes of one example :meth:`rows` takes: (D,), ``input_shape``, and (H, W, C) for (C, H, W)."""
-        shapes = [(self.n_features_in_,)]
-        if self.input_shape is not None and len(self.input_shape) > 1:
-            shapes.append(tuple(self.input_shape))
-            if len(self.input_shape) == 3:
-                c, h, w = self.input_shape
-                shapes.append((h, w, c))
-        return shapes
-
-    def transform(self, x) -> np.ndarray:
-        """The model inputs (N, D) of the model's dtype for raw inputs ``x`` (see :meth:`rows`)."""
-        rows = self.rows(x)
-        # NumPy's cast-subtract-divide is the arithmetic of the run's own conversion (fastmlp.data).
-        out = rows.astype(self.dtype)
-        if self.offset is not None:
-            out -= self.offset
-            if self.scale is not None:
-                out /= self.scale
-        return out
-
-    def predict_proba(self, x, batch_size: int = 1000) -> np.ndarray:
-        """Class probabilities (N, C) of the model's dtype for raw inputs ``x``, columns in ``classes_`` order."""
-        return self.model.predict_proba(self.transform(x), batch_size)
-
-    def decision_function(self, x, batch_size: int = 1000) -> np.ndarray:
-        """The logits (N, C) of raw inputs ``x``: what the softmax turns into :meth:`predict_proba`."""
-        rows = self.transform(x)
-        out = np.empty((rows.shape[0], len(self.classes_)), dtype=self.dtype)
-        for start in range(0, rows.shape[0], batch_size):
-            h = rows[start : start + batch_size]
-            for layer in self.model.layers[:-1]:  # every layer but the softmax
-                h = layer.forward(h)
-            out[start : start + h.shape[0]] = h
-        return out
-
-    def predict(self, x, batch_size: int = 1000) -> np.ndarray:
-        """The predicted label (N,) of each raw input, values from ``classes_``.
-
-        Taken from the logits, as the training run counts its accuracy: probabilities near
-        1/C can round to equal values where the logits still differ.
-        """
-        return self.classes_[self.decision_function(x, batch_size).argmax(axis=1)]
-
-
 # --------------------------------------------------------------------------- saving
-def _mlp_layers(model) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(weight (out, in), bias (out,)) of each linear layer of a fastmlp MLP, input to output."""
-    return [(lin.params["weight"], lin.params["bias"]) for lin in model.linears]
+def _mlp_network(model) -> dict[str, Any]:
+    """The layers (weight (out, in), bias (out,)) and settings of a fastmlp MLP."""
+    return {"layers": [(lin.params["weight"], lin.params["bias"]) for lin in model.linears], "source": "MLP",
+            "activation": getattr(model, "activation", "relu"), "out_activation": getattr(model, "output", "softmax")}
 
 
-def _estimator_layers(estimator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(weight (out, in), bias (out,)) of a fitted estimator: scikit-learn's ``coefs_`` (in, out), or its network."""
-    coefs = getattr(estimator, "coefs_", None)
-    if coefs is not None:
-        return [(np.asarray(w).T, np.asarray(b)) for w, b in zip(coefs, estimator.intercepts_)]
-    return _mlp_layers(estimator.model_)
+def _estimator_network(estimator) -> dict[str, Any]:
+    """The layers and settings of a fitted scikit-learn style MLP, read from its public fitted attributes.
+
+    ``coefs_`` (in, out), ``intercepts_``, ``activation``, ``out_activation_``, and when it has them
+    ``classes_`` and ``feature_names_in_`` (scikit-learn's own MLPs qualify too).
+    """
+    return {"layers": [(np.asarray(w).T, np.asarray(b)) for w, b in zip(estimator.coefs_, estimator.intercepts_)],
+            "source": type(estimator).__name__, "activation": getattr(estimator, "activation", "relu"),
+            "out_activation": getattr(estimator, "out_activation_", "softmax"),
+            "classes": getattr(estimator, "classes_", None),
+            "feature_names": getattr(estimator, "feature_names_in_", None)}
+
+
+def _refuse_unfitted(estimator) -> None:
+    """scikit-learn's NotFittedError (a ValueError and AttributeError) naming ``estimator``'s class."""
+    try:
+        from sklearn.exceptions import NotFittedError
+    except ImportError:  # an estimator without scikit-learn installed
+        NotFittedError = ValueError
+    raise NotFittedError(f"obj: this {type(estimator).__name__} is not fitted yet: call fit before saving it")
+
+
+def _network_of(obj) -> dict[str, Any]:
+    from fastmlp.mlp import MLP
+
+    if isinstance(obj, MLP):
+        return _mlp_network(obj)
+    # An unfitted scikit-learn estimator raises NotFittedError, an AttributeError: hasattr is False.
+    if hasattr(obj, "coefs_"):
+        return _estimator_network(obj)
+    if callable(getattr(obj, "fit", None)):
+        _refuse_unfitted(obj)
+    raise TypeError(f"obj: expected a fastmlp MLP, a fitted MLPClassifier or MLPRegressor, or a Predictor, got "
+                    f"{type(obj).__name__}")
+
+
+def _labels(classes, out_activation: str, n_outputs: int) -> np.ndarray | None:
+    """The labels a file stores: ``classes``, or by default 0..C-1 (0, 1 for one logistic output; none for identity)."""
+    if classes is None and out_activation not in ("identity", "exp"):
+        classes = np.arange(2 if out_activation == "logistic" and n_outputs == 1 else n_outputs)
+    if classes is None:
+        return None
+    classes = np.asarray(classes)
+    return classes.astype(str) if classes.dtype.kind == "O" else classes  # e.g. pandas strings
 
 
 def model_record(obj, *, offset=None, scale=None, preprocessing: str | None = None, classes=None,
-                 input_shape=None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                 input_shape=None, feature_names=None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The tensors and the metadata :func:`save` writes for ``obj``, as a dict and a JSON-able dict.
 
-    Parameters are those of :func:`save`.
+    Parameters are those of :func:`save`; ``feature_names`` (D,) the estimator's
+    ``feature_names_in_`` (default: ``obj``'s own).
     """
-    from fastmlp.mlp import MLP
-
     if preprocessing is not None and not isinstance(preprocessing, str):  # a fastmlp.data.Preprocessing
         offset, scale, preprocessing = preprocessing.offset, preprocessing.scale, preprocessing.kind
     if isinstance(obj, Predictor):
-        return model_record(obj.model, offset=obj.offset, scale=obj.scale, preprocessing=obj.preprocessing,
-                            classes=obj.classes_, input_shape=obj.input_shape)
-    if isinstance(obj, MLP):
-        layers, source, activation = _mlp_layers(obj), "MLP", getattr(obj, "activation", "relu")
-        out_activation = "softmax"
-    elif hasattr(obj, "classes_") and (hasattr(obj, "coefs_") or hasattr(obj, "model_")):
-        layers, source, activation = _estimator_layers(obj), type(obj).__name__, getattr(obj, "activation", "relu")
-        out_activation = getattr(obj, "out_activation_", "softmax")
-        classes = obj.classes_ if classes is None else classes
-    else:
-        raise TypeError(f"obj: expected a fastmlp MLP, a fitted MLPClassifier or a Predictor, got "
-                        f"{type(obj).__name__}")
+        tensors, meta = model_record(obj.model, offset=obj.offset, scale=obj.scale, preprocessing=obj.preprocessing,
+                                     classes=obj.classes_, input_shape=obj.input_shape,
+                                     feature_names=obj.feature_names_in_)
+        meta["architecture"]["out_activation"] = obj.out_activation_  # "exp" is not the network's own head
+        return tensors, meta
+    network = _network_of(obj)
+    layers = network["layers"]
     dtype = np.dtype(layers[0][0].dtype)
     tensors = {}
     for l, (weight, bias) in enumerate(layers):
@@ -230,17 +161,20 @@ def model_record(obj, *, offset=None, scale=None, preprocessing: str | None = No
     for name, value in (("preprocessing.offset", offset), ("preprocessing.scale", scale)):
         if value is not None:
             tensors[name] = np.ascontiguousarray(value, dtype=dtype).reshape(-1)
-    classes = np.arange(sizes[-1]) if classes is None else np.asarray(classes)
-    if classes.dtype.kind == "O":  # e.g. pandas strings
-        classes = classes.astype(str)
+    head = network["out_activation"]
+    classes = _labels(network.get("classes") if classes is None else classes, head, sizes[-1])
+    if feature_names is None:
+        feature_names = network.get("feature_names")
     meta = {
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "fastmlp_version": _version(),
-        "source": source,
-        "architecture": {"sizes": sizes, "activation": activation, "out_activation": out_activation,
+        "source": network["source"],
+        "architecture": {"sizes": sizes, "activation": network["activation"], "out_activation": head,
                          "dtype": dtype.name},
         "input": {"shape": None if input_shape is None else [int(d) for d in input_shape],
-                  "preprocessing": preprocessing if offset is not None else None},
-        "classes": classes.tolist(), "classes_dtype": classes.dtype.str,
+                  "preprocessing": preprocessing if offset is not None else None,
+                  "feature_names": None if feature_names is None else [str(n) for n in feature_names]},
+        "classes": None if classes is None else classes.tolist(),
+        "classes_dtype": None if classes is None else classes.dtype.str,
     }
     return tensors, meta
 
@@ -257,8 +191,11 @@ def save(obj, path: str | os.PathLike, *, offset=None, scale=None, preprocessing
 
     Parameters
     ----------
-    obj : fastmlp.MLP, fitted fastmlp.MLPClassifier, or Predictor
-        The estimator's ``classes_`` are its labels; a Predictor keeps everything it holds.
+    obj : fastmlp.MLP, fitted fastmlp.MLPClassifier or MLPRegressor, or Predictor
+        An estimator is read through its public fitted attributes (``coefs_``,
+        ``intercepts_``, ``activation``, ``out_activation_``, ``classes_``,
+        ``feature_names_in_``), so scikit-learn's own MLPs save too; a Predictor keeps
+        everything it holds.
     path : path
         The file to write (by convention ``*.safetensors``); its folder is created.
     offset, scale : array (D,), optional
@@ -268,7 +205,8 @@ def save(obj, path: str | os.PathLike, *, offset=None, scale=None, preprocessing
         Its name (``"mean_image"``...); or a training DataSet's ``preprocessing``, which
         gives ``offset``, ``scale`` and the name at once.
     classes : array-like (C,), optional
-        The label of each output (default 0..C-1, or the estimator's ``classes_``).
+        The label of each output (default 0..C-1, or the estimator's ``classes_``); the two
+        classes of a single logistic output (default 0, 1); none for an identity output.
     input_shape : tuple of int, optional
         One example's shape as stored, e.g. (3, 32, 32): :func:`load`'s Predictor then
         takes images of that shape and, for three axes (C, H, W), channels-last (H, W, C) ones.
@@ -282,8 +220,11 @@ def save(obj, path: str | os.PathLike, *, offset=None, scale=None, preprocessing
     ------
     TypeError
         For an ``obj`` of another kind.
+    sklearn.exceptions.NotFittedError
+        For an estimator not fitted yet (a ValueError).
     ValueError
-        For ``classes`` or ``offset``/``scale`` that do not fit the network.
+        For ``classes`` or ``offset``/``scale`` that do not fit the network, or an
+        activation or output head the file cannot hold.
     """
     from safetensors.numpy import save as safetensors_bytes
 
@@ -409,14 +350,35 @@ def _check_fits(meta: dict, shapes: dict[str, tuple], sizes: Any, what: str) -> 
     if shapes != expected:
         wrong = sorted(set(shapes.items()) ^ set(expected.items()))[:4]
         raise ValueError(f"{what}: tensors do not match the architecture {sizes} (differing: {wrong})")
-    classes = meta.get("classes")
-    if not isinstance(classes, list) or len(classes) != sizes[-1]:
-        raise ValueError(f"{what}: classes: expected a list of {sizes[-1]} labels, got {classes!r:.200}")
-    shape = meta.get("input", {}).get("shape") if isinstance(meta.get("input"), dict) else None
+    _check_head(meta, sizes[-1], what)
+    spec = meta.get("input") if isinstance(meta.get("input"), dict) else {}
+    names = spec.get("feature_names")
+    if names is not None and (not isinstance(names, list) or len(names) != sizes[0]
+                              or not all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{what}: feature names: expected a list of {sizes[0]} strings, got {names!r:.200}")
+    shape = spec.get("shape")
     if shape is not None and (not isinstance(shape, list) or not 1 <= len(shape) <= 4
                               or not all(_is_count(d) for d in shape)
                               or int(np.prod(shape, dtype=object)) != sizes[0]):
         raise ValueError(f"{what}: input shape {shape!r:.80} does not hold the {sizes[0]} inputs")
+
+
+def _check_head(meta: dict, n_outputs: int, what: str) -> None:
+    """ValueError unless the activation and output head are known and ``classes`` holds the labels the head needs."""
+    arch = meta["architecture"] if isinstance(meta.get("architecture"), dict) else {}
+    activation, head = arch.get("activation", "relu"), arch.get("out_activation", "softmax")
+    if activation not in ACTIVATIONS or head not in OUTPUTS:
+        raise ValueError(f"{what}: activation {activation!r:.40} and output activation {head!r:.40}: expected "
+                         f"an activation of {ACTIVATIONS} and an output of {OUTPUTS}")
+    classes = meta.get("classes")
+    if head in ("identity", "exp"):
+        if classes is not None:
+            raise ValueError(f"{what}: classes: a regressor (output {head!r}) has none, got {classes!r:.200}")
+        return
+    n_labels = 2 if head == "logistic" and n_outputs == 1 else n_outputs
+    if not isinstance(classes, list) or len(classes) != n_labels:
+        raise ValueError(f"{what}: classes: expected a list of {n_labels} labels for {n_outputs} {head} "
+                         f"output(s), got {classes!r:.200}")
 
 
 # --------------------------------------------------------------------------- loading
@@ -426,20 +388,12 @@ def _build(meta: dict, tensors: dict[str, np.ndarray], what: str) -> Predictor:
     arch = meta["architecture"] if isinstance(meta.get("architecture"), dict) else {}
     sizes = arch.get("sizes")
     _check_fits(meta, {name: t.shape for name, t in tensors.items()}, sizes, what)
-    activation, out_activation = arch.get("activation", "relu"), arch.get("out_activation", "softmax")
-    if out_activation != "softmax":
-        raise ValueError(f"{what}: output activation {out_activation!r:.40}: this fastmlp predicts with softmax only")
-    options = {} if activation == "relu" else {"activation": activation}
+    head = arch.get("out_activation", "softmax")
     try:
         dtype = np.dtype(arch.get("dtype"))
-        model = MLP(sizes[0], sizes[1:-1], sizes[-1], dtype=dtype, **options)
-        kind = np.dtype(meta.get("classes_dtype"))
-        if kind.kind not in CLASS_KINDS:
-            raise ValueError(f"class labels of dtype {kind} are not read")
-        # A string width comes from the labels themselves, never from the header's dtype (it could be huge).
-        classes = np.asarray(meta["classes"], dtype=str if kind.kind == "U" else kind)
-        if classes.ndim != 1:
-            raise ValueError(f"classes: expected a list of labels, got shape {classes.shape}")
+        model = MLP(sizes[0], sizes[1:-1], sizes[-1], dtype=dtype, activation=arch.get("activation", "relu"),
+                    output="identity" if head == "exp" else head)
+        classes = None if meta["classes"] is None else _read_classes(meta)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what}: cannot rebuild the model it describes: {exc}") from None
     for l, lin in enumerate(model.linears):
@@ -448,9 +402,24 @@ def _build(meta: dict, tensors: dict[str, np.ndarray], what: str) -> Predictor:
     offset, scale = (tensors.get(f"preprocessing.{k}") for k in ("offset", "scale"))
     spec = meta.get("input") or {}
     info = {key: meta.get(key) for key in ("fastmlp_version", "format_version", "source")}
+    names = spec.get("feature_names")
     return Predictor(model, classes, offset=None if offset is None else offset.astype(dtype),
                      scale=None if scale is None else scale.astype(dtype), preprocessing=spec.get("preprocessing"),
-                     input_shape=None if spec.get("shape") is None else tuple(spec["shape"]), info=info)
+                     input_shape=None if spec.get("shape") is None else tuple(spec["shape"]), info=info,
+                     feature_names=None if names is None else np.asarray(names, dtype=object),
+                     out_activation=head)
+
+
+def _read_classes(meta: dict) -> np.ndarray:
+    """The labels (C,) of a file's metadata, of its ``classes_dtype`` kind."""
+    kind = np.dtype(meta.get("classes_dtype"))
+    if kind.kind not in CLASS_KINDS:
+        raise ValueError(f"class labels of dtype {kind} are not read")
+    # A string width comes from the labels themselves, never from the header's dtype (it could be huge).
+    classes = np.asarray(meta["classes"], dtype=str if kind.kind == "U" else kind)
+    if classes.ndim != 1:
+        raise ValueError(f"classes: expected a list of labels, got shape {classes.shape}")
+    return classes
 
 
 def predictor_of(obj) -> Predictor:

@@ -1,14 +1,21 @@
-"""``fastmlp.export_onnx``: a model as an ONNX graph from raw input rows to class probabilities.
+"""``fastmlp.export_onnx``: a model as an ONNX graph from raw input rows to probabilities or values.
 
 The graph is built with the ``onnx`` package's helper functions (no PyTorch):
 
     x (N, D) uint8 or float  --Cast-->  model dtype  --Sub offset, Div scale-->
-    [Gemm (transB) -> Relu] per hidden layer  -->  Gemm  -->  Softmax  -->  probabilities (N, C)
+    [Gemm (transB) -> activation] per hidden layer  -->  Gemm  -->  output head
 
-so the preprocessing the model was trained with is part of the graph: a runtime
+with the activation Relu, Tanh, Sigmoid or Identity, and the head by what the model
+predicts: Softmax (multiclass) or Sigmoid (multilabel) to ``probabilities`` (N, C);
+for a binary model (one logistic output) Sigmoid then (1 - p, p) to
+``probabilities`` (N, 2), as scikit-learn's ``predict_proba``; for a regressor the
+``values`` (N, K), K the number of outputs (1 included), through Exp for the Poisson loss's output.
+
+The preprocessing the model was trained with is part of the graph: a runtime
 feeds it the stored pixels (for CIFAR-10, uint8 rows of 3,072 values in CIFAR's
-channel-first order). The class labels, the preprocessing's name and the input's
-shape are in the model's ``metadata_props`` (``classes`` as JSON).
+channel-first order). The class labels, what it predicts (``target``), the
+preprocessing's name and the input's shape are in the model's ``metadata_props``
+(``classes`` as JSON, null for a regressor).
 
 Needs the ``onnx`` extra (``pip install 'fastmlp[onnx]'``: onnx, and onnxruntime to run it).
 """
@@ -20,10 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["INPUT_NAME", "INPUT_TYPES", "OPSET", "OUTPUT_NAME", "export_onnx"]
+__all__ = ["INPUT_NAME", "INPUT_TYPES", "OPSET", "OUTPUT_NAME", "VALUES_NAME", "export_onnx"]
 
 INPUT_NAME = "x"
 OUTPUT_NAME = "probabilities"
+#: The output of a regressor's graph.
+VALUES_NAME = "values"
+#: The ONNX operator of each hidden activation and logistic output.
+ACTIVATION_OPS = {"relu": "Relu", "tanh": "Tanh", "logistic": "Sigmoid", "identity": "Identity"}
 #: The ONNX operator set the graph is written for (every operator used exists since opset 13).
 OPSET = 17
 #: Accepted ``input_type`` values of :func:`export_onnx`.
@@ -50,10 +61,24 @@ def _nodes(predictor, helper, numpy_helper) -> tuple[list, list]:
                                       transB=1))
         h = f"linear_{l}"
         if l < last:
-            nodes.append(helper.make_node("Relu", [h], [f"relu_{l}"]))
-            h = f"relu_{l}"
-    nodes.append(helper.make_node("Softmax", [h], [OUTPUT_NAME], axis=1))
-    return nodes, inits
+            nodes.append(helper.make_node(ACTIVATION_OPS[predictor.model.activation], [h], [f"hidden_{l}"]))
+            h = f"hidden_{l}"
+    return nodes + _head(predictor, h, inits, numpy_helper, helper), inits
+
+
+def _head(predictor, logits: str, inits: list, numpy_helper, helper) -> list:
+    """The nodes from the last layer's ``logits`` to the graph's output, by the predictor's target."""
+    target = predictor.target
+    if target == "regression":
+        return [helper.make_node("Exp" if predictor.out_activation_ == "exp" else "Identity", [logits], [VALUES_NAME])]
+    if target == "multiclass":
+        return [helper.make_node("Softmax", [logits], [OUTPUT_NAME], axis=1)]
+    if target == "multilabel":
+        return [helper.make_node("Sigmoid", [logits], [OUTPUT_NAME])]
+    inits.append(numpy_helper.from_array(np.ones((1, 1), predictor.dtype), "one"))
+    return [helper.make_node("Sigmoid", [logits], ["p"]),  # binary: the columns (1 - p, p)
+            helper.make_node("Sub", ["one", "p"], ["one_minus_p"]),
+            helper.make_node("Concat", ["one_minus_p", "p"], [OUTPUT_NAME], axis=1)]
 
 
 def export_onnx(model_or_file, path: str | os.PathLike, *, input_type: str | None = None) -> Path:
@@ -61,7 +86,7 @@ def export_onnx(model_or_file, path: str | os.PathLike, *, input_type: str | Non
 
     Parameters
     ----------
-    model_or_file : path, fastmlp.Predictor, fastmlp.MLP or fitted MLPClassifier
+    model_or_file : path, fastmlp.Predictor, fastmlp.MLP, fitted MLPClassifier or MLPRegressor
         A model file (:func:`fastmlp.save`, or a run folder) or a model.
     path : path
         The ``.onnx`` file to write.
@@ -72,8 +97,9 @@ def export_onnx(model_or_file, path: str | os.PathLike, *, input_type: str | Non
     Returns
     -------
     Path
-        ``path``. The graph's output ``probabilities`` (N, C) is in the model's dtype,
-        columns in the order of the labels in ``metadata_props["classes"]``.
+        ``path``. The graph's output, in the model's dtype: ``probabilities`` (N, C),
+        columns in the order of the labels in ``metadata_props["classes"]`` (two for a
+        binary model); for a regressor ``values`` (N, K).
 
     Raises
     ------
@@ -100,12 +126,11 @@ def export_onnx(model_or_file, path: str | os.PathLike, *, input_type: str | Non
         nodes, "fastmlp_mlp",
         [helper.make_tensor_value_info(INPUT_NAME, helper.np_dtype_to_tensor_dtype(np.dtype(input_type)),
                                        ["N", predictor.n_features_in_])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, helper.np_dtype_to_tensor_dtype(predictor.dtype),
-                                       ["N", len(predictor.classes_)])],
-        initializer=inits)
+        [_output_info(predictor, helper)], initializer=inits)
     onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fastmlp")
     helper.set_model_props(onnx_model, {
-        "classes": json.dumps(predictor.classes_.tolist()),
+        "classes": json.dumps(None if predictor.classes_ is None else predictor.classes_.tolist()),
+        "target": predictor.target,
         "preprocessing": str(predictor.preprocessing),
         "input_shape": json.dumps(None if predictor.input_shape is None else list(predictor.input_shape)),
     })
@@ -114,3 +139,11 @@ def export_onnx(model_or_file, path: str | os.PathLike, *, input_type: str | Non
     with atomic_path(path) as tmp:
         tmp.write_bytes(onnx_model.SerializeToString())
     return path
+
+
+def _output_info(predictor, helper):
+    """The graph output's name, element type and shape."""
+    elem = helper.np_dtype_to_tensor_dtype(predictor.dtype)
+    if predictor.target == "regression":
+        return helper.make_tensor_value_info(VALUES_NAME, elem, ["N", predictor.n_outputs_])
+    return helper.make_tensor_value_info(OUTPUT_NAME, elem, ["N", len(predictor.classes_)])

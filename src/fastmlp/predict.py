@@ -9,8 +9,10 @@ nothing else is read: no training data, no ``FASTMLP_DATA``. Each INPUT is
   of them (``(N, 32, 32, 3)``, ``(N, 3, 32, 32)``, ``(N, 3072)``), one line per example.
 
 Each line names the input and its ``--top_k`` most likely classes with their
-probabilities (``--json``: one JSON object per line instead). Exit status: 0 done,
-2 bad input (the model file, an input, a flag), with one ``error:`` line.
+probabilities; for a multilabel model the labels it predicts (probability above
+0.5) with theirs; for a regressor its value(s) (``--top_k`` is refused for both).
+``--json``: one JSON object per line instead. Exit status: 0 done, 2 bad input (the
+model file, an input, a flag), with one ``error:`` line.
 
 Examples
 --------
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL", help="a model file (model.safetensors) or a run folder holding one")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="PNG/JPEG images or .npy arrays")
-    parser.add_argument("--top_k", type=_top_k, default=1, help="classes shown per input (default 1)")
+    parser.add_argument("--top_k", type=_top_k, default=None,
+                        help="classes shown per input (default 1; single-label classifiers only)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     return parser
 
@@ -120,10 +123,43 @@ def read_input(path: str | Path, predictor: Predictor) -> tuple[np.ndarray, list
     return array, [f"{path}[{i}]" for i in range(len(array))]
 
 
-def _lines(predictor: Predictor, array: np.ndarray, labels: list[str], top_k: int, as_json: bool):
+def _lines(predictor: Predictor, array: np.ndarray, labels: list[str], top_k: int | None, as_json: bool):
+    """The output lines of one INPUT's examples, by what the model predicts."""
+    target = predictor.target
+    if target in ("multilabel", "regression") and top_k is not None:
+        raise _Refused(f"--top_k: a {target} model prints every label it predicts or all its values; "
+                       "--top_k is for a model that predicts one class")
+    if target == "regression":
+        return _value_lines(predictor.predict(array).reshape(len(array), -1), labels, as_json)
+    if target == "multilabel":
+        return _label_set_lines(predictor, array, labels, as_json)
+    return _class_lines(predictor, array, labels, top_k or 1, as_json)
+
+
+def _value_lines(values: np.ndarray, labels: list[str], as_json: bool):
+    for label, row in zip(labels, values.tolist()):
+        if as_json:
+            yield json.dumps({"input": label, "values": row})
+        else:
+            yield f"{label}: " + ", ".join(f"{v:.6g}" for v in row)
+
+
+def _label_set_lines(predictor: Predictor, array: np.ndarray, labels: list[str], as_json: bool):
+    proba = predictor.predict_proba(array)
+    for label, row, chosen in zip(labels, proba, predictor.predict(array)):
+        found = [(predictor.classes_[i].item(), float(row[i])) for i in np.flatnonzero(chosen)]
+        if as_json:
+            yield json.dumps({"input": label, "labels": [{"class": c, "probability": p} for c, p in found]})
+        else:
+            yield f"{label}: " + (", ".join(f"{c} {p:.4f}" for c, p in found) or "(no label)")
+
+
+def _class_lines(predictor: Predictor, array: np.ndarray, labels: list[str], top_k: int, as_json: bool):
     proba = predictor.predict_proba(array)
     # ranked by the logits, as Predictor.predict is: probabilities near 1/C can round to ties
-    order = np.argsort(-predictor.decision_function(array), axis=1, kind="stable")[:, :top_k]
+    # (a binary model's one logit ranks its two columns as their probabilities do)
+    scores = proba if predictor.target == "binary" else predictor.decision_function(array)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
     for label, row, best in zip(labels, proba, order):
         top = [(predictor.classes_[i].item(), float(row[i])) for i in best]
         if as_json:
@@ -138,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         predictor = load(args.model)
         inputs = [read_input(path, predictor) for path in args.inputs]  # every input checked before any output
-        for array, labels in inputs:
-            for line in _lines(predictor, array, labels, args.top_k, args.json):
-                print(line)
+        lines = [list(_lines(predictor, array, labels, args.top_k, args.json)) for array, labels in inputs]
+        for line in (line for block in lines for line in block):
+            print(line)
     except (_Refused, FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,4 +1,4 @@
-"""Training the fastmlp MLP: what ``fastmlp.train``, ``MLPClassifier`` and the search share.
+"""Training the fastmlp MLP: what ``fastmlp.train`` and the search share.
 
 No command line here (that is :mod:`fastmlp.train`, over :mod:`fastmlp.cli`): this
 module turns a run's flags into a trained network and its outputs.
