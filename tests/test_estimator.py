@@ -388,6 +388,15 @@ def test_import_fastmlp_and_its_training_cli_do_not_import_scikit_learn():
     assert proc.stdout.strip() == "ok"
 
 
+def test_without_scikit_learn_the_message_names_the_extra():
+    code = ("import sys\nsys.modules['sklearn'] = None  # as if not installed\nimport fastmlp\n"
+            "try:\n    fastmlp.MLPClassifier\nexcept ImportError as exc:\n    print(exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'fastmlp[sklearn]'" in proc.stdout
+
+
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)])
 def test_sklearn_estimator_checks(estimator, check):
     """Every check of scikit-learn's, none expected to fail (scikit-learn's own MLPs are checked at max_iter=100)."""
