@@ -379,13 +379,23 @@ def test_clone_pipeline_gridsearch(digits):
     assert search.best_params_["learning_rate_init"] == 1e-2
 
 
-def test_import_fastmlp_and_its_training_cli_do_not_import_scikit_learn():
-    code = ("import sys, fastmlp, fastmlp.train\nfastmlp.MLP\nassert 'sklearn' not in sys.modules\n"
-            "fastmlp.MLPRegressor\nassert 'sklearn' in sys.modules\nprint('ok')")
+def _fresh_interpreter(code: str) -> str:
+    """What ``code`` prints when run by a new Python process (which must succeed)."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    return proc.stdout.strip()
+
+
+def test_import_fastmlp_and_its_training_cli_do_not_import_scikit_learn():
+    assert _fresh_interpreter("import sys, fastmlp, fastmlp.train\nfastmlp.MLP\nassert 'sklearn' not in sys.modules\n"
+                              "fastmlp.MLPRegressor\nassert 'sklearn' in sys.modules\nprint('ok')") == "ok"
+
+
+def test_without_scikit_learn_the_message_names_the_extra():
+    printed = _fresh_interpreter("import sys\nsys.modules['sklearn'] = None  # as if not installed\nimport fastmlp\n"
+                                 "try:\n    fastmlp.MLPClassifier\nexcept ImportError as exc:\n    print(exc)\n")
+    assert "pip install 'fastmlp[sklearn]'" in printed
 
 
 @parametrize_with_checks([MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)])
