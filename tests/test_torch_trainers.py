@@ -732,6 +732,16 @@ def test_bad_fastmlp_flags_raise_value_error_naming_the_flag(mlp_data, flags, ma
         train_mlp.train(args, data=mlp_data)
 
 
+@pytest.mark.parametrize("name, nesterov, match", [
+    ("rmsprop", False, r"optimizer: expected one of \('sgd', 'momentum', 'adam'\), got 'rmsprop'"),
+    ("adam", True, "nesterov: needs optimizer 'momentum' and momentum > 0, got optimizer 'adam'"),
+])
+def test_make_optimizer_refuses_what_fastmlp_refuses(name, nesterov, match):
+    groups = train_mlp.parameter_groups(torch.nn.Linear(4, 2), 0.0)
+    with pytest.raises(ValueError, match=match):
+        train_mlp.make_optimizer(name, groups, 0.1, nesterov=nesterov)
+
+
 def test_hand_built_namespace_is_checked_and_completed(tmp_path, mlp_data):
     args = train_mlp.build_parser().parse_args([*CPU, "--max_steps", "2", "--eval_freq", "2", "--quiet",
                                                 "--out_dir", str(tmp_path)])

@@ -354,6 +354,14 @@ def test_bad_flags_are_usage_errors(argv, flag, words, capsys):
         assert word in err
 
 
+@pytest.mark.parametrize("argv", [["--nesterov"], ["--nesterov", "--optimizer", "momentum", "--momentum", "0"]])
+def test_nesterov_without_momentum_is_a_usage_error(argv, tmp_path, capsys):
+    status, _, err = run_main([*argv, "--data_dir", tmp_path / "no-data", "--out_dir", tmp_path / "run"], capsys)
+    assert status == 2
+    assert err.startswith("error: --nesterov: needs --optimizer 'momentum' and --momentum > 0, got --optimizer")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_checks_a_hand_made_namespace():
     with pytest.raises(ValueError, match="--batch_size: expected an integer > 0, got -1"):
         fm_train.train(argparse.Namespace(batch_size=-1))

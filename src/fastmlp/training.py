@@ -23,6 +23,7 @@ from fastmlp import loop
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from fastmlp.data import dataset_metrics
 from fastmlp.hyperparams import check_all, check_sizes
+from fastmlp.optim import check_optimizer
 from fastmlp.runlog import RunLog, check_finite
 from fastmlp.schedules import LearningRateSchedule
 
@@ -86,6 +87,7 @@ def checked_flags(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Name
         raise ValueError(f"unknown flag(s) {unknown}; see `python -m fastmlp.train --help`")
     values = check_all({**DEFAULTS, **given}, _TABLE_NAME, label=lambda flag: f"--{flag}")
     check_sizes(values, _TABLE_NAME, label=lambda flag: f"--{flag}")
+    check_optimizer(values["optimizer"], values["momentum"], values["nesterov"], label=lambda flag: f"--{flag}")
     for flag in ("quiet", "dry_run", "plot", "overwrite"):
         values[flag] = bool(values[flag])
     for flag in ("data_dir", "out_dir", "resume"):

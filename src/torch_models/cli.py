@@ -20,7 +20,7 @@ from fastmlp import cli
 from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
 from fastmlp.hyperparams import DEVICES, Boolean, NoneOr, check, check_all, check_sizes, flag_type
 from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_EVAL_FREQ, DRY_RUN_STEPS
-from fastmlp.optim import OPTIMIZERS
+from fastmlp.optim import OPTIMIZERS, check_optimizer
 from fastmlp.schedules import SCHEDULES
 from torch_models.checkpoint import load_checkpoint, resolve_checkpoint_path
 
@@ -156,9 +156,7 @@ def checked_args(args: argparse.Namespace | Mapping[str, Any],
             values[flag] = check(_SWITCHES[flag], value, label=f"--{flag}")
         elif flag in _PATHS and value is not None:
             values[flag] = str(value)
-    if values["nesterov"] and (values["optimizer"] != "momentum" or values["momentum"] == 0):
-        raise ValueError(f"--nesterov needs --optimizer momentum and --momentum > 0, got --optimizer "
-                         f"{values['optimizer']} --momentum {values['momentum']}")
+    check_optimizer(values["optimizer"], values["momentum"], values["nesterov"], label=lambda flag: f"--{flag}")
     return argparse.Namespace(**values)
 
 
