@@ -72,8 +72,7 @@ EXIT_STATUSES = {
 #: Flags that describe this invocation rather than the run: ``--resume`` never takes
 #: them from the checkpoint (every other flag not given again is). ``--data_dir`` is
 #: the run's (the same images); give it again to read them from another folder.
-INVOCATION_FLAGS = ("resume", "out_dir", "overwrite", "dry_run", "quiet", "plot", "threads", "num_threads",
-                    "device")
+INVOCATION_FLAGS = ("resume", "out_dir", "overwrite", "dry_run", "quiet", "plot", "threads", "device")
 
 
 def flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -193,11 +193,12 @@ def check_resumable(saved: Mapping[str, Any], flags: Mapping[str, Any], where: s
                              f"this run asks for {flags.get(name)!r}")
     if flags.get("lr_schedule") not in (None, "constant"):
         trajectory = (*trajectory, "max_steps")
-    changed = [f"--{name} {saved[name]!r} -> {flags.get(name)!r}" for name in trajectory
-               if name in saved and saved[name] != flags.get(name)]
+    changed = [name for name in trajectory if name in saved and saved[name] != flags.get(name)]
     if changed and warn:
-        warnings.warn("resuming with changed flags (" + ", ".join(changed) + "): the result will differ "
-                      "from an uninterrupted run", stacklevel=3)
+        horizon = "; the learning-rate schedule keeps the horizon it was created with" if "max_steps" in changed else ""
+        warnings.warn("resuming with changed flags ("
+                      + ", ".join(f"--{name} {saved[name]!r} -> {flags.get(name)!r}" for name in changed)
+                      + f"): the result will differ from an uninterrupted run{horizon}", stacklevel=3)
 
 
 def resume(progress: Progress, *, step: int, rows: list[dict], wall_seconds: float, max_steps: int) -> None:

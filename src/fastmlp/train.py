@@ -55,31 +55,14 @@ import gc
 from typing import Any, Callable, Mapping
 
 from fastmlp import cli, training
-from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint_path, save_checkpoint
+from fastmlp.checkpoint import load_checkpoint, resolve_checkpoint_path
 from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
-from fastmlp.hyperparams import FloatDType, flag_type, format_hidden_units, parse_hidden_units
+from fastmlp.hyperparams import FloatDType, flag_type, format_hidden_units
 from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_STEPS
 from fastmlp.modules import INITS
 from fastmlp.optim import OPTIMIZERS
 from fastmlp.schedules import SCHEDULES
-# The names this module exported before the training moved out; kept importable from here.
-from fastmlp.cli import explicit_flags
-from fastmlp.training import build_model_and_optimizer, derive_seeds, training_step
-
-__all__ = [
-    "CHECKPOINT_NAME",
-    "build_model_and_optimizer",
-    "build_parser",
-    "derive_seeds",
-    "explicit_flags",
-    "load_checkpoint",
-    "main",
-    "parse_hidden_units",
-    "resolve_checkpoint_path",
-    "save_checkpoint",
-    "train",
-    "training_step",
-]
+__all__ = ["build_parser", "main", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:

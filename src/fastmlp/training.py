@@ -29,7 +29,6 @@ from fastmlp.schedules import LearningRateSchedule
 
 __all__ = [
     "DEFAULTS",
-    "EVALUATION_SPLITS",
     "MLPHooks",
     "blas_threads",
     "build_model_and_optimizer",
@@ -56,9 +55,6 @@ DEFAULTS: dict[str, Any] = {
 }
 # A flag's entry in the constraint table when its name differs (the course's flag name).
 _TABLE_NAME = {"dnn_hidden_units": "hidden_units"}
-
-#: The splits a run evaluates, when its data holds them (every trainer's: :data:`fastmlp.loop.EVALUATION_SPLITS`).
-EVALUATION_SPLITS = loop.EVALUATION_SPLITS
 
 # --resume: flags fixing the shapes of the saved arrays (a change is refused), and
 # flags whose change makes the result differ from an uninterrupted run (a warning).

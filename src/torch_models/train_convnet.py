@@ -4,8 +4,7 @@ Defaults are the course's (Adam, ``--learning_rate 1e-4 --max_steps 5000 --batch
 --eval_freq 500``, per-pixel mean-image preprocessing), read with
 :func:`fastmlp.data.get_cifar10`. Extras for speed and accuracy:
 
-- ``--device {auto,cpu,cuda}``; ``--threads`` (CPU threads, default torch's own choice;
-  ``--num_threads``, its earlier name, still works and warns);
+- ``--device {auto,cpu,cuda}``; ``--threads`` (CPU threads, default torch's own choice);
 - ``--amp``: mixed precision as :mod:`torch_models.precision` decides for the device:
   bfloat16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; 1.85-2.11x faster steps here)
   or a GPU with it, float16 with a gradient scaler on an older GPU, float32 (with a warning)

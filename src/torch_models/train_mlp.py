@@ -54,8 +54,7 @@ Several machines (run on each machine, with its own ``--node_rank``)::
 
 Only rank 0 writes outputs; ``--resume`` needs the checkpoint readable on rank 0's machine.
 See :mod:`torch_models.trainer` for how batches and evaluation are shared between ranks.
-``--threads`` sets torch's CPU threads (``--num_threads``, its earlier name, still works
-and warns).
+``--threads`` sets torch's CPU threads.
 On ``--resume`` the learning-rate schedule keeps the horizon (``--max_steps``) the run was
 started with, and this invocation's ``--learning_rate``, ``--weight_decay``, ``--momentum``
 and ``--nesterov`` replace the hyper-parameters stored with the optimizer state.

@@ -121,9 +121,6 @@ def _checkpoint_to_resume(args: argparse.Namespace, spec: TrainerSpec, ctx: Dist
     loop.check_resumable(saved, flags, str(args.resume), architecture=spec.architecture_flags,
                          trajectory=spec.trajectory_flags, warn=ctx.is_main)
     if ctx.is_main:
-        if saved.get("max_steps") != flags["max_steps"] and flags.get("lr_schedule") not in (None, "constant"):
-            warnings.warn("--max_steps differs from the checkpoint's: the learning-rate schedule keeps the "
-                          "horizon it was created with", stacklevel=2)
         _warn_on_precision_change(loaded, precision, str(args.resume))
     return loaded
 
