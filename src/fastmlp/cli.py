@@ -39,6 +39,7 @@ __all__ = [
     "EXIT_SIGHUP",
     "EXIT_SIGTERM",
     "EXIT_STATUSES",
+    "HelpFormatter",
     "Stopped",
     "add_overwrite_argument",
     "describe_os_error",
@@ -145,6 +146,20 @@ def signals_stop_the_run() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every command line's ``--help``: each flag's default, said once.
+
+    argparse's formatter appends ``(default: None)`` even to a help that says what
+    None means (``--data_dir``: ``$FASTMLP_DATA``, else ``~/.cache/fastmlp``); a help
+    that already names its default is left as it is.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:

@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fastmlp.train",
         description="Train the fastmlp MLP on CIFAR-10 (course defaults; see the module docstring "
                     "for a recipe meant to reach >= 0.55 test accuracy).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     defaults = training.DEFAULTS
 
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag(opt, "optimizer", "optimizer", choices=OPTIMIZERS,
          help="sgd: plain SGD (the course); momentum: SGD with --momentum; adam")
     flag(opt, "momentum", "momentum", help="momentum of --optimizer momentum")
-    flag(opt, "nesterov", action="store_true", help="Nesterov momentum (with --optimizer momentum)")
+    flag(opt, "nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (with --optimizer momentum)")
     flag(opt, "weight_decay", "weight_decay", help="L2 weight decay")
     flag(opt, "init", "init", choices=INITS, help="weight init; normal = the course's N(0, 1e-4^2)")
     flag(opt, "lr_schedule", "lr_schedule", choices=SCHEDULES,
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
          help="the data set (fastmlp.data.registry); npz: --data_dir names a file with x_train, y_train, x_test, y_test")
     flag(data, "preprocessing", "preprocessing", choices=PREPROCESSINGS,
          help="mean_image: subtract the mean training image (course); standardize: per-channel mean/std")
-    flag(data, "augment", action="store_true", help="random crops (pad 4) and horizontal flips")
+    flag(data, "augment", action=argparse.BooleanOptionalAction, help="random crops (pad 4) and horizontal flips")
     flag(data, "validation_size", "validation_size",
          help="training images held out (from the end) as a validation set")
     flag(data, "dtype", "dtype", choices=FloatDType.NAMES, help="floating-point precision")

@@ -100,7 +100,7 @@ def add_optimization_arguments(group, *, optimizer: str, decayed: str, momentum_
                        help="sgd: plain SGD (the course's MLP); momentum: SGD with --momentum; adam")
     group.add_argument("--momentum", type=flag_type("momentum"), default=0.9,
                        help="momentum of --optimizer momentum" + momentum_note)
-    group.add_argument("--nesterov", action="store_true", help="Nesterov momentum (with --optimizer momentum)")
+    group.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False, help="Nesterov momentum (with --optimizer momentum)")
     group.add_argument("--weight_decay", type=flag_type("weight_decay"), default=0.0,
                        help=f"L2 weight decay of the {decayed} only (not biases or BatchNorm parameters), as "
                             "fastmlp does")

@@ -72,6 +72,7 @@ from typing import Any, Mapping
 
 import torch
 
+from fastmlp.cli import HelpFormatter
 from fastmlp.data import example_shape
 from fastmlp.hyperparams import flag_type
 from torch_models import cli
@@ -139,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m torch_models.train_convnet",
         description="Train the VGG-style ConvNet on CIFAR-10 (course defaults: Adam 1e-4, batch 32, 5000 steps).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     cli.add_run_arguments(parser, learning_rate=1e-4, max_steps=5000, batch_size=32, eval_freq=500)
-    parser.add_argument("--augment", action="store_true",
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                         help="random crop (padding 4) + horizontal flip per training image, on the device")
     opt = parser.add_argument_group("optimisation (defaults: the course's Adam)")
     cli.add_optimization_arguments(opt, optimizer="adam", decayed="convolution and Linear kernels",

@@ -151,9 +151,8 @@ class TrainerAdapter:
                 continue
             if value == defaults.get(name) and name not in _ALWAYS_IN_COMMAND:
                 continue
-            if isinstance(value, bool):
-                if value:
-                    parts.append(f"--{name}")
+            if isinstance(value, bool):  # a switch that differs from its default: --x, or --no-x
+                parts.append(f"--{name}" if value else f"--no-{name}")
                 continue
             if isinstance(value, (list, tuple)):
                 value = format_hidden_units(value)
