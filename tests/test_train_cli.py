@@ -194,6 +194,15 @@ def test_every_trainer_takes_no_x_for_its_switches(module):
 COMMON = ["--eval_freq", 40, "--batch_size", 50, "--quiet"]
 
 
+def test_the_evaluation_lines_logged_by_the_loop_are_printed_on_stdout(synthetic_cifar_dir, tmp_path, capsys):
+    status, out, err = run_main(["--data_dir", synthetic_cifar_dir, "--max_steps", 4, "--eval_freq", 2,
+                                 "--dnn_hidden_units", 8, "--out_dir", tmp_path / "run"], capsys)
+    assert status == 0
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [int(line.split()[1]) for line in lines] == [0, 2, 4] and "test loss" in lines[0]
+    assert "test loss" not in err  # the progress bar's stream
+
+
 def test_no_augment_turns_off_the_checkpoints_augment_on_resume(synthetic_cifar_dir, tmp_path, capsys):
     run = tmp_path / "run"
     flags = ["--data_dir", synthetic_cifar_dir, "--augment", "--dnn_hidden_units", 8, "--eval_freq", 5, "--quiet"]

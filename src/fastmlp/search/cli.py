@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from fastmlp.cli import EXIT_BAD_INPUT, HelpFormatter
+from fastmlp.cli import EXIT_BAD_INPUT, HelpFormatter, library_messages_on_console
 from fastmlp.data import DATASET_NAMES
 from fastmlp.hyperparams import DEVICES, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, flag_type
 from fastmlp.runlog import DivergenceError
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with signals.signals_as_interrupts():
+        with signals.signals_as_interrupts(), library_messages_on_console():
             run_search(args)
     except SearchError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
