@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
 import stat
@@ -1131,3 +1132,32 @@ def test_missing_real_data_fails_when_it_is_required(tmp_path):
         results[require] = (proc.returncode, proc.stdout)
     assert results["0"][0] == 0 and "1 skipped" in results["0"][1], results["0"][1]
     assert results["1"][0] == 1 and "1 error" in results["1"][1] and "FASTMLP_REQUIRE_DATA=1" in results["1"][1]
+
+
+def test_a_program_silences_the_librarys_warnings_through_logging(tmp_path, caplog):
+    """A cache that cannot be written is logged (a warning of logger ``fastmlp.data.cache``), which
+    a program using fastmlp silences or redirects with the standard logging calls."""
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"the source's bytes")
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    arrays = {"x_train": np.zeros((2, 4), np.uint8), "y_train": np.zeros(2, np.int64),
+              "x_test": np.zeros((1, 4), np.uint8), "y_test": np.zeros(1, np.int64), "label_names": ["a"]}
+
+    def decode():
+        return dict(arrays)
+
+    with caplog.at_level(logging.INFO, logger="fastmlp"):
+        assert C.cached_decode(source, [source], decode, blocked, check=lambda data: None)["x_test"].shape == (1, 4)
+    [record] = caplog.records
+    assert record.name == "fastmlp.data.cache" and record.levelno == logging.WARNING
+    assert record.getMessage().startswith("could not cache the decoded cifar10 arrays in")
+    caplog.clear()
+    library = logging.getLogger("fastmlp")
+    level = library.level
+    library.setLevel(logging.ERROR)
+    try:
+        C.cached_decode(source, [source], decode, blocked, check=lambda data: None)
+    finally:
+        library.setLevel(level)
+    assert caplog.records == []

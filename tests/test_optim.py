@@ -216,6 +216,14 @@ def test_make_optimizer():
         optim.make_optimizer("rmsprop", model, 0.1)
 
 
+@pytest.mark.parametrize("name, momentum", [("sgd", 0.9), ("adam", 0.9), ("momentum", 0.0)])
+def test_nesterov_needs_sgd_with_momentum(name, momentum):
+    with pytest.raises(ValueError, match=rf"nesterov: needs optimizer 'momentum' and momentum > 0, got optimizer "
+                                         rf"'{name}', momentum {momentum}"):
+        optim.make_optimizer(name, MLP(4, [3], 2), 0.1, momentum=momentum, nesterov=True)
+    assert optim.make_optimizer("momentum", MLP(4, [3], 2), 0.1, momentum=0.5, nesterov=True).nesterov
+
+
 @pytest.mark.parametrize(
     "make, exc, match",
     [
@@ -225,7 +233,7 @@ def test_make_optimizer():
         (lambda m: optim.SGD(m, "fast"), TypeError, "lr: expected a number, got 'fast'"),
         (lambda m: optim.SGD(m, 0.1, momentum=1.0), ValueError, r"momentum: expected a finite value in \[0.0, 1.0\)"),
         (lambda m: optim.SGD(m, 0.1, momentum=-0.5), ValueError, "momentum: expected a finite value"),
-        (lambda m: optim.SGD(m, 0.1, nesterov=True), ValueError, "nesterov: Nesterov momentum needs momentum > 0"),
+        (lambda m: optim.SGD(m, 0.1, nesterov=True), ValueError, "nesterov: needs optimizer 'momentum' and momentum > 0"),
         (lambda m: optim.SGD(m, 0.1, weight_decay=-1e-4), ValueError, "weight_decay: expected a finite value"),
         (lambda m: optim.Adam(m, -1e-3), ValueError, "lr: expected a finite value"),
         (lambda m: optim.Adam(m, betas=(1.0, 0.999)), ValueError, r"betas\[0\]: expected a finite value"),

@@ -6,7 +6,6 @@ network is heavy for a 2-core machine.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -260,7 +259,6 @@ def test_on_eval_exception_propagates_and_keeps_checkpoint(tmp_path, mlp_data):
     ("batch_size", 0, "expected an integer > 0, got 0"),
     ("dropout", 1.5, "expected a finite number >= 0.0 and < 1.0, got 1.5"),
     ("threads", 0, "expected an integer > 0, got 0"),
-    ("num_threads", 0, "expected an integer > 0, got 0"),
 ])
 def test_a_bad_flag_is_refused_by_the_parser_and_by_train(mlp_data, flag, value, message, capsys):
     # The command line refuses it while parsing (exit 2); a Namespace built by hand, in train().
@@ -268,21 +266,23 @@ def test_a_bad_flag_is_refused_by_the_parser_and_by_train(mlp_data, flag, value,
         train_mlp.build_parser().parse_args([*CPU, f"--{flag}", str(value)])
     assert exited.value.code == 2 and message in capsys.readouterr().err
     args = argparse_copy(train_mlp.build_parser().parse_args([*CPU, "--quiet"]), **{flag: value})
-    shown = "threads" if flag == "num_threads" else flag  # the earlier name sets --threads
-    with pytest.warns(FutureWarning) if flag == "num_threads" else contextlib.nullcontext():
-        with pytest.raises(ValueError, match=f"^--{shown}: {re.escape(message)}$"):
-            train_mlp.train(args, data=mlp_data)
+    with pytest.raises(ValueError, match=f"^--{flag}: {re.escape(message)}$"):
+        train_mlp.train(args, data=mlp_data)
 
 
-def test_num_threads_is_the_old_name_of_threads(mlp_data, tmp_path):
-    with pytest.warns(FutureWarning, match="--num_threads is deprecated: use --threads"):
-        args = train_mlp.build_parser().parse_args([*CPU, "--num_threads", "1"])
-    assert args.threads == 1 and "num_threads" not in vars(args)
-    old = argparse_copy(train_mlp.build_parser().parse_args([*CPU, "--quiet", "--max_steps", "1", "--eval_freq", "1",
-                                                             "--out_dir", str(tmp_path)]), num_threads=1)
-    with pytest.warns(FutureWarning, match="--num_threads"):
-        metrics = train_mlp.train(old, data=mlp_data)
-    assert metrics["flags"]["threads"] == 1 and "num_threads" not in metrics["flags"]
+def test_num_threads_is_unrecognised_and_a_checkpoint_saved_with_it_resumes(synthetic_cifar_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        train_mlp.build_parser().parse_args([*CPU, "--num_threads", "1"])
+    assert exited.value.code == 2 and "unrecognized arguments: --num_threads" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert train_mlp.main([*CPU, "--data_dir", str(synthetic_cifar_dir), "--dnn_hidden_units", "8", "--max_steps", "2",
+                           "--eval_freq", "2", "--quiet", "--out_dir", str(run)]) == 0
+    state = tcheckpoint.load_checkpoint(run)
+    state["flags"]["num_threads"] = 1  # what a checkpoint written while --num_threads existed holds
+    tcheckpoint.save_checkpoint(run / "checkpoint.pt", state)
+    assert train_mlp.main(["--resume", str(run), "--max_steps", "4", "--quiet"]) == 0
+    resumed = tcheckpoint.load_checkpoint(run)
+    assert resumed["step"] == 4 and "num_threads" not in resumed["flags"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when CUDA is missing")
@@ -585,6 +585,7 @@ def test_compile_traces_once_per_mode_and_times_compilation_apart(tmp_path, mlp_
 
 # --------------------------------------------------------------------------- fastmlp.train's flags
 def test_mlp_defaults_are_fastmlp_train_defaults():
+    from fastmlp import hyperparams
     from fastmlp import train as fm_train
 
     numpy_defaults = vars(fm_train.build_parser().parse_args([]))
@@ -594,7 +595,7 @@ def test_mlp_defaults_are_fastmlp_train_defaults():
     assert {"init", "optimizer", "momentum", "nesterov", "weight_decay", "lr_schedule", "warmup_steps",
             "preprocessing", "augment", "learning_rate", "max_steps", "batch_size", "dnn_hidden_units"} <= shared
     assert {k: torch_defaults[k] for k in shared} == {k: numpy_defaults[k] for k in shared}
-    assert train_mlp.parse_hidden_units is fm_train.parse_hidden_units
+    assert train_mlp.parse_hidden_units is hyperparams.parse_hidden_units
 
 
 def test_mlp_init_normal_is_the_course_init_and_others_differ(tmp_path, mlp_data):
@@ -732,6 +733,16 @@ def test_bad_fastmlp_flags_raise_value_error_naming_the_flag(mlp_data, flags, ma
         train_mlp.train(args, data=mlp_data)
 
 
+@pytest.mark.parametrize("name, nesterov, match", [
+    ("rmsprop", False, r"optimizer: expected one of \('sgd', 'momentum', 'adam'\), got 'rmsprop'"),
+    ("adam", True, "nesterov: needs optimizer 'momentum' and momentum > 0, got optimizer 'adam'"),
+])
+def test_make_optimizer_refuses_what_fastmlp_refuses(name, nesterov, match):
+    groups = train_mlp.parameter_groups(torch.nn.Linear(4, 2), 0.0)
+    with pytest.raises(ValueError, match=match):
+        train_mlp.make_optimizer(name, groups, 0.1, nesterov=nesterov)
+
+
 def test_hand_built_namespace_is_checked_and_completed(tmp_path, mlp_data):
     args = train_mlp.build_parser().parse_args([*CPU, "--max_steps", "2", "--eval_freq", "2", "--quiet",
                                                 "--out_dir", str(tmp_path)])
@@ -779,6 +790,7 @@ def test_mlp_resume_matches_uninterrupted_run_with_fastmlp_flags(tmp_path, mlp_d
         train_mlp.train(train_mlp.build_parser().parse_args(extend), data=mlp_data)
     messages = " ".join(str(w.message) for w in warned)
     assert "--weight_decay 0.001 -> 0.05" in messages and "keeps the horizon" in messages
+    assert sum("max_steps" in str(w.message) for w in warned) == 1  # said once, not by the loop and the trainer
     extended = tcheckpoint.load_checkpoint(tmp_path / "whole")
     assert [g["weight_decay"] for g in extended["optimizer"]["param_groups"]] == [0.05, 0.0]
     # The cosine keeps the horizon the run was started with (the trainer's warning says so).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import math
 import os
@@ -165,8 +166,51 @@ def test_help_shows_defaults(capsys):
         assert f"(default: {default})" in text
 
 
+TRAINERS = ["fastmlp.train", "torch_models.train_mlp", "torch_models.train_convnet", "fastmlp.search.cli"]
+
+
+@pytest.mark.parametrize("module", TRAINERS)
+def test_help_says_each_default_once(module, monkeypatch):
+    if module.startswith("torch_models"):
+        pytest.importorskip("torch")
+    monkeypatch.setenv("COLUMNS", "1000")  # each flag's help on one line
+    text = importlib.import_module(module).build_parser().format_help()
+    shown = [line for line in text.splitlines() if "default:" in line]
+    assert len(shown) > 10
+    assert [line for line in shown if line.count("default:") > 1] == []
+
+
+@pytest.mark.parametrize("module", TRAINERS[:3])
+def test_every_trainer_takes_no_x_for_its_switches(module):
+    if module.startswith("torch_models"):
+        pytest.importorskip("torch")
+    parser = importlib.import_module(module).build_parser()
+    assert vars(parser.parse_args(["--nesterov", "--augment"]))["nesterov"] is True
+    args = parser.parse_args(["--nesterov", "--augment", "--no-nesterov", "--no-augment"])  # the last one wins
+    assert args.nesterov is False and args.augment is False
+
+
 # ------------------------------------------------------------------ resume
 COMMON = ["--eval_freq", 40, "--batch_size", 50, "--quiet"]
+
+
+def test_the_evaluation_lines_logged_by_the_loop_are_printed_on_stdout(synthetic_cifar_dir, tmp_path, capsys):
+    status, out, err = run_main(["--data_dir", synthetic_cifar_dir, "--max_steps", 4, "--eval_freq", 2,
+                                 "--dnn_hidden_units", 8, "--out_dir", tmp_path / "run"], capsys)
+    assert status == 0
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [int(line.split()[1]) for line in lines] == [0, 2, 4] and "test loss" in lines[0]
+    assert "test loss" not in err  # the progress bar's stream
+
+
+def test_no_augment_turns_off_the_checkpoints_augment_on_resume(synthetic_cifar_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    flags = ["--data_dir", synthetic_cifar_dir, "--augment", "--dnn_hidden_units", 8, "--eval_freq", 5, "--quiet"]
+    assert run_main([*flags, "--max_steps", 5, "--out_dir", run], capsys)[0] == 0
+    with pytest.warns(UserWarning, match="--augment True -> False"):
+        assert run_main(["--resume", run, "--max_steps", 10, "--no-augment", "--quiet"], capsys)[0] == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 10 and metrics["flags"]["augment"] is False
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum"])  # Adam: next test
@@ -352,6 +396,14 @@ def test_bad_flags_are_usage_errors(argv, flag, words, capsys):
     assert f"argument {flag}:" in err
     for word in words:
         assert word in err
+
+
+@pytest.mark.parametrize("argv", [["--nesterov"], ["--nesterov", "--optimizer", "momentum", "--momentum", "0"]])
+def test_nesterov_without_momentum_is_a_usage_error(argv, tmp_path, capsys):
+    status, _, err = run_main([*argv, "--data_dir", tmp_path / "no-data", "--out_dir", tmp_path / "run"], capsys)
+    assert status == 2
+    assert err.startswith("error: --nesterov: needs --optimizer 'momentum' and --momentum > 0, got --optimizer")
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_checks_a_hand_made_namespace():

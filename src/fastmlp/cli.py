@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -39,16 +40,19 @@ __all__ = [
     "EXIT_SIGHUP",
     "EXIT_SIGTERM",
     "EXIT_STATUSES",
+    "HelpFormatter",
     "INVOCATION_FLAGS",
+    "LIBRARY_LOGGERS",
     "Stopped",
     "add_overwrite_argument",
     "describe_os_error",
     "explicit_flags",
     "flag_actions",
+    "library_messages_on_console",
     "merge_resume_flags",
     "printable",
-    "signals_stop_the_run",
     "run_main",
+    "signals_stop_the_run",
     "summary_line",
 ]
 
@@ -73,8 +77,7 @@ EXIT_STATUSES = {
 #: Flags that describe this invocation rather than the run: ``--resume`` never takes
 #: them from the checkpoint (every other flag not given again is). ``--data_dir`` is
 #: the run's (the same images); give it again to read them from another folder.
-INVOCATION_FLAGS = ("resume", "out_dir", "overwrite", "dry_run", "quiet", "plot", "threads", "num_threads",
-                    "device")
+INVOCATION_FLAGS = ("resume", "out_dir", "overwrite", "dry_run", "quiet", "plot", "threads", "device")
 
 
 def flag_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -149,6 +152,70 @@ def signals_stop_the_run() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every command line's ``--help``: each flag's default, said once.
+
+    argparse's formatter appends ``(default: None)`` even to a help that says what
+    None means (``--data_dir``: ``$FASTMLP_DATA``, else ``~/.cache/fastmlp``); a help
+    that already names its default is left as it is.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+#: The loggers of the libraries' notes and warnings (each module logs to ``logging.getLogger(__name__)``).
+LIBRARY_LOGGERS = ("fastmlp", "torch_models")
+
+
+class _ConsoleHandler(logging.Handler):
+    """Library records as the command lines print them: notes on stdout, ``warning: ...`` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                print(f"warning: {text}", file=sys.stderr, flush=True)
+                return
+            bars = sys.modules.get("tqdm.auto")
+            if bars is not None:  # a progress bar may be on screen: tqdm writes the line above it
+                bars.tqdm.write(text, file=sys.stdout)
+            else:
+                print(text, file=sys.stdout, flush=True)
+        except Exception:  # noqa: BLE001 - logging's contract: a failing handler reports, never raises
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def library_messages_on_console(enabled: bool = True) -> Iterator[None]:
+    """Within the block, print the libraries' INFO and WARNING records (:data:`LIBRARY_LOGGERS`).
+
+    A command line owns its console: the records go to :class:`_ConsoleHandler` only,
+    not on to the root logger. A logger whose level was set (by a program calling
+    ``main``) keeps it. ``enabled=False`` (the ranks other than 0) changes nothing.
+    """
+    if not enabled:
+        yield
+        return
+    handler = _ConsoleHandler()
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    saved = [(logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, (level, propagate) in zip(loggers, saved):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     """Add ``--overwrite``, which lets a run replace the run already in its ``--out_dir``."""
     parser.add_argument("--overwrite", action="store_true",
@@ -207,7 +274,7 @@ def _train_in_folder(args: argparse.Namespace, train: Callable[[argparse.Namespa
     """
     claim = (claimed_run_dir(folder, resuming=resuming, overwrite=getattr(args, "overwrite", False))
              if is_main else contextlib.nullcontext())
-    with signals_stop_the_run(), claim:
+    with signals_stop_the_run(), claim, library_messages_on_console(is_main):
         return train(args)
 
 

@@ -67,7 +67,6 @@ __all__ = [
     "check_all",
     "check_in_dtype",
     "check_sizes",
-    "checker",
     "flag_type",
     "format_hidden_units",
     "parse_hidden_units",
@@ -419,11 +418,6 @@ def check_sizes(values: Mapping[str, Any], names: Mapping[str, str] | None = Non
     if "batch_size" in keys:
         rows = values[keys["batch_size"]]
         check_fits_in_memory(rows * row * itemsize, f"{label(keys['batch_size'])} {rows}: batches of that many rows")
-
-
-def checker(name: str) -> Callable[[Any], Any]:
-    """``CONSTRAINTS[name].check``: a one-argument check with the bare message."""
-    return CONSTRAINTS[name].check
 
 
 def flag_type(constraint: str | Constraint) -> Callable[[str], Any]:

@@ -20,6 +20,7 @@ on rank 0 only, and the loop itself writes through :class:`fastmlp.runlog.RunLog
 """
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ LOSS_WINDOW = 20
 FINAL_METRICS = ("test_loss", "test_accuracy", "validation_loss", "validation_accuracy")
 #: The splits a run evaluates, when its data holds them (a search's trials: validation only).
 EVALUATION_SPLITS = ("validation", "test")
+_log = logging.getLogger(__name__)
 
 
 def evaluation_splits(data: Mapping[str, Any], *, skip_empty: bool = False) -> dict[str, Any]:
@@ -192,11 +194,12 @@ def check_resumable(saved: Mapping[str, Any], flags: Mapping[str, Any], where: s
                              f"this run asks for {flags.get(name)!r}")
     if flags.get("lr_schedule") not in (None, "constant"):
         trajectory = (*trajectory, "max_steps")
-    changed = [f"--{name} {saved[name]!r} -> {flags.get(name)!r}" for name in trajectory
-               if name in saved and saved[name] != flags.get(name)]
+    changed = [name for name in trajectory if name in saved and saved[name] != flags.get(name)]
     if changed and warn:
-        warnings.warn("resuming with changed flags (" + ", ".join(changed) + "): the result will differ "
-                      "from an uninterrupted run", stacklevel=3)
+        horizon = "; the learning-rate schedule keeps the horizon it was created with" if "max_steps" in changed else ""
+        warnings.warn("resuming with changed flags ("
+                      + ", ".join(f"--{name} {saved[name]!r} -> {flags.get(name)!r}" for name in changed)
+                      + f"): the result will differ from an uninterrupted run{horizon}", stacklevel=3)
 
 
 def resume(progress: Progress, *, step: int, rows: list[dict], wall_seconds: float, max_steps: int) -> None:
@@ -253,11 +256,12 @@ def check_before_checkpoint(hooks: Hooks, step: int, row: Mapping[str, float]) -
 
 
 def evaluate_and_checkpoint(hooks: Hooks, progress: Progress, step: int, row: Mapping[str, float], *,
-                            write: Callable[[str], None] = print,
                             on_eval: Callable[[int, dict], None] | None = None) -> dict[str, float]:
-    """Evaluate, check for divergence, add the curves' row, write the checkpoint, show the line, call ``on_eval``.
+    """Evaluate, check for divergence, add the curves' row, write the checkpoint, log the line, call ``on_eval``.
 
-    ``row`` holds the training batch's numbers (empty at step 0). Returns the
+    ``row`` holds the training batch's numbers (empty at step 0). The line
+    (:func:`format_evaluation`) is an INFO record of this module's logger when
+    ``progress.show``; the command lines print it above the progress bar. Returns the
     report ``on_eval`` gets: ``step`` and the row. A diverged model
     (:func:`check_before_checkpoint`) raises :class:`DivergenceError` before anything is
     recorded or written.
@@ -269,7 +273,7 @@ def evaluate_and_checkpoint(hooks: Hooks, progress: Progress, step: int, row: Ma
                                  "wall_seconds": progress.wall_seconds()})
     report = {"step": step, **row}
     if progress.show:
-        write(format_evaluation(report))
+        _log.info(format_evaluation(report))
     if on_eval is not None:
         on_eval(step, report)
     return report
@@ -300,11 +304,11 @@ def run(hooks: Hooks, plan: Plan, progress: Progress, *, desc: str = "train",
         progress.step = step
         if plan.evaluates_at(step):
             evaluate_and_checkpoint(hooks, progress, step, {"train_loss": loss, **hooks.batch_metrics()},
-                                    write=bar.write, on_eval=on_eval)
+                                    on_eval=on_eval)
 
     try:
         if progress.step == 0 and not progress.log.rows:  # not again when resumed from step 0's checkpoint
-            evaluate_and_checkpoint(hooks, progress, 0, {}, write=bar.write, on_eval=on_eval)
+            evaluate_and_checkpoint(hooks, progress, 0, {}, on_eval=on_eval)
         train_steps(hooks.step, progress.step, plan.max_steps, bar, after_step=after_step)
     finally:
         bar.close()

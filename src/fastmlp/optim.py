@@ -17,9 +17,39 @@ import numpy as np
 
 from fastmlp import _kernels as K
 
-__all__ = ["Adam", "Optimizer", "SGD", "make_optimizer", "OPTIMIZERS"]
+__all__ = ["Adam", "Optimizer", "SGD", "check_optimizer", "make_optimizer", "OPTIMIZERS"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def check_optimizer(name, momentum, nesterov, *, label=str) -> None:
+    """Refuse an unknown optimizer ``name``, and Nesterov momentum where there is no momentum.
+
+    The one place of both rules, which every trainer (fastmlp's and torch's) applies:
+    Nesterov needs ``name == "momentum"`` and ``momentum > 0``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`OPTIMIZERS`.
+    momentum : float
+        The momentum that ``"momentum"`` would use.
+    nesterov : bool
+        Nesterov momentum wanted.
+    label : callable
+        What a message calls a setting (``lambda name: f"--{name}"`` on a command line).
+
+    Raises
+    ------
+    ValueError
+        ``"optimizer: expected one of ('sgd', 'momentum', 'adam'), got 'rmsprop'"`` or
+        ``"nesterov: needs optimizer 'momentum' and momentum > 0, got optimizer 'sgd', momentum 0.9"``.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"{label('optimizer')}: expected one of {OPTIMIZERS}, got {name!r}")
+    if nesterov and (name != "momentum" or momentum == 0):
+        raise ValueError(f"{label('nesterov')}: needs {label('optimizer')} 'momentum' and {label('momentum')} > 0, "
+                         f"got {label('optimizer')} {name!r}, {label('momentum')} {momentum!r}")
 
 
 def _check_hyper(name, value, *, low=0.0, high=None, low_open=False):
@@ -112,8 +142,7 @@ class SGD(Optimizer):
         super().__init__(model, lr, weight_decay)
         self.momentum = _check_hyper("momentum", momentum, high=1.0)
         self.nesterov = bool(nesterov)
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov: Nesterov momentum needs momentum > 0")
+        check_optimizer("momentum", self.momentum, self.nesterov)
 
     @property
     def fused(self) -> bool:
@@ -157,13 +186,16 @@ class Adam(Optimizer):
 
 
 def make_optimizer(name, model, lr, *, weight_decay=0.0, momentum=0.9, nesterov=False):
-    """``"sgd"`` (plain), ``"momentum"`` (SGD with ``momentum``, optionally Nesterov) or ``"adam"``."""
-    if nesterov and name != "momentum":
-        raise ValueError(f"nesterov: Nesterov momentum needs optimizer 'momentum', got {name!r}")
+    """``"sgd"`` (plain), ``"momentum"`` (SGD with ``momentum``, optionally Nesterov) or ``"adam"``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_optimizer` says.
+    """
+    check_optimizer(name, momentum, nesterov)
     if name == "sgd":
         return SGD(model, lr, weight_decay=weight_decay)
     if name == "momentum":
         return SGD(model, lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-    if name == "adam":
-        return Adam(model, lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer: expected one of {OPTIMIZERS}, got {name!r}")
+    return Adam(model, lr, weight_decay=weight_decay)

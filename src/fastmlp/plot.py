@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 # The drawing is library code (the training draws with it too); this module is its command line.
+from fastmlp.cli import HelpFormatter
 from fastmlp.curves import draw_curves, read_curves
 
 __all__ = ["draw_curves", "main", "read_curves"]
@@ -24,7 +25,7 @@ __all__ = ["draw_curves", "main", "read_curves"]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastmlp.plot", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (or curves.csv files)")
     parser.add_argument("--out", type=Path, default=None,
                         help="PNG to write (default: <run>/curves.png for one run, curves.png for several)")

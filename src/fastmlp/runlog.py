@@ -119,17 +119,13 @@ def resolve_checkpoint(path: str | os.PathLike, name: str) -> Path:
 
 
 class HiddenBar:
-    """What :func:`progress_bar` returns when disabled: tqdm's calls, doing nothing but ``write``."""
+    """What :func:`progress_bar` returns when disabled: tqdm's calls, doing nothing."""
 
     def update(self, n: int = 1) -> None:
         pass
 
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
         pass
-
-    @staticmethod
-    def write(text: str) -> None:
-        print(text, flush=True)
 
     def close(self) -> None:
         pass

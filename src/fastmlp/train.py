@@ -55,31 +55,14 @@ import gc
 from typing import Any, Callable, Mapping
 
 from fastmlp import cli, training
-from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint_path, save_checkpoint
+from fastmlp.checkpoint import load_checkpoint, resolve_checkpoint_path
 from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
-from fastmlp.hyperparams import FloatDType, flag_type, format_hidden_units, parse_hidden_units
+from fastmlp.hyperparams import FloatDType, flag_type, format_hidden_units
 from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_STEPS
 from fastmlp.modules import INITS
 from fastmlp.optim import OPTIMIZERS
 from fastmlp.schedules import SCHEDULES
-# The names this module exported before the training moved out; kept importable from here.
-from fastmlp.cli import explicit_flags
-from fastmlp.training import build_model_and_optimizer, derive_seeds, training_step
-
-__all__ = [
-    "CHECKPOINT_NAME",
-    "build_model_and_optimizer",
-    "build_parser",
-    "derive_seeds",
-    "explicit_flags",
-    "load_checkpoint",
-    "main",
-    "parse_hidden_units",
-    "resolve_checkpoint_path",
-    "save_checkpoint",
-    "train",
-    "training_step",
-]
+__all__ = ["build_parser", "main", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fastmlp.train",
         description="Train the fastmlp MLP on CIFAR-10 (course defaults; see the module docstring "
                     "for a recipe meant to reach >= 0.55 test accuracy).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     defaults = training.DEFAULTS
 
@@ -115,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     flag(opt, "optimizer", "optimizer", choices=OPTIMIZERS,
          help="sgd: plain SGD (the course); momentum: SGD with --momentum; adam")
     flag(opt, "momentum", "momentum", help="momentum of --optimizer momentum")
-    flag(opt, "nesterov", action="store_true", help="Nesterov momentum (with --optimizer momentum)")
+    flag(opt, "nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (with --optimizer momentum)")
     flag(opt, "weight_decay", "weight_decay", help="L2 weight decay")
     flag(opt, "init", "init", choices=INITS, help="weight init; normal = the course's N(0, 1e-4^2)")
     flag(opt, "lr_schedule", "lr_schedule", choices=SCHEDULES,
@@ -128,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
          help="the data set (fastmlp.data.registry); npz: --data_dir names a file with x_train, y_train, x_test, y_test")
     flag(data, "preprocessing", "preprocessing", choices=PREPROCESSINGS,
          help="mean_image: subtract the mean training image (course); standardize: per-channel mean/std")
-    flag(data, "augment", action="store_true", help="random crops (pad 4) and horizontal flips")
+    flag(data, "augment", action=argparse.BooleanOptionalAction, help="random crops (pad 4) and horizontal flips")
     flag(data, "validation_size", "validation_size",
          help="training images held out (from the end) as a validation set")
     flag(data, "dtype", "dtype", choices=FloatDType.NAMES, help="floating-point precision")

@@ -23,12 +23,12 @@ from fastmlp import loop
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from fastmlp.data import dataset_metrics
 from fastmlp.hyperparams import check_all, check_sizes
+from fastmlp.optim import check_optimizer
 from fastmlp.runlog import RunLog, check_finite
 from fastmlp.schedules import LearningRateSchedule
 
 __all__ = [
     "DEFAULTS",
-    "EVALUATION_SPLITS",
     "MLPHooks",
     "blas_threads",
     "build_model_and_optimizer",
@@ -55,9 +55,6 @@ DEFAULTS: dict[str, Any] = {
 }
 # A flag's entry in the constraint table when its name differs (the course's flag name).
 _TABLE_NAME = {"dnn_hidden_units": "hidden_units"}
-
-#: The splits a run evaluates, when its data holds them (every trainer's: :data:`fastmlp.loop.EVALUATION_SPLITS`).
-EVALUATION_SPLITS = loop.EVALUATION_SPLITS
 
 # --resume: flags fixing the shapes of the saved arrays (a change is refused), and
 # flags whose change makes the result differ from an uninterrupted run (a warning).
@@ -86,6 +83,7 @@ def checked_flags(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Name
         raise ValueError(f"unknown flag(s) {unknown}; see `python -m fastmlp.train --help`")
     values = check_all({**DEFAULTS, **given}, _TABLE_NAME, label=lambda flag: f"--{flag}")
     check_sizes(values, _TABLE_NAME, label=lambda flag: f"--{flag}")
+    check_optimizer(values["optimizer"], values["momentum"], values["nesterov"], label=lambda flag: f"--{flag}")
     for flag in ("quiet", "dry_run", "plot", "overwrite"):
         values[flag] = bool(values[flag])
     for flag in ("data_dir", "out_dir", "resume"):

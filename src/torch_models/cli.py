@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -20,7 +19,7 @@ from fastmlp import cli
 from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
 from fastmlp.hyperparams import DEVICES, Boolean, NoneOr, check, check_all, check_sizes, flag_type
 from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_EVAL_FREQ, DRY_RUN_STEPS
-from fastmlp.optim import OPTIMIZERS
+from fastmlp.optim import OPTIMIZERS, check_optimizer
 from fastmlp.schedules import SCHEDULES
 from torch_models.checkpoint import load_checkpoint, resolve_checkpoint_path
 
@@ -33,20 +32,6 @@ _SWITCHES = {"amp": Boolean(), "compile": Boolean(), "deterministic": Boolean(),
              "overwrite": Boolean(),
              "dry_run": Boolean(), "plot": Boolean(), "channels_last": NoneOr(Boolean())}
 _PATHS = ("data_dir", "out_dir", "resume")
-_OLD_THREADS_FLAG = "num_threads"
-
-
-def _warn_old_threads_flag() -> None:
-    warnings.warn("--num_threads is deprecated: use --threads (it is the same flag, named as in fastmlp.train)",
-                  FutureWarning, stacklevel=3)
-
-
-class _OldThreadsFlag(argparse.Action):
-    """``--num_threads``: the earlier name of ``--threads``; it still sets it, with a warning."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        _warn_old_threads_flag()
-        setattr(namespace, self.dest, values)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, max_steps: int,
@@ -84,8 +69,6 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, learning_rate: float, 
                         help="auto = cuda when available, else cpu")
     parser.add_argument("--threads", type=flag_type("threads"), default=None,
                         help="CPU threads for torch (default: torch's own choice)")
-    parser.add_argument(f"--{_OLD_THREADS_FLAG}", dest="threads", type=flag_type("threads"), action=_OldThreadsFlag,
-                        default=argparse.SUPPRESS, help="deprecated: the earlier name of --threads")
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
                         help="CUDA: deterministic cuDNN/cuBLAS algorithms (torch raises on an op that has none), so "
                              "--resume repeats an uninterrupted run bit for bit on the same GPU; costs some speed. "
@@ -117,7 +100,7 @@ def add_optimization_arguments(group, *, optimizer: str, decayed: str, momentum_
                        help="sgd: plain SGD (the course's MLP); momentum: SGD with --momentum; adam")
     group.add_argument("--momentum", type=flag_type("momentum"), default=0.9,
                        help="momentum of --optimizer momentum" + momentum_note)
-    group.add_argument("--nesterov", action="store_true", help="Nesterov momentum (with --optimizer momentum)")
+    group.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False, help="Nesterov momentum (with --optimizer momentum)")
     group.add_argument("--weight_decay", type=flag_type("weight_decay"), default=0.0,
                        help=f"L2 weight decay of the {decayed} only (not biases or BatchNorm parameters), as "
                             "fastmlp does")
@@ -134,8 +117,7 @@ def checked_args(args: argparse.Namespace | Mapping[str, Any],
     """A checked copy of ``args``; flags it lacks (a Namespace built by hand) get the parser's defaults.
 
     Every flag with an entry in the constraint table is checked against it (the
-    message names the flag: ``--batch_size: expected an integer > 0, got 0``); a
-    ``num_threads`` attribute (the earlier name) sets ``threads``, with a warning.
+    message names the flag: ``--batch_size: expected an integer > 0, got 0``).
 
     Raises
     ------
@@ -143,12 +125,6 @@ def checked_args(args: argparse.Namespace | Mapping[str, Any],
         Naming the flag.
     """
     given = dict(args) if isinstance(args, Mapping) else dict(vars(copy.copy(args)))
-    if _OLD_THREADS_FLAG in given:
-        old = given.pop(_OLD_THREADS_FLAG)
-        if old is not None:
-            _warn_old_threads_flag()
-            if given.get("threads") is None:  # --threads, when given too, wins
-                given["threads"] = old
     values = check_all({**vars(build_parser().parse_args([])), **given}, TABLE_NAMES, label=lambda flag: f"--{flag}")
     check_sizes(values, TABLE_NAMES, label=lambda flag: f"--{flag}")
     for flag, value in values.items():
@@ -156,9 +132,7 @@ def checked_args(args: argparse.Namespace | Mapping[str, Any],
             values[flag] = check(_SWITCHES[flag], value, label=f"--{flag}")
         elif flag in _PATHS and value is not None:
             values[flag] = str(value)
-    if values["nesterov"] and (values["optimizer"] != "momentum" or values["momentum"] == 0):
-        raise ValueError(f"--nesterov needs --optimizer momentum and --momentum > 0, got --optimizer "
-                         f"{values['optimizer']} --momentum {values['momentum']}")
+    check_optimizer(values["optimizer"], values["momentum"], values["nesterov"], label=lambda flag: f"--{flag}")
     return argparse.Namespace(**values)
 
 

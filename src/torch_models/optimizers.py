@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastmlp.optim import OPTIMIZERS
+from fastmlp.optim import OPTIMIZERS, check_optimizer
 from fastmlp.schedules import LearningRateSchedule
 
 __all__ = ["OPTIMIZERS", "ScheduledHyperParameters", "make_optimizer", "parameter_groups"]
@@ -45,13 +45,10 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], learning_rate: float
     Raises
     ------
     ValueError
-        For an unknown ``name``, or ``nesterov`` without ``"momentum"`` and ``momentum > 0``.
+        For an unknown ``name``, or ``nesterov`` without ``"momentum"`` and ``momentum > 0``
+        (:func:`fastmlp.optim.check_optimizer`).
     """
-    if name not in OPTIMIZERS:
-        raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {name!r}")
-    if nesterov and (name != "momentum" or momentum == 0):
-        raise ValueError(f"--nesterov needs --optimizer momentum and --momentum > 0, got --optimizer {name} "
-                         f"--momentum {momentum}")
+    check_optimizer(name, momentum, nesterov)
     if name == "adam":
         return torch.optim.Adam(groups, lr=learning_rate)
     if name == "momentum":

@@ -4,8 +4,7 @@ Defaults are the course's (Adam, ``--learning_rate 1e-4 --max_steps 5000 --batch
 --eval_freq 500``, per-pixel mean-image preprocessing), read with
 :func:`fastmlp.data.get_cifar10`. Extras for speed and accuracy:
 
-- ``--device {auto,cpu,cuda}``; ``--threads`` (CPU threads, default torch's own choice;
-  ``--num_threads``, its earlier name, still works and warns);
+- ``--device {auto,cpu,cuda}``; ``--threads`` (CPU threads, default torch's own choice);
 - ``--amp``: mixed precision as :mod:`torch_models.precision` decides for the device:
   bfloat16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; 1.85-2.11x faster steps here)
   or a GPU with it, float16 with a gradient scaler on an older GPU, float32 (with a warning)
@@ -73,6 +72,7 @@ from typing import Any, Mapping
 
 import torch
 
+from fastmlp.cli import HelpFormatter
 from fastmlp.data import example_shape
 from fastmlp.hyperparams import flag_type
 from torch_models import cli
@@ -140,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m torch_models.train_convnet",
         description="Train the VGG-style ConvNet on CIFAR-10 (course defaults: Adam 1e-4, batch 32, 5000 steps).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     cli.add_run_arguments(parser, learning_rate=1e-4, max_steps=5000, batch_size=32, eval_freq=500)
-    parser.add_argument("--augment", action="store_true",
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                         help="random crop (padding 4) + horizontal flip per training image, on the device")
     opt = parser.add_argument_group("optimisation (defaults: the course's Adam)")
     cli.add_optimization_arguments(opt, optimizer="adam", decayed="convolution and Linear kernels",

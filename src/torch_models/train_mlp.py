@@ -54,8 +54,7 @@ Several machines (run on each machine, with its own ``--node_rank``)::
 
 Only rank 0 writes outputs; ``--resume`` needs the checkpoint readable on rank 0's machine.
 See :mod:`torch_models.trainer` for how batches and evaluation are shared between ranks.
-``--threads`` sets torch's CPU threads (``--num_threads``, its earlier name, still works
-and warns).
+``--threads`` sets torch's CPU threads.
 On ``--resume`` the learning-rate schedule keeps the horizon (``--max_steps``) the run was
 started with, and this invocation's ``--learning_rate``, ``--weight_decay``, ``--momentum``
 and ``--nesterov`` replace the hyper-parameters stored with the optimizer state.
@@ -70,6 +69,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from fastmlp.cli import HelpFormatter
 from fastmlp.data import example_shape
 from fastmlp.hyperparams import BATCHNORMS, TORCH_INITS, flag_type, parse_hidden_units
 from torch_models import cli
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m torch_models.train_mlp",
         description="Train the PyTorch MLP on CIFAR-10 (course defaults, the same as python -m fastmlp.train; "
                     "see the module docstring for a recipe reaching >= 0.55 test accuracy).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--dnn_hidden_units", type=flag_type("hidden_units"),
                         default="100", help="comma-separated hidden layer sizes; empty = logistic regression")
     cli.add_run_arguments(parser, learning_rate=2e-3, max_steps=1500, batch_size=200, eval_freq=100,
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dropout", type=flag_type("dropout"), default=0.0, help="dropout after each hidden ReLU")
     model.add_argument("--batchnorm", type=flag_type("batchnorm"), choices=BATCHNORMS, default="none",
                        help="BatchNorm before each hidden Linear: torch.nn.BatchNorm1d or the custom one")
-    parser.add_argument("--augment", action="store_true",
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
                         help="random crop (zero padding 4) and horizontal flip of training images, done by "
                              "fastmlp.data.DataSet")
     return parser

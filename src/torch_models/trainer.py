@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -57,6 +58,8 @@ from torch_models.hooks import TorchHooks, TrainerSpec
 from torch_models.precision import Precision, choose_precision
 
 __all__ = ["TrainerSpec", "fit"]
+
+_log = logging.getLogger(__name__)
 
 
 class _SharedRunLog(RunLog):
@@ -121,9 +124,6 @@ def _checkpoint_to_resume(args: argparse.Namespace, spec: TrainerSpec, ctx: Dist
     loop.check_resumable(saved, flags, str(args.resume), architecture=spec.architecture_flags,
                          trajectory=spec.trajectory_flags, warn=ctx.is_main)
     if ctx.is_main:
-        if saved.get("max_steps") != flags["max_steps"] and flags.get("lr_schedule") not in (None, "constant"):
-            warnings.warn("--max_steps differs from the checkpoint's: the learning-rate schedule keeps the "
-                          "horizon it was created with", stacklevel=2)
         _warn_on_precision_change(loaded, precision, str(args.resume))
     return loaded
 
@@ -229,8 +229,8 @@ def fit(args: argparse.Namespace, spec: TrainerSpec, *, ctx: DistContext, data: 
     elif ctx.rank:
         torch.manual_seed(args.seed + ctx.rank)  # rank 0 keeps the single-process stream
     if args.dry_run and ctx.is_main:
-        print(_describe_plan(spec, args, hooks, plan=plan, out_dir=out_dir,
-                             train_examples=data["train"].num_examples), flush=True)
+        _log.info(_describe_plan(spec, args, hooks, plan=plan, out_dir=out_dir,
+                                 train_examples=data["train"].num_examples))
     loop.run(hooks, plan, progress, desc=spec.name, on_eval=on_eval)
     return loop.finish(progress, **_final_metrics(hooks, progress, out_dir=out_dir, dry_run=args.dry_run),
                        **dataset_metrics(args.dataset, data["train"]))

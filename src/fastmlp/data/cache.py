@@ -54,8 +54,8 @@ import os
 import shutil
 import stat
 import tempfile
+import logging
 import time
-import warnings
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -68,6 +68,7 @@ from fastmlp.data.sources import check_arrays
 __all__ = ["ARRAY_NAMES", "cached_decode", "content_hash", "fsync_dir"]
 
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+_log = logging.getLogger(__name__)
 _FORMAT = "fastmlp.decoded/2"
 
 
@@ -270,8 +271,9 @@ def cached_decode(source: Path, files: list[Path], decode: Callable[[], dict[str
         try:
             _write_entry(root, digest, data, dataset, check)
         except OSError as exc:
-            warnings.warn(f"could not cache the decoded {dataset} arrays in {root} ({exc}); "
-                          "they will be decoded again next time", stacklevel=3)
+            # Nothing the caller must change (a read-only or full disk): a log record, not a warning.
+            _log.warning(f"could not cache the decoded {dataset} arrays in {root} ({exc}); "
+                         "they will be decoded again next time")
             return data
     try:
         _write_json(record_path, {"source": str(source.resolve()), "signature": signature, "sha256": digest,

@@ -39,7 +39,7 @@ DEFAULT_INIT = {"torch": "torch", "numpy": "kaiming"}
 SEARCH_OWNED_FLAGS = frozenset({
     "dnn_hidden_units", "learning_rate", "batch_size", "max_steps", "optimizer", "weight_decay",
     "dropout", "seed", "validation_size", "out_dir", "resume", "data_dir", "eval_freq", "quiet",
-    "dry_run", "threads", "num_threads", "device",
+    "dry_run", "threads", "device",
 })
 # Flags of a trial that results.md's command leaves out, or always shows.
 _NOT_IN_COMMAND = ("out_dir", "quiet", "resume", "dry_run")
@@ -103,7 +103,7 @@ class TrainerAdapter:
             self.optimizers = tuple(o for o in self.optimizers if o == "momentum")
             self.optimizer_note = "with --trainer_flags --nesterov"
         self.has_dropout = "dropout" in actions
-        self.threads_flag = "threads"  # every trainer's (the torch trainers' --num_threads is its old name)
+        self.threads_flag = "threads"  # every trainer's
 
     def check_optimizers(self, choices) -> None:
         """Refuse a grid or space whose optimizers this trainer, with its fixed flags, cannot run."""
@@ -151,9 +151,8 @@ class TrainerAdapter:
                 continue
             if value == defaults.get(name) and name not in _ALWAYS_IN_COMMAND:
                 continue
-            if isinstance(value, bool):
-                if value:
-                    parts.append(f"--{name}")
+            if isinstance(value, bool):  # a switch that differs from its default: --x, or --no-x
+                parts.append(f"--{name}" if value else f"--no-{name}")
                 continue
             if isinstance(value, (list, tuple)):
                 value = format_hidden_units(value)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from fastmlp.cli import EXIT_BAD_INPUT
+from fastmlp.cli import EXIT_BAD_INPUT, HelpFormatter, library_messages_on_console
 from fastmlp.data import DATASET_NAMES
 from fastmlp.hyperparams import DEVICES, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, flag_type
 from fastmlp.runlog import DivergenceError
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyper-parameter search (Optuna) over the fastmlp / torch_models MLP trainers. "
                     "Trials are scored on a validation split carved from the training set; the best "
                     "configuration is retrained and tested once at the end.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_what_to_search(parser)
     _add_budget_and_data(parser)
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with signals.signals_as_interrupts(), warnings_as_lines(parser.prog):
+        with signals.signals_as_interrupts(), warnings_as_lines(parser.prog), library_messages_on_console():
             run_search(args)
     except SearchError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
