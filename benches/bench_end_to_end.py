@@ -59,7 +59,7 @@ def workdir(tmp_path_factory) -> dict:
 def test_end_to_end_fastmlp(benchmark, workdir):
     out = workdir["tmp"] / "run"
     cmd = [sys.executable, "-m", "fastmlp.train", "--data_dir", str(workdir["source"]), "--quiet",
-           "--out_dir", str(out)]
+           "--out_dir", str(out), "--overwrite"]
     benchmark.group = "end-to-end default run (whole process)"
     wall, rss, _ = benchmark.pedantic(run_process, args=(cmd, workdir["env"]), rounds=ROUNDS, iterations=1)
     metrics = json.loads((out / "metrics.json").read_text())

@@ -84,7 +84,7 @@ def contenders(source: Path, run_dir: Path, with_torch: bool) -> dict[str, list[
     """The whole-run commands, by name: fastmlp first (the ratios' denominator)."""
     commands = {
         "fastmlp": [sys.executable, "-m", "fastmlp.train", "--data_dir", str(source), "--quiet",
-                    "--out_dir", str(run_dir)],
+                    "--out_dir", str(run_dir), "--overwrite"],
         "numpy": [sys.executable, str(BENCHES / "numpy_baseline_train.py"), "--data_dir", str(source), "--quiet"],
     }
     if with_torch:
