@@ -25,7 +25,7 @@
  * Update loops: blocks of NC columns of W; blocks of KC batch rows (their columns
  * converted into (rows, 16) panels); blocks of MR_W rows of W; one micro-kernel per
  * pair of panels: an MR_W x 32 tile of W, dY's values broadcast straight from dY.
- * (Pairs of panels per tile: faster for the update, slower for the forward, measured.)
+ * (Pairs of panels per tile pay off for the update, not for the forward: BENCHMARKS.md's diary.)
  *
  * The sums run in a fixed order, block after block, whatever the rows or columns a
  * call is given: results do not depend on how the callers cut the work among
@@ -221,7 +221,7 @@ FM_IG_TARGET static void fm_images_wgrad_f32(float *W, ptrdiff_t ldw, ptrdiff_t 
         for (ptrdiff_t b0 = 0; b0 < B; b0 += FM_IG_KC) {
             ptrdiff_t kb = B - b0 < FM_IG_KC ? B - b0 : FM_IG_KC;
             /* xp[p][b][16] = x[b0 + b, ig + 16p + j]: fm_convert_f32's arithmetic, but 16 values at a time into
-             * panels (a call per 16 values would cost ~0.1 ms a step). */
+             * panels (one call per panel row, not one per 16 values: the calls' overhead dominated). */
             for (ptrdiff_t b = 0; b < kb; b++) {
                 ptrdiff_t row = index != NULL ? (ptrdiff_t)index[b0 + b] : b0 + b;
                 const uint8_t *s = src + row * src_stride + ig;

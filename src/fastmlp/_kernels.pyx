@@ -117,8 +117,8 @@ ctypedef fused floating:
     double
 
 cdef enum:
-    # GEMMs below this many multiply-adds run as one BLAS call: ~20 us on one core, the
-    # scale at which waking a worker stops paying for itself.
+    # GEMMs below this many multiply-adds run as one BLAS call: tens of microseconds on one
+    # core, the scale at which waking a worker stops paying for itself.
     PARALLEL_MIN_MACS = 1 << 20
     # Elementwise passes below this many elements run on the calling thread.
     PARALLEL_MIN_ELEMENTS = 1 << 16

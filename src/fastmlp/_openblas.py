@@ -3,8 +3,8 @@
 ``_kernels`` names ``libscipy_openblas.so`` as a dependency without a path (see
 setup.py): the dynamic loader finds it only if the process already holds it.
 ``import scipy_openblas32`` loads it with RTLD_GLOBAL, but that package's
-``__init__`` also imports ``importlib.metadata`` for its version string (~30 ms
-of every run). On Linux this module loads the same file the same way from the
+``__init__`` also imports ``importlib.metadata`` for its version string (a cost
+every run would pay). On Linux this module loads the same file the same way from the
 installed package's folder without running its ``__init__``; elsewhere (other
 library names, Windows' DLL folders), or if the folder is not as expected, it
 imports the package.

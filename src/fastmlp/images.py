@@ -5,8 +5,8 @@ into model inputs, x = (pixels[index] - offset) / scale, without converting
 them. :meth:`fastmlp.MLP.train_step` takes one in place of an array: the first
 layer's GEMM then converts, in each of its parallel chunks, the part of the
 batch that chunk multiplies, just before and on the same core (one parallel
-pass and one trip of the batch between the cores fewer per step; BENCHMARKS.md
-§3). Through OpenBLAS the numbers are the same as converting first:
+pass and one trip of the batch between the cores fewer per step; the
+measurements are in docs/notes/). Through OpenBLAS the numbers are the same as converting first:
 ``train_step(batch.to_array(), ...)``. In float32 on a CPU with AVX-512, batches
 above 32 rows go through fastmlp's own first-layer GEMM (``_images_gemm.h``),
 which converts the pixels straight into its packed panels for the forward pass

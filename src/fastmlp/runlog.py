@@ -134,8 +134,8 @@ class HiddenBar:
 def progress_bar(total: int, *, initial: int = 0, disable: bool = False, desc: str = "train"):
     """A tqdm bar over optimisation steps; a :class:`HiddenBar` for ``disable=True`` (--quiet, non-zero ranks).
 
-    Importing tqdm.auto costs ~45 ms (it imports asyncio), a whole percent of the
-    default run, so a run that shows no bar does not import it.
+    Importing tqdm.auto imports asyncio, a noticeable part of a short run's start, so a
+    run that shows no bar does not import it.
     """
     if disable:
         return HiddenBar()

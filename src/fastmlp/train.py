@@ -160,6 +160,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # A whole process: what the imports built lives until exit, so the cyclic collector
-    # need not walk it over and over during the run and once more at exit (~50 ms a run).
+    # need not walk it over and over during the run and once more at exit.
     gc.freeze()
     raise SystemExit(main())

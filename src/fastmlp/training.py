@@ -43,7 +43,7 @@ __all__ = [
 #: weights from N(0, 1e-4^2), plain SGD at 2e-3, batches of 200, 1500 steps, an
 #: evaluation every 100. ``python -m fastmlp.train`` shows them; ``train()`` fills a
 #: Namespace built by hand with them. Evaluations go 2,500 images at a time, faster
-#: than 1,000 for a little more memory (BENCHMARKS.md §3).
+#: than 1,000 for a little more memory (docs/notes/benchmarks-diary-2026-12-02.md).
 DEFAULTS: dict[str, Any] = {
     "dnn_hidden_units": [100], "learning_rate": 2e-3, "max_steps": 1500, "batch_size": 200,
     "eval_freq": 100, "data_dir": None, "dataset": "cifar10",

@@ -2,7 +2,7 @@
 
 The one place the version is written: ``pyproject.toml`` reads it from here at build
 time. (Asking ``importlib.metadata`` at run time would import that package and the
-email parser behind it, ~20 ms of every run; reading it from the package,
+email parser behind it in every run; reading it from the package,
 ``from fastmlp import __version__``, would import the whole core first.)
 """
 

@@ -6,7 +6,7 @@ Defaults are the course's (Adam, ``--learning_rate 1e-4 --max_steps 5000 --batch
 
 - ``--device {auto,cpu,cuda}``; ``--threads`` (CPU threads, default torch's own choice);
 - ``--amp``: mixed precision as :mod:`torch_models.precision` decides for the device:
-  bfloat16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; 1.85-2.11x faster steps here)
+  bfloat16 autocast on a CPU with native bf16 (AVX512-BF16/AMX; speed-ups in BENCHMARKS.md)
   or a GPU with it, float16 with a gradient scaler on an older GPU, float32 (with a warning)
   on a CPU without bf16. ``metrics.json`` records what was applied (``amp``,
   ``autocast_dtype``, ``grad_scaler``, the device and its features);
@@ -45,8 +45,8 @@ One process (the fastest CPU configuration: bf16 autocast and channels-last)::
 
     python -m torch_models.train_convnet --device cpu --amp --out_dir runs/convnet
 
-The recipe aimed at >= 0.88 test accuracy in an hour on a 2-core AVX512-BF16 CPU (prepared,
-not yet measured: BENCHMARKS.md section 7)::
+The recipe aimed at >= 0.88 test accuracy in an hour on a 2-core AVX512-BF16 CPU (what it
+reached: BENCHMARKS.md)::
 
     python -m torch_models.train_convnet --device cpu --amp --preprocessing standardize --augment \\
         --optimizer momentum --momentum 0.9 --nesterov --weight_decay 5e-4 --label_smoothing 0.1 \\

@@ -2,9 +2,9 @@
 
 Decoding the archive (gunzip, unpickle, check) takes about a second. The decoded
 ``.npy`` files are mapped back copy-on-write rather than read: their pages come
-straight from the OS's file cache, where reading 180 MB into fresh memory costs
-0.5-0.7 s on a virtual machine whose every new page the kernel must first zero
-(BENCHMARKS.md §3). Layout under the cache folder::
+straight from the OS's file cache, where reading the arrays into fresh memory is
+slow on a virtual machine whose every new page the kernel must first zero
+(docs/notes/benchmarks-diary-2026-12-02.md). Layout under the cache folder::
 
     decoded/<sha256 of the data set's name and the source's bytes>/x_train.npy, y_train.npy, x_test.npy,
         y_test.npy, meta.json (format, data set, class names, CRC-32 of each array)
