@@ -7,8 +7,11 @@ real MLP end to end.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -243,3 +246,37 @@ def test_evaluation_splits_are_the_present_ones_and_none_is_an_error():
         loop.evaluation_splits({"train": full, "test": None})
     with pytest.raises(ValueError, match="no split to evaluate"):
         loop.evaluation_splits({"train": full, "test": empty}, skip_empty=True)
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, "Stopped"), (signal.SIGHUP, "Stopped"),
+                                            (signal.SIGINT, "KeyboardInterrupt")])
+def test_a_stop_signal_during_an_update_lets_the_update_finish(signum, raised):
+    from fastmlp import cli
+
+    done = []
+
+    def step(n):
+        if n == 2:
+            os.kill(os.getpid(), signum)  # the handler runs here, in the middle of the update
+        done.append(n)  # the rest of the update
+        return 0.0
+
+    class Bar:
+        def update(self, k):
+            pass
+
+        def set_postfix(self, **kw):
+            pass
+
+    with cli.signals_stop_the_run(), pytest.raises(KeyboardInterrupt) as info:
+        loop.train_steps(step, 0, 5, Bar())
+    assert type(info.value).__name__ == raised
+    assert done == [1, 2]  # update 2 finished, update 3 never started
+
+
+def test_a_stop_signal_outside_an_update_stops_at_once():
+    from fastmlp import cli
+
+    with cli.signals_stop_the_run(), pytest.raises(cli.Stopped):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)

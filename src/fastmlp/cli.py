@@ -29,6 +29,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from fastmlp import loop
 from fastmlp.rundir import claimed_run_dir
 from fastmlp.runlog import DivergenceError, default_out_dir
 
@@ -128,22 +129,28 @@ class Stopped(KeyboardInterrupt):
 
 
 def _raise_stopped(signum: int, frame: Any) -> None:
-    raise Stopped(signum)
+    stop = KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
+    if not loop.hold_until_update_ends(stop):  # else raised when the running update ends
+        raise stop
 
 
 @contextlib.contextmanager
 def signals_stop_the_run() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread.
+    """Within the block, SIGTERM and SIGHUP raise :class:`Stopped` in the main thread, Ctrl-C
+    KeyboardInterrupt as usual; one that arrives during an update is raised when the update
+    has ended (:func:`fastmlp.loop.hold_until_update_ends`).
 
-    A signal the process ignores (``nohup`` ignores SIGHUP) stays ignored; off the
-    main thread (where Python cannot set handlers) nothing changes.
+    A signal the process ignores (``nohup`` ignores SIGHUP), or whose handler is not
+    Python's default, is left alone; off the main thread (where Python cannot set
+    handlers) nothing changes.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) is not signal.SIG_IGN:
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        current = signal.getsignal(signum)
+        if current is not signal.SIG_IGN and (signum != signal.SIGINT or current is signal.default_int_handler):
             previous[signum] = signal.signal(signum, _raise_stopped)
     try:
         yield

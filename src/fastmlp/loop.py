@@ -44,6 +44,7 @@ __all__ = [
     "evaluation_splits",
     "finish",
     "format_evaluation",
+    "hold_until_update_ends",
     "resume",
     "run",
     "train_steps",
@@ -223,12 +224,48 @@ def resume(progress: Progress, *, step: int, rows: list[dict], wall_seconds: flo
 
 
 # --------------------------------------------------------------------------- step, evaluate
+class _Update:
+    """Whether an update is running, and the stop held until it ends (see :func:`hold_until_update_ends`)."""
+
+    running = False
+    held: BaseException | None = None
+
+
+def hold_until_update_ends(stop: BaseException) -> bool:
+    """Keep ``stop`` to be raised when the running update ends; False when none is running.
+
+    For signal handlers (which run in the main thread, between two of its Python
+    instructions): a SIGTERM, SIGHUP or Ctrl-C that arrives during an update lets
+    that update finish, so the model is never left half-updated.
+    """
+    if not _Update.running:
+        return False
+    _Update.held = _Update.held or stop
+    return True
+
+
+def _update(step: Callable[[int], float], n: int) -> float:
+    """``step(n)``, then any stop that :func:`hold_until_update_ends` held during it."""
+    _Update.running, _Update.held = True, None
+    try:
+        loss = step(n)
+    finally:
+        _Update.running = False
+    held, _Update.held = _Update.held, None
+    if held is not None:
+        raise held
+    return loss
+
+
 def train_steps(step: Callable[[int], float], start: int, stop: int, bar, *,
                 after_step: Callable[[int, float], None] | None = None) -> None:
-    """Updates ``start + 1`` .. ``stop``: ``loss = step(n)``, the bar, then ``after_step(n, loss)``."""
+    """Updates ``start + 1`` .. ``stop``: ``loss = step(n)``, the bar, then ``after_step(n, loss)``.
+
+    A stop signal during an update is raised once the update has ended (:func:`hold_until_update_ends`).
+    """
     recent: list[float] = []
     for n in range(start + 1, stop + 1):
-        loss = step(n)
+        loss = _update(step, n)
         bar.update(1)
         recent.append(loss)
         if len(recent) == LOSS_WINDOW:
