@@ -49,6 +49,7 @@ __all__ = [
     "describe_os_error",
     "explicit_flags",
     "flag_actions",
+    "interrupted_status",
     "library_messages_on_console",
     "merge_resume_flags",
     "printable",
@@ -285,7 +286,8 @@ def _train_in_folder(args: argparse.Namespace, train: Callable[[argparse.Namespa
         return train(args)
 
 
-def _interrupted_status(exc: KeyboardInterrupt) -> int:
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """The exit status of a run (or search) that ``exc`` stopped: a :class:`Stopped`'s signal, else Ctrl-C."""
     signum = getattr(exc, "signum", signal.SIGINT)
     return {signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}.get(signum, EXIT_INTERRUPTED)
 
@@ -343,7 +345,7 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
         where = _run_folder(args, checkpoint_dir)
         say(f"\ninterrupted{how}" + (f"; continue from the last evaluation with: {parser.prog} --resume {where}"
                                       if where is not None else " before the run began"))
-        return _interrupted_status(exc)
+        return interrupted_status(exc)
     except DivergenceError as exc:
         say(f"error: {exc}")
         return EXIT_DIVERGED

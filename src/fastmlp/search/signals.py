@@ -1,10 +1,10 @@
 """SIGTERM and SIGHUP end a search the way Ctrl-C does, in the parent and in every worker.
 
-:func:`signals_as_interrupts` turns the signals into :class:`Terminated`, a
-``KeyboardInterrupt``, so every path that handles Ctrl-C handles them too: the running
+:func:`signals_as_interrupts` turns the signals into :class:`fastmlp.cli.Stopped`
+(the trainers' own, a ``KeyboardInterrupt``), so every path that handles Ctrl-C handles them too: the running
 trial is marked interrupted (and queued again by the next run), the workers are told
 and waited for, and the exit status says which signal it was (:func:`exit_status`:
-128 + the signal's number, as shells report it: 130 SIGINT, 143 SIGTERM, 129 SIGHUP).
+the trainers' table, 130 SIGINT, 143 SIGTERM, 129 SIGHUP).
 
 A worker process may get one signal twice (from the terminal or a ``kill`` of the
 whole process group, and again from its parent, which forwards what it gets):
@@ -22,10 +22,12 @@ import sys
 import threading
 from typing import Callable, Iterable, Iterator
 
-__all__ = ["HANDLED_SIGNALS", "STOP_SIGNALS", "Terminated", "end_with_parent", "exit_status", "ignoring",
+from fastmlp.cli import EXIT_SIGTERM, Stopped, interrupted_status
+
+__all__ = ["HANDLED_SIGNALS", "STOP_SIGNALS", "end_with_parent", "exit_status", "ignoring",
            "signal_name", "signal_of", "signals_as_interrupts"]
 
-#: The signals turned into :class:`Terminated` (SIGINT already raises KeyboardInterrupt).
+#: The signals turned into :class:`fastmlp.cli.Stopped` (SIGINT already raises KeyboardInterrupt).
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 #: Every signal that stops a search the way Ctrl-C does.
 STOP_SIGNALS = (signal.SIGINT, *HANDLED_SIGNALS)
@@ -33,22 +35,14 @@ STOP_SIGNALS = (signal.SIGINT, *HANDLED_SIGNALS)
 _PR_SET_PDEATHSIG = 1
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP received; ``signum`` says which."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def signal_of(exc: KeyboardInterrupt) -> int:
-    """The signal behind ``exc``: its ``signum`` for :class:`Terminated`, else SIGINT (Ctrl-C)."""
-    return exc.signum if isinstance(exc, Terminated) else int(signal.SIGINT)
+    """The signal behind ``exc``: its ``signum`` for :class:`fastmlp.cli.Stopped`, else SIGINT (Ctrl-C)."""
+    return int(getattr(exc, "signum", signal.SIGINT))
 
 
 def exit_status(exc: KeyboardInterrupt) -> int:
-    """128 + the number of the signal behind ``exc`` (130 for Ctrl-C)."""
-    return 128 + signal_of(exc)
+    """The exit status for the signal behind ``exc`` (:func:`fastmlp.cli.interrupted_status`)."""
+    return interrupted_status(exc)
 
 
 def signal_name(exc: KeyboardInterrupt) -> str:
@@ -77,13 +71,13 @@ def _interrupting(once: bool) -> Callable[[int, object], None]:
         if once and received:
             return
         received.append(signum)
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
 
     return handler
 
 
 def signals_as_interrupts(signals: Iterable[int] = HANDLED_SIGNALS, *, once: bool = False):
-    """A context manager: within it, each of ``signals`` raises :class:`Terminated` (SIGINT: KeyboardInterrupt).
+    """A context manager: within it, each of ``signals`` raises :class:`fastmlp.cli.Stopped` (SIGINT: KeyboardInterrupt).
 
     ``once=True``: only the first signal raises; later ones are ignored.
     """
@@ -106,4 +100,4 @@ def end_with_parent(parent_pid: int) -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent ended before the request was in place
-        sys.exit(128 + int(signal.SIGTERM))
+        sys.exit(EXIT_SIGTERM)
