@@ -375,3 +375,14 @@ def test_an_out_dir_with_a_non_utf8_name_trains_and_resumes(synthetic_cifar_dir,
                            env=env, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr.decode(errors="replace")
     assert json.loads(Path(out, "metrics.json").read_text())["steps"] == 4
+
+
+def test_a_run_ended_by_an_interrupt_leaves_no_temporary_file(tmp_path):
+    """A signal can land after an atomic write made its temporary file but before its cleanup took
+    charge of it; letting the folder go removes such a file, whatever ended the run."""
+    from fastmlp.rundir import claimed_run_dir
+
+    with pytest.raises(KeyboardInterrupt), claimed_run_dir(tmp_path / "run") as folder:
+        (folder / ".checkpoint.pt.a1b2c3.tmp").write_bytes(b"\0" * 100)
+        raise KeyboardInterrupt
+    assert _temporaries(tmp_path / "run") == []

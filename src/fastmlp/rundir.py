@@ -11,7 +11,8 @@ already holds a run's files is refused too, unless the run continues it
 (``--resume``) or replaces it (``--overwrite``, which deletes those files first).
 Temporary files that a killed run's interrupted atomic writes left
 (``.<name>.<random>.tmp``, see :mod:`fastmlp.atomic`) are removed once the folder
-is claimed: no other run can be writing them then.
+is claimed, and again when the run lets it go, however it ends: no other run can be
+writing them then.
 
 ``flock`` is POSIX; where ``fcntl`` is missing the folder is not locked (the
 refusal of a folder holding a run still applies).
@@ -116,5 +117,8 @@ def claimed_run_dir(out_dir: str | os.PathLike, *, resuming: bool = False,
         remove_stale_temporaries(folder)
         yield folder
     finally:
+        # Again on the way out, still holding the lock: a signal that landed between an atomic
+        # write's creating its temporary file and its cleanup taking charge of it left one.
+        remove_stale_temporaries(folder)
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the lock
