@@ -26,7 +26,7 @@ LIBRARY_MODULES = {
     "fastmlp.data.sources", "fastmlp._blas", "fastmlp.estimators",
     "fastmlp.estimators.base", "fastmlp.estimators.classifier", "fastmlp.estimators.docs", "fastmlp.estimators.network",
     "fastmlp.estimators.regressor",
-    "fastmlp.hyperparams", "fastmlp.loop", "fastmlp.mlp", "fastmlp.modules", "fastmlp.optim", "fastmlp.reference",
+    "fastmlp.config", "fastmlp.hyperparams", "fastmlp.loop", "fastmlp.mlp", "fastmlp.modules", "fastmlp.optim", "fastmlp.reference",
     "fastmlp.rundir", "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training", "fastmlp.version", "fastmlp.search.space",
     "torch_models", "torch_models.batchnorm", "torch_models.checkpoint", "torch_models.convnet",
     "torch_models.devices", "torch_models.distributed", "torch_models.evaluation", "torch_models.hooks",

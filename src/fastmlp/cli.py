@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -30,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from fastmlp import loop
+from fastmlp.config import RunConfig
+from fastmlp.hyperparams import CONSTRAINTS, Boolean, flag_type
 from fastmlp.rundir import claimed_run_dir
 from fastmlp.runlog import DivergenceError, default_out_dir
 
@@ -45,7 +48,9 @@ __all__ = [
     "INVOCATION_FLAGS",
     "LIBRARY_LOGGERS",
     "Stopped",
+    "add_config_arguments",
     "add_overwrite_argument",
+    "config_from_args",
     "describe_os_error",
     "explicit_flags",
     "flag_actions",
@@ -222,6 +227,50 @@ def library_messages_on_console(enabled: bool = True) -> Iterator[None]:
             logger.removeHandler(handler)
             logger.setLevel(level)
             logger.propagate = propagate
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config: type[RunConfig], *,
+                         skip: tuple[str, ...] = (), groups: Mapping[str, str] | None = None) -> None:
+    """Declare a flag for every setting of the :class:`~fastmlp.config.RunConfig` subclass ``config``.
+
+    Each flag is ``--<flag>`` with the setting's default and help, its text read and
+    checked by the setting's constraint (:func:`fastmlp.hyperparams.flag_type`);
+    a boolean setting is a switch, ``--x``/``--no-x``. Settings are listed under their
+    group's heading (``groups`` maps a group to its title; default: the group's name).
+
+    Parameters
+    ----------
+    skip : tuple of str
+        Settings (field names) the command line does not offer.
+    """
+    headings: dict[str, Any] = {}
+    for spec in dataclasses.fields(config):
+        if spec.name in skip:
+            continue
+        group = spec.metadata.get("group", "run")
+        if group not in headings:
+            headings[group] = parser.add_argument_group((groups or {}).get(group, group))
+        kwargs: dict[str, Any] = {"default": spec.default, "help": spec.metadata.get("help") or None,
+                                  "dest": spec.name}
+        rule = spec.metadata.get("check")
+        if isinstance(CONSTRAINTS.get(rule) if isinstance(rule, str) else rule, Boolean):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif rule is not None:
+            kwargs["type"] = flag_type(rule)
+        if "action" not in kwargs:
+            kwargs["metavar"] = config.flag(spec.name).upper()
+        headings[group].add_argument(f"--{config.flag(spec.name)}", **kwargs)
+
+
+def config_from_args(config: type[RunConfig], args: argparse.Namespace | Mapping[str, Any]) -> RunConfig:
+    """The ``config`` of parsed flags ``args`` (by field name, as :func:`add_config_arguments` stores them).
+
+    Settings ``config`` does not declare (the invocation's own flags) are left out; a
+    bad value's message names its flag (``--dnn_hidden_units: ...``).
+    """
+    given = dict(args) if isinstance(args, Mapping) else vars(args)
+    values = {name: given[name] for name in config.names() if name in given}
+    return config.create(values, label=lambda name: f"--{config.flag(name)}")
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
