@@ -22,7 +22,7 @@ CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.se
 LIBRARY_MODULES = {
     "fastmlp.modelfile", "fastmlp.predictor", "fastmlp.interop", "fastmlp.onnx_export",
     "fastmlp", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.curves", "fastmlp.data", "fastmlp.data.cache",
-    "fastmlp.data.dataset", "fastmlp.data.files", "fastmlp.data.idx", "fastmlp.data.preprocessing", "fastmlp.data.registry",
+    "fastmlp.data.dataset", "fastmlp.data.examples", "fastmlp.data.order", "fastmlp.data.files", "fastmlp.data.idx", "fastmlp.data.preprocessing", "fastmlp.data.registry",
     "fastmlp.data.sources", "fastmlp._blas", "fastmlp.estimators",
     "fastmlp.estimators.base", "fastmlp.estimators.classifier", "fastmlp.estimators.docs", "fastmlp.estimators.network",
     "fastmlp.estimators.regressor",
