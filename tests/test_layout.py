@@ -35,7 +35,7 @@ CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.se
 LIBRARY_MODULES = {
     "fastmlp", "fastmlp._blas", "fastmlp._openblas", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint",
     "fastmlp.curves", "fastmlp.hyperparams", "fastmlp.images", "fastmlp.interop", "fastmlp.loop", "fastmlp.mlp",
-    "fastmlp.modelfile", "fastmlp.modules", "fastmlp.onnx_export", "fastmlp.optim", "fastmlp.predictor",
+    "fastmlp.modelfile", "fastmlp.modules", "fastmlp.onnx_export", "fastmlp.optim", "fastmlp.predictor", "fastmlp.reading",
     "fastmlp.reference", "fastmlp.rundir", "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training",
     "fastmlp.version",
     "fastmlp.data", "fastmlp.data.cache", "fastmlp.data.dataset", "fastmlp.data.examples", "fastmlp.data.files",
@@ -43,7 +43,7 @@ LIBRARY_MODULES = {
     "fastmlp.data.sources",
     "fastmlp.estimators", "fastmlp.estimators.base", "fastmlp.estimators.classifier", "fastmlp.estimators.docs",
     "fastmlp.estimators.network", "fastmlp.estimators.regressor",
-    "fastmlp.search", "fastmlp.search.adapter", "fastmlp.search.errors", "fastmlp.search.files",
+    "fastmlp.search", "fastmlp.search.adapter", "fastmlp.search.errors",
     "fastmlp.search.final", "fastmlp.search.journal", "fastmlp.search.reports", "fastmlp.search.signals",
     "fastmlp.search.space", "fastmlp.search.storage", "fastmlp.search.study", "fastmlp.search.workers",
     "torch_models", "torch_models.batchnorm", "torch_models.checkpoint", "torch_models.convnet",
