@@ -32,6 +32,7 @@ from fastmlp.images import ImageBatch
 from fastmlp.data import cache as C
 from fastmlp.data import files as F
 from fastmlp.data import sources as S
+from fastmlp.data.order import EpochOrder
 
 ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -170,18 +171,16 @@ def test_cached_arrays_are_private_and_outlive_their_entry(tmp_path):
 def test_cache_is_read_where_files_cannot_be_mapped(synthetic_cifar_archive, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
-    real_load = np.load
+    memmap = np.memmap
 
-    def no_mmap(path, mmap_mode=None, **kwargs):
-        if mmap_mode is not None:
-            raise OSError(19, "No such device")  # what mmap says on a file system without it
-        return real_load(path, **kwargs)
+    def no_mmap(*args, **kwargs):
+        raise OSError(19, "No such device")  # what mmap says on a file system without it
 
-    monkeypatch.setattr(C.np, "load", no_mmap)
+    monkeypatch.setattr(C.np, "memmap", no_mmap)
     monkeypatch.setattr(S.tarfile, "open", lambda *a, **k: pytest.fail("the cached entry was decoded again"))
     loaded = D.load_cifar10(synthetic_cifar_archive, cache_dir=cache)
     assert_same_data(loaded, make_synthetic_cifar())
-    assert loaded["x_train"].base is None or not isinstance(loaded["x_train"].base, np.memmap)
+    assert loaded["x_train"].base is None or not isinstance(loaded["x_train"].base, memmap)
 
 
 def test_archive_rewritten_in_place_with_same_size_and_mtime_is_not_served_stale(small_folder, tmp_path):
@@ -408,7 +407,7 @@ def test_archive_size_limits_stop_a_bomb_at_its_header(tmp_path, name, size, wor
 def test_a_batch_file_too_large_is_not_read(small_folder, tmp_path, monkeypatch):
     folder = write_cifar_folder(tmp_path / "big", make_synthetic_cifar(10, 10, seed=5))
     monkeypatch.setattr(S, "MAX_FILE_BYTES", 1000)  # the synthetic batches are ~30 KB
-    with pytest.raises(D.DataError, match=r"data_batch_1 is \d+ bytes, more than a data file may be"):
+    with pytest.raises(D.DataError, match=r"data file '.*data_batch_1' holds \d+ bytes, more than the limit of 1000$"):
         D.load_cifar10(folder, cache_dir=tmp_path / "cache")
 
 
@@ -832,6 +831,63 @@ def test_bad_state_is_refused():
         id_dataset(10).set_state({**state, "rng_state": "{}"})
 
 
+def _uint8_augmenting_dataset(seed):
+    pixels = np.random.default_rng(2).integers(0, 256, (23, 3, 32, 32), dtype=np.uint8)
+    prep = D.Preprocessing.fit(pixels, "mean_image", np.float32)
+    return D.DataSet(pixels, np.arange(23), seed=seed, augment=True, preprocessing=prep, class_names="abc")
+
+
+def _same_batches(a: D.DataSet, b: D.DataSet, sizes=(9, 30, 4)) -> None:
+    for size in sizes:
+        (xa, ya), (xb, yb) = a.next_batch(size), b.next_batch(size)
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)  # the augmentation's draws too
+    assert a.epochs_completed == b.epochs_completed and a.index_in_epoch == b.index_in_epoch
+
+
+def test_a_pickled_data_set_goes_on_where_it_stopped():
+    ds = _uint8_augmenting_dataset(seed=3)
+    ds.next_batch(14)
+    copy = pickle.loads(pickle.dumps(ds))
+    assert copy.class_names == ("a", "b", "c") and copy.preprocessing is not ds.preprocessing
+    _same_batches(ds, copy)
+
+
+class _PickledBefore95b1b62:
+    """Pickles a DataSet as fastmlp 95b1b62 did: its order's four parts among the DataSet's own attributes."""
+
+    def __init__(self, ds: D.DataSet):
+        self.ds = ds
+
+    def __reduce__(self):
+        state = self.ds.get_state()
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = json.loads(state["rng_state"])
+        attributes = {k: v for k, v in vars(self.ds).items() if k != "_order"}
+        attributes.update(_rng=rng, _perm=state["permutation"], _index_in_epoch=state["index_in_epoch"],
+                          _epochs_completed=state["epochs_completed"])
+        return object.__new__, (D.DataSet,), attributes
+
+
+def test_a_data_set_pickled_by_an_earlier_fastmlp_still_loads_and_goes_on():
+    ds = _uint8_augmenting_dataset(seed=4)
+    ds.next_batch(30)  # into the second epoch
+    old = pickle.loads(pickle.dumps(_PickledBefore95b1b62(ds)))
+    assert type(old) is D.DataSet and old.epochs_completed == 1 and old.index_in_epoch == 7
+    _same_batches(ds, old)
+    assert old.get_state()["rng_state"] == ds.get_state()["rng_state"]
+
+
+def test_the_epoch_order_deals_each_row_once_per_epoch_and_resumes():
+    order = EpochOrder.shuffled(7, seed=1)
+    dealt = np.concatenate([order.take(3) for _ in range(7)])  # 21 rows: three epochs
+    assert [sorted(dealt[i:i + 7]) for i in (0, 7, 14)] == [list(range(7))] * 3
+    assert (order.epochs_completed, order.index_in_epoch) == (3, 0)
+    again = EpochOrder.shuffled(7, seed=None)
+    again.set_state(order.get_state())
+    np.testing.assert_array_equal(again.take(10), order.take(10))
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 
@@ -1000,15 +1056,15 @@ def test_uint8_pipeline_is_bit_identical_to_converting_the_whole_set(synthetic_c
     assert train.raw_images.dtype == np.uint8 and train.dtype == dtype
     expected_train = _whole_set_in_numpy(raw["x_train"][:900], raw["x_train"][:900], kind, dtype)
     expected_test = _whole_set_in_numpy(raw["x_test"], raw["x_train"][:900], kind, dtype)
-    order = train.reseeded(None)  # the same order, drawn again, to know each batch's rows
+    order = EpochOrder.shuffled(train.num_examples, None)  # the same order, dealt again, to know each batch's rows
     order.set_state(train.get_state())
     for size in (7, 200, 900, 1):
-        index = order._next_indices(size)
+        index = order.take(size)
         x, y = train.next_batch(size)
         np.testing.assert_array_equal(x, expected_train[index])  # bit-identical, not just close
         np.testing.assert_array_equal(y, raw["y_train"][index])
     buffer = np.full((33, 3072), np.nan, dtype)
-    index = order._next_indices(33)
+    index = order.take(33)
     x, _ = train.next_batch(33, out=buffer)
     assert np.shares_memory(x, buffer)
     np.testing.assert_array_equal(x, expected_train[index])

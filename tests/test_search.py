@@ -300,7 +300,7 @@ def test_torch_model_search_and_final_retrain(synthetic_cifar_dir, tmp_path):
     (["--sampler", "evolution", "--space", '{"units": [16, 8]}'], "low <= high"),
     (["--trainer_flags=--nesterov"], "not available with --trainer_flags --nesterov"),
     (["--sampler", "random", "--trainer_flags=--nesterov"], "['sgd', 'adam']"),
-    (["--grid", "/dev/zero", "--dry_run"], "--grid file '/dev/zero' is a device, FIFO or socket"),
+    (["--grid", "/dev/zero", "--dry_run"], "--grid file '/dev/zero' is a character device, not a regular file"),
     (["--grid", json.dumps({"batch_size": list(range(1, 400)), "max_steps": list(range(1, 400))}), "--dry_run"],
      "--grid has 477603 points"),
 ])

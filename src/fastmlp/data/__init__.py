@@ -29,7 +29,9 @@ Modules: :mod:`~fastmlp.data.registry` (the data sets, one entry each),
 :mod:`~fastmlp.data.files` (CIFAR-10/100 batches), :mod:`~fastmlp.data.idx` (MNIST's idx files),
 :mod:`~fastmlp.data.cache` (decoded arrays on disk),
 :mod:`~fastmlp.data.preprocessing` (pixels to inputs, augmentation),
-:mod:`~fastmlp.data.dataset` (batching and resumable order).
+:mod:`~fastmlp.data.examples` (stored examples as inputs, in order, for evaluation),
+:mod:`~fastmlp.data.order` (the shuffled, resumable epoch order),
+:mod:`~fastmlp.data.dataset` (the two together: training batches).
 """
 from __future__ import annotations
 

@@ -29,10 +29,11 @@ sees a whole entry or none. A folder that fails its checks is treated as absent
 and decoded again. When the cache cannot be written (a read-only home, a full
 disk), the arrays are returned without caching.
 
-What a load checks before serving an entry: every file is a regular file
-(a FIFO or device in its place is refused before it is opened, so it cannot
-hang the load), the arrays' dtypes and shapes agree with each other and with
-the data set, the labels lie in range, the class names are a list of str of
+What a load checks before serving an entry: every file is a regular file of
+its own, not a link (:mod:`fastmlp.reading`: a FIFO or device in its place is
+refused on the descriptor opened without waiting, so it cannot hang the load;
+the JSON files are read only up to 1 MiB), the arrays' dtypes and shapes agree
+with each other and with the data set, the labels lie in range, the class names are a list of str of
 the right count, and each array's CRC-32 matches the one recorded when the
 entry was written (flipped or overwritten bytes). An entry that fails any check
 is decoded again. Not checked: a hostile writer of the cache folder can forge
@@ -52,24 +53,26 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import tempfile
 import logging
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
 from fastmlp.atomic import fsync_dir
 from fastmlp.data.sources import check_arrays
+from fastmlp.reading import open_regular_file, read_regular_file
 
 __all__ = ["ARRAY_NAMES", "cached_decode", "content_hash", "fsync_dir"]
 
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 _log = logging.getLogger(__name__)
 _FORMAT = "fastmlp.decoded/2"
+#: Largest source record or meta.json read (they hold a few hundred bytes; CIFAR-100's names a few KiB).
+_JSON_LIMIT = 1 << 20
 
 
 def _is_digest(value: Any) -> bool:
@@ -113,21 +116,15 @@ def _record_path(root: Path, source: Path, dataset: str) -> Path:
     return root / "sources" / f"{key}.json"
 
 
-def _regular(path: Path) -> Path:
-    """``path`` when it is a regular file; OSError before anything opens it otherwise (a FIFO would block)."""
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise OSError(f"{path} is not a regular file")
-    return path
-
-
 def _read_json(path: Path) -> Any:
-    return json.loads(_regular(path).read_text(encoding="utf-8"))
+    """The JSON of a record or an entry's meta.json: a regular file (not a link) of at most _JSON_LIMIT bytes."""
+    return json.loads(read_regular_file(path, limit=_JSON_LIMIT, what="cache file", follow_symlinks=False))
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
     try:
         record = _read_json(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deep
         return None
     return record if isinstance(record, dict) else None
 
@@ -157,13 +154,26 @@ def _map(path: Path) -> np.ndarray:
     """The array of a ``.npy`` file, mapped copy-on-write, as a plain ndarray (not an np.memmap).
 
     A file system that cannot map files (mmap's OSError) gets the file read instead;
-    a damaged file raises ValueError either way, something other than a regular file OSError.
+    a damaged file, or something other than a regular file (not a link), raises ValueError.
     """
-    _regular(path)
-    try:
-        return np.asarray(np.load(path, mmap_mode="c", allow_pickle=False))
-    except OSError:
-        return np.load(path, allow_pickle=False)
+    with open_regular_file(path, what="cache file", follow_symlinks=False) as f:
+        try:
+            return _map_open_npy(f)
+        except OSError:
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+
+
+def _map_open_npy(f: BinaryIO) -> np.ndarray:
+    # np.load maps only a file it opens itself, by name, which could be another file by
+    # then: the header is read here and the checked descriptor itself is mapped.
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError("a cached array holds Python objects")
+    return np.asarray(np.memmap(f, dtype=dtype, mode="c", shape=shape, order="F" if fortran_order else "C",
+                                offset=f.tell()))
 
 
 def _read_entry(entry: Path, dataset: str, check: Callable[[dict[str, Any]], Any]) -> dict[str, Any] | None:
@@ -178,7 +188,7 @@ def _read_entry(entry: Path, dataset: str, check: Callable[[dict[str, Any]], Any
             return None
         data["label_names"] = meta.get("label_names")
         check(data)
-    except (OSError, ValueError, EOFError):  # DataError is a ValueError
+    except (OSError, ValueError, EOFError, RecursionError):  # DataError is a ValueError
         return None
     return data
 

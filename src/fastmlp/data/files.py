@@ -280,12 +280,12 @@ def read_batch(path: str | os.PathLike, *, name: str | None = None,
     Raises
     ------
     DataError
-        Unreadable/truncated pickle, a file larger than :data:`MAX_FILE_BYTES`,
+        Unreadable/truncated pickle, a FIFO or device, a file larger than :data:`MAX_FILE_BYTES`,
         missing keys, wrong shape or dtype, labels out of range, or lengths that differ.
     """
     what = name or str(path)
     layout = _layout(layout)
-    return _check_batch(unpickle(io.BytesIO(read_limited(Path(path), what)), what), what, layout)
+    return _check_batch(unpickle(io.BytesIO(read_limited(Path(path))), what), what, layout)
 
 
 def _assemble(raw: dict[str, bytes], describe: Callable[[str], str], layout: PickleLayout) -> dict[str, Any]:
@@ -314,7 +314,7 @@ def read_folder(folder: Path, layout: PickleLayout | None = None) -> dict[str, A
     """
     layout = _layout(layout)
     files = source_files("folder", folder, layout)
-    raw = {p.name: read_limited(p, str(p)) for p in files}
+    raw = {p.name: read_limited(p) for p in files}
     return _assemble(raw, lambda n: str(folder / n), layout)
 
 

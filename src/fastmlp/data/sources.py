@@ -23,6 +23,7 @@ from typing import IO, Any, Callable
 import numpy as np
 
 from fastmlp.atomic import atomic_path
+from fastmlp.reading import read_regular_file
 
 try:  # NumPy >= 2 keeps the pickle helpers in numpy._core
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -362,12 +363,20 @@ def unpickle(stream: IO[bytes], what: str) -> dict[str, Any]:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
-def read_limited(path: Path, what: str) -> bytes:
-    """The bytes of ``path``, refused (DataError naming ``what``) beyond :data:`MAX_FILE_BYTES`."""
-    size = path.stat().st_size  # an unreadable file is an OSError naming itself
-    if size > MAX_FILE_BYTES:
-        raise DataError(f"{what} is {size} bytes, more than a data file may be ({MAX_FILE_BYTES})")
-    return path.read_bytes()
+def read_limited(path: Path, what: str = "data file") -> bytes:
+    """The bytes of ``path``, a regular file of at most :data:`MAX_FILE_BYTES` (a symbolic link is followed).
+
+    Raises
+    ------
+    DataError
+        For a FIFO, device or socket, or a larger file, naming ``what`` and the path.
+    OSError
+        When it cannot be opened or read (naming itself).
+    """
+    try:
+        return read_regular_file(path, limit=MAX_FILE_BYTES, what=what)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- archives

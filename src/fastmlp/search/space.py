@@ -32,7 +32,7 @@ from fastmlp.hyperparams import (
     parse_hidden_units,
 )
 from fastmlp.optim import OPTIMIZERS  # names both trainers understand ("momentum": SGD, momentum 0.9)
-from fastmlp.search.files import read_regular_file
+from fastmlp.reading import read_regular_file
 
 __all__ = [
     "DEFAULT_GRID",

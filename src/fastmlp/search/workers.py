@@ -34,7 +34,7 @@ from fastmlp.search import signals
 from fastmlp.search import study as studies
 from fastmlp.search.adapter import TrainerAdapter, threads_per_worker
 from fastmlp.search.errors import SearchError, WorkerError
-from fastmlp.search.files import read_regular_file
+from fastmlp.reading import read_regular_file
 from fastmlp.search.reports import describe, say, warnings_as_lines
 from fastmlp.search.space import suggest_config
 from fastmlp.search.storage import (
