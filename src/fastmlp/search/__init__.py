@@ -100,7 +100,9 @@ Layout
 ``space``               the grid and the evolutionary space; configurations from trials
 ``adapter``             a trainer driven for a configuration (:class:`TrainerAdapter`)
 ``study``               sampler, pruner, settings check, what is left to run
-``workers``             the trial objective, one worker, ``--n_workers`` processes
+``workers``             the trial objective, one worker
+``processes``           ``--n_workers`` processes: started, waited for, stopped
+``folders``             each trial's folder: claimed, recorded, its checkpoints deleted
 ``final``               the best configuration, retrained and tested once
 ``reports``             progress lines, ``trials.csv``, ``results.md``, plots
 ``storage``             ``--storage``, heartbeats; Optuna internals (and ``journal``)

@@ -1,5 +1,8 @@
-"""``python -m fastmlp.search``: the flags, their checks, the whole search, the exit status.
+"""``python -m fastmlp.search``: the flags, the whole search, the exit status.
 
+The flags are generated from :class:`~fastmlp.search.settings.SearchSettings`, which
+checks them; what was parsed becomes a :class:`SearchSettings` once, and no other module
+of the search reads a flag.
 :func:`run_search` is the search as a function: open the storage and the study, queue
 again the trials an earlier run lost to Ctrl-C, run the workers, retrain the best
 configuration once, write the outputs. :func:`main` maps its outcome to the exit
@@ -29,11 +32,12 @@ from fastmlp.search import study as studies
 from fastmlp.search.adapter import TrainerAdapter
 from fastmlp.search.errors import SearchError, WorkerError
 from fastmlp.search.final import final_retrain
+from fastmlp.search.processes import run_workers
 from fastmlp.search.reports import fmt, say, warnings_as_lines, write_outputs
 from fastmlp.search.settings import MODELS, SearchSettings
 from fastmlp.search.space import grid_size
 from fastmlp.search.storage import open_storage, optuna_module
-from fastmlp.search.workers import run_worker, run_workers
+from fastmlp.search.workers import run_worker
 
 if TYPE_CHECKING:  # Optuna is the optional "search" extra: imported where it is used
     import optuna
