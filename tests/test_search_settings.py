@@ -99,8 +99,9 @@ def test_the_command_line_is_generated_from_the_settings():
     parser = build_parser()
     given = {action.dest for action in parser._actions} - {"help"}
     assert given == set(SearchSettings.given_names())
-    settings = search_settings(vars(parser.parse_args(["--model", "numpy", "--n_trials", "3", "--quiet"])))
-    assert settings == SearchSettings(model="numpy", n_trials=3, quiet=True)
+    args = parser.parse_args(["--model", "numpy", "--n_trials", "3", "--quiet"])
+    settings = search_settings(vars(args))
+    assert settings == SearchSettings(model="numpy", n_trials=3, quiet=True) == search_settings(args)
     assert search_settings(settings) is settings
     with pytest.raises(SystemExit):  # a switch of this invocation only: no --no- form
         parser.parse_args(["--no-quiet"])

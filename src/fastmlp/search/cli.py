@@ -62,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def search_settings(values: SearchSettings | Mapping[str, Any]) -> SearchSettings:
-    """``values`` as :class:`SearchSettings`: a mapping by flag name, the flags it leaves out at their defaults.
+def search_settings(values: SearchSettings | Mapping[str, Any] | argparse.Namespace) -> SearchSettings:
+    """``values`` as :class:`SearchSettings`: flags by name, the flags they leave out at their defaults.
+
+    ``values`` is a mapping of flags, or the Namespace of ``build_parser().parse_args(...)``.
 
     Raises
     ------
@@ -74,6 +76,8 @@ def search_settings(values: SearchSettings | Mapping[str, Any]) -> SearchSetting
     """
     if isinstance(values, SearchSettings):
         return values
+    if isinstance(values, argparse.Namespace):
+        values = vars(values)
     unknown = sorted(set(values) - set(SearchSettings.given_names()))
     if unknown:
         raise SearchError(f"unknown flag(s) {unknown}; see `python -m fastmlp.search --help`")
@@ -102,14 +106,14 @@ def _plan(settings: SearchSettings, study) -> str:
     return "\n".join(plan)
 
 
-def run_search(settings: SearchSettings | Mapping[str, Any]) -> "optuna.Study":
+def run_search(settings: SearchSettings | Mapping[str, Any] | argparse.Namespace) -> "optuna.Study":
     """Run (or resume) the search described by ``settings`` and write its outputs.
 
     Parameters
     ----------
-    settings : SearchSettings or mapping
-        The settings, or a mapping of them by flag name (:func:`search_settings`: the
-        flags it leaves out take their defaults).
+    settings : SearchSettings, mapping or argparse.Namespace
+        The settings, or the flags by name (a mapping, or ``build_parser().parse_args(...)``;
+        :func:`search_settings`: the flags left out take their defaults).
 
     Returns
     -------
