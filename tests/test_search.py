@@ -23,7 +23,7 @@ optuna = pytest.importorskip("optuna")
 
 from fastmlp import search  # noqa: E402
 from fastmlp.search import storage as search_storage  # noqa: E402
-from fastmlp.search.cli import checked_args  # noqa: E402
+from fastmlp.search.settings import SearchSettings  # noqa: E402
 from fastmlp.search.study import make_pruner  # noqa: E402
 from fastmlp.search.workers import EVAL_SLEEP_ENV  # noqa: E402
 
@@ -60,7 +60,7 @@ def _env() -> dict:
 
 # --------------------------------------------------------------------------- study
 def test_median_pruner_gives_no_verdict_at_the_first_evaluation():
-    args = checked_args({"model": "numpy", "sampler": "tpe", "eval_freq": 250})
+    args = SearchSettings(model="numpy", sampler="tpe", eval_freq=250)
     study = optuna.create_study(direction="maximize", pruner=make_pruner(args))
     for _ in range(5):  # five finished trials that were good at every evaluation
         trial = study.ask()
@@ -401,7 +401,7 @@ def test_surplus_trials_are_failed_unrun(tmp_path):
     study = optuna.create_study(direction="maximize")
     x = optuna.distributions.FloatDistribution(0, 1)
     first, second, third = (study.ask({"x": x}) for _ in range(3))  # three workers decided at once
-    budget = checked_args({"model": "numpy", "sampler": "random", "n_trials": 2})
+    budget = SearchSettings(model="numpy", sampler="random", n_trials=2)
     assert surplus_reason(study, first.number, None, budget) is None
     assert surplus_reason(study, second.number, None, budget) is None
     assert "--n_trials 2" in surplus_reason(study, third.number, None, budget)
@@ -409,7 +409,7 @@ def test_surplus_trials_are_failed_unrun(tmp_path):
     assert "--n_trials 2" in surplus_reason(study, third.number, None, budget)
     study.tell(first, state=optuna.trial.TrialState.FAIL)  # a failed one does not
     assert surplus_reason(study, third.number, None, budget) is None
-    grid = checked_args({"model": "numpy", "sampler": "grid"})  # n_trials: the whole grid
+    grid = SearchSettings(model="numpy", sampler="grid")  # n_trials: the whole grid
     study = optuna.create_study(direction="maximize")
     trials = [study.ask({"x": x}) for _ in range(3)]
     for trial, point in zip(trials, (0, 1, 1)):  # trial 2 took trial 1's point (both started together)
@@ -432,7 +432,7 @@ def test_a_trial_waits_for_the_grid_point_of_an_earlier_trial_before_deciding():
     def place(trial, point):
         trial.storage.set_trial_system_attr(search_storage.trial_id(trial), "grid_id", point)
 
-    grid = checked_args({"model": "numpy", "sampler": "grid"})
+    grid = SearchSettings(model="numpy", sampler="grid")
     x = optuna.distributions.FloatDistribution(0, 1)
     study = optuna.create_study(direction="maximize")
     trials = [study.ask({"x": x}) for _ in range(3)]

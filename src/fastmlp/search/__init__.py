@@ -96,10 +96,13 @@ Layout
 ------
 ======================  ==============================================================
 ``cli``                 the flags, :func:`run_search`, :func:`main` (exit status)
+``settings``            :class:`SearchSettings`: the search's settings, checked once
 ``space``               the grid and the evolutionary space; configurations from trials
 ``adapter``             a trainer driven for a configuration (:class:`TrainerAdapter`)
 ``study``               sampler, pruner, settings check, what is left to run
-``workers``             the trial objective, one worker, ``--n_workers`` processes
+``workers``             the trial objective, one worker
+``processes``           ``--n_workers`` processes: started, waited for, stopped
+``folders``             each trial's folder: claimed, recorded, its checkpoints deleted
 ``final``               the best configuration, retrained and tested once
 ``reports``             progress lines, ``trials.csv``, ``results.md``, plots
 ``storage``             ``--storage``, heartbeats; Optuna internals (and ``journal``)
@@ -115,11 +118,11 @@ import importlib
 # The public names, each from its module; loaded on first use, so that importing one
 # submodule (say the space) does not load the command line and the workers.
 _HOMES = {
-    "MODELS": "adapter",
     "build_parser": "cli", "main": "cli", "run_search": "cli",
     "SearchError": "errors", "WorkerError": "errors",
     "HEARTBEAT_ATTR": "storage", "open_storage": "storage",
-    "PRUNERS": "study", "SAMPLERS": "study", "SETTINGS_ATTR": "study",
+    "MODELS": "settings", "PRUNERS": "settings", "SAMPLERS": "settings", "SearchSettings": "settings",
+    "SETTINGS_ATTR": "study",
 }
 
 __all__ = sorted([*_HOMES, "HeartbeatJournalStorage"])

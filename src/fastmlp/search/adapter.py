@@ -3,9 +3,12 @@
 The search drives a trainer through its Python API, ``train(args, data=..., on_eval=...)``
 (:mod:`fastmlp.train` for ``--model numpy``, :mod:`torch_models.train_mlp` for ``--model
 torch``). :class:`TrainerAdapter` holds that trainer's module and the flags fixed for the
-whole search (``--trainer_flags``), and turns a configuration drawn from the space into
-the trainer's Namespace; it also loads the data the trials share and writes the command
-that reproduces a run by hand.
+whole search (``--trainer_flags``), and turns a configuration drawn from the space, with
+the search's :class:`~fastmlp.search.settings.SearchSettings`, into the trainer's
+settings (:meth:`TrainerAdapter.run_flags`) and those into the trainer's Namespace; it
+also loads the data the trials share and writes the command that reproduces a run by
+hand. Only ``__init__`` (``self.base``), :meth:`~TrainerAdapter.namespace` and
+:meth:`~TrainerAdapter.command` know the trainer's Namespace.
 
 Trials never see the test set: their data holds the training and validation splits
 only, and the trainers evaluate the splits they are given.
@@ -13,7 +16,6 @@ only, and the trainers evaluate the splits they are given.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import os
 import shlex
@@ -25,13 +27,12 @@ import numpy as np
 from fastmlp.cli import flag_actions
 from fastmlp.hyperparams import format_hidden_units
 from fastmlp.search.errors import SearchError
+from fastmlp.search.settings import MODELS, SearchSettings
 from fastmlp.search.storage import one_line
 from fastmlp.training import derive_seeds
 
-__all__ = ["DEFAULT_INIT", "MODELS", "SEARCH_OWNED_FLAGS", "TrainerAdapter", "threads_per_worker"]
+__all__ = ["DEFAULT_INIT", "SEARCH_OWNED_FLAGS", "TrainerAdapter", "threads_per_worker"]
 
-#: --model -> the trainer module driven for it.
-MODELS = {"numpy": "fastmlp.train", "torch": "torch_models.train_mlp"}
 #: The weight init of every trial unless --trainer_flags names one: PyTorch's own
 #: (what the reports' searches used) for the torch MLP, He (kaiming) for fastmlp's.
 DEFAULT_INIT = {"torch": "torch", "numpy": "kaiming"}
@@ -46,12 +47,12 @@ _NOT_IN_COMMAND = ("out_dir", "quiet", "resume", "dry_run")
 _ALWAYS_IN_COMMAND = ("dnn_hidden_units", "learning_rate", "batch_size", "max_steps", "optimizer")
 
 
-def threads_per_worker(args: argparse.Namespace) -> int | None:
+def threads_per_worker(settings: SearchSettings) -> int | None:
     """``--threads``; else the cores shared out between ``--n_workers`` workers; else None (the libraries' choice)."""
-    if args.threads is not None:
-        return int(args.threads)
-    if args.n_workers > 1:
-        return max(1, (os.cpu_count() or 1) // args.n_workers)
+    if settings.threads is not None:
+        return settings.threads
+    if settings.n_workers > 1:
+        return max(1, (os.cpu_count() or 1) // settings.n_workers)
     return None
 
 
@@ -103,6 +104,7 @@ class TrainerAdapter:
             self.optimizers = tuple(o for o in self.optimizers if o == "momentum")
             self.optimizer_note = "with --trainer_flags --nesterov"
         self.has_dropout = "dropout" in actions
+        self.has_device = "device" in actions
         self.threads_flag = "threads"  # every trainer's
 
     def check_optimizers(self, choices) -> None:
@@ -113,34 +115,50 @@ class TrainerAdapter:
                               f"{self.optimizer_note} (choices: {list(self.optimizers)}); narrow the "
                               "optimizers with --grid or --space")
 
-    def namespace(self, config: Mapping[str, Any], args: argparse.Namespace, *, out_dir: Path,
-                  eval_freq: int | None = None) -> argparse.Namespace:
-        """The trainer's flags for ``config`` (a configuration of :mod:`fastmlp.search.space`)."""
+    def run_flags(self, config: Mapping[str, Any], settings: SearchSettings, *, out_dir: Path,
+                  eval_freq: int | None = None, final: bool = False) -> dict[str, Any]:
+        """The trainer's settings (by flag name) that the search sets for one run of ``config``.
+
+        Parameters
+        ----------
+        config : mapping
+            A configuration of :mod:`fastmlp.search.space`.
+        settings : SearchSettings
+            The search's settings (seed, data, evaluation frequency, threads, device).
+        out_dir : Path
+            The run's folder.
+        eval_freq : int, optional
+            Evaluate every this many steps (default ``settings.eval_freq``; at most ``max_steps``).
+        final : bool
+            The retrain of the best configuration: progress shown unless ``--quiet``, and
+            ``--threads`` as given (the workers are done: every core may be used);
+            a trial is quiet (several workers' progress bars would interleave) and takes
+            :func:`threads_per_worker`.
+        """
         self.check_optimizers([config["optimizer"]])
         if config.get("dropout") and not self.has_dropout:
             raise SearchError(f"dropout is not available with --model {self.model}")
-        ns = copy.copy(self.base)
-        ns.dnn_hidden_units = format_hidden_units(config["hidden_units"])
-        ns.learning_rate = float(config["learning_rate"])
-        ns.batch_size = int(config["batch_size"])
-        ns.max_steps = int(config["max_steps"])
-        ns.optimizer = str(config["optimizer"])
-        ns.weight_decay = float(config["weight_decay"])
+        max_steps = int(config["max_steps"])
+        flags = {
+            "dnn_hidden_units": format_hidden_units(config["hidden_units"]),
+            "learning_rate": float(config["learning_rate"]), "batch_size": int(config["batch_size"]),
+            "max_steps": max_steps, "optimizer": str(config["optimizer"]),
+            "weight_decay": float(config["weight_decay"]),
+            "eval_freq": min(int(eval_freq or settings.eval_freq), max_steps),
+            "seed": settings.seed, "validation_size": settings.validation_size, "data_dir": settings.data_dir,
+            "dataset": settings.dataset, "out_dir": str(out_dir), "resume": None, "dry_run": False,
+            "quiet": settings.quiet if final else True,
+            self.threads_flag: settings.threads if final else threads_per_worker(settings),
+        }
         if self.has_dropout:
-            ns.dropout = float(config.get("dropout", 0.0))
-        ns.eval_freq = min(int(eval_freq or args.eval_freq), ns.max_steps)
-        ns.seed = int(args.seed)
-        ns.validation_size = int(args.validation_size)
-        ns.data_dir = args.data_dir
-        ns.dataset = args.dataset
-        ns.out_dir = str(out_dir)
-        ns.resume = None
-        ns.quiet = True  # several workers' progress bars would interleave
-        ns.dry_run = False
-        setattr(ns, self.threads_flag, threads_per_worker(args))
-        if hasattr(ns, "device"):
-            ns.device = args.device
-        return ns
+            flags["dropout"] = float(config.get("dropout", 0.0))
+        if self.has_device:
+            flags["device"] = settings.device
+        return flags
+
+    def namespace(self, flags: Mapping[str, Any]) -> argparse.Namespace:
+        """The trainer's Namespace: the fixed flags (``--trainer_flags``) with ``flags`` (:meth:`run_flags`) set."""
+        return argparse.Namespace(**{**vars(self.base), **flags})
 
     def command(self, ns: argparse.Namespace) -> str:
         """The shell command running ``ns`` by hand (for results.md)."""
@@ -159,7 +177,7 @@ class TrainerAdapter:
             parts += [f"--{name}", shlex.quote(str(value))]
         return " ".join(parts)
 
-    def trial_data(self, args: argparse.Namespace) -> dict:
+    def trial_data(self, settings: SearchSettings) -> dict:
         """The splits every trial trains and is scored on: ``train`` and ``validation``, no test set.
 
         Loaded as the trainer would load them for ``--seed`` (same preprocessing, dtype,
@@ -169,16 +187,17 @@ class TrainerAdapter:
         from fastmlp.data import DATASETS, load_dataset
 
         dtype = np.float64 if getattr(self.base, "dtype", "float32") == "float64" else np.float32
-        data_seed = int(args.seed)
+        data_seed = settings.seed
         if self.model == "numpy":  # fastmlp.train seeds the batch order with a seed derived from --seed
-            data_seed = derive_seeds(int(args.seed))[1]
+            data_seed = derive_seeds(settings.seed)[1]
         try:
-            data = load_dataset(args.dataset, args.data_dir, one_hot=False, validation_size=int(args.validation_size),
+            data = load_dataset(settings.dataset, settings.data_dir, one_hot=False,
+                                validation_size=settings.validation_size,
                                 preprocessing=getattr(self.base, "preprocessing", "mean_image"),
                                 flatten=True, dtype=dtype, augment=bool(getattr(self.base, "augment", False)),
                                 seed=data_seed)
         except (ValueError, TypeError, OSError) as exc:
-            raise SearchError(f"cannot load {DATASETS[args.dataset].title} (--dataset {args.dataset}, --data_dir "
-                              f"{args.data_dir!r}, --validation_size "
-                              f"{args.validation_size}): {one_line(exc)}") from None
+            raise SearchError(f"cannot load {DATASETS[settings.dataset].title} (--dataset {settings.dataset}, "
+                              f"--data_dir {settings.data_dir!r}, --validation_size {settings.validation_size}): "
+                              f"{one_line(exc)}") from None
         return {"train": data["train"], "validation": data["validation"]}

@@ -7,7 +7,6 @@ run reuses while the best trial stays the same.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 from pathlib import Path
@@ -16,25 +15,25 @@ from fastmlp.atomic import atomic_write_json
 from fastmlp.hyperparams import format_hidden_units
 from fastmlp.search.adapter import TrainerAdapter
 from fastmlp.search.reports import describe, say
-from fastmlp.search.space import suggest_config
+from fastmlp.search.settings import SearchSettings
 from fastmlp.search.study import best_trial
 from fastmlp.search.storage import optuna_module
 
 __all__ = ["final_retrain"]
 
 
-def _cached(path: Path, args: argparse.Namespace, best, params: dict) -> dict | None:
+def _cached(path: Path, settings: SearchSettings, best, params: dict) -> dict | None:
     if not path.is_file():
         return None
     with contextlib.suppress(ValueError, OSError):
         cached = json.loads(path.read_text(encoding="utf-8"))
-        if (cached.get("study_name") == args.study_name and cached.get("trial_number") == best.number
+        if (cached.get("study_name") == settings.study_name and cached.get("trial_number") == best.number
                 and cached.get("params") == params):
             return cached
     return None
 
 
-def final_retrain(study, args: argparse.Namespace, adapter: TrainerAdapter) -> dict | None:
+def final_retrain(study, settings: SearchSettings, adapter: TrainerAdapter) -> dict | None:
     """Retrain the best trial's configuration and test it once; cached in ``final.json``.
 
     Returns
@@ -48,26 +47,22 @@ def final_retrain(study, args: argparse.Namespace, adapter: TrainerAdapter) -> d
     best = best_trial(study)
     if best is None:
         return None
-    path = Path(args.out_dir) / "final.json"
+    path = Path(settings.out_dir) / "final.json"
     params = json.loads(json.dumps(best.params))
-    cached = _cached(path, args, best, params)
+    cached = _cached(path, settings, best, params)
     if cached is not None:
         return cached
-    config = suggest_config(optuna.trial.FixedTrial(best.params), model=args.model,
-                            grid=args.grid_values, space=args.space_values,
-                            max_steps_cap=args.max_steps_cap)
-    run_dir = Path(args.out_dir) / "final"
+    config = settings.suggest_config(optuna.trial.FixedTrial(best.params))
+    run_dir = Path(settings.out_dir) / "final"
     # One evaluation, after the last step: the test set is used once.
-    ns = adapter.namespace(config, args, out_dir=run_dir, eval_freq=int(config["max_steps"]))
-    ns.quiet = bool(args.quiet)
-    # The workers are done: the retrain may use every core (--threads when given).
-    setattr(ns, adapter.threads_flag, args.threads)
+    ns = adapter.namespace(adapter.run_flags(config, settings, out_dir=run_dir, eval_freq=int(config["max_steps"]),
+                                             final=True))
     shown = {**config, "hidden_units": format_hidden_units(config["hidden_units"])}
-    say(args, f"retraining the best trial ({best.number}: {describe(shown)}, validation "
-              f"{best.value:.4f}) and testing it once")
+    say(settings, f"retraining the best trial ({best.number}: {describe(shown)}, validation "
+                  f"{best.value:.4f}) and testing it once")
     result = adapter.module.train(ns)  # the trainer loads the data itself, test set included
     final = {
-        "study_name": args.study_name,
+        "study_name": settings.study_name,
         "trial_number": best.number,
         "params": params,
         "config": config,

@@ -6,7 +6,6 @@ configuration with its test accuracy.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import io
@@ -20,8 +19,7 @@ import numpy as np
 
 from fastmlp.atomic import atomic_path, atomic_write_text
 from fastmlp.hyperparams import format_hidden_units
-from fastmlp.search.adapter import MODELS
-from fastmlp.search.space import suggest_config
+from fastmlp.search.settings import MODELS, SearchSettings
 from fastmlp.search.storage import one_line, optuna_module, quiet_optuna_warnings
 from fastmlp.search.study import best_trial, counts
 
@@ -29,9 +27,9 @@ __all__ = ["describe", "fmt", "say", "warnings_as_lines", "write_outputs", "writ
            "write_trials_csv"]
 
 
-def say(args: argparse.Namespace, message: str) -> None:
+def say(settings: SearchSettings, message: str) -> None:
     """A progress line on stderr, unless ``--quiet``."""
-    if not args.quiet:
+    if not settings.quiet:
         print(message, file=sys.stderr, flush=True)
 
 
@@ -96,24 +94,22 @@ def write_trials_csv(study, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- results.md
-def _trial_config(trial, args: argparse.Namespace) -> dict | None:
+def _trial_config(trial, settings: SearchSettings) -> dict | None:
     optuna = optuna_module()
     try:
-        return suggest_config(optuna.trial.FixedTrial(trial.params), model=args.model,
-                              grid=args.grid_values, space=args.space_values,
-                              max_steps_cap=args.max_steps_cap)
+        return settings.suggest_config(optuna.trial.FixedTrial(trial.params))
     except (ValueError, KeyError):  # a trial killed before all its parameters were drawn
         return None
 
 
-def _sorted_rows(study, args: argparse.Namespace) -> list[tuple[Any, dict]]:
+def _sorted_rows(study, settings: SearchSettings) -> list[tuple[Any, dict]]:
     """(trial, configuration) pairs: the grid in the reports' order, other samplers best first."""
     from optuna.trial import TrialState
 
     trials = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-    rows = [(t, c) for t, c in ((t, _trial_config(t, args)) for t in trials) if c is not None]
-    if args.sampler == "grid":
-        layouts = list(args.grid_values["hidden_units"])
+    rows = [(t, c) for t, c in ((t, _trial_config(t, settings)) for t in trials) if c is not None]
+    if settings.sampler == "grid":
+        layouts = list(settings.grid_values["hidden_units"])
 
         def order(row):
             trial, config = row
@@ -171,23 +167,24 @@ def _final_table(final: dict | None, best) -> list[str]:
     ]
 
 
-def write_results_md(study, args: argparse.Namespace, path: Path, final: dict | None,
+def write_results_md(study, settings: SearchSettings, path: Path, final: dict | None,
                      plots: Mapping[str, tuple[str | None, str]]) -> None:
     """The trials as in the reports' Table 1, then the retrained best and its test accuracy."""
     best = best_trial(study)
-    lines = [f"# Hyper-parameter search `{args.study_name}`", ""]
+    lines = [f"# Hyper-parameter search `{settings.study_name}`", ""]
     lines += [
-        f"- model: `{args.model}` ({MODELS[args.model]}), sampler: `{args.sampler}`, pruner: `{args.pruner}`",
+        f"- model: `{settings.model}` ({MODELS[settings.model]}), sampler: `{settings.sampler}`, "
+        f"pruner: `{settings.pruner}`",
         "- trials: " + ", ".join(f"{n} {s.lower()}" for s, n in counts(study).items() if n),
-        f"- selection: accuracy on {args.validation_size} validation images carved from the end of the "
+        f"- selection: accuracy on {settings.validation_size} validation images carved from the end of the "
         "training set; the test set was not used by any trial",
-        f"- seed {args.seed}" + (f", steps capped at {args.max_steps_cap}" if args.max_steps_cap else "")
-        + (f", trainer flags `{args.trainer_flags}`" if args.trainer_flags else ""),
+        f"- seed {settings.seed}" + (f", steps capped at {settings.max_steps_cap}" if settings.max_steps_cap else "")
+        + (f", trainer flags `{settings.trainer_flags}`" if settings.trainer_flags else ""),
         "",
         "## Trials",
         "",
     ]
-    lines += _trials_table(_sorted_rows(study, args), best)
+    lines += _trials_table(_sorted_rows(study, settings), best)
     lines += ["", "## Best configuration, retrained and tested once", ""]
     lines += _final_table(final, best)
     lines += ["", "## Plots", ""]
@@ -252,9 +249,9 @@ def write_plots(study, out_dir: Path) -> dict[str, tuple[str | None, str]]:
     return drawn
 
 
-def write_outputs(study, args: argparse.Namespace, final: dict | None) -> None:
+def write_outputs(study, settings: SearchSettings, final: dict | None) -> None:
     """``trials.csv``, the plots and ``results.md`` in ``--out_dir``."""
-    out_dir = Path(args.out_dir)
+    out_dir = Path(settings.out_dir)
     write_trials_csv(study, out_dir / "trials.csv")
     plots = write_plots(study, out_dir)
-    write_results_md(study, args, out_dir / "results.md", final, plots)
+    write_results_md(study, settings, out_dir / "results.md", final, plots)
