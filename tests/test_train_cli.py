@@ -21,6 +21,8 @@ import pytest
 
 from fastmlp import plot as fm_plot
 from fastmlp import train as fm_train
+from fastmlp.loop import DRY_RUN_STEPS
+from fastmlp.run_config import MLPRunConfig
 
 CHANCE = 0.1  # ten balanced classes
 
@@ -138,7 +140,7 @@ def test_module_entry_point_dry_run(synthetic_cifar_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dry_run"] is True
-    assert metrics["steps"] == fm_train.DRY_RUN_STEPS < 1500
+    assert metrics["steps"] == DRY_RUN_STEPS < 1500
     assert (out / "checkpoint.npz").is_file() and (out / "curves.png").is_file()
 
 
@@ -363,9 +365,9 @@ def test_mlp_hooks_see_a_non_finite_parameter(synthetic_cifar_dir, tmp_path):
     from fastmlp import loop, training
     from fastmlp.runlog import DivergenceError
 
-    args = training.checked_flags({"dnn_hidden_units": [8], "data_dir": str(synthetic_cifar_dir)})
-    data = training.load_data(args, 0)
-    hooks = training.MLPHooks.build(args, data, loop.Plan(5, 1), model_seed=0,
+    config = MLPRunConfig(hidden_units=[8], data_dir=synthetic_cifar_dir)
+    data = training.load_data(config, 0)
+    hooks = training.MLPHooks.build(config, data, loop.Plan(5, 1), model_seed=0,
                                     checkpoint_path=tmp_path / "checkpoint.npz")
     assert hooks.parameters_finite()
     _, module, key = list(hooks.model.named_parameters())[1]  # a bias: may not change the loss at all
@@ -413,7 +415,7 @@ def test_train_checks_a_hand_made_namespace():
         fm_train.train(argparse.Namespace(dnn_hidden_units=[100, 2.5]))
     with pytest.raises(TypeError, match="--nesterov: expected a bool"):
         fm_train.train(argparse.Namespace(nesterov="yes"))
-    with pytest.raises(ValueError, match="unknown flag"):
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rat'\]"):
         fm_train.train(argparse.Namespace(learning_rat=0.1))
 
 

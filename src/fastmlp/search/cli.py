@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from fastmlp.cli import EXIT_BAD_INPUT, HelpFormatter, library_messages_on_console
+from fastmlp.cli import EXIT_BAD_INPUT, HelpFormatter, flag_type, library_messages_on_console
 from fastmlp.data import DATASET_NAMES
-from fastmlp.hyperparams import DEVICES, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER, flag_type
+from fastmlp.hyperparams import DEVICES, NONNEGATIVE_INT, POSITIVE_INT, POSITIVE_NUMBER
 from fastmlp.runlog import DivergenceError
 from fastmlp.search import signals
 from fastmlp.search import study as studies
