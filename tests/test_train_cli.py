@@ -234,6 +234,45 @@ def test_resume_matches_uninterrupted_run(synthetic_cifar_dir, tmp_path, capsys,
     assert metrics_split["flags"]["augment"] is True and metrics_split["flags"]["optimizer"] == optimizer
 
 
+def test_resume_reads_the_checkpoint_once_and_keeps_what_it_restores(synthetic_cifar_dir, tmp_path, capsys,
+                                                                      monkeypatch):
+    """One read merges the flags and continues the run; the optimizer keeps the checkpoint's settings that
+    the command line does not change (here its momentum 0.5), and takes the ones it does (weight decay)."""
+    from fastmlp import checkpoint, training
+
+    run = tmp_path / "run"
+    assert run_main(["--data_dir", synthetic_cifar_dir, "--optimizer", "momentum", "--momentum", 0.5,
+                     "--max_steps", 10, "--eval_freq", 5, "--quiet", "--out_dir", run], capsys)[0] == 0
+    reads = []
+    monkeypatch.setattr(fm_train, "load_checkpoint", lambda path: reads.append(path) or checkpoint.load_checkpoint(path))
+    monkeypatch.setattr(training, "load_checkpoint", lambda path: pytest.fail("the checkpoint was read again"))
+    with pytest.warns(UserWarning, match="--weight_decay 0.0 -> 0.01"):
+        assert run_main(["--resume", run, "--max_steps", 20, "--weight_decay", 0.01, "--quiet"], capsys)[0] == 0
+    assert reads == [str(run)]
+    arrays = checkpoint_arrays(run)
+    assert float(arrays["optim/momentum"]) == 0.5 and float(arrays["optim/weight_decay"]) == 0.01
+    assert json.loads(str(arrays["meta"]))["step"] == 20
+
+
+def test_a_checkpoint_of_the_previous_version_resumes_to_the_uninterrupted_result(synthetic_cifar_dir, tmp_path,
+                                                                                 capsys):
+    """Checkpoints record the settings by flag name, as they always did (the previous version's flags also
+    held --overwrite, which is the command line's own now): such a checkpoint resumes bit for bit."""
+    flags = ["--data_dir", synthetic_cifar_dir, "--optimizer", "momentum", "--nesterov", "--dnn_hidden_units",
+             "16,8", "--learning_rate", 5e-3, *COMMON]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run_main([*flags, "--max_steps", 80, "--out_dir", whole], capsys)[0] == 0
+    assert run_main([*flags, "--max_steps", 40, "--out_dir", split], capsys)[0] == 0
+    arrays = checkpoint_arrays(split)
+    meta = json.loads(str(arrays["meta"]))
+    assert "overwrite" not in meta["flags"] and meta["flags"]["dnn_hidden_units"] == [16, 8]
+    meta["flags"]["overwrite"] = False  # as the previous version's vars(args) recorded them
+    np.savez(split / "checkpoint.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
+    assert run_main(["--resume", split, "--max_steps", 80, "--quiet"], capsys)[0] == 0
+    assert_same_checkpoint(whole, split)
+    assert read_curves(whole) == read_curves(split)
+
+
 def test_resume_after_interruption_with_schedule(synthetic_cifar_dir, tmp_path):
     """A run stopped mid-way (on_eval raises, as a kill would) and resumed from its checkpoint file."""
 
