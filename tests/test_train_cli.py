@@ -273,6 +273,20 @@ def test_a_checkpoint_of_the_previous_version_resumes_to_the_uninterrupted_resul
     assert read_curves(whole) == read_curves(split)
 
 
+def test_the_library_names_a_resumed_runs_settings_as_it_does(synthetic_cifar_dir, tmp_path, capsys):
+    from fastmlp import training
+
+    run = tmp_path / "run"
+    assert run_main(["--data_dir", synthetic_cifar_dir, "--dnn_hidden_units", 8, "--max_steps", 5, "--eval_freq", 5,
+                     "--quiet", "--out_dir", run], capsys)[0] == 0
+    config = MLPRunConfig(data_dir=synthetic_cifar_dir, hidden_units=[8], max_steps=10, eval_freq=5, quiet=True,
+                          resume=run)
+    with pytest.raises(ValueError, match=r"it was trained with hidden_units \[8\], this run asks for \[4\]"):
+        training.train(config.replace(hidden_units=[4]))
+    with pytest.warns(UserWarning, match=r"\(seed 42 -> 1\)"):
+        assert training.train(config.replace(seed=1))["steps"] == 10
+
+
 def test_resume_after_interruption_with_schedule(synthetic_cifar_dir, tmp_path):
     """A run stopped mid-way (on_eval raises, as a kill would) and resumed from its checkpoint file."""
 

@@ -87,7 +87,8 @@ def train(args: MLPRunConfig | argparse.Namespace | Mapping[str, Any], *, data: 
 
     ``args``: a configuration, or flags by the command line's names (those not given
     take their defaults; ``overwrite``, the command line's own, is ignored), checked
-    with messages naming the flag (``--batch_size: expected an integer > 0, got -1``).
+    with messages naming the flag (``--batch_size: expected an integer > 0, got -1``),
+    as are the messages of a resumed checkpoint's settings.
 
     Raises
     ------
@@ -98,7 +99,8 @@ def train(args: MLPRunConfig | argparse.Namespace | Mapping[str, Any], *, data: 
         given = dict(args) if isinstance(args, Mapping) else dict(vars(args))
         given.pop("overwrite", None)
         args = MLPRunConfig.create(given, by_flag=True)
-    return training.train(args, data=data, on_eval=on_eval, checkpoint=checkpoint)
+    return training.train(args, data=data, on_eval=on_eval, checkpoint=checkpoint,
+                          label=lambda name: f"--{MLPRunConfig.flag(name)}")
 
 
 def main(argv: list[str] | None = None) -> int:

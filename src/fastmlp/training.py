@@ -35,12 +35,11 @@ __all__ = [
     "training_step",
 ]
 
-# --resume: settings fixing the shapes of the saved arrays (a change is refused), and
-# settings whose change makes the result differ from an uninterrupted run (a warning),
-# by the names checkpoints record them under (MLPRunConfig.as_flags).
-ARCHITECTURE_FLAGS = ("dnn_hidden_units", "dtype", "optimizer", "dataset")
-TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "momentum", "nesterov", "weight_decay", "lr_schedule",
-                    "warmup_steps", "preprocessing", "augment", "seed", "validation_size")
+# Resuming: settings fixing the shapes of the saved arrays (a change is refused), and
+# settings whose change makes the result differ from an uninterrupted run (a warning).
+ARCHITECTURE = ("hidden_units", "dtype", "optimizer", "dataset")
+TRAJECTORY = ("learning_rate", "batch_size", "momentum", "nesterov", "weight_decay", "lr_schedule",
+              "warmup_steps", "preprocessing", "augment", "seed", "validation_size")
 
 
 # --------------------------------------------------------------------------- seeds and threads
@@ -243,20 +242,23 @@ def load_data(config: MLPRunConfig, seed: int) -> dict:
                         augment=config.augment, seed=seed)
 
 
-def _checkpoint_to_resume(config: MLPRunConfig, checkpoint: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+def _checkpoint_to_resume(config: MLPRunConfig, checkpoint: Mapping[str, Any] | None,
+                          label: Callable[[str], str]) -> Mapping[str, Any] | None:
     """``checkpoint``, else the one ``config.resume`` names (read here); checked against ``config``."""
     if checkpoint is None and config.resume is None:
         return None
     if checkpoint is None:
         checkpoint = load_checkpoint(config.resume)
-    loop.check_resumable(checkpoint["meta"].get("flags", {}), config.as_flags(), str(checkpoint["path"]),
-                         architecture=ARCHITECTURE_FLAGS, trajectory=TRAJECTORY_FLAGS)
+    recorded = checkpoint["meta"].get("flags", {})  # by the command line's names, as every version wrote them
+    saved = {name: recorded[config.flag(name)] for name in config.names() if config.flag(name) in recorded}
+    loop.check_resumable(saved, config.as_dict(), str(checkpoint["path"]), architecture=ARCHITECTURE,
+                         trajectory=TRAJECTORY, label=label)
     return checkpoint
 
 
 def train(config: MLPRunConfig, *, data: Mapping[str, Any] | None = None,
           on_eval: Callable[[int, dict], None] | None = None,
-          checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          checkpoint: Mapping[str, Any] | None = None, label: Callable[[str], str] = str) -> dict[str, Any]:
     """Run a whole training (or continue one, ``config.resume``) and write its outputs.
 
     Parameters
@@ -284,6 +286,9 @@ def train(config: MLPRunConfig, *, data: Mapping[str, Any] | None = None,
         into ``config``); default: the one ``config.resume`` names, if any. Its
         recorded settings are compared with ``config``: a different network, dtype,
         optimizer or data set is refused, other changes are warned about.
+    label : callable
+        What those messages call a setting, from its name (default: the name; a
+        command line: its flag, ``--dnn_hidden_units``).
 
     Returns
     -------
@@ -305,7 +310,7 @@ def train(config: MLPRunConfig, *, data: Mapping[str, Any] | None = None,
     started = time.perf_counter()
     if not isinstance(config, MLPRunConfig):
         raise TypeError(f"config: expected an MLPRunConfig, got {type(config).__name__}")
-    checkpoint = _checkpoint_to_resume(config, checkpoint)
+    checkpoint = _checkpoint_to_resume(config, checkpoint, label)
     out_dir = loop.choose_out_dir(config.out_dir, checkpoint and checkpoint["path"], dry_run=config.dry_run)
     plan = loop.Plan.from_flags(config.max_steps, config.eval_freq, dry_run=config.dry_run)
     model_seed, data_seed = derive_seeds(config.seed)
