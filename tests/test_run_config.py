@@ -106,9 +106,13 @@ def test_the_command_line_is_generated_from_the_configuration():
     args = parser.parse_args([])
     config = cli.config_from_args(MLPRunConfig, args)
     assert config == MLPRunConfig()  # the same defaults
-    assert set(vars(args)) == {MLPRunConfig.flag(name) for name in MLPRunConfig.names()} | {"overwrite"}
+    assert set(vars(args)) == {*MLPRunConfig.names(), "overwrite"}  # stored by the settings' names
     given = parser.parse_args(["--dnn_hidden_units", "64,32", "--no-quiet", "--dry_run", "--threads", "2"])
     assert cli.config_from_args(MLPRunConfig, given) == MLPRunConfig(hidden_units=(64, 32), dry_run=True, threads=2)
+    given.dnn_hidden_units = "8"  # set by flag name afterwards (as the search's adapter does): the flag wins
+    assert cli.config_from_args(MLPRunConfig, given).hidden_units == (8,)
+    assert MLPRunConfig.settings_of({"dnn_hidden_units": [4], "seed": 1, "overwrite": True}) == {
+        "hidden_units": [4], "seed": 1}
 
 
 def test_the_library_speaks_no_argparse():

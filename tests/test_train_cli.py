@@ -468,7 +468,7 @@ def test_train_checks_a_hand_made_namespace():
         fm_train.train(argparse.Namespace(dnn_hidden_units=[100, 2.5]))
     with pytest.raises(TypeError, match="--nesterov: expected a bool"):
         fm_train.train(argparse.Namespace(nesterov="yes"))
-    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rat'\]"):
+    with pytest.raises(ValueError, match=r"unknown flag\(s\) \['learning_rat'\]"):
         fm_train.train(argparse.Namespace(learning_rat=0.1))
 
 

@@ -256,8 +256,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type[RunConfig
                          ) -> dict[str, Any]:
     """Declare a flag for every setting of the :class:`~fastmlp.config.RunConfig` subclass ``config``.
 
-    Each flag is ``--<flag>``, stored under that name (the command line's), with the
-    setting's default (as the command line writes it) and help, its text read and
+    Each flag is ``--<flag>``, stored under the setting's name, with the setting's
+    default (as the command line writes it) and help, its text read and
     checked by the setting's constraint (:func:`flag_type`); a boolean setting is a
     switch, ``--x``/``--no-x``. Settings are listed under their group's heading
     (``groups`` maps a group to its title; default: the group's name).
@@ -280,7 +280,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type[RunConfig
         if group not in headings:
             headings[group] = parser.add_argument_group((groups or {}).get(group, group))
         flag = config.flag(spec.name)
-        headings[group].add_argument(f"--{flag}", dest=flag, **_flag_options(spec, flag))
+        headings[group].add_argument(f"--{flag}", dest=spec.name, **_flag_options(spec, flag))
     return headings
 
 
@@ -302,15 +302,15 @@ def _flag_options(spec: dataclasses.Field, flag: str) -> dict[str, Any]:
 
 
 def config_from_args(config: type[RunConfig], args: argparse.Namespace | Mapping[str, Any]) -> RunConfig:
-    """The ``config`` of parsed flags ``args`` (by flag name, as :func:`add_config_arguments` stores them).
+    """The ``config`` of parsed flags ``args`` (by field name, as :func:`add_config_arguments`
+    stores them, or by flag name, which wins: :meth:`~fastmlp.config.RunConfig.settings_of`).
 
     Names ``config`` does not declare (the invocation's own flags, ``--overwrite``) are
     left out; a setting not given keeps its default; a bad value's message names its
     flag (``--dnn_hidden_units: ...``).
     """
     given = dict(args) if isinstance(args, Mapping) else vars(args)
-    flags = {config.flag(name) for name in config.names()}
-    return config.create({flag: value for flag, value in given.items() if flag in flags}, by_flag=True)
+    return config.create(config.settings_of(given), label=lambda name: f"--{config.flag(name)}")
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:

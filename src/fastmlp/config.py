@@ -106,6 +106,21 @@ class RunConfig:
         return _field(cls, name).metadata.get("flag") or name
 
     @classmethod
+    def settings_of(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values``' settings by field name: each read by its field name or its flag, the flag winning.
+
+        For what names settings by flag (a checkpoint's record, a Namespace built by
+        hand) or by both (a parsed command line some key of which was then set by
+        flag). Names of no setting are left out.
+        """
+        found = {}
+        for name in cls.names():
+            for key in (name, cls.flag(name)):
+                if key in values:
+                    found[name] = values[key]
+        return found
+
+    @classmethod
     def create(cls, values: Mapping[str, Any], *, by_flag: bool = False,
                label: Callable[[str], str] | None = None) -> "RunConfig":
         """A configuration from ``values``; the settings it does not name keep their defaults.

@@ -229,7 +229,7 @@ class HiddenUnits(Constraint):
         return "positive integers separated by commas (e.g. '100' or '512,256', '' for none) or a list of them"
 
     def to_text(self, value: Any) -> str:
-        return format_hidden_units(value)
+        return format_hidden_units(self.check(value))
 
     def check(self, value: Any) -> list[int]:
         if isinstance(value, str):

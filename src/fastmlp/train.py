@@ -85,8 +85,9 @@ def train(args: MLPRunConfig | argparse.Namespace | Mapping[str, Any], *, data: 
           checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run the training ``args`` describe; :func:`fastmlp.training.train` (see there).
 
-    ``args``: a configuration, or flags by the command line's names (those not given
-    take their defaults; ``overwrite``, the command line's own, is ignored), checked
+    ``args``: a configuration, or flags as ``build_parser()`` stores them or by the
+    command line's names (the latter win; those not given take their defaults;
+    ``overwrite``, the command line's own, is ignored), checked
     with messages naming the flag (``--batch_size: expected an integer > 0, got -1``),
     as are the messages of a resumed checkpoint's settings.
 
@@ -96,9 +97,12 @@ def train(args: MLPRunConfig | argparse.Namespace | Mapping[str, Any], *, data: 
         For a name that is no flag of this command line, and as the training does.
     """
     if not isinstance(args, MLPRunConfig):
-        given = dict(args) if isinstance(args, Mapping) else dict(vars(args))
-        given.pop("overwrite", None)
-        args = MLPRunConfig.create(given, by_flag=True)
+        given = dict(args) if isinstance(args, Mapping) else vars(args)
+        known = {*MLPRunConfig.names(), *(MLPRunConfig.flag(name) for name in MLPRunConfig.names()), "overwrite"}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(f"unknown flag(s) {unknown}; see python -m fastmlp.train --help")
+        args = cli.config_from_args(MLPRunConfig, given)
     return training.train(args, data=data, on_eval=on_eval, checkpoint=checkpoint,
                           label=lambda name: f"--{MLPRunConfig.flag(name)}")
 
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         # looked up at call time: tests replace it
         train=lambda args, checkpoint: train(args, checkpoint=checkpoint),
         read_checkpoint=load_checkpoint,
-        saved_flags=lambda checkpoint: checkpoint["meta"].get("flags", {}),
+        saved_flags=lambda checkpoint: MLPRunConfig.settings_of(checkpoint["meta"].get("flags", {})),
         checkpoint_dir=lambda path: resolve_checkpoint_path(path).parent)
 
 

@@ -249,8 +249,8 @@ def _checkpoint_to_resume(config: MLPRunConfig, checkpoint: Mapping[str, Any] | 
         return None
     if checkpoint is None:
         checkpoint = load_checkpoint(config.resume)
-    recorded = checkpoint["meta"].get("flags", {})  # by the command line's names, as every version wrote them
-    saved = {name: recorded[config.flag(name)] for name in config.names() if config.flag(name) in recorded}
+    # recorded by the command line's names, as every version wrote them
+    saved = config.settings_of(checkpoint["meta"].get("flags", {}))
     loop.check_resumable(saved, config.as_dict(), str(checkpoint["path"]), architecture=ARCHITECTURE,
                          trajectory=TRAJECTORY, label=label)
     return checkpoint
