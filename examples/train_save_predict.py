@@ -12,6 +12,7 @@ import numpy as np
 
 import fastmlp
 from fastmlp.data import load_cifar10
+from fastmlp.run_config import MLPRunConfig
 from fastmlp.training import train
 
 
@@ -22,8 +23,8 @@ def main() -> None:
     parser.add_argument("--out_dir", default=None)
     args = parser.parse_args()
 
-    metrics = train({"data_dir": args.data_dir, "max_steps": args.max_steps, "eval_freq": args.max_steps,
-                     "init": "kaiming", "out_dir": args.out_dir, "quiet": True})
+    metrics = train(MLPRunConfig(data_dir=args.data_dir, max_steps=args.max_steps, eval_freq=args.max_steps,
+                                 init="kaiming", out_dir=args.out_dir, quiet=True))
     model = fastmlp.load(f"{metrics['out_dir']}/model.safetensors")
     print(model)
 

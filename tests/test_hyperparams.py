@@ -25,8 +25,8 @@ from fastmlp.hyperparams import (
     Options,
     check,
     check_all,
-    flag_type,
     format_hidden_units,
+    from_text,
     parse_hidden_units,
 )
 
@@ -58,10 +58,12 @@ def test_text_becomes_a_number_before_the_check():
     assert Interval(int).from_text("1.5") == 1.5  # then refused as "not an integer", not as text
     assert Interval(int).from_text("abc") == "abc"
     assert Interval(float).from_text("1e-3") == 1e-3
-    assert flag_type("batch_size")("200") == 200
-    assert flag_type("dtype")("float64") == "float64"
-    assert flag_type("hidden_units")("512, 256") == [512, 256]
-    assert flag_type("threads")("2") == 2 and NoneOr(Interval(int)).check(None) is None
+    assert from_text("batch_size")("200") == 200
+    assert from_text("dtype")("float64") == "float64"
+    assert from_text("hidden_units")("512, 256") == [512, 256]
+    assert from_text("threads")("2") == 2 and NoneOr(Interval(int)).check(None) is None
+    with pytest.raises(ValueError, match=r"^expected an integer > 0, got -5$"):  # the command line names the flag
+        from_text("batch_size")("-5")
 
 
 def test_options_dtype_boolean():

@@ -33,7 +33,7 @@ CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.se
                "fastmlp.__main__", "fastmlp.plot", "torch_models.cli", "torch_models.train_mlp",
                "torch_models.train_convnet", "fastmlp.predict"}
 LIBRARY_MODULES = {
-    "fastmlp", "fastmlp._blas", "fastmlp._openblas", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.config",
+    "fastmlp", "fastmlp._blas", "fastmlp._openblas", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.config", "fastmlp.run_config",
     "fastmlp.curves", "fastmlp.hyperparams", "fastmlp.images", "fastmlp.interop", "fastmlp.loop", "fastmlp.mlp",
     "fastmlp.modelfile", "fastmlp.modules", "fastmlp.onnx_export", "fastmlp.optim", "fastmlp.predictor", "fastmlp.reading",
     "fastmlp.reference", "fastmlp.rundir", "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training",
@@ -56,8 +56,6 @@ PACKAGE_PRIVATE = {"fastmlp._kernels", "fastmlp._validation", "fastmlp._blas", "
 KNOWN: dict[tuple[str, str], str] = {
     ("class", "fastmlp/mlp.py:MLP"): "MLP: 382 lines: the course's layer API and the fused training step in one class",
     ("class", "fastmlp/estimators/base.py:BaseMLP"): "BaseMLP: 323 lines: parameters, fitting, the epochs in one class",
-    ("argparse", "fastmlp/hyperparams.py"): "flag_type, the command lines' argparse type=, lives beside the table",
-    ("argparse", "fastmlp/training.py"): "train(), MLPHooks, load_data take the run's settings as a Namespace",
     ("argparse", "torch_models/hooks.py"): "TorchHooks.build and the data hooks take the run's settings as a Namespace",
     ("argparse", "torch_models/trainer.py"): "fit() and its helpers take the run's settings as a Namespace",
     ("argparse", "fastmlp/search/adapter.py"): "TrainerAdapter parses a trainer's flags into each trial's Namespace",

@@ -155,6 +155,10 @@ def test_check_resumable_refuses_architecture_and_warns_about_trajectory():
         loop.check_resumable({**saved, "lr_schedule": "cosine"}, {**saved, "lr_schedule": "cosine",
                                                                   "max_steps": 200},
                              "ck", architecture=(), trajectory=())
+    # a library names the settings as it does
+    with pytest.raises(ValueError, match=r"it was trained with hidden_units \[100\], this run asks for \[50\]"):
+        loop.check_resumable({"hidden_units": [100]}, {"hidden_units": [50]}, "ck", architecture=("hidden_units",),
+                             trajectory=(), label=str)
 
 
 def test_choose_out_dir(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from _cifar_synth import make_synthetic_cifar
+from fastmlp.run_config import MLPRunConfig
 from fastmlp.training import train
 
 Image = pytest.importorskip("PIL.Image")
@@ -40,8 +41,8 @@ def run(tmp_path_factory, synthetic_cifar_dir):
     """A finished short run (its metrics) and the synthetic test images it was evaluated on (channels-last)."""
     out = tmp_path_factory.mktemp("workflow") / "run"
     # Kaiming's init: the course's tiny one leaves the outputs near uniform after 200 steps.
-    metrics = train({"data_dir": str(synthetic_cifar_dir), "max_steps": 200, "eval_freq": 100, "init": "kaiming",
-                     "out_dir": str(out), "quiet": True, "preprocessing": "standardize"})
+    metrics = train(MLPRunConfig(data_dir=synthetic_cifar_dir, max_steps=200, eval_freq=100, init="kaiming",
+                                 out_dir=out, quiet=True, preprocessing="standardize"))
     data = make_synthetic_cifar()  # the arrays synthetic_cifar_dir holds
     names = np.asarray(data["label_names"])
     return metrics, out, data["x_test"].transpose(0, 2, 3, 1), names[data["y_test"]]

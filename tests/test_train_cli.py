@@ -21,6 +21,8 @@ import pytest
 
 from fastmlp import plot as fm_plot
 from fastmlp import train as fm_train
+from fastmlp.loop import DRY_RUN_STEPS
+from fastmlp.run_config import MLPRunConfig
 
 CHANCE = 0.1  # ten balanced classes
 
@@ -138,7 +140,7 @@ def test_module_entry_point_dry_run(synthetic_cifar_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dry_run"] is True
-    assert metrics["steps"] == fm_train.DRY_RUN_STEPS < 1500
+    assert metrics["steps"] == DRY_RUN_STEPS < 1500
     assert (out / "checkpoint.npz").is_file() and (out / "curves.png").is_file()
 
 
@@ -230,6 +232,60 @@ def test_resume_matches_uninterrupted_run(synthetic_cifar_dir, tmp_path, capsys,
     assert_same_metrics(metrics_whole, metrics_split)
     assert read_curves(whole) == read_curves(split)
     assert metrics_split["flags"]["augment"] is True and metrics_split["flags"]["optimizer"] == optimizer
+
+
+def test_resume_reads_the_checkpoint_once_and_keeps_what_it_restores(synthetic_cifar_dir, tmp_path, capsys,
+                                                                      monkeypatch):
+    """One read merges the flags and continues the run; the optimizer keeps the checkpoint's settings that
+    the command line does not change (here its momentum 0.5), and takes the ones it does (weight decay)."""
+    from fastmlp import checkpoint, training
+
+    run = tmp_path / "run"
+    assert run_main(["--data_dir", synthetic_cifar_dir, "--optimizer", "momentum", "--momentum", 0.5,
+                     "--max_steps", 10, "--eval_freq", 5, "--quiet", "--out_dir", run], capsys)[0] == 0
+    reads = []
+    monkeypatch.setattr(fm_train, "load_checkpoint",
+                        lambda path: reads.append(path) or checkpoint.load_checkpoint(path))
+    monkeypatch.setattr(training, "load_checkpoint", lambda path: pytest.fail("the checkpoint was read again"))
+    with pytest.warns(UserWarning, match="--weight_decay 0.0 -> 0.01"):
+        assert run_main(["--resume", run, "--max_steps", 20, "--weight_decay", 0.01, "--quiet"], capsys)[0] == 0
+    assert reads == [str(run)]
+    arrays = checkpoint_arrays(run)
+    assert float(arrays["optim/momentum"]) == 0.5 and float(arrays["optim/weight_decay"]) == 0.01
+    assert json.loads(str(arrays["meta"]))["step"] == 20
+
+
+def test_a_checkpoint_of_the_previous_version_resumes_to_the_uninterrupted_result(synthetic_cifar_dir, tmp_path,
+                                                                                 capsys):
+    """Checkpoints record the settings by flag name, as they always did (the previous version's flags also
+    held --overwrite, which is the command line's own now): such a checkpoint resumes bit for bit."""
+    flags = ["--data_dir", synthetic_cifar_dir, "--optimizer", "momentum", "--nesterov", "--dnn_hidden_units",
+             "16,8", "--learning_rate", 5e-3, *COMMON]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run_main([*flags, "--max_steps", 80, "--out_dir", whole], capsys)[0] == 0
+    assert run_main([*flags, "--max_steps", 40, "--out_dir", split], capsys)[0] == 0
+    arrays = checkpoint_arrays(split)
+    meta = json.loads(str(arrays["meta"]))
+    assert "overwrite" not in meta["flags"] and meta["flags"]["dnn_hidden_units"] == [16, 8]
+    meta["flags"]["overwrite"] = False  # as the previous version's vars(args) recorded them
+    np.savez(split / "checkpoint.npz", **{**arrays, "meta": np.array(json.dumps(meta))})
+    assert run_main(["--resume", split, "--max_steps", 80, "--quiet"], capsys)[0] == 0
+    assert_same_checkpoint(whole, split)
+    assert read_curves(whole) == read_curves(split)
+
+
+def test_the_library_names_a_resumed_runs_settings_as_it_does(synthetic_cifar_dir, tmp_path, capsys):
+    from fastmlp import training
+
+    run = tmp_path / "run"
+    assert run_main(["--data_dir", synthetic_cifar_dir, "--dnn_hidden_units", 8, "--max_steps", 5, "--eval_freq", 5,
+                     "--quiet", "--out_dir", run], capsys)[0] == 0
+    config = MLPRunConfig(data_dir=synthetic_cifar_dir, hidden_units=[8], max_steps=10, eval_freq=5, quiet=True,
+                          resume=run)
+    with pytest.raises(ValueError, match=r"it was trained with hidden_units \[8\], this run asks for \[4\]"):
+        training.train(config.replace(hidden_units=[4]))
+    with pytest.warns(UserWarning, match=r"\(seed 42 -> 1\)"):
+        assert training.train(config.replace(seed=1))["steps"] == 10
 
 
 def test_resume_after_interruption_with_schedule(synthetic_cifar_dir, tmp_path):
@@ -363,9 +419,9 @@ def test_mlp_hooks_see_a_non_finite_parameter(synthetic_cifar_dir, tmp_path):
     from fastmlp import loop, training
     from fastmlp.runlog import DivergenceError
 
-    args = training.checked_flags({"dnn_hidden_units": [8], "data_dir": str(synthetic_cifar_dir)})
-    data = training.load_data(args, 0)
-    hooks = training.MLPHooks.build(args, data, loop.Plan(5, 1), model_seed=0,
+    config = MLPRunConfig(hidden_units=[8], data_dir=synthetic_cifar_dir)
+    data = training.load_data(config, 0)
+    hooks = training.MLPHooks.build(config, data, loop.Plan(5, 1), model_seed=0,
                                     checkpoint_path=tmp_path / "checkpoint.npz")
     assert hooks.parameters_finite()
     _, module, key = list(hooks.model.named_parameters())[1]  # a bias: may not change the loss at all
@@ -413,7 +469,7 @@ def test_train_checks_a_hand_made_namespace():
         fm_train.train(argparse.Namespace(dnn_hidden_units=[100, 2.5]))
     with pytest.raises(TypeError, match="--nesterov: expected a bool"):
         fm_train.train(argparse.Namespace(nesterov="yes"))
-    with pytest.raises(ValueError, match="unknown flag"):
+    with pytest.raises(ValueError, match=r"unknown flag\(s\) \['learning_rat'\]"):
         fm_train.train(argparse.Namespace(learning_rat=0.1))
 
 

@@ -4,8 +4,9 @@ A trainer's command-line module (``fastmlp.train``, and the torch trainers throu
 ``torch_models.cli``) declares its flags and calls :func:`run_main`, which
 
 1. parses them, each value checked against the constraint table by
-   :func:`fastmlp.hyperparams.flag_type`, so a bad value reads the same on every
-   command line and in the library;
+   :func:`flag_type`, so a bad value reads the same on every command line and in
+   the library (a trainer's flags are generated from its run configuration,
+   :func:`add_config_arguments`);
 2. with ``--resume``, takes every flag not written on the command line (but the
    invocation's own, :data:`INVOCATION_FLAGS`) from the checkpoint;
 3. claims the output folder for the run (:func:`fastmlp.rundir.claimed_run_dir`:
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from fastmlp import loop
 from fastmlp.config import RunConfig
-from fastmlp.hyperparams import CONSTRAINTS, Boolean, flag_type
+from fastmlp.hyperparams import CONSTRAINTS, Boolean, Constraint, from_text
 from fastmlp.rundir import claimed_run_dir
 from fastmlp.runlog import DivergenceError, default_out_dir
 
@@ -54,6 +55,7 @@ __all__ = [
     "describe_os_error",
     "explicit_flags",
     "flag_actions",
+    "flag_type",
     "interrupted_status",
     "library_messages_on_console",
     "merge_resume_flags",
@@ -229,19 +231,45 @@ def library_messages_on_console(enabled: bool = True) -> Iterator[None]:
             logger.propagate = propagate
 
 
+def flag_type(constraint: str | Constraint) -> Callable[[str], Any]:
+    """An argparse ``type=`` that reads a flag's text and checks it against the table.
+
+    ``constraint`` is a name of :data:`fastmlp.hyperparams.CONSTRAINTS` or a
+    :class:`~fastmlp.hyperparams.Constraint` (a command line's own flags); the text is
+    read by :func:`fastmlp.hyperparams.from_text`. The message of a bad value is the
+    table's (argparse puts ``argument --<flag>:`` before it).
+    """
+    read = from_text(constraint)
+
+    def convert(text: str) -> Any:
+        try:
+            return read(text)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = read.__name__
+    return convert
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config: type[RunConfig], *,
-                         skip: tuple[str, ...] = (), groups: Mapping[str, str] | None = None) -> None:
+                         skip: tuple[str, ...] = (), groups: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Declare a flag for every setting of the :class:`~fastmlp.config.RunConfig` subclass ``config``.
 
-    Each flag is ``--<flag>`` with the setting's default and help, its text read and
-    checked by the setting's constraint (:func:`fastmlp.hyperparams.flag_type`);
-    a boolean setting is a switch, ``--x``/``--no-x``. Settings are listed under their
-    group's heading (``groups`` maps a group to its title; default: the group's name).
+    Each flag is ``--<flag>``, stored under the setting's name, with the setting's
+    default (as the command line writes it) and help, its text read and
+    checked by the setting's constraint (:func:`flag_type`); a boolean setting is a
+    switch, ``--x``/``--no-x``. Settings are listed under their group's heading
+    (``groups`` maps a group to its title; default: the group's name).
 
     Parameters
     ----------
     skip : tuple of str
         Settings (field names) the command line does not offer.
+
+    Returns
+    -------
+    dict
+        ``{group: argparse argument group}``, for the command line's own flags.
     """
     headings: dict[str, Any] = {}
     for spec in dataclasses.fields(config):
@@ -250,27 +278,38 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type[RunConfig
         group = spec.metadata.get("group", "run")
         if group not in headings:
             headings[group] = parser.add_argument_group((groups or {}).get(group, group))
-        kwargs: dict[str, Any] = {"default": spec.default, "help": spec.metadata.get("help") or None,
-                                  "dest": spec.name}
-        rule = spec.metadata.get("check")
-        if isinstance(CONSTRAINTS.get(rule) if isinstance(rule, str) else rule, Boolean):
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif rule is not None:
-            kwargs["type"] = flag_type(rule)
-        if "action" not in kwargs:
-            kwargs["metavar"] = config.flag(spec.name).upper()
-        headings[group].add_argument(f"--{config.flag(spec.name)}", **kwargs)
+        flag = config.flag(spec.name)
+        headings[group].add_argument(f"--{flag}", dest=spec.name, **_flag_options(spec, flag))
+    return headings
+
+
+def _flag_options(spec: dataclasses.Field, flag: str) -> dict[str, Any]:
+    """``add_argument``'s keywords for the setting ``spec``."""
+    rule = spec.metadata.get("check")
+    rule = CONSTRAINTS[rule] if isinstance(rule, str) else rule
+    options: dict[str, Any] = {"default": spec.default, "help": spec.metadata.get("help") or None}
+    if isinstance(rule, Boolean):
+        return {**options, "action": argparse.BooleanOptionalAction}
+    if rule is not None:
+        # argparse reads a text default with type=, so the value stays canonical
+        options.update(type=flag_type(rule), default=rule.to_text(spec.default))
+        if rule.choices is not None:
+            options["choices"] = rule.choices
+    if "choices" not in options:
+        options["metavar"] = spec.metadata.get("metavar") or flag.upper()
+    return options
 
 
 def config_from_args(config: type[RunConfig], args: argparse.Namespace | Mapping[str, Any]) -> RunConfig:
-    """The ``config`` of parsed flags ``args`` (by field name, as :func:`add_config_arguments` stores them).
+    """The ``config`` of parsed flags ``args`` (by field name, as :func:`add_config_arguments`
+    stores them, or by flag name, which wins: :meth:`~fastmlp.config.RunConfig.settings_of`).
 
-    Settings ``config`` does not declare (the invocation's own flags) are left out; a
-    bad value's message names its flag (``--dnn_hidden_units: ...``).
+    Names ``config`` does not declare (the invocation's own flags, ``--overwrite``) are
+    left out; a setting not given keeps its default; a bad value's message names its
+    flag (``--dnn_hidden_units: ...``).
     """
     given = dict(args) if isinstance(args, Mapping) else vars(args)
-    values = {name: given[name] for name in config.names() if name in given}
-    return config.create(values, label=lambda name: f"--{config.flag(name)}")
+    return config.create(config.settings_of(given), label=lambda name: f"--{config.flag(name)}")
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
@@ -308,12 +347,17 @@ def _check_resumed_data_dir(args: argparse.Namespace, explicit: set[str]) -> Non
 
 def _merge_resume(args: argparse.Namespace, argv: list[str] | None,
                   build_parser: Callable[[], argparse.ArgumentParser],
-                  saved_flags: Callable[[str], Mapping[str, Any]]) -> None:
-    """Take the flags not given from ``--resume``'s checkpoint (FileNotFoundError, ValueError: it is unusable)."""
-    saved = saved_flags(args.resume)
+                  saved_flags: Callable[[Any], Mapping[str, Any]],
+                  read_checkpoint: Callable[[str], Any] | None) -> Any:
+    """Take the flags not given from ``--resume``'s checkpoint; return what ``read_checkpoint`` read.
+
+    Raises FileNotFoundError or ValueError when the checkpoint is unusable.
+    """
+    checkpoint = args.resume if read_checkpoint is None else read_checkpoint(args.resume)
     explicit = explicit_flags(build_parser(), argv)
-    merge_resume_flags(args, saved, explicit)
+    merge_resume_flags(args, saved_flags(checkpoint), explicit)
     _check_resumed_data_dir(args, explicit)
+    return checkpoint
 
 
 def _run_folder(args: argparse.Namespace, checkpoint_dir: Callable[[str], Path]) -> Path | None:
@@ -342,9 +386,9 @@ def interrupted_status(exc: KeyboardInterrupt) -> int:
 
 
 def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.ArgumentParser],
-             train: Callable[[argparse.Namespace], Mapping[str, Any]],
-             saved_flags: Callable[[str], Mapping[str, Any]], checkpoint_dir: Callable[[str], Path],
-             is_main: bool = True) -> int:
+             train: Callable[..., Mapping[str, Any]],
+             saved_flags: Callable[[Any], Mapping[str, Any]], checkpoint_dir: Callable[[str], Path],
+             is_main: bool = True, read_checkpoint: Callable[[str], Any] | None = None) -> int:
     """Parse ``argv``, merge ``--resume``'s flags, claim the folder, train, print, return the exit status.
 
     Parameters
@@ -354,14 +398,20 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
     build_parser : callable
         The trainer's parser (called twice: once more to see which flags were given).
     train : callable
-        ``train(args) -> metrics``.
+        ``train(args, checkpoint) -> metrics`` with ``read_checkpoint`` (``checkpoint``:
+        what it read, None when not resuming), else ``train(args) -> metrics``.
     saved_flags : callable
-        ``saved_flags(resume_path) -> flags`` of the checkpoint (FileNotFoundError or
-        ValueError when it cannot be read: a usage error, exit 2).
+        The checkpoint's flags: ``saved_flags(checkpoint)`` of what ``read_checkpoint``
+        read, else ``saved_flags(resume_path)`` (FileNotFoundError or ValueError when
+        it cannot be read: a usage error, exit 2).
     checkpoint_dir : callable
         ``checkpoint_dir(resume_path) -> folder``, named by the Ctrl-C message.
     is_main : bool
         False on the distributed ranks other than 0: they print nothing and claim no folder.
+    read_checkpoint : callable, optional
+        ``read_checkpoint(resume_path) -> checkpoint``: the checkpoint is then read once,
+        here, its flags merged once, and the trainer handed both (a trainer without it
+        reads the checkpoint again itself).
 
     Returns
     -------
@@ -371,9 +421,10 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
     parser = build_parser()
     args = parser.parse_args(argv)  # a malformed flag exits 2 through argparse, with the usage
     say = (lambda text: print(printable(text), file=sys.stderr)) if is_main else (lambda text: None)
+    checkpoint = None
     if args.resume is not None:
         try:
-            _merge_resume(args, argv, build_parser, saved_flags)
+            checkpoint = _merge_resume(args, argv, build_parser, saved_flags, read_checkpoint)
         except (FileNotFoundError, ValueError) as exc:
             # a usage error as argparse's (SystemExit 2), but one line: the usage would bury it
             parser.exit(EXIT_BAD_INPUT, printable(f"{parser.prog}: error: {exc}\n"))
@@ -388,7 +439,8 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
             new_folder = folder
         # --resume continues the run in the checkpoint's own folder; another folder must be free
         resuming = args.resume is not None and folder.resolve() == Path(checkpoint_dir(args.resume)).resolve()
-        metrics = _train_in_folder(args, train, folder, resuming=resuming, is_main=is_main)
+        run = train if read_checkpoint is None else (lambda merged: train(merged, checkpoint))
+        metrics = _train_in_folder(args, run, folder, resuming=resuming, is_main=is_main)
     except KeyboardInterrupt as exc:
         how = f" by {exc.args[0]}" if isinstance(exc, Stopped) else ""
         where = _run_folder(args, checkpoint_dir)

@@ -33,7 +33,7 @@ _LABEL: contextvars.ContextVar[Callable[[str], str]] = contextvars.ContextVar("f
 
 
 def setting(default: Any, *, check: str | Constraint | None = None, help: str = "", flag: str | None = None,
-            group: str = "run", path: bool = False) -> Any:
+            group: str = "run", path: bool = False, metavar: str | None = None) -> Any:
     """One field of a :class:`RunConfig`.
 
     Parameters
@@ -51,9 +51,11 @@ def setting(default: Any, *, check: str | Constraint | None = None, help: str = 
         The heading it is listed under in ``--help``.
     path : bool
         A file or folder (or None): kept as ``str`` (``os.fspath``), not checked.
+    metavar : str, optional
+        What ``--help`` calls the flag's value (default: the flag in capitals, or its choices).
     """
     return dataclasses.field(default=default, metadata={"check": check, "help": help, "flag": flag,
-                                                        "group": group, "path": path})
+                                                        "group": group, "path": path, "metavar": metavar})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +78,7 @@ class RunConfig:
         for spec in dataclasses.fields(self):
             value, rule = getattr(self, spec.name), spec.metadata.get("check")
             if spec.metadata.get("path"):
-                value = None if value is None else os.fspath(value)
+                value = _path(value, label(spec.name))
             elif rule is not None:
                 value = check(rule, value, label=label(spec.name))
             values[spec.name] = tuple(value) if isinstance(value, list) else value
@@ -102,6 +104,21 @@ class RunConfig:
     def flag(cls, name: str) -> str:
         """The command line's name of setting ``name`` (without ``--``)."""
         return _field(cls, name).metadata.get("flag") or name
+
+    @classmethod
+    def settings_of(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values``' settings by field name: each read by its field name or its flag, the flag winning.
+
+        For what names settings by flag (a checkpoint's record, a Namespace built by
+        hand) or by both (a parsed command line some key of which was then set by
+        flag). Names of no setting are left out.
+        """
+        found = {}
+        for name in cls.names():
+            for key in (name, cls.flag(name)):
+                if key in values:
+                    found[name] = values[key]
+        return found
 
     @classmethod
     def create(cls, values: Mapping[str, Any], *, by_flag: bool = False,
@@ -148,6 +165,15 @@ class RunConfig:
     def as_flags(self) -> dict[str, Any]:
         """``{flag name: value}``: what checkpoints record, so runs of every version read alike."""
         return {self.flag(name): value for name, value in self.as_dict().items()}
+
+
+def _path(value: Any, label: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return os.fsdecode(value)
+    except TypeError:
+        raise TypeError(f"{label}: expected a path (str or os.PathLike) or None, got {value!r}") from None
 
 
 def _plain(value: Any) -> Any:

@@ -3,11 +3,11 @@
 :data:`CONSTRAINTS` maps a hyper-parameter's name to its constraint, in the spirit of
 scikit-learn's ``_parameter_constraints``. It is read by
 
-- the command lines, through :func:`flag_type` (``fastmlp.train``'s flags, the
-  search's ``--seed``, ``--threads``...), which turns a flag's text into a number
-  first, so that ``--batch_size -5`` is checked as the number -5;
-- :func:`fastmlp.training.checked_flags`, for flags handed to ``train()`` in a
-  Namespace built by hand;
+- the run configurations (:class:`fastmlp.config.RunConfig`: each field names its
+  entry), so that a run's settings are checked once, when its configuration is made;
+- the command lines, through ``fastmlp.cli.flag_type`` (``fastmlp.train``'s flags, the
+  search's ``--seed``, ``--threads``...), which turns a flag's text into a value first
+  (:func:`from_text`), so that ``--batch_size -5`` is checked as the number -5;
 - the search space (:mod:`fastmlp.search.space`: every ``--grid`` value and every
   end of a ``--space`` range);
 - the torch trainers (``torch_models.train_mlp``, ``torch_models.train_convnet``):
@@ -15,8 +15,8 @@ scikit-learn's ``_parameter_constraints``. It is read by
   (the torch MLP's ``--init`` is the entry ``torch_init``).
 
 So a bad value gets one message everywhere, ``<name>: expected <what>, got <value>``,
-where ``<name>`` is what the interface calls it: ``--batch_size`` (command line),
-``--grid['batch_size']`` (search). (The scikit-learn estimators take
+where ``<name>`` is what the interface calls it: ``batch_size`` (the library),
+``--batch_size`` (command line), ``--grid['batch_size']`` (search). (The scikit-learn estimators take
 scikit-learn's parameters and check them with scikit-learn's own constraints.)
 
 Errors
@@ -32,7 +32,6 @@ One exception type per kind of mistake, as in Python itself and in the core:
 """
 from __future__ import annotations
 
-import argparse
 import math
 import numbers
 import re
@@ -67,8 +66,8 @@ __all__ = [
     "check_all",
     "check_in_dtype",
     "check_sizes",
-    "flag_type",
     "format_hidden_units",
+    "from_text",
     "parse_hidden_units",
 ]
 
@@ -90,8 +89,11 @@ class Constraint:
     :meth:`check` returns the value in canonical form (``int``, ``float``, ``str``,
     ``list[int]``...) or raises ``TypeError``/``ValueError`` with the message
     ``expected <describe()>, got <value>``; :meth:`from_text` turns a command line's
-    text into the value to check.
+    text into the value to check, :meth:`to_text` a value into that text.
     """
+
+    #: The values a command line may list in its ``--help`` (None: too many to list).
+    choices: tuple[str, ...] | None = None
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -101,6 +103,10 @@ class Constraint:
 
     def from_text(self, text: str) -> Any:
         return text
+
+    def to_text(self, value: Any) -> Any:
+        """``value`` as a command line writes it (and argparse shows it); the value itself by default."""
+        return value
 
     def expected(self, value: Any) -> str:
         return f"expected {self.describe()}, got {value!r}"
@@ -201,6 +207,7 @@ class FloatDType(Constraint):
     """float32 or float64, as a NumPy dtype, a type (``np.float32``) or a name; checked to its name."""
 
     NAMES = ("float32", "float64")
+    choices = NAMES
 
     def describe(self) -> str:
         return "float32 or float64"
@@ -220,6 +227,9 @@ class HiddenUnits(Constraint):
 
     def describe(self) -> str:
         return "positive integers separated by commas (e.g. '100' or '512,256', '' for none) or a list of them"
+
+    def to_text(self, value: Any) -> str:
+        return format_hidden_units(self.check(value))
 
     def check(self, value: Any) -> list[int]:
         if isinstance(value, str):
@@ -420,24 +430,25 @@ def check_sizes(values: Mapping[str, Any], names: Mapping[str, str] | None = Non
         check_fits_in_memory(rows * row * itemsize, f"{label(keys['batch_size'])} {rows}: batches of that many rows")
 
 
-def flag_type(constraint: str | Constraint) -> Callable[[str], Any]:
-    """An argparse ``type=`` that reads a flag's text and checks it against the table.
+def from_text(constraint: str | Constraint) -> Callable[[str], Any]:
+    """A reader of a command line's text for ``constraint``: the text made a value, then checked.
 
     ``constraint`` is a name of :data:`CONSTRAINTS` or a :class:`Constraint` (a command
-    line's own flags). The text becomes a value first (:meth:`Constraint.from_text`);
-    the message of a bad value is the table's (argparse puts ``argument --<flag>:``
-    before it).
+    line's own flags). The text becomes a value first (:meth:`Constraint.from_text`),
+    so ``"-5"`` is checked as the number -5.
+
+    Raises
+    ------
+    TypeError, ValueError
+        The table's message with no label (the command line names the flag).
     """
     rule = CONSTRAINTS[constraint] if isinstance(constraint, str) else constraint
 
-    def convert(text: str) -> Any:
-        try:
-            return rule.check(rule.from_text(text))
-        except (TypeError, ValueError) as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+    def read(text: str) -> Any:
+        return rule.check(rule.from_text(text))
 
-    convert.__name__ = constraint if isinstance(constraint, str) else type(constraint).__name__
-    return convert
+    read.__name__ = constraint if isinstance(constraint, str) else type(constraint).__name__
+    return read
 
 
 def parse_hidden_units(value: str | list | tuple | int) -> list[int]:

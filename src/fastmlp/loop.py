@@ -168,13 +168,14 @@ def choose_out_dir(out_dir: str | Path | None, checkpoint: str | Path | None, *,
 
 
 def check_resumable(saved: Mapping[str, Any], flags: Mapping[str, Any], where: str, *,
-                    architecture: tuple[str, ...], trajectory: tuple[str, ...], warn: bool = True) -> None:
-    """Refuse or warn about flags that differ from the checkpoint's.
+                    architecture: tuple[str, ...], trajectory: tuple[str, ...], warn: bool = True,
+                    label: Callable[[str], str] = lambda name: f"--{name}") -> None:
+    """Refuse or warn about settings that differ from the checkpoint's.
 
     Parameters
     ----------
     saved, flags : mapping
-        The checkpoint's flags and this run's.
+        The checkpoint's settings and this run's, by the same names.
     where : str
         The checkpoint, for the message.
     architecture : tuple of str
@@ -183,6 +184,8 @@ def check_resumable(saved: Mapping[str, Any], flags: Mapping[str, Any], where: s
         Flags whose change makes the result differ from an uninterrupted run: a
         warning (also for ``max_steps`` under a decaying ``lr_schedule``, whose
         horizon it is). ``warn=False`` on the ranks other than 0.
+    label : callable
+        What the messages call a setting (default: ``--<name>``, a command line's flag).
 
     Raises
     ------
@@ -191,7 +194,7 @@ def check_resumable(saved: Mapping[str, Any], flags: Mapping[str, Any], where: s
     """
     for name in architecture:
         if name in saved and saved[name] != flags.get(name):
-            raise ValueError(f"cannot resume from {where!r}: it was trained with --{name} {saved[name]!r}, "
+            raise ValueError(f"cannot resume from {where!r}: it was trained with {label(name)} {saved[name]!r}, "
                              f"this run asks for {flags.get(name)!r}")
     if flags.get("lr_schedule") not in (None, "constant"):
         trajectory = (*trajectory, "max_steps")
@@ -199,7 +202,7 @@ def check_resumable(saved: Mapping[str, Any], flags: Mapping[str, Any], where: s
     if changed and warn:
         horizon = "; the learning-rate schedule keeps the horizon it was created with" if "max_steps" in changed else ""
         warnings.warn("resuming with changed flags ("
-                      + ", ".join(f"--{name} {saved[name]!r} -> {flags.get(name)!r}" for name in changed)
+                      + ", ".join(f"{label(name)} {saved[name]!r} -> {flags.get(name)!r}" for name in changed)
                       + f"): the result will differ from an uninterrupted run{horizon}", stacklevel=3)
 
 

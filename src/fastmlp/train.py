@@ -41,12 +41,14 @@ and random crops/flips::
 Python API
 ----------
 ``build_parser()``, ``main(argv=None) -> int`` and ``train(args, *, data=None,
-on_eval=None) -> dict``, the command line's run as a function (see
-:func:`fastmlp.training.train`: ``data`` holds pre-loaded splits, the ones to
+on_eval=None) -> dict``, the command line's run as a function over its flags (a
+Namespace or a mapping by flag name, or an :class:`~fastmlp.run_config.MLPRunConfig`;
+see :func:`fastmlp.training.train`: ``data`` holds pre-loaded splits, the ones to
 evaluate among them, ``on_eval(step, metrics)`` may raise to stop the run). This
-module is the command line only; the training lives in :mod:`fastmlp.training`
-(the loop in :mod:`fastmlp.loop`), the flag checks in :mod:`fastmlp.hyperparams`,
-what command lines share in :mod:`fastmlp.cli`.
+module is the command line only: its flags are generated from the run's settings,
+:class:`fastmlp.run_config.MLPRunConfig`; the training lives in
+:mod:`fastmlp.training` (the loop in :mod:`fastmlp.loop`), the checks in
+:mod:`fastmlp.hyperparams`, what command lines share in :mod:`fastmlp.cli`.
 """
 from __future__ import annotations
 
@@ -56,90 +58,53 @@ from typing import Any, Callable, Mapping
 
 from fastmlp import cli, training
 from fastmlp.checkpoint import load_checkpoint, resolve_checkpoint_path
-from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
-from fastmlp.hyperparams import FloatDType, flag_type, format_hidden_units
-from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_STEPS
-from fastmlp.modules import INITS
-from fastmlp.optim import OPTIMIZERS
-from fastmlp.schedules import SCHEDULES
+from fastmlp.run_config import MLPRunConfig
+
 __all__ = ["build_parser", "main", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m fastmlp.train`` (defaults shown in ``--help``)."""
+    """The argument parser of ``python -m fastmlp.train`` (defaults shown in ``--help``).
+
+    One flag per setting of :class:`~fastmlp.run_config.MLPRunConfig` (stored under the
+    flag's name), and the command line's own ``--overwrite``.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m fastmlp.train",
         description="Train the fastmlp MLP on CIFAR-10 (course defaults; see the module docstring "
                     "for a recipe meant to reach >= 0.55 test accuracy).",
         formatter_class=cli.HelpFormatter,
     )
-    defaults = training.DEFAULTS
-
-    def flag(group, name: str, constraint: str | None = None, **kwargs) -> None:
-        """Add ``--name`` with its default from DEFAULTS, checked by the table's ``constraint``."""
-        if constraint is not None:
-            kwargs["type"] = flag_type(constraint)
-        group.add_argument(f"--{name}", default=defaults[name], **kwargs)
-
-    course = parser.add_argument_group("course flags")
-    course.add_argument("--dnn_hidden_units", type=flag_type("hidden_units"),
-                        default=format_hidden_units(defaults["dnn_hidden_units"]),
-                        help="comma-separated hidden layer sizes; '' for logistic regression")
-    flag(course, "learning_rate", "learning_rate", help="peak learning rate")
-    flag(course, "max_steps", "max_steps", help="number of parameter updates")
-    flag(course, "batch_size", "batch_size", help="training batch size")
-    flag(course, "eval_freq", "eval_freq",
-         help="evaluate (and checkpoint) every this many steps, and after the last one")
-    flag(course, "data_dir", help="folder holding the --dataset's files (for cifar10: cifar-10-python.tar.gz or "
-                                  "cifar-10-batches-py/; for npz: the .npz file) (default: $FASTMLP_DATA, "
-                                  "else ~/.cache/fastmlp)")
-
-    opt = parser.add_argument_group("optimisation")
-    flag(opt, "optimizer", "optimizer", choices=OPTIMIZERS,
-         help="sgd: plain SGD (the course); momentum: SGD with --momentum; adam")
-    flag(opt, "momentum", "momentum", help="momentum of --optimizer momentum")
-    flag(opt, "nesterov", action=argparse.BooleanOptionalAction, help="Nesterov momentum (with --optimizer momentum)")
-    flag(opt, "weight_decay", "weight_decay", help="L2 weight decay")
-    flag(opt, "init", "init", choices=INITS, help="weight init; normal = the course's N(0, 1e-4^2)")
-    flag(opt, "lr_schedule", "lr_schedule", choices=SCHEDULES,
-         help="cosine: decay to 0 over --max_steps; step: x0.1 at 50%% and 75%% of the steps; "
-              "onecycle: PyTorch's OneCycleLR (up over 30%% of the steps, or --warmup_steps, then down)")
-    flag(opt, "warmup_steps", "warmup_steps", help="linear learning-rate warm-up over this many steps")
-
-    data = parser.add_argument_group("data")
-    flag(data, "dataset", "dataset", choices=DATASET_NAMES,
-         help="the data set (fastmlp.data.registry); npz: --data_dir names a file with x_train, y_train, x_test, y_test")
-    flag(data, "preprocessing", "preprocessing", choices=PREPROCESSINGS,
-         help="mean_image: subtract the mean training image (course); standardize: per-channel mean/std")
-    flag(data, "augment", action=argparse.BooleanOptionalAction, help="random crops (pad 4) and horizontal flips")
-    flag(data, "validation_size", "validation_size",
-         help="training images held out (from the end) as a validation set")
-    flag(data, "dtype", "dtype", choices=FloatDType.NAMES, help="floating-point precision")
-
-    run = parser.add_argument_group("run")
-    flag(run, "seed", "seed", help="seed of the weights and of the batch order")
-    flag(run, "out_dir", help="output folder (default: runs/<timestamp>, or the checkpoint's folder with --resume)")
-    flag(run, "resume", metavar="PATH",
-         help="continue from a checkpoint.npz or a run folder; flags not given are taken from it")
-    cli.add_overwrite_argument(run)
-    flag(run, "quiet", action="store_true", help="no progress bar or evaluation lines")
-    flag(run, "plot", action="store_true",
-         help="also draw curves.png at the end (imports matplotlib: ~0.5-1 s; "
-              "or later: python -m fastmlp.plot <out_dir>)")
-    flag(run, "dry_run", action="store_true",
-         help=f"{DRY_RUN_STEPS} steps and evaluations on {DRY_RUN_EVAL_EXAMPLES} examples, "
-              "to check the set-up (outputs go to runs/dryrun-<timestamp>)")
-    flag(run, "eval_batch_size", "eval_batch_size",
-         help="batch size of the evaluations (memory only; results do not depend on it)")
-    flag(run, "threads", "threads",
-         help="threads of fastmlp's kernels (and of every other BLAS pool; default: one per core)")
+    groups = cli.add_config_arguments(parser, MLPRunConfig)
+    cli.add_overwrite_argument(groups["run"])
     return parser
 
 
-def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, Any] | None = None,
-          on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Run the training ``args`` describe; :func:`fastmlp.training.train` (see there)."""
-    return training.train(args, data=data, on_eval=on_eval)
+def train(args: MLPRunConfig | argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, Any] | None = None,
+          on_eval: Callable[[int, dict], None] | None = None,
+          checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the training ``args`` describe; :func:`fastmlp.training.train` (see there).
+
+    ``args``: a configuration, or flags as ``build_parser()`` stores them or by the
+    command line's names (the latter win; those not given take their defaults;
+    ``overwrite``, the command line's own, is ignored), checked
+    with messages naming the flag (``--batch_size: expected an integer > 0, got -1``),
+    as are the messages of a resumed checkpoint's settings.
+
+    Raises
+    ------
+    ValueError
+        For a name that is no flag of this command line, and as the training does.
+    """
+    if not isinstance(args, MLPRunConfig):
+        given = dict(args) if isinstance(args, Mapping) else vars(args)
+        known = {*MLPRunConfig.names(), *(MLPRunConfig.flag(name) for name in MLPRunConfig.names()), "overwrite"}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ValueError(f"unknown flag(s) {unknown}; see python -m fastmlp.train --help")
+        args = cli.config_from_args(MLPRunConfig, given)
+    return training.train(args, data=data, on_eval=on_eval, checkpoint=checkpoint,
+                          label=lambda name: f"--{MLPRunConfig.flag(name)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,12 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     training diverged (message on stderr), 2 on bad flags, a missing or
     incompatible checkpoint, missing data or an ``--out_dir`` holding another
     run, 74 on an I/O error, 130/143/129 on Ctrl-C/SIGTERM/SIGHUP (the message
-    says how to resume).
+    says how to resume). With ``--resume`` the checkpoint is read once: its flags
+    fill in the ones not given, and the training continues from it.
     """
     return cli.run_main(
         argv, build_parser=build_parser,
-        train=lambda args: train(args),  # looked up at call time: tests replace it
-        saved_flags=lambda path: load_checkpoint(path)["meta"].get("flags", {}),
+        # looked up at call time: tests replace it
+        train=lambda args, checkpoint: train(args, checkpoint=checkpoint),
+        read_checkpoint=load_checkpoint,
+        saved_flags=lambda checkpoint: MLPRunConfig.settings_of(checkpoint["meta"].get("flags", {})),
         checkpoint_dir=lambda path: resolve_checkpoint_path(path).parent)
 
 

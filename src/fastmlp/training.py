@@ -1,9 +1,9 @@
 """Training the fastmlp MLP: what ``fastmlp.train`` and the search share.
 
 No command line here (that is :mod:`fastmlp.train`, over :mod:`fastmlp.cli`): this
-module turns a run's flags into a trained network and its outputs.
+module turns a run's configuration (:class:`fastmlp.run_config.MLPRunConfig`) into a
+trained network and its outputs.
 
-- :data:`DEFAULTS`, the flags of a run (the course's values) and :func:`checked_flags`;
 - the model/optimizer factory :func:`build_model_and_optimizer`, the seeds
   :func:`derive_seeds`, the update :func:`training_step`;
 - :class:`MLPHooks`, fastmlp's parts of the training loop (:mod:`fastmlp.loop`);
@@ -11,7 +11,6 @@ module turns a run's flags into a trained network and its outputs.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 from pathlib import Path
@@ -22,76 +21,28 @@ import numpy as np
 from fastmlp import loop
 from fastmlp.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from fastmlp.data import dataset_metrics
-from fastmlp.hyperparams import check_all, check_sizes
-from fastmlp.optim import check_optimizer
+from fastmlp.run_config import MLPRunConfig
 from fastmlp.runlog import RunLog, check_finite
 from fastmlp.schedules import LearningRateSchedule
 
 __all__ = [
-    "DEFAULTS",
     "MLPHooks",
     "blas_threads",
     "build_model_and_optimizer",
-    "checked_flags",
     "derive_seeds",
     "load_data",
     "train",
     "training_step",
 ]
 
-#: The flags of a run, with the course's defaults: one hidden layer of 100 units,
-#: weights from N(0, 1e-4^2), plain SGD at 2e-3, batches of 200, 1500 steps, an
-#: evaluation every 100. ``python -m fastmlp.train`` shows them; ``train()`` fills a
-#: Namespace built by hand with them. Evaluations go 2,500 images at a time, faster
-#: than 1,000 for a little more memory (docs/notes/benchmarks-diary-2026-12-02.md).
-DEFAULTS: dict[str, Any] = {
-    "dnn_hidden_units": [100], "learning_rate": 2e-3, "max_steps": 1500, "batch_size": 200,
-    "eval_freq": 100, "data_dir": None, "dataset": "cifar10",
-    "optimizer": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "init": "normal",
-    "lr_schedule": "constant", "warmup_steps": 0,
-    "preprocessing": "mean_image", "augment": False, "validation_size": 0, "dtype": "float32",
-    "seed": 42, "out_dir": None, "resume": None, "overwrite": False, "quiet": False, "dry_run": False, "plot": False,
-    "eval_batch_size": 2500, "threads": None,
-}
-# A flag's entry in the constraint table when its name differs (the course's flag name).
-_TABLE_NAME = {"dnn_hidden_units": "hidden_units"}
-
-# --resume: flags fixing the shapes of the saved arrays (a change is refused), and
-# flags whose change makes the result differ from an uninterrupted run (a warning).
-ARCHITECTURE_FLAGS = ("dnn_hidden_units", "dtype", "optimizer", "dataset")
-TRAJECTORY_FLAGS = ("learning_rate", "batch_size", "momentum", "nesterov", "weight_decay", "lr_schedule",
-                    "warmup_steps", "preprocessing", "augment", "seed", "validation_size")
+# Resuming: settings fixing the shapes of the saved arrays (a change is refused), and
+# settings whose change makes the result differ from an uninterrupted run (a warning).
+ARCHITECTURE = ("hidden_units", "dtype", "optimizer", "dataset")
+TRAJECTORY = ("learning_rate", "batch_size", "momentum", "nesterov", "weight_decay", "lr_schedule",
+              "warmup_steps", "preprocessing", "augment", "seed", "validation_size")
 
 
-# --------------------------------------------------------------------------- flags and seeds
-def checked_flags(args: argparse.Namespace | Mapping[str, Any]) -> argparse.Namespace:
-    """A checked copy of ``args`` with every flag of :data:`DEFAULTS` (missing ones get the default).
-
-    ``train`` may be handed a Namespace built by hand (the search does), so the
-    command line's checks (the table :data:`fastmlp.hyperparams.CONSTRAINTS`) are
-    applied again here.
-
-    Raises
-    ------
-    TypeError, ValueError
-        Naming the flag (``--batch_size: expected an integer > 0, got -1``); ValueError
-        for an unknown flag.
-    """
-    given = dict(args) if isinstance(args, Mapping) else dict(vars(args))
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown flag(s) {unknown}; see `python -m fastmlp.train --help`")
-    values = check_all({**DEFAULTS, **given}, _TABLE_NAME, label=lambda flag: f"--{flag}")
-    check_sizes(values, _TABLE_NAME, label=lambda flag: f"--{flag}")
-    check_optimizer(values["optimizer"], values["momentum"], values["nesterov"], label=lambda flag: f"--{flag}")
-    for flag in ("quiet", "dry_run", "plot", "overwrite"):
-        values[flag] = bool(values[flag])
-    for flag in ("data_dir", "out_dir", "resume"):
-        if values[flag] is not None:
-            values[flag] = str(values[flag])
-    return argparse.Namespace(**values)
-
-
+# --------------------------------------------------------------------------- seeds and threads
 def derive_seeds(seed: int) -> tuple[int, int]:
     """Independent seeds for the weights and for the data order from one ``--seed``."""
     model_seed, data_seed = np.random.SeedSequence(seed).generate_state(2)
@@ -111,16 +62,14 @@ def blas_threads(threads: int | None) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- model, optimizer, step
-def build_model_and_optimizer(n_inputs: int, hidden_units: list[int], n_classes: int, *, dtype=np.float32,
-                              init: str = "normal", seed: int | None = None, optimizer: str = "sgd",
-                              learning_rate: float = 2e-3, momentum: float = 0.9, weight_decay: float = 0.0,
-                              nesterov: bool = False):
-    """A fresh :class:`fastmlp.MLP` and its optimizer (``fastmlp.optim.make_optimizer``).
+def build_model_and_optimizer(config: MLPRunConfig, n_inputs: int, n_classes: int, *, seed: int | None = None):
+    """A fresh :class:`fastmlp.MLP` and its optimizer (``fastmlp.optim.make_optimizer``), as ``config`` says.
 
     Returns
     -------
     model : fastmlp.MLP
-        ``n_inputs`` -> ``hidden_units`` (ReLU) -> ``n_classes`` (softmax).
+        ``n_inputs`` -> ``config.hidden_units`` (ReLU) -> ``n_classes`` (softmax), its
+        weights drawn with ``seed``.
     optimizer : fastmlp.optim optimizer
         Holds a reference to ``model``; ``optimizer.lr`` is reset every step
         by :func:`training_step`.
@@ -128,9 +77,10 @@ def build_model_and_optimizer(n_inputs: int, hidden_units: list[int], n_classes:
     from fastmlp import optim
     from fastmlp.mlp import MLP
 
-    model = MLP(n_inputs, list(hidden_units), n_classes, dtype=dtype, seed=seed, init=init)
-    opt = optim.make_optimizer(optimizer, model, learning_rate, weight_decay=weight_decay, momentum=momentum,
-                               nesterov=nesterov)
+    model = MLP(n_inputs, list(config.hidden_units), n_classes, dtype=np.dtype(config.dtype), seed=seed,
+                init=config.init)
+    opt = optim.make_optimizer(config.optimizer, model, config.learning_rate, weight_decay=config.weight_decay,
+                               momentum=config.momentum, nesterov=config.nesterov)
     return model, opt
 
 
@@ -185,26 +135,23 @@ class MLPHooks:
         self._batch = None if train_set.serves_image_batches else np.empty((batch_size, n_inputs), dtype=model.dtype)
 
     @classmethod
-    def build(cls, args: argparse.Namespace, data: Mapping[str, Any], plan: loop.Plan, *, model_seed: int,
+    def build(cls, config: MLPRunConfig, data: Mapping[str, Any], plan: loop.Plan, *, model_seed: int,
               checkpoint_path: Path) -> "MLPHooks":
-        """The MLP, optimizer and schedule of checked flags ``args``, over ``data`` (see :func:`train`)."""
+        """The MLP, optimizer and schedule of ``config``, over ``data`` (see :func:`train`)."""
         train_set = data["train"]
-        if np.dtype(train_set.dtype) != np.dtype(args.dtype):
-            raise ValueError(f"data: the pre-loaded images are {train_set.dtype}, but --dtype is "
-                             f"{args.dtype}; load them with load_dataset(..., dtype=np.{args.dtype})")
+        if np.dtype(train_set.dtype) != np.dtype(config.dtype):
+            raise ValueError(f"data: the pre-loaded images are {train_set.dtype}, but dtype is "
+                             f"{config.dtype}; load them with load_dataset(..., dtype=np.{config.dtype})")
         splits = loop.evaluation_splits(data)
-        eval_sets = {split: _eval_batches(ds, args.eval_batch_size, plan.eval_limit) for split, ds in splits.items()}
+        eval_sets = {split: _eval_batches(ds, config.eval_batch_size, plan.eval_limit) for split, ds in splits.items()}
         n_inputs = int(np.prod(train_set.raw_images.shape[1:]))
         n_classes = _n_classes(train_set.labels, *(ds.labels for ds in splits.values()))
-        model, optimizer = build_model_and_optimizer(
-            n_inputs, args.dnn_hidden_units, n_classes, dtype=np.dtype(args.dtype), init=args.init,
-            seed=model_seed, optimizer=args.optimizer, learning_rate=args.learning_rate,
-            momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov)
-        # The full --max_steps, also in a --dry_run (fastmlp.loop's convention for every trainer).
-        schedule = LearningRateSchedule(args.learning_rate, args.max_steps, args.lr_schedule,
-                                        warmup_steps=args.warmup_steps)
-        return cls(model, optimizer, schedule, train_set, eval_sets, batch_size=args.batch_size,
-                   eval_batch_size=args.eval_batch_size, checkpoint_path=checkpoint_path)
+        model, optimizer = build_model_and_optimizer(config, n_inputs, n_classes, seed=model_seed)
+        # The full max_steps, also in a dry run (fastmlp.loop's convention for every trainer).
+        schedule = LearningRateSchedule(config.learning_rate, config.max_steps, config.lr_schedule,
+                                        warmup_steps=config.warmup_steps)
+        return cls(model, optimizer, schedule, train_set, eval_sets, batch_size=config.batch_size,
+                   eval_batch_size=config.eval_batch_size, checkpoint_path=checkpoint_path)
 
     def step(self, step: int) -> float:
         if self.train_set.serves_image_batches:  # the first layer converts the uint8 rows itself
@@ -233,8 +180,12 @@ class MLPHooks:
         save_checkpoint(self.checkpoint_path, model=self.model, optimizer=self.optimizer, step=step,
                         data_state=self.train_set.get_state(), meta=record)
 
-    def restore(self, checkpoint: Mapping[str, Any], args: argparse.Namespace) -> None:
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
         """Put back the model, optimizer, batch order and NumPy RNG of a :func:`load_checkpoint` result.
+
+        The optimizer takes its buffers and counters from the checkpoint and keeps the
+        settings it was built with (the run's configuration, which a resumed run took
+        from the checkpoint unless told otherwise); nothing is set on it afterwards.
 
         Raises
         ------
@@ -243,22 +194,17 @@ class MLPHooks:
             network's weights, another data set's batch order...).
         """
         try:
-            self._restore(checkpoint, args)
+            self._restore(checkpoint)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise ValueError(f"cannot resume from {str(checkpoint['path'])!r}: its state does not fit this "
                              f"run: {message}") from None
 
-    def _restore(self, checkpoint: Mapping[str, Any], args: argparse.Namespace) -> None:
+    def _restore(self, checkpoint: Mapping[str, Any]) -> None:
         self.model.check_network_settings(checkpoint["meta"].get("network", {}))
         self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optim"])
-        # The checkpoint carries the old hyper-parameters: this run's flags win
-        # (the learning rate is set from the schedule at every step).
-        self.optimizer.weight_decay = args.weight_decay
-        if args.optimizer == "momentum":
-            self.optimizer.momentum = args.momentum
-            self.optimizer.nesterov = args.nesterov
+        settings = {key: value for key, value in self.optimizer.state_dict().items() if key in MLPRunConfig.names()}
+        self.optimizer.load_state_dict({**checkpoint["optim"], **settings})
         self.train_set.set_state(checkpoint["data_state"])
         np.random.set_state(checkpoint["numpy_rng"])
 
@@ -287,85 +233,103 @@ def _n_classes(*label_arrays: np.ndarray) -> int:
 
 
 # --------------------------------------------------------------------------- a whole run
-def load_data(args: argparse.Namespace, seed: int) -> dict:
-    """The ``--dataset`` as checked flags ``args`` ask: ``train``, ``test`` and (``--validation_size``) ``validation``."""
+def load_data(config: MLPRunConfig, seed: int) -> dict:
+    """The ``config.dataset`` as ``config`` asks: ``train``, ``test`` and (``validation_size``) ``validation``."""
     from fastmlp.data import load_dataset
 
-    return load_dataset(args.dataset, args.data_dir, one_hot=False, validation_size=args.validation_size,
-                        preprocessing=args.preprocessing, flatten=True, dtype=np.dtype(args.dtype),
-                        augment=args.augment, seed=seed)
+    return load_dataset(config.dataset, config.data_dir, one_hot=False, validation_size=config.validation_size,
+                        preprocessing=config.preprocessing, flatten=True, dtype=np.dtype(config.dtype),
+                        augment=config.augment, seed=seed)
 
 
-def _checkpoint_to_resume(args: argparse.Namespace) -> dict | None:
-    if args.resume is None:
+def _checkpoint_to_resume(config: MLPRunConfig, checkpoint: Mapping[str, Any] | None,
+                          label: Callable[[str], str]) -> Mapping[str, Any] | None:
+    """``checkpoint``, else the one ``config.resume`` names (read here); checked against ``config``."""
+    if checkpoint is None and config.resume is None:
         return None
-    checkpoint = load_checkpoint(args.resume)
-    loop.check_resumable(checkpoint["meta"].get("flags", {}), vars(args), str(checkpoint["path"]),
-                         architecture=ARCHITECTURE_FLAGS, trajectory=TRAJECTORY_FLAGS)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(config.resume)
+    # recorded by the command line's names, as every version wrote them
+    saved = config.settings_of(checkpoint["meta"].get("flags", {}))
+    loop.check_resumable(saved, config.as_dict(), str(checkpoint["path"]), architecture=ARCHITECTURE,
+                         trajectory=TRAJECTORY, label=label)
     return checkpoint
 
 
-def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, Any] | None = None,
-          on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Run a whole training (or continue one with ``args.resume``) and write its outputs.
+def train(config: MLPRunConfig, *, data: Mapping[str, Any] | None = None,
+          on_eval: Callable[[int, dict], None] | None = None,
+          checkpoint: Mapping[str, Any] | None = None, label: Callable[[str], str] = str) -> dict[str, Any]:
+    """Run a whole training (or continue one, ``config.resume``) and write its outputs.
 
     Parameters
     ----------
-    args : argparse.Namespace or mapping
-        Flags (:data:`DEFAULTS`), e.g. ``fastmlp.train.build_parser().parse_args()``;
-        missing ones take their defaults, every value is checked again.
+    config : MLPRunConfig
+        The run's settings (checked when it was made).
     data : dict, optional
         Pre-loaded ``fastmlp.data.load_dataset(..., one_hot=False, flatten=True,
-        dtype=<--dtype>)`` DataSets: ``"train"``, and the splits to evaluate,
+        dtype=config.dtype)`` DataSets: ``"train"``, and the splits to evaluate,
         ``"validation"`` and/or ``"test"`` (each one present and not None is
-        evaluated); the data flags (``--data_dir``, ``--preprocessing``,
-        ``--augment``, ``--validation_size``) are then ignored. The training
-        DataSet's batch position is advanced during the run and put back at the
-        end, so reusing ``data`` gives every run the same batch order. Default:
-        the ``--dataset`` loaded as the flags say (test set, and validation with
-        ``--validation_size``).
+        evaluated); the data settings (``data_dir``, ``preprocessing``, ``augment``,
+        ``validation_size``) are then ignored. The training DataSet's batch
+        position is advanced during the run and put back at the end, so reusing
+        ``data`` gives every run the same batch order. Default: ``config.dataset``
+        loaded as ``config`` says (test set, and validation with ``validation_size``).
     on_eval : callable, optional
         ``on_eval(step, metrics)`` after every evaluation, once its row is in
         ``curves.csv`` and the checkpoint is written; ``metrics`` holds ``step``,
         ``train_loss``, ``train_accuracy``, ``learning_rate`` and ``<split>_loss``,
         ``<split>_accuracy`` for every evaluated split. An exception it raises
         stops the run and propagates.
+    checkpoint : dict, optional
+        The :func:`fastmlp.checkpoint.load_checkpoint` result to continue from, when
+        the caller has read it already (the command line, which merged its settings
+        into ``config``); default: the one ``config.resume`` names, if any. Its
+        recorded settings are compared with ``config``: a different network, dtype,
+        optimizer or data set is refused, other changes are warned about.
+    label : callable
+        What those messages call a setting, from its name (default: the name; a
+        command line: its flag, ``--dnn_hidden_units``).
 
     Returns
     -------
     dict
-        What ``metrics.json`` holds: ``flags``, ``fastmlp_version``, the last
-        evaluation's ``test_*``/``validation_*``, ``best_test_accuracy`` /
-        ``best_validation_accuracy``, ``steps``, ``wall_seconds``, ``out_dir``, ``dry_run``.
+        What ``metrics.json`` holds: ``flags`` (the settings, by the command line's
+        names), ``fastmlp_version``, the last evaluation's ``test_*``/``validation_*``,
+        ``best_test_accuracy`` / ``best_validation_accuracy``, ``steps``,
+        ``wall_seconds``, ``out_dir``, ``dry_run``.
 
     Raises
     ------
     fastmlp.runlog.DivergenceError
         On a NaN or infinite training loss (the last checkpoint is kept).
-    TypeError, ValueError, FileNotFoundError
-        On bad flags, an incompatible or missing checkpoint, missing data.
+    TypeError
+        When ``config`` is not an :class:`MLPRunConfig`.
+    ValueError, FileNotFoundError
+        On an incompatible or missing checkpoint, missing data.
     """
     started = time.perf_counter()
-    args = checked_flags(args)
-    checkpoint = _checkpoint_to_resume(args)
-    out_dir = loop.choose_out_dir(args.out_dir, checkpoint and checkpoint["path"], dry_run=args.dry_run)
-    plan = loop.Plan.from_flags(args.max_steps, args.eval_freq, dry_run=args.dry_run)
-    model_seed, data_seed = derive_seeds(args.seed)
-    with blas_threads(args.threads):
-        data = load_data(args, data_seed) if data is None else data
-        hooks = MLPHooks.build(args, data, plan, model_seed=model_seed, checkpoint_path=out_dir / CHECKPOINT_NAME)
-        flags = {**vars(args), "max_steps": plan.max_steps, "eval_freq": plan.eval_freq, "out_dir": str(out_dir)}
-        progress = loop.Progress(RunLog(out_dir, flags, plot=args.plot), started=started, show=not args.quiet)
+    if not isinstance(config, MLPRunConfig):
+        raise TypeError(f"config: expected an MLPRunConfig, got {type(config).__name__}")
+    checkpoint = _checkpoint_to_resume(config, checkpoint, label)
+    out_dir = loop.choose_out_dir(config.out_dir, checkpoint and checkpoint["path"], dry_run=config.dry_run)
+    plan = loop.Plan.from_flags(config.max_steps, config.eval_freq, dry_run=config.dry_run)
+    model_seed, data_seed = derive_seeds(config.seed)
+    with blas_threads(config.threads):
+        data = load_data(config, data_seed) if data is None else data
+        hooks = MLPHooks.build(config, data, plan, model_seed=model_seed, checkpoint_path=out_dir / CHECKPOINT_NAME)
+        flags = {**config.as_flags(), "max_steps": plan.max_steps, "eval_freq": plan.eval_freq,
+                 "out_dir": str(out_dir)}
+        progress = loop.Progress(RunLog(out_dir, flags, plot=config.plot), started=started, show=not config.quiet)
         with hooks.borrowing_train_set():
             if checkpoint is not None:
                 meta = checkpoint["meta"]
                 loop.resume(progress, step=int(meta["step"]), rows=meta.get("rows", []),
                             wall_seconds=meta.get("wall_seconds", 0.0), max_steps=plan.max_steps)
-                hooks.restore(checkpoint, args)
+                hooks.restore(checkpoint)
             loop.run(hooks, plan, progress, on_eval=on_eval)
         _save_model_file(hooks.model, data["train"], out_dir)
-        return loop.finish(progress, out_dir=str(out_dir), dry_run=args.dry_run,
-                           **dataset_metrics(args.dataset, data["train"]))
+        return loop.finish(progress, out_dir=str(out_dir), dry_run=config.dry_run,
+                           **dataset_metrics(config.dataset, data["train"]))
 
 
 def _save_model_file(model, train_set, out_dir: Path) -> None:

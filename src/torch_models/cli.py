@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fastmlp import cli
+from fastmlp.cli import flag_type
 from fastmlp.data import DATASET_NAMES, PREPROCESSINGS
-from fastmlp.hyperparams import DEVICES, Boolean, NoneOr, check, check_all, check_sizes, flag_type
+from fastmlp.hyperparams import DEVICES, Boolean, NoneOr, check, check_all, check_sizes
 from fastmlp.loop import DRY_RUN_EVAL_EXAMPLES, DRY_RUN_EVAL_FREQ, DRY_RUN_STEPS
 from fastmlp.optim import OPTIMIZERS, check_optimizer
 from fastmlp.schedules import SCHEDULES

@@ -72,9 +72,8 @@ from typing import Any, Mapping
 
 import torch
 
-from fastmlp.cli import HelpFormatter
+from fastmlp.cli import HelpFormatter, flag_type
 from fastmlp.data import example_shape
-from fastmlp.hyperparams import flag_type
 from torch_models import cli
 from torch_models.distributed import distributed_context
 from torch_models.hooks import TrainerSpec

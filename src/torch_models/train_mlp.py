@@ -69,9 +69,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from fastmlp.cli import HelpFormatter
+from fastmlp.cli import HelpFormatter, flag_type
 from fastmlp.data import example_shape
-from fastmlp.hyperparams import BATCHNORMS, TORCH_INITS, flag_type, parse_hidden_units
+from fastmlp.hyperparams import BATCHNORMS, TORCH_INITS, parse_hidden_units
 from torch_models import cli
 from torch_models.distributed import distributed_context
 from torch_models.hooks import TrainerSpec
