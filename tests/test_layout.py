@@ -34,7 +34,7 @@ CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.se
                "torch_models.train_convnet", "fastmlp.predict"}
 LIBRARY_MODULES = {
     "fastmlp", "fastmlp._blas", "fastmlp._openblas", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.config", "fastmlp.run_config",
-    "fastmlp.curves", "fastmlp.hyperparams", "fastmlp.images", "fastmlp.interop", "fastmlp.loop", "fastmlp.mlp",
+    "fastmlp.curves", "fastmlp.exits", "fastmlp.hyperparams", "fastmlp.images", "fastmlp.interop", "fastmlp.loop", "fastmlp.mlp",
     "fastmlp.modelfile", "fastmlp.modules", "fastmlp.onnx_export", "fastmlp.optim", "fastmlp.predictor", "fastmlp.reading",
     "fastmlp.reference", "fastmlp.rundir", "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training",
     "fastmlp.version",
@@ -60,9 +60,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("argparse", "torch_models/trainer.py"): "fit() and its helpers take the run's settings as a Namespace",
     ("argparse", "fastmlp/search/adapter.py"): "TrainerAdapter parses a trainer's flags into each trial's Namespace",
     ("cli", "fastmlp/search/adapter.py:fastmlp.cli.flag_actions"): "reads a trainer's parser for its choices",
-    ("cli", "fastmlp/search/signals.py:fastmlp.cli.Stopped"): "the stop exception lives in the trainers' cli module",
-    ("cli", "fastmlp/search/signals.py:fastmlp.cli.EXIT_SIGTERM"): "exit statuses live in the trainers' cli",
-    ("cli", "fastmlp/search/signals.py:fastmlp.cli.interrupted_status"): "exit statuses live in the trainers' cli",
 }
 
 

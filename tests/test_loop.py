@@ -279,8 +279,8 @@ def test_a_stop_signal_during_an_update_lets_the_update_finish(signum, raised):
 
 
 def test_a_stop_signal_outside_an_update_stops_at_once():
-    from fastmlp import cli
+    from fastmlp import cli, exits
 
-    with cli.signals_stop_the_run(), pytest.raises(cli.Stopped):
+    with cli.signals_stop_the_run(), pytest.raises(exits.Stopped):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastmlp
-from fastmlp import predict
+from fastmlp import exits, predict
 
 Image = pytest.importorskip("PIL.Image")
 pytest.importorskip("safetensors")
@@ -215,5 +215,5 @@ def test_a_binary_model_ranks_its_two_classes(tmp_path, capsys):
 def test_top_k_is_refused_for_a_regressor_or_multilabel_model(tmp_path, capsys, output, n_outputs):
     path, npy, _ = _head_model(tmp_path, output, n_outputs)
     status, lines, err = _run([path, npy, "--top_k", "2"], capsys)
-    assert status == predict.EXIT_BAD_INPUT and lines == []
+    assert status == exits.EXIT_BAD_INPUT and lines == []
     assert len(err) == 1 and err[0].startswith("error: --top_k:")

@@ -33,22 +33,25 @@ from typing import Any, Callable, Iterator, Mapping
 
 from fastmlp import loop
 from fastmlp.config import RunConfig
+from fastmlp.exits import (
+    EXIT_BAD_INPUT,
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_IO_ERROR,
+    EXIT_SIGHUP,
+    EXIT_SIGTERM,
+    EXIT_STATUSES,
+    Stopped,
+    interrupted_status,
+)
 from fastmlp.hyperparams import CONSTRAINTS, Boolean, Constraint, from_text
 from fastmlp.rundir import claimed_run_dir
 from fastmlp.runlog import DivergenceError, default_out_dir
 
 __all__ = [
-    "EXIT_BAD_INPUT",
-    "EXIT_DIVERGED",
-    "EXIT_INTERRUPTED",
-    "EXIT_IO_ERROR",
-    "EXIT_SIGHUP",
-    "EXIT_SIGTERM",
-    "EXIT_STATUSES",
     "HelpFormatter",
     "INVOCATION_FLAGS",
     "LIBRARY_LOGGERS",
-    "Stopped",
     "add_config_arguments",
     "add_overwrite_argument",
     "config_from_args",
@@ -56,7 +59,6 @@ __all__ = [
     "explicit_flags",
     "flag_actions",
     "flag_type",
-    "interrupted_status",
     "library_messages_on_console",
     "merge_resume_flags",
     "printable",
@@ -65,23 +67,6 @@ __all__ = [
     "summary_line",
 ]
 
-EXIT_DIVERGED = 1
-EXIT_BAD_INPUT = 2
-EXIT_IO_ERROR = 74  # EX_IOERR of sysexits.h: the disk, not the flags, is at fault
-EXIT_SIGHUP = 129  # 128 + SIGHUP, as shells report a hung-up terminal
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-EXIT_SIGTERM = 143  # 128 + SIGTERM, as shells report a kill
-
-#: Every trainer's and the search's exit statuses, as the README's table gives them.
-EXIT_STATUSES = {
-    0: "done",
-    EXIT_DIVERGED: "training diverged (the last good checkpoint is kept)",
-    EXIT_BAD_INPUT: "bad input: a flag, a checkpoint, the data, a folder holding another run",
-    EXIT_IO_ERROR: "I/O error: a file or folder could not be read or written (the OS's reason is printed)",
-    EXIT_SIGHUP: "ended by SIGHUP (the command that resumes is printed)",
-    EXIT_INTERRUPTED: "ended by Ctrl-C, SIGINT (the command that resumes is printed)",
-    EXIT_SIGTERM: "ended by SIGTERM (the command that resumes is printed)",
-}
 
 #: Flags that describe this invocation rather than the run: ``--resume`` never takes
 #: them from the checkpoint (every other flag not given again is). ``--data_dir`` is
@@ -122,18 +107,6 @@ def summary_line(metrics: Mapping[str, Any]) -> str:
         done += f" ({metrics['seconds_per_step'] * 1e3:.1f} ms per training step)"
     where = f"; outputs in {metrics['out_dir']}" if metrics.get("out_dir") else ""
     return ", ".join([*parts, done]) + where
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (``signum``) arrived: the run ends as on Ctrl-C.
-
-    A KeyboardInterrupt, so that whatever cleans up after Ctrl-C (the atomic writes'
-    temporary files, the torch process group) cleans up after these too.
-    """
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def _raise_stopped(signum: int, frame: Any) -> None:
@@ -377,12 +350,6 @@ def _train_in_folder(args: argparse.Namespace, train: Callable[[argparse.Namespa
              if is_main else contextlib.nullcontext())
     with signals_stop_the_run(), claim, library_messages_on_console(is_main):
         return train(args)
-
-
-def interrupted_status(exc: KeyboardInterrupt) -> int:
-    """The exit status of a run (or search) that ``exc`` stopped: a :class:`Stopped`'s signal, else Ctrl-C."""
-    signum = getattr(exc, "signum", signal.SIGINT)
-    return {signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}.get(signum, EXIT_INTERRUPTED)
 
 
 def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.ArgumentParser],

@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastmlp.exits import EXIT_BAD_INPUT
 from fastmlp.modelfile import Predictor, load
 
-__all__ = ["EXIT_BAD_INPUT", "build_parser", "main", "read_input"]
-
-EXIT_BAD_INPUT = 2
+__all__ = ["build_parser", "main", "read_input"]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Pillow's mode for an image of this many channels.
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}

@@ -110,7 +110,7 @@ def train(args: MLPRunConfig | argparse.Namespace | Mapping[str, Any], *, data: 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m fastmlp.train``; returns the exit status.
 
-    The statuses of :data:`fastmlp.cli.EXIT_STATUSES`: 0 on success, 1 when
+    The statuses of :data:`fastmlp.exits.EXIT_STATUSES`: 0 on success, 1 when
     training diverged (message on stderr), 2 on bad flags, a missing or
     incompatible checkpoint, missing data or an ``--out_dir`` holding another
     run, 74 on an I/O error, 130/143/129 on Ctrl-C/SIGTERM/SIGHUP (the message

@@ -141,7 +141,7 @@ def main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argument
          train: Callable[[argparse.Namespace], Mapping[str, Any]]) -> int:
     """A torch trainer's ``main``: :func:`fastmlp.cli.run_main` over ``checkpoint.pt``.
 
-    Exit status (:data:`fastmlp.cli.EXIT_STATUSES`) 0 done, 1 diverged, 2 bad input (a
+    Exit status (:data:`fastmlp.exits.EXIT_STATUSES`) 0 done, 1 diverged, 2 bad input (a
     flag, a checkpoint that is missing, foreign or damaged, missing data, an --out_dir
     holding another run), 74 I/O error, 130/143/129 Ctrl-C/SIGTERM/SIGHUP. Under torchrun every rank reads the
     checkpoint's flags (so on several machines the path must be readable on each) and

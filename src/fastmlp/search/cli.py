@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from fastmlp.cli import (
-    EXIT_BAD_INPUT,
     HelpFormatter,
     add_config_arguments,
     config_from_args,
     library_messages_on_console,
 )
+from fastmlp.exits import EXIT_BAD_INPUT
 from fastmlp.runlog import DivergenceError
 from fastmlp.search import signals
 from fastmlp.search import study as studies

@@ -1,6 +1,6 @@
 """SIGTERM and SIGHUP end a search the way Ctrl-C does, in the parent and in every worker.
 
-:func:`signals_as_interrupts` turns the signals into :class:`fastmlp.cli.Stopped`
+:func:`signals_as_interrupts` turns the signals into :class:`fastmlp.exits.Stopped`
 (the trainers' own, a ``KeyboardInterrupt``), so every path that handles Ctrl-C handles them too: the running
 trial is marked interrupted (and queued again by the next run), the workers are told
 and waited for, and the exit status says which signal it was (:func:`exit_status`:
@@ -22,12 +22,12 @@ import sys
 import threading
 from typing import Callable, Iterable, Iterator
 
-from fastmlp.cli import EXIT_SIGTERM, Stopped, interrupted_status
+from fastmlp.exits import EXIT_SIGTERM, Stopped, interrupted_status
 
 __all__ = ["HANDLED_SIGNALS", "STOP_SIGNALS", "end_with_parent", "exit_status", "ignoring",
            "signal_name", "signal_of", "signals_as_interrupts"]
 
-#: The signals turned into :class:`fastmlp.cli.Stopped` (SIGINT already raises KeyboardInterrupt).
+#: The signals turned into :class:`fastmlp.exits.Stopped` (SIGINT already raises KeyboardInterrupt).
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 #: Every signal that stops a search the way Ctrl-C does.
 STOP_SIGNALS = (signal.SIGINT, *HANDLED_SIGNALS)
@@ -36,12 +36,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def signal_of(exc: KeyboardInterrupt) -> int:
-    """The signal behind ``exc``: its ``signum`` for :class:`fastmlp.cli.Stopped`, else SIGINT (Ctrl-C)."""
+    """The signal behind ``exc``: its ``signum`` for :class:`fastmlp.exits.Stopped`, else SIGINT (Ctrl-C)."""
     return int(getattr(exc, "signum", signal.SIGINT))
 
 
 def exit_status(exc: KeyboardInterrupt) -> int:
-    """The exit status for the signal behind ``exc`` (:func:`fastmlp.cli.interrupted_status`)."""
+    """The exit status for the signal behind ``exc`` (:func:`fastmlp.exits.interrupted_status`)."""
     return interrupted_status(exc)
 
 
@@ -77,7 +77,7 @@ def _interrupting(once: bool) -> Callable[[int, object], None]:
 
 
 def signals_as_interrupts(signals: Iterable[int] = HANDLED_SIGNALS, *, once: bool = False):
-    """A context manager: within it, each of ``signals`` raises :class:`fastmlp.cli.Stopped` (SIGINT: KeyboardInterrupt).
+    """A context manager: within it, each of ``signals`` raises :class:`fastmlp.exits.Stopped` (SIGINT: KeyboardInterrupt).
 
     ``once=True``: only the first signal raises; later ones are ignored.
     """
