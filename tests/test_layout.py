@@ -32,6 +32,7 @@ LIBRARY_MODULES = {
     "torch_models.devices", "torch_models.distributed", "torch_models.evaluation", "torch_models.hooks",
     "torch_models.mlp", "torch_models.optimizers", "torch_models.precision", "torch_models.rng",
     "torch_models.step_stats", "torch_models.trainer", "torch_models.transfer",
+    "torch_models.config", "torch_models.mlp_run", "torch_models.convnet_run",
 }
 # The core's own private modules, which the core imports.
 PACKAGE_PRIVATE = {"fastmlp._kernels", "fastmlp._validation", "fastmlp._blas", "fastmlp._openblas"}
