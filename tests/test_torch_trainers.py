@@ -641,7 +641,7 @@ def test_mlp_init_normal_is_the_course_init_and_others_differ(tmp_path, mlp_data
     initialize_parameters(default, "torch")  # PyTorch's own: uniform(+-1/sqrt(fan_in)), biases too
     assert default.layers[0].weight.abs().max().item() <= 3072 ** -0.5
     assert torch.count_nonzero(default.layers[0].bias) > 0
-    with pytest.raises(ValueError, match="--init"):
+    with pytest.raises(ValueError, match=r"^init: expected one of \('normal', .*got 'uniform'"):
         initialize_parameters(default, "uniform")
 
 

@@ -49,7 +49,7 @@ def initialize_parameters(model: nn.Module, init: str) -> None:
         If ``init`` is not one of :data:`fastmlp.hyperparams.TORCH_INITS`.
     """
     if init not in TORCH_INITS:
-        raise ValueError(f"--init must be one of {TORCH_INITS}, got {init!r}")
+        raise ValueError(f"init: expected one of {TORCH_INITS}, got {init!r}")
     if init == "torch":
         return
     for module in model.modules():

@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from fastmlp.schedules import LearningRateSchedule
-from torch_models.config import TORCH_OPTIMIZERS, TorchRunConfig, check_torch_optimizer
+from torch_models.config import TorchRunConfig, check_torch_optimizer
 
-__all__ = ["ScheduledHyperParameters", "TORCH_OPTIMIZERS", "load_optimizer_state", "make_optimizer",
-           "optimizer_for", "parameter_groups"]
+__all__ = ["ScheduledHyperParameters", "load_optimizer_state", "make_optimizer", "optimizer_for", "parameter_groups"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -46,7 +45,7 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], learning_rate: float
     Raises
     ------
     ValueError
-        For a name that is not one of :data:`TORCH_OPTIMIZERS` (one that fastmlp has
+        For a name not in :data:`torch_models.config.TORCH_OPTIMIZERS` (one that fastmlp has
         too), or ``nesterov`` without ``"momentum"`` and ``momentum > 0``
         (:func:`torch_models.config.check_torch_optimizer`).
     """
