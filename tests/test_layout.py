@@ -50,14 +50,13 @@ LIBRARY_MODULES = {
     "torch_models.devices", "torch_models.distributed", "torch_models.evaluation", "torch_models.hooks",
     "torch_models.mlp", "torch_models.optimizers", "torch_models.precision", "torch_models.rng",
     "torch_models.step_stats", "torch_models.trainer", "torch_models.transfer",
+    "torch_models.config", "torch_models.mlp_run", "torch_models.convnet_run",
 }
 # The core's own private modules, which the core imports.
 PACKAGE_PRIVATE = {"fastmlp._kernels", "fastmlp._validation", "fastmlp._blas", "fastmlp._openblas"}
 KNOWN: dict[tuple[str, str], str] = {
     ("class", "fastmlp/mlp.py:MLP"): "MLP: 382 lines: the course's layer API and the fused training step in one class",
     ("class", "fastmlp/estimators/base.py:BaseMLP"): "BaseMLP: 323 lines: parameters, fitting, the epochs in one class",
-    ("argparse", "torch_models/hooks.py"): "TorchHooks.build and the data hooks take the run's settings as a Namespace",
-    ("argparse", "torch_models/trainer.py"): "fit() and its helpers take the run's settings as a Namespace",
     ("argparse", "fastmlp/search/adapter.py"): "TrainerAdapter parses a trainer's flags into each trial's Namespace",
     ("cli", "fastmlp/search/adapter.py:fastmlp.cli.flag_actions"): "reads a trainer's parser for its choices",
 }

@@ -21,12 +21,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from fastmlp import loop  # noqa: E402
+from fastmlp.cli import flag_actions  # noqa: E402
 from fastmlp.data import LABEL_NAMES, DataSet, get_cifar10  # noqa: E402
 from fastmlp.modelfile import load as load_model_file  # noqa: E402
 from fastmlp.runlog import DivergenceError  # noqa: E402
 from torch_models import checkpoint as tcheckpoint  # noqa: E402
 from torch_models import evaluation, precision, rng, train_convnet, train_mlp  # noqa: E402
+from torch_models.config import ConvNetConfig, TorchMLPConfig  # noqa: E402
+from torch_models.convnet_run import augment_batch  # noqa: E402
 from torch_models.distributed import DistContext  # noqa: E402
+from torch_models.mlp_run import initialize_parameters  # noqa: E402
+from torch_models.optimizers import make_optimizer, parameter_groups  # noqa: E402
 from torch_models.trainer import TrainerSpec, fit  # noqa: E402
 from _trainer_runs import Interrupted, run_cut_and_resume, train_until  # noqa: E402
 
@@ -123,7 +128,7 @@ def test_mlp_logistic_regression_adam_batchnorm_dropout(tmp_path, mlp_data):
         "--dnn_hidden_units", "", "--optimizer", "adam", "--learning_rate", "1e-3", "--max_steps", "10",
         "--eval_freq", "5", "--out_dir", str(tmp_path / "lr"), "--quiet"])
     metrics = train_mlp.train(args, data=mlp_data)
-    assert args.dnn_hidden_units == []
+    assert args.hidden_units == [] and metrics["flags"]["dnn_hidden_units"] == []  # recorded by its flag's name
     assert metrics["n_parameters"] == 3072 * 10 + 10  # one Linear layer
     args = train_mlp.build_parser().parse_args([*CPU, 
         "--dnn_hidden_units", "64,32", "--batchnorm", "custom", "--dropout", "0.2", "--weight_decay", "1e-4",
@@ -218,12 +223,12 @@ def test_batch_too_small_for_batchnorm_is_refused_up_front(tmp_path, small_cifar
     assert code == 2
     assert "--batch_size 1 gives 1 example(s), but the model's BatchNorm" in capsys.readouterr().err
     # Under torchrun each rank trains on batch_size / world_size rows: checked before any collective.
-    args = train_convnet.build_parser().parse_args([*CPU, "--batch_size", "2", "--quiet"])
+    config = ConvNetConfig(device="cpu", batch_size=2, quiet=True)
     ctx = DistContext(torch.device("cpu"), world_size=2)
     spec = TrainerSpec(name="train_convnet", input_shape=(3, 32, 32), build_model=None, build_optimizer=None,
                        min_local_batch=2)
     with pytest.raises(ValueError, match=r"--batch_size 2 gives 1 example\(s\) per rank \(world size 2\)"):
-        fit(args, spec, ctx=ctx, data=conv_data)
+        fit(config, spec, ctx=ctx, data=conv_data)
 
 
 # --------------------------------------------------------------------------- API contract
@@ -293,8 +298,9 @@ def test_device_cuda_without_gpu_is_a_clear_error(mlp_data):
 
 
 def test_hidden_units_parsing():
-    assert train_mlp.parse_hidden_units("512, 256") == [512, 256]
-    assert train_mlp.parse_hidden_units("") == []
+    assert TorchMLPConfig(hidden_units="512, 256").hidden_units == (512, 256)
+    assert TorchMLPConfig(hidden_units="").hidden_units == ()
+    assert train_mlp.build_parser().parse_args(["--dnn_hidden_units", "64,32"]).hidden_units == [64, 32]
     with pytest.raises(SystemExit):
         train_mlp.build_parser().parse_args(["--dnn_hidden_units", "10,x"])
     with pytest.raises(SystemExit):
@@ -384,11 +390,11 @@ def test_torch_hooks_see_a_non_finite_parameter(tmp_path, mlp_data):
     from torch_models.hooks import TorchHooks
     from torch_models.precision import choose_precision
 
-    args = train_mlp.build_parser().parse_args([*CPU, "--dnn_hidden_units", "8"])
+    config = TorchMLPConfig(device="cpu", hidden_units=(8,))
     spec = TrainerSpec(name="train_mlp", input_shape=(3072,), build_model=lambda: torch.nn.Linear(3072, 10),
                        build_optimizer=lambda model: torch.optim.SGD(model.parameters(), lr=0.1))
     ctx = DistContext(torch.device("cpu"))
-    hooks = TorchHooks.build(spec, args, mlp_data, ctx=ctx, plan=loop.Plan(5, 1),
+    hooks = TorchHooks.build(spec, config, mlp_data, ctx=ctx, plan=loop.Plan(5, 1),
                              precision=choose_precision(False, ctx.device), checkpoint_path=tmp_path / "c.pt")
     assert hooks.parameters_finite()
     with torch.no_grad():
@@ -443,7 +449,7 @@ def test_convnet_resume_matches_uninterrupted_run(tmp_path, conv_data, schedule)
 def test_augment_batch_crops_and_flips_each_image_independently():
     generator = torch.Generator().manual_seed(0)
     images = torch.arange(64 * 3 * 8 * 8, dtype=torch.float32).reshape(64, 3, 8, 8) + 1.0  # no zeros
-    out = train_convnet.augment_batch(images, padding=2, generator=generator)
+    out = augment_batch(images, padding=2, generator=generator)
     assert out.shape == images.shape and out.dtype == images.dtype
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     found = set()
@@ -455,7 +461,7 @@ def test_augment_batch_crops_and_flips_each_image_independently():
     assert len(found) > 10  # offsets and flips differ between images of one batch
     assert any(flip for _, _, flip in found) and not all(flip for _, _, flip in found)
     with pytest.raises(ValueError, match="shape"):
-        train_convnet.augment_batch(torch.zeros(3, 8, 8))
+        augment_batch(torch.zeros(3, 8, 8))
 
 
 # --------------------------------------------------------------------------- torchrun
@@ -565,14 +571,14 @@ def test_compile_traces_once_per_mode_and_times_compilation_apart(tmp_path, mlp_
     monkeypatch.setattr(torch.nn.Module, "compile",
                         lambda self, **kwargs: compile_module(self, backend=counting_backend))
     torch.compiler.reset()
-    args = train_mlp.build_parser().parse_args([*CPU, "--max_steps", "6", "--eval_freq", "3", "--batch_size", "50",
-                                                "--eval_batch_size", "64", "--quiet", "--out_dir", str(tmp_path)])
+    config = TorchMLPConfig(device="cpu", max_steps=6, eval_freq=3, batch_size=50, eval_batch_size=64, quiet=True,
+                            out_dir=tmp_path)
     from torch_models.mlp import MLP
 
     spec = TrainerSpec(name="train_mlp", input_shape=(3072,), build_model=lambda: MLP(3072, [16], 10),
                        build_optimizer=lambda model: torch.optim.SGD(model.parameters(), lr=1e-3),
                        compile_model=True)
-    metrics = fit(args, spec, ctx=DistContext(torch.device("cpu")), data=mlp_data)
+    metrics = fit(config, spec, ctx=DistContext(torch.device("cpu")), data=mlp_data)
     torch.compiler.reset()
     # Evaluation (test 200 and validation 100 images in padded batches of 64) and training: one
     # graph each, shared by both splits and all 3 evaluations; a ragged batch would add one.
@@ -584,18 +590,22 @@ def test_compile_traces_once_per_mode_and_times_compilation_apart(tmp_path, mlp_
 
 
 # --------------------------------------------------------------------------- fastmlp.train's flags
+def flag_defaults(parser) -> dict:
+    """``{flag: default}`` of a parser's ``--flag`` options (whatever their Namespace names)."""
+    return {option[2:]: action.default for action in flag_actions(parser).values() for option in action.option_strings
+            if option.startswith("--") and not option.startswith("--no-") and option != "--help"}
+
+
 def test_mlp_defaults_are_fastmlp_train_defaults():
-    from fastmlp import hyperparams
     from fastmlp import train as fm_train
 
-    numpy_defaults = vars(fm_train.build_parser().parse_args([]))
-    torch_defaults = vars(train_mlp.build_parser().parse_args([]))
+    numpy_defaults = flag_defaults(fm_train.build_parser())
+    torch_defaults = flag_defaults(train_mlp.build_parser())
     shared = set(numpy_defaults) & set(torch_defaults)
     # Every optimisation and data flag of fastmlp.train exists here, with the same default.
     assert {"init", "optimizer", "momentum", "nesterov", "weight_decay", "lr_schedule", "warmup_steps",
             "preprocessing", "augment", "learning_rate", "max_steps", "batch_size", "dnn_hidden_units"} <= shared
     assert {k: torch_defaults[k] for k in shared} == {k: numpy_defaults[k] for k in shared}
-    assert train_mlp.parse_hidden_units is hyperparams.parse_hidden_units
 
 
 def test_mlp_init_normal_is_the_course_init_and_others_differ(tmp_path, mlp_data):
@@ -619,20 +629,20 @@ def test_mlp_init_normal_is_the_course_init_and_others_differ(tmp_path, mlp_data
 
     torch.manual_seed(0)
     model = MLP(3072, [200], 10)
-    train_mlp.initialize_parameters(model, "kaiming")
+    initialize_parameters(model, "kaiming")
     first, last = model.layers[0], model.layers[-1]
     assert first.weight.std().item() == pytest.approx((2 / 3072) ** 0.5, rel=0.05)
     assert last.weight.std().item() == pytest.approx((2 / 200) ** 0.5, rel=0.1)
     assert torch.count_nonzero(first.bias) == 0
-    train_mlp.initialize_parameters(model, "xavier")
+    initialize_parameters(model, "xavier")
     assert first.weight.std().item() == pytest.approx((2 / (3072 + 200)) ** 0.5, rel=0.05)
     torch.manual_seed(0)
     default = MLP(3072, [200], 10)
-    train_mlp.initialize_parameters(default, "torch")  # PyTorch's own: uniform(+-1/sqrt(fan_in)), biases too
+    initialize_parameters(default, "torch")  # PyTorch's own: uniform(+-1/sqrt(fan_in)), biases too
     assert default.layers[0].weight.abs().max().item() <= 3072 ** -0.5
     assert torch.count_nonzero(default.layers[0].bias) > 0
-    with pytest.raises(ValueError, match="--init"):
-        train_mlp.initialize_parameters(default, "uniform")
+    with pytest.raises(ValueError, match=r"^init: expected one of \('normal', .*got 'uniform'"):
+        initialize_parameters(default, "uniform")
 
 
 def test_weight_decay_shrinks_weights_but_not_biases_or_batchnorm():
@@ -643,8 +653,7 @@ def test_weight_decay_shrinks_weights_but_not_biases_or_batchnorm():
     for p in model.parameters():
         torch.nn.init.constant_(p, 0.5)
     lr, decay = 0.1, 0.2
-    optimizer = train_mlp.make_optimizer("momentum", train_mlp.parameter_groups(model, decay), lr,
-                                         momentum=0.9, nesterov=True)
+    optimizer = make_optimizer("momentum", parameter_groups(model, decay), lr, momentum=0.9, nesterov=True)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)  # no loss gradient: only the decay can move a parameter
     optimizer.step()
@@ -668,8 +677,8 @@ def test_the_schedules_keep_the_rates_and_momenta_of_torchs_schedulers(name):
     torch_schedulers = {"onecycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=total),
                         "cosine": lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)}
     for kind, make_torch_scheduler in torch_schedulers.items():
-        theirs = train_mlp.make_optimizer(name, train_mlp.parameter_groups(model, 0.0), 0.1)
-        ours = train_mlp.make_optimizer(name, train_mlp.parameter_groups(model, 0.0), 0.1)
+        theirs = make_optimizer(name, parameter_groups(model, 0.0), 0.1)
+        ours = make_optimizer(name, parameter_groups(model, 0.0), 0.1)
         torch_scheduler = make_torch_scheduler(theirs)
         scheduler = ScheduledHyperParameters(ours, LearningRateSchedule(0.1, total, kind), cycle_momentum=True)
         for step in range(1, total + 1):
@@ -682,7 +691,7 @@ def test_the_schedules_keep_the_rates_and_momenta_of_torchs_schedulers(name):
                 torch_scheduler.step()
             scheduler.step()
     # Plain SGD stays plain (OneCycleLR used to give it a momentum of 0.85-0.95).
-    plain = train_mlp.make_optimizer("sgd", train_mlp.parameter_groups(model, 0.0), 0.1)
+    plain = make_optimizer("sgd", parameter_groups(model, 0.0), 0.1)
     scheduler = ScheduledHyperParameters(plain, LearningRateSchedule(0.1, total, "onecycle"), cycle_momentum=True)
     scheduler.step()
     assert [group["momentum"] for group in plain.param_groups] == [0, 0]
@@ -738,9 +747,9 @@ def test_bad_fastmlp_flags_raise_value_error_naming_the_flag(mlp_data, flags, ma
     ("adam", True, "nesterov: needs optimizer 'momentum' and momentum > 0, got optimizer 'adam'"),
 ])
 def test_make_optimizer_refuses_what_fastmlp_refuses(name, nesterov, match):
-    groups = train_mlp.parameter_groups(torch.nn.Linear(4, 2), 0.0)
+    groups = parameter_groups(torch.nn.Linear(4, 2), 0.0)
     with pytest.raises(ValueError, match=match):
-        train_mlp.make_optimizer(name, groups, 0.1, nesterov=nesterov)
+        make_optimizer(name, groups, 0.1, nesterov=nesterov)
 
 
 def test_hand_built_namespace_is_checked_and_completed(tmp_path, mlp_data):

@@ -22,7 +22,6 @@ Losses on CUDA
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from pathlib import Path
@@ -39,10 +38,11 @@ from fastmlp.runlog import check_finite
 from fastmlp.schedules import LearningRateSchedule
 from torch_models import rng
 from torch_models.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from torch_models.config import TorchRunConfig
 from torch_models.devices import synchronize
 from torch_models.distributed import DistContext, gather_objects, on_every_rank
 from torch_models.evaluation import EvalSet, class_indices, evaluate, model_input_array
-from torch_models.optimizers import ScheduledHyperParameters
+from torch_models.optimizers import ScheduledHyperParameters, load_optimizer_state
 from torch_models.precision import Precision
 from torch_models.step_stats import StepStats
 from torch_models.transfer import HostToDevice
@@ -65,7 +65,7 @@ class TrainerSpec:
     input_shape : tuple of int
         One model input, e.g. ``(3072,)`` or ``(3, 32, 32)``; images are reshaped to it.
     build_model, build_optimizer : callables
-        ``build_model() -> nn.Module`` (on the CPU, right after ``torch.manual_seed(--seed)``);
+        ``build_model() -> nn.Module`` (on the CPU, right after ``torch.manual_seed(config.seed)``);
         ``build_optimizer(model) -> torch.optim.Optimizer``.
     precision : torch_models.precision.Precision, optional
         The autocast dtype and gradient scaling (default: float32).
@@ -83,9 +83,9 @@ class TrainerSpec:
         Under ``--lr_schedule onecycle``, cycle the momentum as PyTorch's OneCycleLR does.
     min_local_batch : int
         Fewest rows a rank's slice of the batch may have (2 for models with BatchNorm).
-    architecture_flags, trajectory_flags : tuple of str
-        On ``--resume``: flags whose change is refused, and flags whose change is warned
-        about (:func:`fastmlp.loop.check_resumable`).
+    architecture, trajectory : tuple of str
+        On resuming: settings (field names of the configuration) whose change is refused,
+        and settings whose change is warned about (:func:`fastmlp.loop.check_resumable`).
     plan_notes : tuple of str
         Extra lines for the ``--dry_run`` plan.
     """
@@ -102,8 +102,8 @@ class TrainerSpec:
     label_smoothing: float = 0.0
     cycle_momentum: bool = False
     min_local_batch: int = 1
-    architecture_flags: tuple[str, ...] = ()
-    trajectory_flags: tuple[str, ...] = ()
+    architecture: tuple[str, ...] = ()
+    trajectory: tuple[str, ...] = ()
     plan_notes: tuple[str, ...] = ()
 
 
@@ -123,20 +123,20 @@ class TrainingParts:
     scaler: torch.amp.GradScaler
 
     @classmethod
-    def build(cls, spec: TrainerSpec, args: argparse.Namespace, ctx: DistContext,
+    def build(cls, spec: TrainerSpec, config: TorchRunConfig, ctx: DistContext,
               precision: Precision) -> "TrainingParts":
-        """Model, optimizer, schedule and scaler of checked flags ``args``, on ``ctx.device``.
+        """Model, optimizer, schedule and scaler of the run ``config``, on ``ctx.device``.
 
-        The schedule spans the full ``--max_steps`` (a ``--dry_run`` too, whose steps then
+        The schedule spans the full ``config.max_steps`` (a dry run too, whose steps then
         have the real run's first rates). Every rank builds the same initial model.
         """
-        torch.manual_seed(args.seed)
+        torch.manual_seed(config.seed)
         model = spec.build_model().to(ctx.device)
         if spec.channels_last:
             model.to(memory_format=torch.channels_last)
         optimizer = spec.build_optimizer(model)
-        schedule = LearningRateSchedule(args.learning_rate, args.max_steps, args.lr_schedule,
-                                        warmup_steps=args.warmup_steps)
+        schedule = LearningRateSchedule(config.learning_rate, config.max_steps, config.lr_schedule,
+                                        warmup_steps=config.warmup_steps)
         scheduler = ScheduledHyperParameters(optimizer, schedule, cycle_momentum=spec.cycle_momentum)
         if spec.compile_model:
             model.compile()  # in place, once: the DDP wrapper and evaluation call the same compiled module
@@ -149,6 +149,9 @@ class TrainingParts:
     def restore(self, checkpoint: Mapping[str, Any]) -> None:
         """Put back the model, optimizer, schedule and gradient scaler of a loaded checkpoint.
 
+        The optimizer's buffers come back under the hyper-parameters it was built with
+        (:func:`torch_models.optimizers.load_optimizer_state`), and nothing changes them afterwards.
+
         Raises
         ------
         ValueError
@@ -159,7 +162,7 @@ class TrainingParts:
         except RuntimeError as exc:
             raise ValueError(f"--resume: the checkpoint's model does not match the one the flags build: {exc}") from None
         try:
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            load_optimizer_state(self.optimizer, checkpoint["optimizer"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"--resume: the checkpoint's optimizer state does not fit the optimizer the flags "
                              f"build: {exc}") from None
@@ -290,16 +293,17 @@ class TorchHooks:
         self._last_loss, self._last_correct, self._learning_rate = float("nan"), float("nan"), float("nan")
 
     @classmethod
-    def build(cls, spec: TrainerSpec, args: argparse.Namespace, data: Mapping[str, Any], *, ctx: DistContext,
+    def build(cls, spec: TrainerSpec, config: TorchRunConfig, data: Mapping[str, Any], *, ctx: DistContext,
               plan: loop.Plan, precision: Precision, checkpoint_path: Path) -> "TorchHooks":
-        """The hooks of checked flags ``args`` over ``data`` (``get_cifar10`` DataSets; not modified)."""
-        train_set = data["train"].reseeded(args.seed, augment=spec.dataset_augment, flatten=False)
+        """The hooks of the run ``config`` over ``data`` (``get_cifar10`` DataSets; not modified)."""
+        train_set = data["train"].reseeded(config.seed, augment=spec.dataset_augment, flatten=False)
         eval_sets = {split: EvalSet.from_dataset(dataset, input_shape=spec.input_shape, ctx=ctx,
                                                  limit=plan.eval_limit)
                      for split, dataset in loop.evaluation_splits(data, skip_empty=True).items()}
-        parts = TrainingParts.build(spec, args, ctx, precision)
+        parts = TrainingParts.build(spec, config, ctx, precision)
         return cls(spec, parts, ctx=ctx, plan=plan, precision=precision, train_set=train_set, eval_sets=eval_sets,
-                   batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, checkpoint_path=checkpoint_path)
+                   batch_size=config.batch_size, eval_batch_size=config.eval_batch_size,
+                   checkpoint_path=checkpoint_path)
 
     # ----------------------------------------------------------------------- the loop's hooks
     def step(self, step: int) -> float:

@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastmlp.optim import OPTIMIZERS, check_optimizer
 from fastmlp.schedules import LearningRateSchedule
+from torch_models.config import TorchRunConfig, check_torch_optimizer
 
-__all__ = ["OPTIMIZERS", "ScheduledHyperParameters", "make_optimizer", "parameter_groups"]
+__all__ = ["ScheduledHyperParameters", "load_optimizer_state", "make_optimizer", "optimizer_for", "parameter_groups"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -45,15 +45,43 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], learning_rate: float
     Raises
     ------
     ValueError
-        For an unknown ``name``, or ``nesterov`` without ``"momentum"`` and ``momentum > 0``
-        (:func:`fastmlp.optim.check_optimizer`).
+        For a name not in :data:`torch_models.config.TORCH_OPTIMIZERS` (one that fastmlp has
+        too), or ``nesterov`` without ``"momentum"`` and ``momentum > 0``
+        (:func:`torch_models.config.check_torch_optimizer`).
     """
-    check_optimizer(name, momentum, nesterov)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=learning_rate)
-    if name == "momentum":
-        return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov)
-    return torch.optim.SGD(groups, lr=learning_rate)
+    check_torch_optimizer(name, momentum, nesterov)
+    builders = {
+        "sgd": lambda: torch.optim.SGD(groups, lr=learning_rate),
+        "momentum": lambda: torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov),
+        "adam": lambda: torch.optim.Adam(groups, lr=learning_rate),
+    }
+    return builders[name]()
+
+
+def optimizer_for(model: nn.Module, config: TorchRunConfig) -> torch.optim.Optimizer:
+    """:func:`make_optimizer` of ``config``'s optimisation settings over ``model``'s :func:`parameter_groups`."""
+    return make_optimizer(config.optimizer, parameter_groups(model, config.weight_decay), config.learning_rate,
+                          momentum=config.momentum, nesterov=config.nesterov)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Put back a checkpoint's optimizer ``state`` (its buffers: momentum, Adam's moments and
+    step counts) under the hyper-parameters ``optimizer`` was built with.
+
+    ``Optimizer.load_state_dict`` would also put back the checkpoint's group settings (weight
+    decay, momentum, Nesterov...); the run's configuration, merged with the checkpoint's
+    settings once by the command line, is what holds, so its settings go into the state
+    loaded, and nothing is changed after loading.
+
+    Raises
+    ------
+    ValueError, KeyError, TypeError
+        From ``load_state_dict``, for a state that does not fit ``optimizer``.
+    """
+    saved_groups = list(state["param_groups"])
+    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    merged = [{**saved, **current} for saved, current in zip(saved_groups, settings)]
+    optimizer.load_state_dict({**state, "param_groups": merged + saved_groups[len(merged):]})
 
 
 class ScheduledHyperParameters:
@@ -65,10 +93,6 @@ class ScheduledHyperParameters:
     is exact. With ``cycle_momentum`` and a ``"onecycle"`` schedule the momentum of SGD
     with momentum, or Adam's beta1, follows ``schedule.momentum(n)`` as under PyTorch's
     ``OneCycleLR`` (plain SGD keeps no momentum).
-
-    :meth:`load_state_dict` (called right after the optimizer's) also puts back the group
-    settings the optimizer was built with (weight decay, momentum, Nesterov), which
-    ``Optimizer.load_state_dict`` had replaced with the checkpoint's: this run's flags win.
 
     Parameters
     ----------
@@ -86,8 +110,6 @@ class ScheduledHyperParameters:
         self.schedule = schedule
         self.updates_done = 0
         self.cycle_momentum = cycle_momentum and schedule.kind == "onecycle"
-        self._group_settings = [{k: v for k, v in group.items() if k != "params"}
-                                for group in optimizer.param_groups]
         self._apply()
 
     def _apply(self) -> None:
@@ -111,7 +133,7 @@ class ScheduledHyperParameters:
         return {"updates_done": self.updates_done, **dataclasses.asdict(self.schedule)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (the update count and the horizon), with this run's group settings.
+        """Continue from ``state`` (the update count and the horizon): set the next update's rate.
 
         Raises
         ------
@@ -127,6 +149,4 @@ class ScheduledHyperParameters:
         if updates_done < 0:
             raise ValueError(f"--resume: the checkpoint's scheduler has made {updates_done} updates")
         self.updates_done = updates_done
-        for group, settings in zip(self.optimizer.param_groups, self._group_settings):
-            group.update(settings)
         self._apply()

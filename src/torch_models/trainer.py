@@ -39,7 +39,6 @@ group is destroyed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import warnings
@@ -52,6 +51,7 @@ from fastmlp import loop
 from fastmlp.data import dataset_metrics
 from fastmlp.runlog import RunLog
 from torch_models.checkpoint import CHECKPOINT_NAME, load_checkpoint, resolve_checkpoint_path
+from torch_models.config import TorchRunConfig
 from torch_models.devices import describe_device
 from torch_models.distributed import DistContext, broadcast_object, local_batch_size, on_every_rank
 from torch_models.hooks import TorchHooks, TrainerSpec
@@ -80,9 +80,9 @@ class _SharedRunLog(RunLog):
         return on_every_rank(self.ctx, lambda: RunLog.finish(self, **metrics), "writing metrics.json")
 
 
-def _run_flags(args: argparse.Namespace, plan: loop.Plan) -> dict[str, Any]:
-    """The run's flags as stored (JSON values: a path becomes its text), with the plan's steps."""
-    flags = {**vars(args), "max_steps": plan.max_steps, "eval_freq": plan.eval_freq}
+def _run_flags(config: TorchRunConfig, plan: loop.Plan) -> dict[str, Any]:
+    """The run's settings as stored, by flag name (JSON values), with the plan's steps."""
+    flags = {**config.as_flags(), "max_steps": plan.max_steps, "eval_freq": plan.eval_freq}
     return json.loads(json.dumps(dict(sorted(flags.items())), default=str))
 
 
@@ -100,35 +100,42 @@ def _warn_on_precision_change(checkpoint: Mapping[str, Any], precision: Precisio
                       "but the result will differ from an uninterrupted run", stacklevel=3)
 
 
-def _checkpoint_to_resume(args: argparse.Namespace, spec: TrainerSpec, ctx: DistContext, flags: Mapping[str, Any],
-                          precision: Precision) -> dict | None:
-    """The ``--resume`` checkpoint (None without it), checked against this run's flags.
-
-    Read by rank 0 and sent to the others, so a bad path fails on every rank instead of
-    leaving the others waiting in a collective.
-    """
-    if not args.resume:
-        return None
+def _read_checkpoint(path: str, ctx: DistContext) -> dict:
+    """The checkpoint at ``path``, read by rank 0 and sent to the others, so that a bad path
+    fails on every rank instead of leaving the others waiting in a collective."""
     loaded: Any = None
     if ctx.is_main:
         try:
-            loaded = load_checkpoint(args.resume)
+            loaded = load_checkpoint(path)
         except (OSError, ValueError) as exc:
             loaded = exc
     loaded = broadcast_object(loaded, ctx)
     if isinstance(loaded, BaseException):
         raise loaded
-    if loaded["trainer"] != spec.name:
-        raise ValueError(f"--resume: {args.resume} is a {loaded['trainer']} checkpoint, not a {spec.name} one")
-    saved = loaded["flags"]
-    loop.check_resumable(saved, flags, str(args.resume), architecture=spec.architecture_flags,
-                         trajectory=spec.trajectory_flags, warn=ctx.is_main)
-    if ctx.is_main:
-        _warn_on_precision_change(loaded, precision, str(args.resume))
     return loaded
 
 
-def _describe_plan(spec: TrainerSpec, args: argparse.Namespace, hooks: TorchHooks, *, plan: loop.Plan,
+def _checkpoint_to_resume(config: TorchRunConfig, spec: TrainerSpec, ctx: DistContext, flags: Mapping[str, Any],
+                          precision: Precision, loaded: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The checkpoint ``config.resume`` names (None without one), checked against this run's ``flags``.
+
+    ``loaded``: that checkpoint, already read (by the command line, for its flags), else it is read here.
+    """
+    if not config.resume:
+        return None
+    if loaded is None:
+        loaded = _read_checkpoint(config.resume, ctx)
+    if loaded["trainer"] != spec.name:
+        raise ValueError(f"--resume: {config.resume} is a {loaded['trainer']} checkpoint, not a {spec.name} one")
+    loop.check_resumable(loaded["flags"], flags, config.resume, warn=ctx.is_main,
+                         architecture=tuple(config.flag(name) for name in spec.architecture),
+                         trajectory=tuple(config.flag(name) for name in spec.trajectory))
+    if ctx.is_main:
+        _warn_on_precision_change(loaded, precision, config.resume)
+    return loaded
+
+
+def _describe_plan(spec: TrainerSpec, config: TorchRunConfig, hooks: TorchHooks, *, plan: loop.Plan,
                    out_dir: Path, train_examples: int) -> str:
     """The ``--dry_run`` plan: what the full run would do, and this dry run's part of it."""
     ctx, model = hooks.ctx, hooks.parts.model
@@ -136,9 +143,9 @@ def _describe_plan(spec: TrainerSpec, args: argparse.Namespace, hooks: TorchHook
     schedule = hooks.parts.scheduler.schedule
     sizes = {"train": train_examples, **{split: s.total for split, s in hooks.eval_sets.items()}}
     lines = [
-        f"{spec.name} --dry_run: the full run would train {args.max_steps} steps of global batch "
-        f"{args.batch_size} on {ctx.device} (world size {ctx.world_size}), evaluating on the whole "
-        f"test/validation sets and checkpointing every {args.eval_freq} steps;",
+        f"{spec.name} --dry_run: the full run would train {config.max_steps} steps of global batch "
+        f"{config.batch_size} on {ctx.device} (world size {ctx.world_size}), evaluating on the whole "
+        f"test/validation sets and checkpointing every {config.eval_freq} steps;",
         f"  this dry run trains {plan.max_steps} steps, evaluating every {plan.eval_freq} on at most "
         f"{plan.eval_limit} examples per split",
         "  data: " + ", ".join(f"{k} {v} examples" for k, v in sizes.items()),
@@ -149,7 +156,7 @@ def _describe_plan(spec: TrainerSpec, args: argparse.Namespace, hooks: TorchHook
         f"  precision: {hooks.precision.dtype_name or 'float32'} ({hooks.precision.reason}); backends: {backend}",
         *(f"  {line}" for line in spec.plan_notes),
         f"  outputs: {out_dir}",
-        f"  resume: {args.resume or 'no'}",
+        f"  resume: {config.resume or 'no'}",
     ]
     return "\n".join(lines)
 
@@ -174,8 +181,9 @@ def _final_metrics(hooks: TorchHooks, progress: loop.Progress, *, out_dir: Path,
     }
 
 
-def fit(args: argparse.Namespace, spec: TrainerSpec, *, ctx: DistContext, data: Mapping[str, Any],
-        on_eval: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+def fit(config: TorchRunConfig, spec: TrainerSpec, *, ctx: DistContext, data: Mapping[str, Any],
+        on_eval: Callable[[int, dict], None] | None = None,
+        checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train, evaluate, checkpoint and log one run; return the metrics written to ``metrics.json``.
 
     Each evaluation records a ``curves.csv`` row (``train_loss``/``train_accuracy`` of
@@ -184,10 +192,8 @@ def fit(args: argparse.Namespace, spec: TrainerSpec, *, ctx: DistContext, data: 
 
     Parameters
     ----------
-    args : argparse.Namespace
-        Checked flags of :func:`torch_models.cli.add_run_arguments` and
-        ``add_optimization_arguments`` plus the trainer's own (all are stored in the
-        outputs). Not modified.
+    config : torch_models.config.TorchRunConfig
+        The run's settings (the trainer's subclass: all are stored in the outputs, by flag name).
     spec : TrainerSpec
         The trainer's model, optimizer and input layout.
     ctx : torch_models.distributed.DistContext
@@ -196,10 +202,13 @@ def fit(args: argparse.Namespace, spec: TrainerSpec, *, ctx: DistContext, data: 
         ``fastmlp.data.get_cifar10`` output: ``"train"`` and the splits to evaluate,
         ``"validation"`` and/or ``"test"`` ``DataSet``\\ s (labels as indices or one-hot,
         images in any layout with ``prod(spec.input_shape)`` values each). Not modified:
-        batches are drawn from a fresh ``DataSet`` over the same arrays, seeded with ``--seed``.
+        batches are drawn from a fresh ``DataSet`` over the same arrays, seeded with ``config.seed``.
     on_eval : callable, optional
         ``on_eval(step, metrics)`` after each evaluation and checkpoint, ``metrics`` holding
         ``step`` and the ``curves.csv`` row; may raise to stop the run (it propagates).
+    checkpoint : mapping, optional
+        The checkpoint ``config.resume`` names, when the caller has read it already (a
+        command line, for its flags); else it is read here.
 
     Raises
     ------
@@ -211,26 +220,26 @@ def fit(args: argparse.Namespace, spec: TrainerSpec, *, ctx: DistContext, data: 
     ValueError, FileNotFoundError
         For a batch that does not split between the ranks, or an unusable ``--resume``.
     """
-    local_batch_size(args.batch_size, ctx.world_size, spec.min_local_batch)  # before any collective
-    plan = loop.Plan.from_flags(args.max_steps, args.eval_freq, dry_run=args.dry_run)
+    local_batch_size(config.batch_size, ctx.world_size, spec.min_local_batch)  # before any collective
+    plan = loop.Plan.from_flags(config.max_steps, config.eval_freq, dry_run=config.dry_run)
     precision = spec.precision if spec.precision is not None else choose_precision(False, ctx.device)
-    flags = _run_flags(args, plan)
-    checkpoint = _checkpoint_to_resume(args, spec, ctx, flags, precision)
-    resumed_from = resolve_checkpoint_path(args.resume) if args.resume and ctx.is_main else None
-    out_dir = broadcast_object(loop.choose_out_dir(args.out_dir, resumed_from, dry_run=args.dry_run)
+    flags = _run_flags(config, plan)
+    checkpoint = _checkpoint_to_resume(config, spec, ctx, flags, precision, checkpoint)
+    resumed_from = resolve_checkpoint_path(config.resume) if config.resume and ctx.is_main else None
+    out_dir = broadcast_object(loop.choose_out_dir(config.out_dir, resumed_from, dry_run=config.dry_run)
                                if ctx.is_main else None, ctx)
-    hooks = TorchHooks.build(spec, args, data, ctx=ctx, plan=plan, precision=precision,
+    hooks = TorchHooks.build(spec, config, data, ctx=ctx, plan=plan, precision=precision,
                              checkpoint_path=out_dir / CHECKPOINT_NAME)
-    progress = loop.Progress(_SharedRunLog(ctx, out_dir, flags, plot=args.plot), show=ctx.is_main and not args.quiet)
+    progress = loop.Progress(_SharedRunLog(ctx, out_dir, flags, plot=config.plot), show=ctx.is_main and not config.quiet)
     if checkpoint is not None:
-        hooks.restore(checkpoint, seed=args.seed)
+        hooks.restore(checkpoint, seed=config.seed)
         loop.resume(progress, step=checkpoint["step"], rows=checkpoint["curves"],
                     wall_seconds=checkpoint["wall_seconds"], max_steps=plan.max_steps)
     elif ctx.rank:
-        torch.manual_seed(args.seed + ctx.rank)  # rank 0 keeps the single-process stream
-    if args.dry_run and ctx.is_main:
-        _log.info(_describe_plan(spec, args, hooks, plan=plan, out_dir=out_dir,
+        torch.manual_seed(config.seed + ctx.rank)  # rank 0 keeps the single-process stream
+    if config.dry_run and ctx.is_main:
+        _log.info(_describe_plan(spec, config, hooks, plan=plan, out_dir=out_dir,
                                  train_examples=data["train"].num_examples))
     loop.run(hooks, plan, progress, desc=spec.name, on_eval=on_eval)
-    return loop.finish(progress, **_final_metrics(hooks, progress, out_dir=out_dir, dry_run=args.dry_run),
-                       **dataset_metrics(args.dataset, data["train"]))
+    return loop.finish(progress, **_final_metrics(hooks, progress, out_dir=out_dir, dry_run=config.dry_run),
+                       **dataset_metrics(config.dataset, data["train"]))
