@@ -57,8 +57,6 @@ PACKAGE_PRIVATE = {"fastmlp._kernels", "fastmlp._validation", "fastmlp._blas", "
 KNOWN: dict[tuple[str, str], str] = {
     ("class", "fastmlp/mlp.py:MLP"): "MLP: 382 lines: the course's layer API and the fused training step in one class",
     ("class", "fastmlp/estimators/base.py:BaseMLP"): "BaseMLP: 323 lines: parameters, fitting, the epochs in one class",
-    ("argparse", "fastmlp/search/adapter.py"): "TrainerAdapter parses a trainer's flags into each trial's Namespace",
-    ("cli", "fastmlp/search/adapter.py:fastmlp.cli.flag_actions"): "reads a trainer's parser for its choices",
 }
 
 

@@ -23,7 +23,7 @@ from fastmlp.search.settings import SearchSettings
 SEARCH_SRC = Path(__file__).resolve().parents[1] / "src" / "fastmlp" / "search"
 # Modules that may name argparse: the command line, and (until the trainers take typed
 # configurations) the adapter's trainer side, which builds the trainer's Namespace.
-MAY_USE_ARGPARSE = {"cli.py", "__main__.py", "adapter.py"}
+MAY_USE_ARGPARSE = {"cli.py", "__main__.py"}
 
 
 def _cli_error(argv: list[str], capsys) -> str:
@@ -108,14 +108,17 @@ def test_the_command_line_is_generated_from_the_settings():
 
 
 def test_the_adapter_takes_the_search_settings_for_a_trial_and_for_the_final_retrain(tmp_path):
+    from fastmlp.run_config import MLPRunConfig
     from fastmlp.search.adapter import TrainerAdapter
+    from fastmlp.search.cli import trainer_settings
 
     settings = SearchSettings(model="numpy", n_workers=2, seed=7, validation_size=300, eval_freq=50)
-    adapter = TrainerAdapter("numpy", "--augment")
+    adapter = TrainerAdapter("numpy", trainer_settings("numpy", "--augment"))
     config = {"hidden_units": [8, 4], "learning_rate": 0.01, "batch_size": 20, "max_steps": 30,
               "optimizer": "adam", "weight_decay": 0.0, "dropout": 0.0}
-    trial = adapter.namespace(adapter.run_flags(config, settings, out_dir=tmp_path))
-    assert (trial.dnn_hidden_units, trial.max_steps, trial.eval_freq, trial.seed) == ("8,4", 30, 30, 7)
+    trial = adapter.run_config(adapter.run_flags(config, settings, out_dir=tmp_path))
+    assert isinstance(trial, MLPRunConfig) and trial.init == "kaiming"  # the search's default init
+    assert (trial.hidden_units, trial.max_steps, trial.eval_freq, trial.seed) == ((8, 4), 30, 30, 7)
     assert trial.quiet is True and trial.threads == max(1, (os.cpu_count() or 1) // 2)
     assert trial.augment is True and trial.validation_size == 300 and trial.out_dir == str(tmp_path)
     final = adapter.run_flags(config, settings.replace(quiet=False, threads=3), out_dir=tmp_path, final=True)

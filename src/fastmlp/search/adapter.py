@@ -1,50 +1,66 @@
-"""How a search runs a trainer: the flags of one configuration, the data, the command line.
+"""How a search runs a trainer: the settings of one configuration, the data, the command line.
 
-The search drives a trainer through its Python API, ``train(args, data=..., on_eval=...)``
-(:mod:`fastmlp.train` for ``--model numpy``, :mod:`torch_models.train_mlp` for ``--model
-torch``). :class:`TrainerAdapter` holds that trainer's module and the flags fixed for the
-whole search (``--trainer_flags``), and turns a configuration drawn from the space, with
-the search's :class:`~fastmlp.search.settings.SearchSettings`, into the trainer's
-settings (:meth:`TrainerAdapter.run_flags`) and those into the trainer's Namespace; it
-also loads the data the trials share and writes the command that reproduces a run by
-hand. Only ``__init__`` (``self.base``), :meth:`~TrainerAdapter.namespace` and
-:meth:`~TrainerAdapter.command` know the trainer's Namespace.
+The search drives a trainer through its library API, ``train(config, data=...,
+on_eval=...)`` over the trainer's typed configuration (:data:`TRAINERS`:
+:class:`fastmlp.run_config.MLPRunConfig` with :func:`fastmlp.training.train` for
+``--model numpy``, :class:`torch_models.config.TorchMLPConfig` with
+:func:`torch_models.mlp_run.train` for ``--model torch``). :class:`TrainerAdapter` holds
+that trainer's configuration with the settings fixed for the whole search
+(``--trainer_flags``, parsed by the search's command line), and turns a configuration
+drawn from the space, with the search's :class:`~fastmlp.search.settings.SearchSettings`,
+into each run's configuration; it also loads the data the trials share and writes the
+command that reproduces a run by hand.
 
 Trials never see the test set: their data holds the training and validation splits
 only, and the trainers evaluate the splits they are given.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import shlex
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from fastmlp.cli import flag_actions
+from fastmlp.config import RunConfig
 from fastmlp.hyperparams import format_hidden_units
 from fastmlp.search.errors import SearchError
 from fastmlp.search.settings import MODELS, SearchSettings
 from fastmlp.search.storage import one_line
 from fastmlp.training import derive_seeds
 
-__all__ = ["DEFAULT_INIT", "SEARCH_OWNED_FLAGS", "TrainerAdapter", "threads_per_worker"]
+__all__ = ["DEFAULT_INIT", "SEARCH_OWNED", "TRAINERS", "Trainer", "TrainerAdapter", "threads_per_worker"]
 
+
+class Trainer(NamedTuple):
+    """Where a ``--model``'s trainer lives: ``"module:name"`` of its configuration class,
+    its whole-run function and the optimizers it builds."""
+
+    config: str
+    train: str
+    optimizers: str
+
+
+#: --model -> its trainer's library entry points (the command line of each is :data:`MODELS`).
+TRAINERS = {
+    "numpy": Trainer("fastmlp.run_config:MLPRunConfig", "fastmlp.training:train", "fastmlp.optim:OPTIMIZERS"),
+    "torch": Trainer("torch_models.config:TorchMLPConfig", "torch_models.mlp_run:train",
+                     "torch_models.config:TORCH_OPTIMIZERS"),
+}
 #: The weight init of every trial unless --trainer_flags names one: PyTorch's own
 #: (what the reports' searches used) for the torch MLP, He (kaiming) for fastmlp's.
 DEFAULT_INIT = {"torch": "torch", "numpy": "kaiming"}
-#: Trainer flags the search sets itself; --trainer_flags may not give them.
-SEARCH_OWNED_FLAGS = frozenset({
-    "dnn_hidden_units", "learning_rate", "batch_size", "max_steps", "optimizer", "weight_decay",
+#: Settings (by the trainers' field names) the search sets itself; --trainer_flags may not give them.
+SEARCH_OWNED = frozenset({
+    "hidden_units", "learning_rate", "batch_size", "max_steps", "optimizer", "weight_decay",
     "dropout", "seed", "validation_size", "out_dir", "resume", "data_dir", "eval_freq", "quiet",
-    "dry_run", "threads", "device",
+    "dry_run", "threads", "device", "dataset",
 })
-# Flags of a trial that results.md's command leaves out, or always shows.
-_NOT_IN_COMMAND = ("out_dir", "quiet", "resume", "dry_run")
-_ALWAYS_IN_COMMAND = ("dnn_hidden_units", "learning_rate", "batch_size", "max_steps", "optimizer")
+# Settings of a trial that results.md's command leaves out, or always shows.
+_NOT_IN_COMMAND = ("out_dir", "quiet", "resume", "dry_run", "threads", "overwrite", "plot")
+_ALWAYS_IN_COMMAND = ("hidden_units", "learning_rate", "batch_size", "max_steps", "optimizer")
 
 
 def threads_per_worker(settings: SearchSettings) -> int | None:
@@ -56,56 +72,53 @@ def threads_per_worker(settings: SearchSettings) -> int | None:
     return None
 
 
-def _raise_search_error(message: str) -> None:
-    raise SearchError(f"--trainer_flags: {message}")
+def _load(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 class TrainerAdapter:
-    """The trainer module of ``--model``, with the flags ``--trainer_flags`` fixes for every trial.
+    """The trainer of ``--model``, with the settings ``--trainer_flags`` fixes for every trial.
 
     Parameters
     ----------
     model : {"numpy", "torch"}
-        Which MLP (see :data:`MODELS`).
-    trainer_flags : str
-        Extra flags, shell-quoted; none of :data:`SEARCH_OWNED_FLAGS`.
+        Which MLP (see :data:`TRAINERS`).
+    fixed : mapping
+        The settings ``--trainer_flags`` gave, by the trainer configuration's field
+        names (what the search's command line parsed); none of :data:`SEARCH_OWNED`.
 
     Raises
     ------
     SearchError
-        For a flag the search owns, or one the trainer's parser refuses.
+        For a setting the search owns, or one the trainer's configuration refuses.
     """
 
-    def __init__(self, model: str, trainer_flags: str):
+    def __init__(self, model: str, fixed: Mapping[str, Any] | None = None):
         self.model = model
-        self.module_name = MODELS[model]
-        self.module = importlib.import_module(self.module_name)
-        try:
-            self.base_argv = shlex.split(trainer_flags or "")
-        except ValueError as exc:
-            raise SearchError(f"--trainer_flags: {exc}") from None
-        given = {token[2:].split("=", 1)[0] for token in self.base_argv if token.startswith("--")}
-        owned = sorted(given & SEARCH_OWNED_FLAGS)
+        trainer = TRAINERS[model]
+        self.config_class: type[RunConfig] = _load(trainer.config)
+        self.train: Callable[..., dict] = _load(trainer.train)
+        fixed = dict(fixed or {})
+        owned = sorted(set(fixed) & SEARCH_OWNED)
         if owned:
-            raise SearchError(f"--trainer_flags may not set {', '.join('--' + f for f in owned)}: the "
-                              "search sets them (use the search's own flags or --grid)")
-        if "init" not in given:
-            # The reports' searches (Adam at lr 2e-5) used PyTorch's default init; with the
-            # course's N(0, 1e-4^2) weights such a small step size does not learn at all.
-            self.base_argv = ["--init", DEFAULT_INIT[model], *self.base_argv]
-        parser = self.module.build_parser()
-        parser.error = _raise_search_error  # a usage error of these flags is the search's error
-        self.base = parser.parse_args(self.base_argv)
-        actions = flag_actions(self.module.build_parser())
-        self.optimizers = tuple(actions["optimizer"].choices)
+            raise SearchError(f"--trainer_flags may not set {', '.join('--' + self.config_class.flag(f) for f in owned)}: "
+                              "the search sets them (use the search's own flags or --grid)")
+        # The reports' searches (Adam at lr 2e-5) used PyTorch's default init; with the
+        # course's N(0, 1e-4^2) weights such a small step size does not learn at all.
+        fixed.setdefault("init", DEFAULT_INIT[model])
+        try:
+            self.base = self.config_class.create(fixed, label=lambda name: f"--trainer_flags --{self.config_class.flag(name)}")
+        except (TypeError, ValueError) as exc:
+            raise SearchError(str(exc)) from None
+        self.optimizers = tuple(_load(trainer.optimizers))
         self.optimizer_note = f"with --model {model}"
         if getattr(self.base, "nesterov", False):
             # Both trainers refuse --nesterov with any optimizer but SGD with momentum.
             self.optimizers = tuple(o for o in self.optimizers if o == "momentum")
             self.optimizer_note = "with --trainer_flags --nesterov"
-        self.has_dropout = "dropout" in actions
-        self.has_device = "device" in actions
-        self.threads_flag = "threads"  # every trainer's
+        self.has_dropout = "dropout" in self.config_class.names()
+        self.has_device = "device" in self.config_class.names()
 
     def check_optimizers(self, choices) -> None:
         """Refuse a grid or space whose optimizers this trainer, with its fixed flags, cannot run."""
@@ -117,7 +130,7 @@ class TrainerAdapter:
 
     def run_flags(self, config: Mapping[str, Any], settings: SearchSettings, *, out_dir: Path,
                   eval_freq: int | None = None, final: bool = False) -> dict[str, Any]:
-        """The trainer's settings (by flag name) that the search sets for one run of ``config``.
+        """The trainer's settings (by field name) that the search sets for one run of ``config``.
 
         Parameters
         ----------
@@ -140,7 +153,7 @@ class TrainerAdapter:
             raise SearchError(f"dropout is not available with --model {self.model}")
         max_steps = int(config["max_steps"])
         flags = {
-            "dnn_hidden_units": format_hidden_units(config["hidden_units"]),
+            "hidden_units": list(config["hidden_units"]),
             "learning_rate": float(config["learning_rate"]), "batch_size": int(config["batch_size"]),
             "max_steps": max_steps, "optimizer": str(config["optimizer"]),
             "weight_decay": float(config["weight_decay"]),
@@ -148,7 +161,7 @@ class TrainerAdapter:
             "seed": settings.seed, "validation_size": settings.validation_size, "data_dir": settings.data_dir,
             "dataset": settings.dataset, "out_dir": str(out_dir), "resume": None, "dry_run": False,
             "quiet": settings.quiet if final else True,
-            self.threads_flag: settings.threads if final else threads_per_worker(settings),
+            "threads": settings.threads if final else threads_per_worker(settings),
         }
         if self.has_dropout:
             flags["dropout"] = float(config.get("dropout", 0.0))
@@ -156,25 +169,27 @@ class TrainerAdapter:
             flags["device"] = settings.device
         return flags
 
-    def namespace(self, flags: Mapping[str, Any]) -> argparse.Namespace:
-        """The trainer's Namespace: the fixed flags (``--trainer_flags``) with ``flags`` (:meth:`run_flags`) set."""
-        return argparse.Namespace(**{**vars(self.base), **flags})
+    def run_config(self, flags: Mapping[str, Any]) -> RunConfig:
+        """The trainer's configuration of one run: the fixed settings with ``flags`` (:meth:`run_flags`)."""
+        return self.base.replace(**flags)
 
-    def command(self, ns: argparse.Namespace) -> str:
-        """The shell command running ``ns`` by hand (for results.md)."""
-        defaults = vars(self.module.build_parser().parse_args([]))
-        parts = ["python", "-m", self.module_name]
-        for name, value in vars(ns).items():
-            if name in (*_NOT_IN_COMMAND, self.threads_flag) or value is None:
+    def command(self, config: RunConfig) -> str:
+        """The shell command running ``config`` by hand (for results.md)."""
+        defaults = self.config_class()
+        parts = ["python", "-m", MODELS[self.model]]
+        for name in config.names():
+            value = getattr(config, name)
+            if name in _NOT_IN_COMMAND or value is None:
                 continue
-            if value == defaults.get(name) and name not in _ALWAYS_IN_COMMAND:
+            if value == getattr(defaults, name) and name not in _ALWAYS_IN_COMMAND:
                 continue
+            flag = config.flag(name)
             if isinstance(value, bool):  # a switch that differs from its default: --x, or --no-x
-                parts.append(f"--{name}" if value else f"--no-{name}")
+                parts.append(f"--{flag}" if value else f"--no-{flag}")
                 continue
             if isinstance(value, (list, tuple)):
                 value = format_hidden_units(value)
-            parts += [f"--{name}", shlex.quote(str(value))]
+            parts += [f"--{flag}", shlex.quote(str(value))]
         return " ".join(parts)
 
     def trial_data(self, settings: SearchSettings) -> dict:
@@ -193,8 +208,8 @@ class TrainerAdapter:
         try:
             data = load_dataset(settings.dataset, settings.data_dir, one_hot=False,
                                 validation_size=settings.validation_size,
-                                preprocessing=getattr(self.base, "preprocessing", "mean_image"),
-                                flatten=True, dtype=dtype, augment=bool(getattr(self.base, "augment", False)),
+                                preprocessing=self.base.preprocessing,
+                                flatten=True, dtype=dtype, augment=self.base.augment,
                                 seed=data_seed)
         except (ValueError, TypeError, OSError) as exc:
             raise SearchError(f"cannot load {DATASETS[settings.dataset].title} (--dataset {settings.dataset}, "

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -23,6 +25,7 @@ from fastmlp.cli import (
     HelpFormatter,
     add_config_arguments,
     config_from_args,
+    explicit_flags,
     library_messages_on_console,
 )
 from fastmlp.exits import EXIT_BAD_INPUT
@@ -43,6 +46,29 @@ if TYPE_CHECKING:  # Optuna is the optional "search" extra: imported where it is
     import optuna
 
 __all__ = ["build_parser", "main", "run_search", "search_settings"]
+
+
+def _trainer_flags_error(message: str) -> None:
+    raise SearchError(f"--trainer_flags: {message}")
+
+
+def trainer_settings(model: str, trainer_flags: str) -> dict[str, Any]:
+    """The settings ``--trainer_flags`` gives the trainer of ``model``, by field name, read by its own parser.
+
+    Raises
+    ------
+    SearchError
+        For text the shell would not split, or a flag the trainer's command line refuses.
+    """
+    try:
+        argv = shlex.split(trainer_flags or "")
+    except ValueError as exc:
+        raise SearchError(f"--trainer_flags: {exc}") from None
+    module = importlib.import_module(MODELS[model])
+    parser, probe = module.build_parser(), module.build_parser()
+    parser.error = probe.error = _trainer_flags_error  # a usage error of these flags is the search's error
+    parsed = vars(parser.parse_args(argv))
+    return {name: parsed[name] for name in explicit_flags(probe, argv)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +157,7 @@ def run_search(settings: SearchSettings | Mapping[str, Any] | argparse.Namespace
     settings = search_settings(settings)
     optuna = optuna_module()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    adapter = TrainerAdapter(settings.model, settings.trainer_flags)
+    adapter = TrainerAdapter(settings.model, trainer_settings(settings.model, settings.trainer_flags))
     adapter.check_optimizers(settings.searched["optimizer"])
     try:
         Path(settings.out_dir).mkdir(parents=True, exist_ok=True)
@@ -149,9 +175,9 @@ def run_search(settings: SearchSettings | Mapping[str, Any] | argparse.Namespace
         say(settings, f"queued again {queued} trial(s) interrupted in an earlier run")
     say(settings, f"study {settings.study_name!r}: {studies.counts_text(study)}; outputs in {settings.out_dir}")
     if settings.n_workers == 1:
-        run_worker(settings, adapter=adapter)
+        run_worker(settings, adapter)
     else:
-        run_workers(settings)
+        run_workers(settings, adapter)
     study = studies.open_study(settings, storage)  # fresh view of what every worker wrote
     final = None if settings.skip_final else final_retrain(study, settings, adapter)
     write_outputs(study, settings, final)

@@ -55,12 +55,12 @@ def final_retrain(study, settings: SearchSettings, adapter: TrainerAdapter) -> d
     config = settings.suggest_config(optuna.trial.FixedTrial(best.params))
     run_dir = Path(settings.out_dir) / "final"
     # One evaluation, after the last step: the test set is used once.
-    ns = adapter.namespace(adapter.run_flags(config, settings, out_dir=run_dir, eval_freq=int(config["max_steps"]),
-                                             final=True))
+    run = adapter.run_config(adapter.run_flags(config, settings, out_dir=run_dir, eval_freq=int(config["max_steps"]),
+                                               final=True))
     shown = {**config, "hidden_units": format_hidden_units(config["hidden_units"])}
     say(settings, f"retraining the best trial ({best.number}: {describe(shown)}, validation "
                   f"{best.value:.4f}) and testing it once")
-    result = adapter.module.train(ns)  # the trainer loads the data itself, test set included
+    result = adapter.train(run)  # the trainer loads the data itself, test set included
     final = {
         "study_name": settings.study_name,
         "trial_number": best.number,
@@ -75,7 +75,7 @@ def final_retrain(study, settings: SearchSettings, adapter: TrainerAdapter) -> d
         "run_dir": str(run_dir),
         # written by the trainer at the end of the retrain (fastmlp.modelfile)
         "model_file": str(run_dir / "model.safetensors"),
-        "command": adapter.command(ns),
+        "command": adapter.command(run),
     }
     atomic_write_json(path, final)
     return final

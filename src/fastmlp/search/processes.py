@@ -15,7 +15,7 @@ import sys
 import time
 
 from fastmlp.search import signals
-from fastmlp.search.adapter import threads_per_worker
+from fastmlp.search.adapter import TrainerAdapter, threads_per_worker
 from fastmlp.search.errors import SearchError, WorkerError
 from fastmlp.search.reports import warnings_as_lines
 from fastmlp.search.settings import SearchSettings
@@ -27,10 +27,10 @@ __all__ = ["STOP_TIMEOUT", "run_workers", "stop_workers", "worker_process"]
 STOP_TIMEOUT = 60.0
 
 
-def worker_process(settings: SearchSettings) -> None:
+def worker_process(settings: SearchSettings, adapter: TrainerAdapter) -> None:
     """Entry point of a worker process started by ``--n_workers`` (spawned: a fresh interpreter).
 
-    ``settings`` are the parent's with this worker's ``worker_index``.
+    ``settings`` are the parent's with this worker's ``worker_index``, ``adapter`` the parent's.
     SIGINT, SIGTERM and SIGHUP stop it as Ctrl-C does (its trial is marked interrupted);
     it exits with 128 + the signal's number. It ends with its parent (SIGTERM) if the
     parent dies without stopping it.
@@ -39,7 +39,7 @@ def worker_process(settings: SearchSettings) -> None:
     with signals.signals_as_interrupts(signals.STOP_SIGNALS, once=True), \
             warnings_as_lines(f"fastmlp.search worker {settings.worker_index}"):
         try:
-            run_worker(settings)
+            run_worker(settings, adapter)
         except KeyboardInterrupt as exc:
             sys.exit(signals.exit_status(exc))
         except SearchError as exc:
@@ -65,7 +65,7 @@ def _blas_threads_in_environment(threads: int | None):
                 os.environ[name] = value
 
 
-def run_workers(settings: SearchSettings) -> None:
+def run_workers(settings: SearchSettings, adapter: TrainerAdapter) -> None:
     """Start ``--n_workers`` worker processes and wait for them.
 
     On Ctrl-C, SIGTERM or SIGHUP (a ``KeyboardInterrupt``, :mod:`fastmlp.search.signals`)
@@ -83,7 +83,7 @@ def run_workers(settings: SearchSettings) -> None:
         with _blas_threads_in_environment(threads_per_worker(settings)):
             for index in range(settings.n_workers):
                 worker = settings.replace(worker_index=settings.worker_index + index)
-                process = context.Process(target=worker_process, args=(worker,),
+                process = context.Process(target=worker_process, args=(worker, adapter),
                                           name=f"fastmlp-search-worker-{index}")
                 process.start()
                 processes.append(process)

@@ -69,7 +69,7 @@ def make_objective(settings: SearchSettings, adapter: TrainerAdapter, data: dict
         _refuse_surplus(trial, settings, surplus)
         config = settings.suggest_config(trial)
         out_dir = claim_trial_folder(settings, trial, config)
-        ns = adapter.namespace(adapter.run_flags(config, settings, out_dir=out_dir))
+        run = adapter.run_config(adapter.run_flags(config, settings, out_dir=out_dir))
 
         def on_eval(step: int, metrics: dict) -> None:
             if eval_sleep:
@@ -81,7 +81,7 @@ def make_objective(settings: SearchSettings, adapter: TrainerAdapter, data: dict
                 raise optuna.TrialPruned(f"validation accuracy {metrics['validation_accuracy']:.4f} at step {step}")
 
         try:
-            result = adapter.module.train(ns, data=data, on_eval=on_eval)
+            result = adapter.train(run, data=data, on_eval=on_eval)
         except DivergenceError as exc:
             # A diverging configuration is a hopeless one, not a broken trial: for the grid it
             # counts as visited, for the other samplers it spends a trial of the budget.
@@ -90,7 +90,7 @@ def make_objective(settings: SearchSettings, adapter: TrainerAdapter, data: dict
         finally:
             remove_checkpoints(out_dir)
         if result.get("validation_accuracy") is None:
-            raise RuntimeError(f"{adapter.module_name}.train returned no validation_accuracy")
+            raise RuntimeError(f"the {adapter.model} trainer returned no validation_accuracy")
         for key in ("validation_loss", "best_validation_accuracy", "wall_seconds", "steps"):
             if result.get(key) is not None:
                 trial.set_user_attr(key, result[key])
@@ -123,7 +123,7 @@ def _trial_line(settings: SearchSettings, prefix: str):
     return report
 
 
-def run_worker(settings: SearchSettings, *, adapter: TrainerAdapter | None = None) -> None:
+def run_worker(settings: SearchSettings, adapter: TrainerAdapter) -> None:
     """One worker: load the data once, then run trials until the study needs no more (or ``--timeout``)."""
     optuna = optuna_module()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,7 +133,6 @@ def run_worker(settings: SearchSettings, *, adapter: TrainerAdapter | None = Non
         import torch
 
         torch.set_num_threads(threads)
-    adapter = adapter or TrainerAdapter(settings.model, settings.trainer_flags)
     storage = open_storage(settings.storage, settings.out_dir, heartbeat_interval=settings.heartbeat_interval,
                            grace_period=settings.grace_period, max_retry=settings.max_retry)
     study = studies.open_study(settings, storage)
