@@ -77,16 +77,16 @@ def test_median_pruner_gives_no_verdict_at_the_first_evaluation():
 # --------------------------------------------------------------------------- a whole search
 def test_grid_runs_each_point_once_selects_on_validation_and_writes_outputs(
         synthetic_cifar_dir, tmp_path, monkeypatch):
-    import fastmlp.train
+    import fastmlp.training
 
     calls = []
-    real_train = fastmlp.train.train
+    real_train = fastmlp.training.train
 
-    def spy(args, *, data=None, on_eval=None):
+    def spy(config, *, data=None, on_eval=None):
         calls.append(data)
-        return real_train(args, data=data, on_eval=on_eval)
+        return real_train(config, data=data, on_eval=on_eval)
 
-    monkeypatch.setattr(fastmlp.train, "train", spy)
+    monkeypatch.setattr(fastmlp.training, "train", spy)
     out = tmp_path / "grid"
     argv = _flags(synthetic_cifar_dir, out, "--grid", json.dumps(TINY_GRID), "--study_name", "g")
     assert search.main(argv) == 0
@@ -98,6 +98,7 @@ def test_grid_runs_each_point_once_selects_on_validation_and_writes_outputs(
     assert points == {(h, b) for h in ("8", "16") for b in (20, 40)}
     # Trials are scored on validation: the trainer got the training and validation splits
     # only, never the test set, and nothing about a test set is stored in the study.
+    assert len(calls) == 5  # four trials and the retrain
     trial_data, final_data = calls[:4], calls[4:]
     assert all(set(d) == {"train", "validation"} for d in trial_data)
     assert all(d["validation"].num_examples == 200 and d["train"].num_examples == 800 for d in trial_data)

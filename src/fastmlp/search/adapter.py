@@ -107,13 +107,17 @@ class TrainerAdapter:
         # The reports' searches (Adam at lr 2e-5) used PyTorch's default init; with the
         # course's N(0, 1e-4^2) weights such a small step size does not learn at all.
         fixed.setdefault("init", DEFAULT_INIT[model])
-        try:
-            self.base = self.config_class.create(fixed, label=lambda name: f"--trainer_flags --{self.config_class.flag(name)}")
-        except (TypeError, ValueError) as exc:
-            raise SearchError(str(exc)) from None
+        unknown = sorted(set(fixed) - set(self.config_class.names()))
+        if unknown:
+            raise SearchError(f"--trainer_flags: {', '.join('--' + name for name in unknown)} is no setting of the "
+                              f"{model} trainer's runs")
+        # Checked together with the searched settings, run by run: --nesterov alone is
+        # valid for a grid of momentum optimizers.
+        self.fixed = fixed
+        self.defaults = self.config_class()
         self.optimizers = tuple(_load(trainer.optimizers))
         self.optimizer_note = f"with --model {model}"
-        if getattr(self.base, "nesterov", False):
+        if self.setting("nesterov"):
             # Both trainers refuse --nesterov with any optimizer but SGD with momentum.
             self.optimizers = tuple(o for o in self.optimizers if o == "momentum")
             self.optimizer_note = "with --trainer_flags --nesterov"
@@ -169,9 +173,23 @@ class TrainerAdapter:
             flags["device"] = settings.device
         return flags
 
+    def setting(self, name: str) -> Any:
+        """A fixed setting of every run: ``--trainer_flags``' value, else the trainer's default (None if it has none)."""
+        return self.fixed.get(name, getattr(self.defaults, name, None))
+
     def run_config(self, flags: Mapping[str, Any]) -> RunConfig:
-        """The trainer's configuration of one run: the fixed settings with ``flags`` (:meth:`run_flags`)."""
-        return self.base.replace(**flags)
+        """The trainer's configuration of one run: the fixed settings with ``flags`` (:meth:`run_flags`).
+
+        Raises
+        ------
+        SearchError
+            When the settings do not go together (the trainer's message).
+        """
+        try:
+            return self.config_class.create({**self.fixed, **flags},
+                                            label=lambda name: f"--{self.config_class.flag(name)}")
+        except (TypeError, ValueError) as exc:
+            raise SearchError(str(exc)) from None
 
     def command(self, config: RunConfig) -> str:
         """The shell command running ``config`` by hand (for results.md)."""
@@ -201,15 +219,15 @@ class TrainerAdapter:
         """
         from fastmlp.data import DATASETS, load_dataset
 
-        dtype = np.float64 if getattr(self.base, "dtype", "float32") == "float64" else np.float32
+        dtype = np.float64 if self.setting("dtype") == "float64" else np.float32
         data_seed = settings.seed
         if self.model == "numpy":  # fastmlp.train seeds the batch order with a seed derived from --seed
             data_seed = derive_seeds(settings.seed)[1]
         try:
             data = load_dataset(settings.dataset, settings.data_dir, one_hot=False,
                                 validation_size=settings.validation_size,
-                                preprocessing=self.base.preprocessing,
-                                flatten=True, dtype=dtype, augment=self.base.augment,
+                                preprocessing=self.setting("preprocessing"),
+                                flatten=True, dtype=dtype, augment=bool(self.setting("augment")),
                                 seed=data_seed)
         except (ValueError, TypeError, OSError) as exc:
             raise SearchError(f"cannot load {DATASETS[settings.dataset].title} (--dataset {settings.dataset}, "
