@@ -25,7 +25,7 @@ LIBRARY_MODULES = {
     "fastmlp.data.dataset", "fastmlp.data.files", "fastmlp.data.idx", "fastmlp.data.preprocessing", "fastmlp.data.registry",
     "fastmlp.data.sources", "fastmlp._blas", "fastmlp.estimators",
     "fastmlp.estimators.base", "fastmlp.estimators.classifier", "fastmlp.estimators.docs", "fastmlp.estimators.network",
-    "fastmlp.estimators.regressor",
+    "fastmlp.estimators.regressor", "fastmlp.estimators.batches", "fastmlp.estimators.inputs", "fastmlp.estimators.rates",
     "fastmlp.hyperparams", "fastmlp.loop", "fastmlp.mlp", "fastmlp.modules", "fastmlp.optim", "fastmlp.reference",
     "fastmlp.rundir", "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training", "fastmlp.version", "fastmlp.search.space",
     "torch_models", "torch_models.batchnorm", "torch_models.checkpoint", "torch_models.convnet",
