@@ -67,20 +67,20 @@ class Batches:
         ``x`` is (B, D) C-contiguous, ``targets`` (B,) or (B, K), ``sample_weight``
         (B,) or None. Views of buffers that the next epoch overwrites.
         """
-        arrays = self.arrays
-        if self.order is not None:
-            random_state.shuffle(self.order)
-            arrays = [_gather(a, self.order, buffer) for a, buffer in zip(arrays, self.buffers)]
-        X, targets, weights = arrays
+        X, targets, weights = self.arrays if self.order is None else self._shuffled(random_state)
         dense = not sparse.issparse(X)
         for rows in self.bounds:
             x = X[rows] if dense else X[rows].toarray()
             yield x, targets[rows], None if weights is None else weights[rows]
 
-
-def _gather(source, order: np.ndarray, buffer):
-    """``source[order]``, written into ``buffer`` when there is one."""
-    if source is None or buffer is None:
-        return None if source is None else source[order]
-    # the indices are a permutation (none out of range); mode="raise" would buffer the output
-    return np.take(source, order, axis=0, out=buffer, mode="clip")
+    def _shuffled(self, random_state: np.random.RandomState) -> list:
+        """The arrays in a new epoch order, drawn as ``sklearn.utils.shuffle(order, random_state)``."""
+        random_state.shuffle(self.order)
+        gathered = []
+        for source, buffer in zip(self.arrays, self.buffers):
+            if buffer is not None:
+                # the indices are a permutation (none out of range); mode="raise" would buffer the output
+                gathered.append(source.take(self.order, axis=0, out=buffer, mode="clip"))
+            else:  # a sparse X, or no sample weights
+                gathered.append(None if source is None else source[self.order])
+        return gathered
