@@ -59,12 +59,15 @@ def blas_kernels() -> list[dict[str, object]]:
     ]
 
 
+def kernels_line(kernels: list[dict[str, object]]) -> str:
+    """:func:`blas_kernels`' entries in one line: each library, its version, API and kernel ('' for none)."""
+    return "; ".join(f"{k['library']} {k['version']} ({k['api']}) {k['architecture']}" for k in kernels)
+
+
 def machine_line() -> str:
     """The CPU, core count, Python and the BLAS kernels loaded in this process, for a table's caption."""
     cpu = _cpu_model() or platform.processor() or platform.machine()
-    kernels = "; ".join(
-        f"{k['library']} {k['version']} ({k['api']}) {k['architecture']}" for k in blas_kernels()
-    )
+    kernels = kernels_line(blas_kernels())
     overrides = [key for key in OVERRIDES if key in os.environ]
     env = f"overrides still set: {', '.join(overrides)}" if overrides else "native kernels (no OpenBLAS overrides)"
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; BLAS: {kernels or 'none loaded'}; {env}"

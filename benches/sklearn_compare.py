@@ -6,13 +6,14 @@
 Both libraries get the same estimator parameters (architecture, solver, rate,
 epochs: ``tol=0`` and ``n_iter_no_change`` above the epochs, so neither stops
 early) and the same standardized training split. Every fit runs in a fresh
-child process with ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` unset (each
-library's OpenBLAS picks its own kernels, as a user's would) and its thread
-pools limited with threadpoolctl; the child reports the fit's wall time, the
-test score (accuracy, or R^2) and threadpoolctl's view of every BLAS it loaded
-(the ``architecture`` OpenBLAS chose). Rounds interleave the two contenders,
-alternating which goes first, with a settle pause before each; the speed-up is
-the median over rounds of scikit-learn's time over fastmlp's in the same round.
+child process without the OpenBLAS overrides (``_native.py``: each library's
+OpenBLAS picks its own kernels, as a user's would) and its thread pools
+limited with threadpoolctl; the child reports the fit's wall time, the test
+score (accuracy, or R^2) and every BLAS it loaded with the kernel OpenBLAS
+chose (threadpoolctl's ``architecture``), which the table names per library.
+Rounds interleave the two contenders, alternating which goes first, with a
+settle pause before each; the speed-up is the median over rounds of
+scikit-learn's time over fastmlp's in the same round.
 """
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ import sys
 import time
 from pathlib import Path
 
+from _native import blas_kernels, kernels_line, native_env  # (imports nothing heavy)
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 DATA = ("digits", "diabetes")
 LIBRARIES = ("fastmlp", "sklearn")
-UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 #: Issue 20's "equal accuracy": test scores at most this far apart.
 SCORE_MARGIN = 0.01
 
@@ -50,8 +52,8 @@ def load(name: str):
 
 
 def child(args: argparse.Namespace) -> None:
-    """Fit one estimator (in this process) and print its time, score and BLAS pools as JSON."""
-    from threadpoolctl import threadpool_info, threadpool_limits
+    """Fit one estimator (in this process) and print its time, score and BLAS kernels as JSON."""
+    from threadpoolctl import threadpool_limits
 
     if args.library == "fastmlp":
         import fastmlp as module
@@ -67,14 +69,13 @@ def child(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         estimator.fit(X_train, y_train)
         seconds = time.perf_counter() - start
-        pools = [{key: pool.get(key) for key in ("internal_api", "architecture", "num_threads", "filepath")}
-                 for pool in threadpool_info()]
+        kernels = blas_kernels()
     print(json.dumps({"seconds": seconds, "score": float(estimator.score(X_test, y_test)),
-                      "epochs": int(estimator.n_iter_), "pools": pools}))
+                      "epochs": int(estimator.n_iter_), "kernels": kernels}))
 
 
 def run_child(library: str, data: str, threads: int, args: argparse.Namespace) -> dict:
-    env = {key: value for key, value in os.environ.items() if key not in UNSET}
+    env = native_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     command = [sys.executable, __file__, "--child", library, "--data", data, "--threads", str(threads),
                "--epochs", str(args.epochs), "--solver", args.solver, "--lr", str(args.lr),
@@ -98,13 +99,8 @@ def compare(data: str, threads: int, args: argparse.Namespace) -> dict:
         "data": data, "threads": threads, "speedup": statistics.median(ratios), "ratios": ratios,
         **{f"{lib}_seconds": statistics.median(r["seconds"] for r in rounds[lib]) for lib in LIBRARIES},
         **{f"{lib}_score": rounds[lib][0]["score"] for lib in LIBRARIES},
-        **{f"{lib}_pools": rounds[lib][0]["pools"] for lib in LIBRARIES},
+        **{f"{lib}_kernels": rounds[lib][0]["kernels"] for lib in LIBRARIES},
     }
-
-
-def _pools(pools: list[dict]) -> str:
-    return "; ".join(f"{Path(p['filepath'] or '?').name}: {p['internal_api']} {p['architecture'] or ''}".strip()
-                     for p in pools)
 
 
 def table(results: list[dict]) -> str:
@@ -115,7 +111,8 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {r['data']} | {r['threads']} | {r['fastmlp_seconds']:.4f} | {r['sklearn_seconds']:.4f} | "
                      f"{r['speedup']:.2f}x | {r['fastmlp_score']:.4f} | {r['sklearn_score']:.4f} | {close} |")
     for library in LIBRARIES:
-        lines.append(f"\n{library}'s BLAS (threadpoolctl): {_pools(results[0][f'{library}_pools'])}")
+        kernels = kernels_line(results[0][f"{library}_kernels"]) or "none"
+        lines.append(f"\n{library}'s BLAS kernels (threadpoolctl): {kernels}")
     return "\n".join(lines)
 
 

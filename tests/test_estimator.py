@@ -63,6 +63,7 @@ def _assert_same_training(ours, theirs, rtol=1e-7):
 CLASSIFIER_SETTINGS = [
     dict(),  # adam, the fused core path
     dict(shuffle=False, batch_size=64),
+    dict(batch_size=64),  # shuffled, the last batch shorter
     dict(solver="sgd"),  # nesterov momentum 0.9
     dict(solver="sgd", nesterovs_momentum=False, momentum=0.5),
     dict(solver="sgd", momentum=0.0, learning_rate_init=0.05),
@@ -131,6 +132,46 @@ def test_sample_weights_train_as_scikit_learn(digits):
     weights = np.random.default_rng(0).uniform(0, 3, size=len(y))
     ours, theirs = _both("MLPClassifier", X, y, sample_weight=weights, max_iter=4, hidden_layer_sizes=(16,))
     _assert_same_training(ours, theirs)
+
+
+def test_sparse_weighted_short_batches_train_as_scikit_learn(digits):
+    """Shuffled sparse rows with sample weights, 7 batches an epoch, the last one short."""
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    X, y = digits
+    X = scipy_sparse.csr_matrix(np.where(np.abs(X) > 1, X, 0))
+    weights = np.random.default_rng(2).uniform(0.5, 2, size=len(y))
+    ours, theirs = _both("MLPRegressor", X, y / 9.0, sample_weight=weights, max_iter=4, batch_size=60,
+                         hidden_layer_sizes=(16,))
+    _assert_same_training(ours, theirs)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("sparse_X", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_batches_are_scikit_learns(shuffle, sparse_X, weighted):
+    """Epoch after epoch, the rows of each batch are those of sklearn.utils.shuffle and gen_batches."""
+    from scipy import sparse
+    from sklearn.utils import gen_batches, shuffle as sklearn_shuffle
+
+    from fastmlp.estimators.batches import Batches
+
+    rng = np.random.RandomState(1)
+    X, targets = rng.normal(size=(23, 3)), np.arange(23) * 10
+    weights = rng.uniform(size=23) if weighted else None
+    batches = Batches.create(sparse.csr_matrix(X) if sparse_X else X, targets, weights, 7, shuffle)
+    ours, theirs = np.random.RandomState(5), np.random.RandomState(5)
+    order = np.arange(23)
+    for _ in range(3):
+        order = sklearn_shuffle(order, random_state=theirs) if shuffle else order
+        got = list(batches.epoch(ours))
+        expected = [order[rows] for rows in gen_batches(23, 7)]
+        assert [len(x) for x, _, _ in got] == [len(rows) for rows in expected] == [7, 7, 7, 2]
+        for (x, t, w), rows in zip(got, expected):
+            assert isinstance(x, np.ndarray) and x.flags.c_contiguous
+            np.testing.assert_array_equal(x, X[rows])
+            np.testing.assert_array_equal(t, targets[rows])
+            assert w is None if weights is None else np.array_equal(w, weights[rows])
+    assert ours.randint(1 << 30) == theirs.randint(1 << 30)  # the same random numbers drawn
 
 
 # ------------------------------------------------------------------ each parameter's meaning

@@ -58,20 +58,28 @@ def test_default_scores_match_scikit_learn(data, standardize):
 
 
 @pytest.mark.slow
-def test_the_comparison_bench_runs(tmp_path, capsys):
-    """benches/sklearn_compare.py at its smallest: both children fit, and at matched settings score alike."""
+def test_the_comparison_bench_runs(tmp_path, capsys, monkeypatch):
+    """benches/sklearn_compare.py at its smallest: both children fit, score alike and name their BLAS kernels."""
     import importlib.util
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benches" / "sklearn_compare.py"
+    benches = Path(__file__).resolve().parents[1] / "benches"
+    monkeypatch.syspath_prepend(str(benches))  # the bench imports its helpers (_native.py) by plain name
+    path = benches / "sklearn_compare.py"
     spec = importlib.util.spec_from_file_location("sklearn_compare", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "compare.json"
     assert bench.main(["--rounds", "1", "--epochs", "2", "--settle", "0", "--threads", "1", "--data", "diabetes",
                        "--json", str(out)]) == 0
-    assert "| diabetes | 1 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| diabetes | 1 |" in printed
     (result,) = json.loads(out.read_text())["results"]
     assert result["fastmlp_score"] == pytest.approx(result["sklearn_score"], abs=1e-6)
-    assert result["speedup"] > 0 and any(pool["internal_api"] == "openblas" for pool in result["fastmlp_pools"])
+    assert result["speedup"] > 0
+    for library in ("fastmlp", "sklearn"):
+        openblas = [k for k in result[f"{library}_kernels"] if k["api"] == "openblas"]
+        assert openblas and all(k["architecture"] for k in openblas), result[f"{library}_kernels"]
+        assert f"{library}'s BLAS kernels (threadpoolctl): " in printed
+        assert all(f"({k['api']}) {k['architecture']}" in printed for k in openblas)

@@ -42,7 +42,8 @@ LIBRARY_MODULES = {
     "fastmlp.data.idx", "fastmlp.data.order", "fastmlp.data.preprocessing", "fastmlp.data.registry",
     "fastmlp.data.sources",
     "fastmlp.estimators", "fastmlp.estimators.base", "fastmlp.estimators.classifier", "fastmlp.estimators.docs",
-    "fastmlp.estimators.network", "fastmlp.estimators.regressor",
+    "fastmlp.estimators.network", "fastmlp.estimators.regressor", "fastmlp.estimators.batches",
+    "fastmlp.estimators.inputs", "fastmlp.estimators.rates",
     "fastmlp.search", "fastmlp.search.adapter", "fastmlp.search.errors",
     "fastmlp.search.final", "fastmlp.search.folders", "fastmlp.search.journal", "fastmlp.search.processes", "fastmlp.search.reports", "fastmlp.search.signals",
     "fastmlp.search.settings", "fastmlp.search.space", "fastmlp.search.storage", "fastmlp.search.study", "fastmlp.search.workers",
@@ -56,7 +57,6 @@ LIBRARY_MODULES = {
 PACKAGE_PRIVATE = {"fastmlp._kernels", "fastmlp._validation", "fastmlp._blas", "fastmlp._openblas"}
 KNOWN: dict[tuple[str, str], str] = {
     ("class", "fastmlp/mlp.py:MLP"): "MLP: 382 lines: the course's layer API and the fused training step in one class",
-    ("class", "fastmlp/estimators/base.py:BaseMLP"): "BaseMLP: 323 lines: parameters, fitting, the epochs in one class",
 }
 
 

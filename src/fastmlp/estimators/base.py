@@ -6,23 +6,30 @@ batches of ``batch_size``, the loss accumulated per epoch, ``t_``, the ``tol`` /
 ``n_iter_no_change`` rule on the training loss or the validation score, the
 ``invscaling`` and ``adaptive`` schedules of the ``sgd`` solver, early stopping
 on a held-out ``validation_fraction``), so one ``random_state`` gives the same
-batches in both libraries; each batch's update is :class:`Network`'s, which
-runs on fastmlp's kernels and optimizers.
+batches in both libraries. Its parts live beside it: the checks of parameters
+and data in :mod:`~fastmlp.estimators.inputs`, the epoch's batches in
+:mod:`~fastmlp.estimators.batches`, the ``sgd`` schedules in
+:mod:`~fastmlp.estimators.rates`, and each batch's update in
+:class:`~fastmlp.estimators.network.Network`, which runs on fastmlp's kernels
+and optimizers.
 """
 from __future__ import annotations
 
+import math
 import warnings
-from numbers import Integral, Real
 
 import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state, gen_batches, shuffle
-from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from fastmlp.estimators.batches import Batches
+from fastmlp.estimators.inputs import (PARAMETER_CONSTRAINTS, as_network_input, batch_size_for, checked_sample_weight,
+                                       hidden_sizes, refuse_lbfgs, validation_split)
 from fastmlp.estimators.network import Network
+from fastmlp.estimators.rates import RateSchedule
 from fastmlp.training import blas_threads
 
 __all__ = ["SPARSE_FORMATS", "BaseMLP"]
@@ -33,41 +40,10 @@ SPARSE_FORMATS = ["csr", "csc"]
 _SPARSE_CHUNK = 1024
 
 
-def _dense(X):
-    """A batch of rows as a C-contiguous ndarray (sparse rows made dense)."""
-    return X.toarray() if sparse.issparse(X) else X
-
-
 class BaseMLP(BaseEstimator):
     """Parameters, ``fit``/``partial_fit`` and fitted attributes of both estimators (not used directly)."""
 
-    _parameter_constraints: dict = {
-        "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-        "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
-        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
-        "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
-        "power_t": [Interval(Real, 0, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "shuffle": ["boolean"],
-        "random_state": ["random_state"],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "verbose": ["verbose"],
-        "warm_start": ["boolean"],
-        "momentum": [Interval(Real, 0, 1, closed="left")],
-        "nesterovs_momentum": ["boolean"],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="left")],
-        "beta_1": [Interval(Real, 0, 1, closed="left")],
-        "beta_2": [Interval(Real, 0, 1, closed="left")],
-        "epsilon": [Interval(Real, 0, None, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
-        "max_fun": [Interval(Integral, 1, None, closed="left")],
-        "dtype": [None, StrOptions({"float32", "float64"}), Options(type, {np.float32, np.float64})],
-        "n_threads": [None, Interval(Integral, 1, None, closed="left")],
-    }
+    _parameter_constraints: dict = dict(PARAMETER_CONSTRAINTS)
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
@@ -117,34 +93,6 @@ class BaseMLP(BaseEstimator):
         check_is_fitted(self)
         return self._network.intercepts
 
-    # ---------------------------------------------------------------- checks
-    def _hidden_sizes(self) -> list[int]:
-        sizes = self.hidden_layer_sizes
-        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
-        if np.any(np.array(sizes) <= 0):
-            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
-        return [int(size) for size in sizes]
-
-    def _check_solver(self) -> None:
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not offered by fastmlp's estimators: use solver='adam' (the "
-                             "default) or solver='sgd'.")
-
-    def _float_X(self, X, fresh: bool = False):
-        """X in the network's dtype, or for a ``fresh`` network the ``dtype`` parameter's (None: X's own).
-
-        Sparse X stays sparse (CSR: rows are what the batches take) and is made dense batch by batch.
-        """
-        if not fresh:
-            dtype = self._network.dtype
-        else:
-            dtype = X.dtype if self.dtype is None else np.dtype(self.dtype)
-        if sparse.issparse(X):
-            return X.astype(dtype).tocsr()
-        X = np.ascontiguousarray(X, dtype=dtype)
-        # the core's kernels write nothing into X, but their typed buffers refuse read-only memory
-        return X if X.flags.writeable else X.copy()
-
     # ---------------------------------------------------------------- fitting
     def fit(self, X, y, sample_weight=None):
         """Fit the network to X (n_samples, n_features) and y (n_samples,) or (n_samples, n_outputs).
@@ -165,17 +113,12 @@ class BaseMLP(BaseEstimator):
         return self._fit(X, y, sample_weight, incremental=False)
 
     def _fit(self, X, y, sample_weight, incremental: bool):
-        self._check_solver()
-        hidden = self._hidden_sizes()
+        refuse_lbfgs(self.solver)
+        hidden = hidden_sizes(self.hidden_layer_sizes)
         first_pass = not hasattr(self, "_network") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        X = self._float_X(X, fresh=first_pass)
-        if sample_weight is not None:
-            from sklearn.utils.validation import _check_sample_weight
-
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=X.dtype)
-            if np.all(sample_weight == 1):  # the same sums as no weights, and the fused path
-                sample_weight = None
+        X = self._network_input(X, fresh=first_pass)
+        sample_weight = checked_sample_weight(sample_weight, X)
         y = np.asarray(y, dtype=X.dtype).reshape(X.shape[0], -1)
         self.n_outputs_ = y.shape[1]
         self._random_state = check_random_state(self.random_state)
@@ -184,6 +127,12 @@ class BaseMLP(BaseEstimator):
         with blas_threads(self.n_threads):
             self._fit_stochastic(X, y, sample_weight, incremental)
         return self
+
+    def _network_input(self, X, fresh: bool = False):
+        """X in the network's dtype, or for a ``fresh`` network the ``dtype`` parameter's (None: X's own)."""
+        if not fresh:
+            return as_network_input(X, self._network.dtype)
+        return as_network_input(X, X.dtype if self.dtype is None else np.dtype(self.dtype))
 
     def _initialize(self, y: np.ndarray, units: list[int], dtype) -> None:
         self.n_iter_ = 0
@@ -211,90 +160,63 @@ class BaseMLP(BaseEstimator):
         """(train, validation) parts: each (X, y, sample_weight); validation None without early stopping."""
         if not self.early_stopping:
             return (X, y, sample_weight), None
-        from sklearn.model_selection import train_test_split
-
         stratify = y if is_classifier(self) and self.n_outputs_ == 1 else None
-        arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
-        parts = train_test_split(*arrays, random_state=self._random_state, test_size=self.validation_fraction,
-                                 stratify=stratify)
-        train, val = list(parts[0::2]), list(parts[1::2])
-        if sample_weight is None:
-            train.append(None)
-            val.append(None)
-        if val[0].shape[0] < 2:
-            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
-                             "your dataset.")
-        val[1] = self._validation_targets(val[1])
-        return tuple(a if a is None or sparse.issparse(a) else np.ascontiguousarray(a) for a in train), tuple(val)
-
-    def _batch_size(self, n_samples: int) -> int:
-        if self.batch_size == "auto":
-            return min(200, n_samples)
-        if self.batch_size > n_samples:
-            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
-        return int(np.clip(self.batch_size, 1, n_samples))
+        train, (X_val, y_val, weights_val) = validation_split(
+            X, y, sample_weight, fraction=self.validation_fraction, random_state=self._random_state, stratify=stratify)
+        return train, (X_val, self._validation_targets(y_val), weights_val)
 
     def _fit_stochastic(self, X, y, sample_weight, incremental: bool) -> None:
         self._new_optimizer(incremental)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         (X, y, sample_weight), validation = self._split(X, y, sample_weight)
+        fused = self._network.uses_core(sample_weight)
         labels = self._class_indices(y)
+        # a fused softmax head reads class indices; the other heads and NumPy backprop read the target rows
+        targets = labels if fused and labels is not None else y
+        batches = Batches.create(X, targets, sample_weight, batch_size_for(self.batch_size, X.shape[0]), self.shuffle)
         self.n_iter_ = 0
         try:
-            self._epochs(X, y, labels, sample_weight, validation, incremental)
+            self._epochs(batches, fused, validation, incremental)
         except KeyboardInterrupt:  # as scikit-learn: keep what was learnt so far
             warnings.warn("Training interrupted by user.")
         if self.early_stopping:
             self._network.load(self._best_state)
 
-    def _epochs(self, X, y, labels, sample_weight, validation, incremental: bool) -> None:
+    def _epochs(self, batches: Batches, fused: bool, validation, incremental: bool) -> None:
         """Up to ``max_iter`` epochs (one for ``partial_fit``), stopping by scikit-learn's rules."""
-        n_samples = X.shape[0]
-        batch_size = self._batch_size(n_samples)
-        order = np.arange(n_samples, dtype=int)
+        schedule = RateSchedule(self.solver, self.learning_rate, self.learning_rate_init, self.power_t)
         for _ in range(self.max_iter):
-            if self.shuffle:
-                order = shuffle(order, random_state=self._random_state)
-            self.loss_ = self._epoch(X, y, labels, sample_weight, order, batch_size)
+            self.loss_ = self._epoch(batches, fused)
             self.n_iter_ += 1
-            self.t_ += n_samples
+            self.t_ += batches.n_samples
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
             self._update_no_improvement_count(validation)
-            self._iteration_ends()
-            if self._no_improvement_count > self.n_iter_no_change and self._stop():
-                break
+            schedule.iteration_ends(self._network, self.t_)
+            if self._no_improvement_count > self.n_iter_no_change:
+                if schedule.trigger_stopping(self._network, self._no_improvement_message(), self.verbose):
+                    break
+                self._no_improvement_count = 0
             if incremental:
                 break
             if self.n_iter_ == self.max_iter:
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
                               "optimization hasn't converged yet.", ConvergenceWarning)
 
-    def _epoch(self, X, y, labels, sample_weight, order, batch_size) -> float:
-        """One pass over the data in ``order``; returns the epoch's mean loss (scikit-learn's ``loss_``)."""
-        n_samples = X.shape[0]
-        fused = self._network.uses_core(sample_weight)
-        # a fused softmax head reads class indices; the other heads and NumPy backprop read the target rows
-        targets = labels if fused and labels is not None else y
-        # shuffled dense rows are gathered into one reused buffer (no allocation per batch)
-        gathered = np.empty((batch_size, X.shape[1]), X.dtype) if self.shuffle and not sparse.issparse(X) else None
+    def _epoch(self, batches: Batches, fused: bool) -> float:
+        """One pass over the data; returns the epoch's mean loss (scikit-learn's ``loss_``)."""
         accumulated = 0.0
-        for batch in gen_batches(n_samples, batch_size):
-            rows = order[batch] if self.shuffle else batch
-            weights = None if sample_weight is None else sample_weight[rows]
-            if gathered is not None:
-                x = np.take(X, rows, axis=0, out=gathered[:len(rows)])
-            else:
-                x = _dense(X[rows])
-            loss = self._network.train_batch(x, targets[rows], weights, self.alpha, fused=fused)
-            if not np.isfinite(loss):
+        train_batch, alpha = self._network.train_batch, self.alpha
+        for x, targets, weights in batches.epoch(self._random_state):
+            loss = train_batch(x, targets, weights, alpha, fused=fused)
+            if not math.isfinite(loss):
                 raise ValueError(f"Solver produced non-finite parameter weights (loss {loss} at iteration "
                                  f"{self.n_iter_ + 1}). The input data may contain large values and need to be "
                                  f"preprocessed, or learning_rate_init={self.learning_rate_init} is too large.")
-            accumulated += loss * (batch.stop - batch.start)
-        return accumulated / n_samples
+            accumulated += loss * x.shape[0]
+        return accumulated / batches.n_samples
 
     def _update_no_improvement_count(self, validation) -> None:
         if validation is not None:
@@ -312,25 +234,9 @@ class BaseMLP(BaseEstimator):
                 self.best_loss_ = self.loss_curve_[-1]
         self._no_improvement_count = 0 if improved else self._no_improvement_count + 1
 
-    def _iteration_ends(self) -> None:
-        """scikit-learn's ``invscaling``: the rate after each epoch is ``init / (t_ + 1) ** power_t``."""
-        if self.solver == "sgd" and self.learning_rate == "invscaling":
-            self._network.learning_rate = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
-
-    def _stop(self) -> bool:
-        """No improvement for ``n_iter_no_change`` epochs: stop, or (``adaptive``) divide the rate by 5."""
+    def _no_improvement_message(self) -> str:
         what = "Validation score" if self.early_stopping else "Training loss"
-        message = f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
-        adaptive = self.solver == "sgd" and self.learning_rate == "adaptive"
-        if adaptive and self._network.learning_rate > 1e-6:
-            self._network.learning_rate = self._network.learning_rate / 5.0
-            self._no_improvement_count = 0
-            if self.verbose:
-                print(f"{message} Setting learning rate to {self._network.learning_rate:f}")
-            return False
-        if self.verbose:
-            print(f"{message}{' Learning rate too small.' if adaptive else ''} Stopping.")
-        return True
+        return f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} consecutive epochs."
 
     def partial_fit_common(self, X, y, sample_weight):
         """One epoch over (X, y) from the current state (the estimators' ``partial_fit``)."""
@@ -343,12 +249,12 @@ class BaseMLP(BaseEstimator):
         check_is_fitted(self)
         if check_input:
             X = validate_data(self, X, accept_sparse=SPARSE_FORMATS, dtype=_FLOAT_DTYPES, reset=False)
-        X = self._float_X(X)
+        X = self._network_input(X)
         with blas_threads(self.n_threads):
             if not sparse.issparse(X):
                 return self._network.forward(X)
-            chunks = gen_batches(X.shape[0], _SPARSE_CHUNK)
-            return np.concatenate([self._network.forward(_dense(X[rows])) for rows in chunks])
+            starts = range(0, X.shape[0], _SPARSE_CHUNK)
+            return np.concatenate([self._network.forward(X[i:i + _SPARSE_CHUNK].toarray()) for i in starts])
 
     def _score(self, X, y, sample_weight=None) -> float:
         """scikit-learn's score of the current weights, without input checks (for early stopping)."""
