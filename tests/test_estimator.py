@@ -355,7 +355,7 @@ def test_lbfgs_is_refused_with_the_solvers_offered(digits):
     (dict(hidden_layer_sizes=(10, 0)), "hidden_layer_sizes must be > 0"),
     (dict(learning_rate="cosine"), "'learning_rate' parameter .* must be a str among"),
     (dict(dtype="float16"), "'dtype' parameter"),
-    (dict(n_threads=0), "'n_threads' parameter"),
+    (dict(n_threads=0), "n_threads: expected an integer > 0, got 0"),  # fastmlp's table, as MLPRunConfig says it
     (dict(max_steps=10), "unexpected keyword argument 'max_steps'"),
 ])
 def test_bad_parameters_are_named(digits, params, match):

@@ -157,8 +157,6 @@ def test_one_bad_value_reads_the_same_from_the_configuration_and_the_command_lin
     assert _argparse_body(search.main, [f"--{name}", text], name, capsys) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="the estimator checks n_threads with scikit-learn's constraint and message "
-                                       "(estimators/base.py's _parameter_constraints), not the table's 'threads'")
 def test_the_estimator_says_the_same_of_a_bad_thread_count():
     import fastmlp
 

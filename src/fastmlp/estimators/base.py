@@ -30,6 +30,7 @@ from fastmlp.estimators.inputs import (PARAMETER_CONSTRAINTS, as_network_input, 
                                        hidden_sizes, refuse_lbfgs, validation_split)
 from fastmlp.estimators.network import Network
 from fastmlp.estimators.rates import RateSchedule
+from fastmlp.hyperparams import check
 from fastmlp.training import blas_threads
 
 __all__ = ["SPARSE_FORMATS", "BaseMLP"]
@@ -113,6 +114,7 @@ class BaseMLP(BaseEstimator):
         return self._fit(X, y, sample_weight, incremental=False)
 
     def _fit(self, X, y, sample_weight, incremental: bool):
+        check("threads", self.n_threads, label="n_threads")  # the same message as MLPRunConfig(threads=...)
         refuse_lbfgs(self.solver)
         hidden = hidden_sizes(self.hidden_layer_sizes)
         first_pass = not hasattr(self, "_network") or (not self.warm_start and not incremental)
