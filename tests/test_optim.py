@@ -1,11 +1,11 @@
 """fastmlp.optim: SGD (momentum, Nesterov) and Adam steps against fastmlp.reference, state round trips,
-the live ``lr``, and hyperparameter checking."""
+the rate passed in, the registry of names, and hyperparameter checking."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fastmlp import MLP
+from fastmlp import MLP, CrossEntropyModule
 from fastmlp import optim
 from fastmlp import reference as R
 
@@ -106,21 +106,47 @@ def test_zero_grad():
         assert not np.any(lin.grads["weight"]) and not np.any(lin.grads["bias"])
 
 
-def test_lr_is_read_at_every_step():
+def test_step_uses_the_rate_passed_in():
     model = MLP(4, [3], 2, seed=0, init="kaiming")
     opt = optim.SGD(model, 0.1, momentum=0.5)
     fill_random_grads(model, np.random.default_rng(3))
     before = model.state_dict()
-    opt.lr = 0.0
-    opt.step()
+    opt.step(lr=0.0)  # the velocity moves, the parameters do not
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
-    opt.lr = 0.2
-    opt.step()
+    opt.step(lr=0.2)
     w = model.linears[0]
     np.testing.assert_allclose(w.params["weight"],
                                before["layers.0.weight"] - 0.2 * (0.5 * w.grads["weight"] + w.grads["weight"]),
                                rtol=1e-12)
+    opt.step()  # without a rate: the one it was built with
+    assert opt.lr == 0.1
+
+
+@pytest.mark.parametrize("lr", [-0.1, float("nan"), "fast"])
+def test_step_refuses_a_bad_rate(lr):
+    model = MLP(4, [3], 2, seed=0)
+    with pytest.raises((ValueError, TypeError), match="lr: expected"):
+        optim.Adam(model).step(lr=lr)
+
+
+def test_course_loop_forward_backward_step():
+    # The course's loop still trains: forward, the loss module, backward, step().
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((30, 4)), rng.integers(0, 2, 30)
+    x[y == 1] += 2.0
+    for name in optim.OPTIMIZERS:
+        model = MLP(4, [6], 2, seed=0, init="kaiming")
+        opt = optim.make_optimizer(name, model, 0.1)
+        ce = CrossEntropyModule()
+        first = None
+        for _ in range(40):
+            probs = model.forward(x)
+            loss = ce.forward(probs, y)
+            first = loss if first is None else first
+            model.backward(ce.backward(probs, y))
+            opt.step()
+        assert loss < 0.5 * first, name
 
 
 def test_step_follows_replaced_params():
@@ -207,11 +233,11 @@ def test_load_state_dict_errors():
 def test_make_optimizer():
     model = MLP(4, [3], 2)
     sgd = optim.make_optimizer("sgd", model, 0.1, weight_decay=0.01)
-    assert isinstance(sgd, optim.SGD) and sgd.momentum == 0 and sgd.fused and sgd.weight_decay == 0.01
+    assert isinstance(sgd, optim.SGD) and sgd.momentum == 0 and not sgd.keeps_inputs() and sgd.weight_decay == 0.01
     mom = optim.make_optimizer("momentum", model, 0.1, momentum=0.8)
-    assert isinstance(mom, optim.SGD) and mom.momentum == 0.8 and not mom.fused
+    assert isinstance(mom, optim.SGD) and mom.momentum == 0.8 and mom.keeps_inputs()
     adam = optim.make_optimizer("adam", model, 1e-3)
-    assert isinstance(adam, optim.Adam) and not adam.fused and adam.lr == 1e-3
+    assert isinstance(adam, optim.Adam) and adam.keeps_inputs() and adam.lr == 1e-3
     with pytest.raises(ValueError, match=r"optimizer: expected one of \('sgd', 'momentum', 'adam'\), got 'rmsprop'"):
         optim.make_optimizer("rmsprop", model, 0.1)
 

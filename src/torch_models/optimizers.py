@@ -46,14 +46,17 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], learning_rate: float
     ------
     ValueError
         For an unknown ``name``, or ``nesterov`` without ``"momentum"`` and ``momentum > 0``
-        (:func:`fastmlp.optim.check_optimizer`).
+        (:func:`fastmlp.optim.check_optimizer`), or a fastmlp optimizer with no torch counterpart here.
     """
     check_optimizer(name, momentum, nesterov)
     if name == "adam":
         return torch.optim.Adam(groups, lr=learning_rate)
     if name == "momentum":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum, nesterov=nesterov)
-    return torch.optim.SGD(groups, lr=learning_rate)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=learning_rate)
+    raise ValueError(f"optimizer: the torch trainers have no counterpart of fastmlp's {name!r} "
+                     "(they train with 'sgd', 'momentum' or 'adam')")
 
 
 class ScheduledHyperParameters:
