@@ -2,6 +2,8 @@
 the rate passed in, the registry of names, and hyperparameter checking."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -272,3 +274,65 @@ def test_nesterov_needs_sgd_with_momentum(name, momentum):
 def test_bad_hyperparameters(make, exc, match):
     with pytest.raises(exc, match=match):
         make(MLP(4, [3], 2))
+
+
+# ----------------------------------------------------------------------------- the registry of names
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["nesterov", "adam"])
+def test_state_written_by_fastmlp_95b1b62_resumes(name):
+    """Model and optimizer states saved by the version before the optimizer owned its update
+    (``tests/fixtures/optim_state_95b1b62.npz``: three steps, saved, then three more) load and
+    continue as that version continued them."""
+    saved = dict(np.load(FIXTURES / "optim_state_95b1b62.npz"))
+    model = MLP(5, [4], 3, seed=1, init="kaiming")  # other weights: the loaded state must replace them
+    opt = (optim.SGD(model, 0.5, momentum=0.5, nesterov=True, weight_decay=0.0) if name == "nesterov"
+           else optim.Adam(model, 0.5, betas=(0.5, 0.5), eps=1e-3))
+    part = lambda prefix: {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+    model.load_state_dict(part(f"{name}/model/"))
+    opt.load_state_dict(part(f"{name}/optim/"))
+    losses = [model.train_step(x, y, opt).loss for x, y in zip(saved["x"][3:], saved["y"][3:])]
+    np.testing.assert_allclose(losses, saved[f"{name}/losses"], rtol=1e-12)
+    for key, value in part(f"{name}/after/").items():
+        np.testing.assert_allclose(model.state_dict()[key], value, rtol=1e-10, atol=1e-14)
+    # and saved again, the state has the same keys and shapes as the old one
+    old = part(f"{name}/optim/")
+    assert {k: np.shape(v) for k, v in opt.state_dict().items()} == {k: np.shape(v) for k, v in old.items()}
+
+
+def test_every_trainer_reads_the_registry():
+    from fastmlp import hyperparams
+    from fastmlp.search import space
+
+    assert optim.OPTIMIZERS == tuple(optim.REGISTRY) == ("sgd", "momentum", "adam")
+    assert hyperparams.CONSTRAINTS["optimizer"].choices == optim.OPTIMIZERS
+    assert space.EVOLUTION_SPACE["optimizer"] == optim.OPTIMIZERS
+    for name in optim.OPTIMIZERS:
+        assert isinstance(optim.make_optimizer(name, MLP(3, [2], 2), 0.1), optim.Optimizer)
+
+
+def test_an_unknown_optimizer_name_is_an_error_everywhere():
+    pytest.importorskip("torch")
+    from fastmlp import hyperparams
+    from torch_models.optimizers import make_optimizer as torch_make_optimizer
+
+    message = r"optimizer: expected one of \('sgd', 'momentum', 'adam'\), got 'rmsprop'"
+    for call in (lambda: optim.make_optimizer("rmsprop", MLP(3, [2], 2), 0.1),
+                 lambda: optim.check_optimizer("rmsprop", 0.9, False),
+                 lambda: hyperparams.check("optimizer", "rmsprop"),
+                 lambda: torch_make_optimizer("rmsprop", [], 0.1)):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_torch_refuses_a_fastmlp_optimizer_it_has_no_counterpart_of(monkeypatch):
+    # A name added to the registry must not quietly train as plain SGD under torch.
+    torch = pytest.importorskip("torch")
+    from torch_models.optimizers import make_optimizer as torch_make_optimizer
+
+    monkeypatch.setitem(optim.REGISTRY, "rmsprop", optim.REGISTRY["adam"])
+    groups = [{"params": [torch.zeros(2, requires_grad=True)], "weight_decay": 0.0}]
+    with pytest.raises(ValueError, match="optimizer: the torch trainers have no counterpart of fastmlp's 'rmsprop'"):
+        torch_make_optimizer("rmsprop", groups, 0.1)
