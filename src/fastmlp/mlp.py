@@ -281,18 +281,16 @@ class MLP:
         return total_loss / n, (total_correct / n if self.output != "identity" else float("nan"))
 
     def predict_proba(self, x, batch_size=1000):
-        """The output head's values (N, C) for x (N, D), without keeping anything for backward.
-
-        Class probabilities (softmax), each output's probability (logistic), or
-        the predicted targets (identity).
-        """
+        """The output head's values (N, C) for x (N, D), keeping nothing for backward: class probabilities
+        (softmax), each output's probability (logistic), or the predicted targets (identity)."""
         x = as_float_2d("x", x, self.dtype, self.n_inputs)
         batch_size = check_positive_int("batch_size", batch_size)
         out = np.empty((x.shape[0], self.n_classes), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size]
             with self._buffers.lent(xb.shape[0]) as bufs:
-                HEADS[self.output].module.forward_kernel(out[start : start + xb.shape[0]], fused.logits_into(self, xb, bufs))
+                logits = fused.logits_into(self, xb, bufs)
+                HEADS[self.output].module.forward_kernel(out[start : start + xb.shape[0]], logits)
         return out
 
     def predict(self, x, batch_size=1000):
