@@ -2,6 +2,7 @@
 the rate passed in, the registry of names, and hyperparameter checking."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,24 @@ def test_resume_from_savez_continues_identically(tmp_path, name, kwargs, dtype):
     assert resumed == uninterrupted
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(resumed_model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("make", [lambda m: optim.Adam(m, 0.01), lambda m: optim.SGD(m, 0.1, momentum=0.9)])
+def test_pickled_optimizer_continues_and_keeps_its_state(make):
+    # The model and its optimizer pickled together mid-run go on as the originals, state_dict included.
+    rng = np.random.default_rng(8)
+    batches = [(rng.standard_normal((6, 5)), rng.integers(0, 3, size=6)) for _ in range(4)]
+    model = MLP(5, [4], 3, seed=0, init="kaiming")
+    opt = make(model)
+    for x, y in batches[:2]:
+        model.train_step(x, y, opt)
+    clone, clone_opt = pickle.loads(pickle.dumps((model, opt)))
+    for x, y in batches[2:]:
+        assert clone.train_step(x, y, clone_opt) == model.train_step(x, y, opt)
+    for key, value in opt.state_dict().items():
+        np.testing.assert_array_equal(clone_opt.state_dict()[key], value, err_msg=key)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(clone.state_dict()[key], value, err_msg=key)
 
 
 def test_state_dict_contents():

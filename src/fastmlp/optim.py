@@ -187,6 +187,10 @@ class Optimizer:
             self.state[f"{kind}.{name}"] = part
         return block
 
+    def __getstate__(self):
+        # A pickle would copy the blocks apart from the views that ``state`` holds: they are made again from it.
+        return {**self.__dict__, "_blocks": None}
+
     def zero_grad(self):
         """Set every gradient buffer to zero (in place)."""
         for _, module, key in self.model.named_parameters():
