@@ -12,14 +12,13 @@ Shapes: B batch, D n_inputs, H_l the width of layer l's output, C n_classes.
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 
 import numpy as np
 
 from fastmlp import _kernels as K
 
-__all__ = ["BufferPool", "Buffers", "backward_and_update", "image_input", "logits_into", "new_buffers"]
+__all__ = ["BufferPool", "Buffers", "Loan", "backward_and_update", "image_input", "logits_into", "new_buffers"]
 
 # Idle buffer sets are kept for this many distinct batch sizes (training batch, eval chunk, last chunk...),
 # and at most this many per size (one per thread that called at once, up to the bound).
@@ -55,19 +54,18 @@ class BufferPool:
         self.lock = threading.Lock()
         self.idle: dict[int, list] = {}  # batch size -> idle sets, least recently used size first
 
-    @contextlib.contextmanager
-    def lent(self, batch):
+    def lent(self, batch) -> "Loan":
+        """A context manager lending a buffer set for ``batch`` rows."""
+        return Loan(self, batch)
+
+    def borrow(self, batch) -> Buffers:
+        """An idle buffer set for ``batch`` rows (a new one when none is idle); :meth:`give` takes it back."""
         with self.lock:
             sets = self.idle.get(batch)
             bufs = sets.pop() if sets else None
-        if bufs is None:
-            bufs = self.make(batch)
-        try:
-            yield bufs
-        finally:
-            self._give(batch, bufs)
+        return self.make(batch) if bufs is None else bufs
 
-    def _give(self, batch, bufs):
+    def give(self, batch, bufs) -> None:
         with self.lock:
             sets = self.idle.pop(batch, [])
             if len(sets) < MAX_IDLE_PER_SIZE:
@@ -75,6 +73,22 @@ class BufferPool:
             self.idle[batch] = sets  # now the most recently used size
             if len(self.idle) > MAX_BATCH_SIZES:
                 self.idle.pop(next(iter(self.idle)))
+
+
+class Loan:
+    """``with`` block of :meth:`BufferPool.lent` (a plain class: a step pays for no generator)."""
+
+    __slots__ = ("pool", "batch", "bufs")
+
+    def __init__(self, pool, batch):
+        self.pool, self.batch, self.bufs = pool, batch, None
+
+    def __enter__(self) -> Buffers:
+        self.bufs = self.pool.borrow(self.batch)
+        return self.bufs
+
+    def __exit__(self, *exc_info) -> None:
+        self.pool.give(self.batch, self.bufs)
 
 
 def new_buffers(model, batch) -> Buffers:

@@ -20,6 +20,7 @@ Shapes: B batch, D n_inputs, H_l hidden widths, C n_classes, L linear layers.
 """
 from __future__ import annotations
 
+import math
 import threading
 from typing import NamedTuple
 
@@ -239,7 +240,7 @@ class MLP:
                 logits = fused.logits_into(self, x, bufs, images)
                 # dL/dlogits overwrites the logits buffer: the logits are not needed again.
                 loss, correct = HEADS[self.output].step(logits, logits, targets, weights=weights)
-                if np.isfinite(loss):
+                if math.isfinite(loss):
                     fused.backward_and_update(self, logits, x, images, bufs, optimizer,
                                               optimizer.begin_step(self, lr))
                 return StepResult(float(loss), int(correct))
