@@ -461,6 +461,32 @@ def test_image_batch_keeps_its_row_numbers_as_int64():
     np.testing.assert_array_equal(batch.to_array(), np.zeros((2, 5), np.float32))
 
 
+def test_plain_sgd_updates_the_first_layer_from_the_pixels_when_no_converted_batch_is_kept(monkeypatch):
+    # Where the first layer's GEMM converts into its own panels only (fastmlp's AVX-512 GEMM), the converted
+    # batch is not kept and plain SGD gets the ImageBatch itself; forced here on any CPU, it must reach the
+    # pixels kernel and give what the converted array gives.
+    from fastmlp import _kernels as K
+
+    monkeypatch.setattr(K, "forward_images_needs_x", lambda batch, dtype: False)
+    pixel_updates = []
+    kernel = K.linear_backward_sgd_images
+    monkeypatch.setattr(K, "linear_backward_sgd_images", lambda *args: (pixel_updates.append(1), kernel(*args)))
+    rng = np.random.default_rng(18)
+    pixels = rng.integers(0, 256, (60, 50), dtype=np.uint8)
+    offset, scale = (rng.random(50) * 255).astype(np.float32), (rng.random(50) * 60 + 1).astype(np.float32)
+    runs = []
+    for as_images in (True, False):
+        model = MLP(50, [16], 4, dtype=np.float32, seed=1, init="kaiming")
+        opt, data_rng = optim.SGD(model, 0.05, weight_decay=0.01), np.random.default_rng(7)
+        batches = [ImageBatch(pixels, data_rng.integers(0, 60, 37), offset, scale) for _ in range(3)]
+        out = [model.train_step(b if as_images else b.to_array(), data_rng.integers(0, 4, 37), opt) for b in batches]
+        runs.append((out, model.state_dict()))
+    assert len(pixel_updates) == 3
+    assert runs[0][0] == runs[1][0]
+    for name, value in runs[1][1].items():
+        np.testing.assert_array_equal(runs[0][1][name], value)
+
+
 def test_train_step_checks_an_image_batch_against_the_model():
     model = MLP(50, [5], 3, dtype=np.float32, seed=0)
     opt = optim.SGD(model, 0.1)
