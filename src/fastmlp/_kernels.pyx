@@ -858,6 +858,10 @@ cdef void _colsum_axpy(floating[:] db, const floating[:, :] dY, floating alpha, 
         # Row-wise accumulation walks dY in memory order.
         for j in range(O):
             db[j] = beta * db[j] if beta != 0 else 0
+        if alpha == 1 and db.strides[0] == sizeof(floating):  # a gradient: the vectorised add, same sums
+            for i in range(B):
+                _add_run(&db[0], &dY[i, 0], O)
+            return
         for i in range(B):
             for j in range(O):
                 db[j] = db[j] + alpha * dY[i, j]
