@@ -16,8 +16,9 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 # -O3 lets gcc vectorise the elementwise loops; -march is left at the default so
-# the build runs on any x86-64 (OpenBLAS does its own CPU dispatch).
-extra_compile_args = ["-O3"] if os.name != "nt" else ["/O2"]
+# the build runs on any x86-64 (OpenBLAS does its own CPU dispatch). No kernel reads
+# errno, and without it a square root is one instruction that vectorises (Adam's update).
+extra_compile_args = ["-O3", "-fno-math-errno"] if os.name != "nt" else ["/O2"]
 
 extensions = [
     Extension(

@@ -227,7 +227,7 @@ def test_mlp_training_matches_torch(name):
     opt = fastmlp.optim.SGD(model, 0.5)
     topt = torch.optim.SGD(net.parameters(), 0.5)
     for _ in range(3):
-        loss = model.train_step(x, y, opt)
+        loss = model.train_step(x, y, opt).loss
         topt.zero_grad()
         tloss = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y))
         tloss.backward()

@@ -138,7 +138,7 @@ def test_train_steps_vs_torch_optim(dtype, name, weight_decay):
     for _ in range(5):
         x = rng.standard_normal((7, 10)).astype(dtype)
         y = rng.integers(0, 4, size=7)
-        loss = model.train_step(x, y, opt)
+        loss = model.train_step(x, y, opt).loss
         t_opt.zero_grad()
         t_loss = F.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
         t_loss.backward()

@@ -167,9 +167,9 @@ def test_mlp_regression_learns_and_takes_1d_targets():
     y = x @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.1
     model = fastmlp.MLP(4, [], 1, seed=0, output="identity")
     opt = fastmlp.optim.SGD(model, 0.1)
-    first = model.train_step(x, y, opt)
+    first = model.train_step(x, y, opt).loss
     for _ in range(200):
-        last = model.train_step(x, y, opt)
+        last = model.train_step(x, y, opt).loss
     assert last < 1e-6 < first
     np.testing.assert_allclose(model.linears[0].params["weight"][0], [1.0, -2.0, 0.5, 3.0], atol=1e-3)
 
@@ -207,7 +207,7 @@ def test_weighted_train_step_gradients_finite_difference(output):
     w[1] = 0
     kwargs = dict(seed=2, init="kaiming", activation="logistic", output=output)
     model, twin = fastmlp.MLP(5, [4], 3, **kwargs), fastmlp.MLP(5, [4], 3, **kwargs)
-    loss = model.train_step(x, y, fastmlp.optim.Adam(model, 1e-3), sample_weight=w)
+    loss = model.train_step(x, y, fastmlp.optim.Adam(model, 1e-3), sample_weight=w).loss
     head_loss = {"softmax": R.softmax_cross_entropy, "logistic": R.logistic_cross_entropy, "identity": R.squared_error}
 
     def weighted_loss():  # the head's reference loss on the logits, times C for identity (its gradient's)
@@ -224,7 +224,7 @@ def test_weighted_train_step_gradients_finite_difference(output):
 def _one_step(x, y, w, output="softmax", optimizer="sgd"):
     model = fastmlp.MLP(x.shape[1], [8], 3, seed=3, init="kaiming", output=output)
     opt = fastmlp.optim.SGD(model, 0.5) if optimizer == "sgd" else fastmlp.optim.Adam(model, 0.01)
-    loss = model.train_step(x, y, opt, sample_weight=w)
+    loss = model.train_step(x, y, opt, sample_weight=w).loss
     return loss, model.state_dict()
 
 

@@ -254,7 +254,7 @@ def test_train_step_on_images_stays_within_rounding_of_the_float_path():
         for _ in range(5):
             images = ImageBatch(pixels, data_rng.integers(0, 500, 64), offset)
             losses.append(model.train_step(images if as_images else images.to_array(), data_rng.integers(0, 10, 64),
-                                           opt))
+                                           opt).loss)
         runs.append((losses, model.state_dict()))
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     for name, value in runs[1][1].items():

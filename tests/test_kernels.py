@@ -466,65 +466,91 @@ def test_softmax_cross_entropy_label_count_mismatch():
 # ----------------------------------------------------------------------------- optimizer updates
 
 
+def random_layer(rng, O, I, dtype):
+    """A layer's (W (O, I), b (O,)) and float64 copies of them."""
+    w, b = rng.standard_normal((O, I)).astype(dtype), rng.standard_normal(O).astype(dtype)
+    return w, b, w.astype(np.float64), b.astype(np.float64)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
-@given(N=st.integers(1, 40), momentum=st.sampled_from([0.0, 0.5, 0.9]), nesterov=st.booleans(),
+@given(O=st.integers(1, 6), I=st.integers(1, 7), momentum=st.sampled_from([0.0, 0.5, 0.9]), nesterov=st.booleans(),
        wd=st.sampled_from([0.0, 0.01]), lr=st.sampled_from([0.001, 0.1]), seed=seeds)
-def test_sgd_update_property(dtype, N, momentum, nesterov, wd, lr, seed):
+def test_sgd_update_layer_property(dtype, O, I, momentum, nesterov, wd, lr, seed):
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal(N).astype(dtype)
-    ref_w = w.astype(np.float64)
-    v = np.zeros(N, dtype=dtype) if momentum else None
-    ref_v = np.zeros(N) if momentum else None
+    w, b, ref_w, ref_b = random_layer(rng, O, I, dtype)
+    v = np.zeros(O * I + O, dtype=dtype) if momentum else None
+    ref_v = np.zeros(O * I + O) if momentum else None
+    nesterov = nesterov and momentum > 0
     for _ in range(4):
-        g = rng.standard_normal(N).astype(dtype)
-        K.sgd_update(w, g, v, lr, momentum, nesterov and momentum > 0, wd)
-        R.sgd_update(ref_w, f64(g), ref_v, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                     weight_decay=wd)
+        dw, db = rng.standard_normal((O, I)).astype(dtype), rng.standard_normal(O).astype(dtype)
+        K.sgd_update_layer(w, b, dw, db, v, lr, momentum, nesterov, wd)
+        R.sgd_update_layer(ref_w, ref_b, f64(dw), f64(db), ref_v, lr=lr, momentum=momentum, nesterov=nesterov,
+                           weight_decay=wd)
         np.testing.assert_allclose(w, ref_w, **TOL[dtype])
+        np.testing.assert_allclose(b, ref_b, **TOL[dtype])
         if momentum:
             np.testing.assert_allclose(v, ref_v, **TOL[dtype])
 
 
-def test_sgd_update_nesterov_differs_from_heavy_ball():
+def test_sgd_update_layer_decays_weights_only_fixed_case():
+    # Zero gradients, no momentum: W shrinks by (1 - lr wd), b stays (worked by hand).
+    w, b = np.array([[2.0, -4.0]]), np.array([3.0])
+    K.sgd_update_layer(w, b, np.zeros((1, 2)), np.zeros(1), None, 0.5, 0.0, False, 0.1)
+    np.testing.assert_array_equal(w, [[1.9, -3.8]])
+    np.testing.assert_array_equal(b, [3.0])
+
+
+def test_sgd_update_layer_nesterov_differs_from_heavy_ball():
     # Guards the test above against a kernel that ignores the nesterov flag.
-    g = np.array([1.0, -2.0])
+    g = np.array([[1.0, -2.0]])
     results = []
     for nesterov in (False, True):
-        w, v = np.zeros(2), np.ones(2)
-        K.sgd_update(w, g, v, 0.1, 0.9, nesterov, 0.0)
-        results.append(w)
+        w, b, v = np.zeros((1, 2)), np.zeros(1), np.ones(3)
+        K.sgd_update_layer(w, b, g, np.ones(1), v, 0.1, 0.9, nesterov, 0.0)
+        results.append(np.append(w, b))
     assert not np.allclose(results[0], results[1])
 
 
-def test_sgd_update_momentum_needs_buffer():
+def test_sgd_update_layer_momentum_needs_buffer():
     with pytest.raises(ValueError, match="v: a momentum buffer is required"):
-        K.sgd_update(np.zeros(3), np.zeros(3), None, 0.1, 0.9)
+        K.sgd_update_layer(np.zeros((1, 3)), np.zeros(1), np.zeros((1, 3)), np.zeros(1), None, 0.1, 0.9)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @SETTINGS
-@given(N=st.integers(1, 40), wd=st.sampled_from([0.0, 0.01]), lr=st.sampled_from([1e-3, 0.1]),
+@given(O=st.integers(1, 6), I=st.integers(1, 7), wd=st.sampled_from([0.0, 0.01]), lr=st.sampled_from([1e-3, 0.1]),
        betas=st.sampled_from([(0.9, 0.999), (0.5, 0.9)]), seed=seeds)
-def test_adam_update_property(dtype, N, wd, lr, betas, seed):
+def test_adam_update_layer_property(dtype, O, I, wd, lr, betas, seed):
     rng = np.random.default_rng(seed)
-    w = rng.standard_normal(N).astype(dtype)
-    m, v = np.zeros(N, dtype=dtype), np.zeros(N, dtype=dtype)
-    ref_w, ref_m, ref_v = w.astype(np.float64), np.zeros(N), np.zeros(N)
+    w, b, ref_w, ref_b = random_layer(rng, O, I, dtype)
+    m, v = np.zeros(O * I + O, dtype=dtype), np.zeros(O * I + O, dtype=dtype)
+    ref_m, ref_v = np.zeros(O * I + O), np.zeros(O * I + O)
     for step in range(1, 6):
-        g = rng.standard_normal(N).astype(dtype)
-        K.adam_update(w, g, m, v, lr, betas[0], betas[1], 1e-8, wd, step)
-        R.adam_update(ref_w, f64(g), ref_m, ref_v, lr=lr, beta1=betas[0], beta2=betas[1], eps=1e-8,
-                      weight_decay=wd, step=step)
-        np.testing.assert_allclose(w, ref_w, **TOL[dtype])
-        np.testing.assert_allclose(m, ref_m, **TOL[dtype])
-        np.testing.assert_allclose(v, ref_v, **TOL[dtype])
+        dw, db = rng.standard_normal((O, I)).astype(dtype), rng.standard_normal(O).astype(dtype)
+        K.adam_update_layer(w, b, dw, db, m, v, lr, betas[0], betas[1], 1e-8, wd, step)
+        R.adam_update_layer(ref_w, ref_b, f64(dw), f64(db), ref_m, ref_v, lr=lr, beta1=betas[0], beta2=betas[1],
+                            eps=1e-8, weight_decay=wd, step=step)
+        for got, want in ((w, ref_w), (b, ref_b), (m, ref_m), (v, ref_v)):
+            np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
-def test_adam_update_step_must_be_positive():
-    z = np.zeros(2)
+def test_adam_update_layer_first_step_fixed_case():
+    # Step 1 with bias correction moves every value by lr * sign(g) (eps aside), weight decay on W only.
+    w, b = np.array([[1.0, -1.0]]), np.array([2.0])
+    m, v = np.zeros(3), np.zeros(3)
+    K.adam_update_layer(w, b, np.array([[0.5, -3.0]]), np.array([0.0]), m, v, 0.1, 0.9, 0.999, 1e-12, 1.0, 1)
+    # g' = g + w: W's are 1.5 and -4.0 -> each moves by 0.1 against its sign; b's g' is 0 -> stays
+    np.testing.assert_allclose(w, [[0.9, -0.9]], rtol=1e-9)
+    np.testing.assert_array_equal(b, [2.0])
+    np.testing.assert_allclose(m, [0.15, -0.4, 0.0], rtol=1e-12)
+
+
+def test_adam_update_layer_step_must_be_positive():
+    z = np.zeros((1, 2))
     with pytest.raises(ValueError, match="step: expected >= 1, got 0"):
-        K.adam_update(z.copy(), z, z.copy(), z.copy(), 1e-3, 0.9, 0.999, 1e-8, 0.0, 0)
+        K.adam_update_layer(z.copy(), np.zeros(1), z, np.zeros(1), np.zeros(3), np.zeros(3), 1e-3, 0.9, 0.999,
+                            1e-8, 0.0, 0)
 
 
 # ----------------------------------------------------------------------------- shape checks at the hooks
@@ -557,11 +583,16 @@ def _bad_shape_calls():
         ("xent-backward-T", "T", lambda: K.cross_entropy_backward(np.empty((4, 3)), x, np.ones((3, 3)), 1e-300)),
         ("xent-backward-dP", "dP", lambda: K.cross_entropy_backward(np.empty((4, 2)), x, x.copy(), 1e-300)),
         ("fused-dZ", "dZ", lambda: K.softmax_cross_entropy_forward_backward(np.empty((4, 2)), x, np.zeros(4, dtype=np.int64))),
-        ("sgd-update-g", "g", lambda: K.sgd_update(np.zeros(3), np.zeros(4), None, 0.1)),
-        ("sgd-update-v", "v", lambda: K.sgd_update(np.zeros(3), np.zeros(3), np.zeros(2), 0.1, 0.9)),
-        ("adam-g", "g", lambda: K.adam_update(np.zeros(3), np.zeros(2), np.zeros(3), np.zeros(3), 0.1, 0.9, 0.9, 1e-8, 0, 1)),
-        ("adam-m", "m", lambda: K.adam_update(np.zeros(3), np.zeros(3), np.zeros(2), np.zeros(3), 0.1, 0.9, 0.9, 1e-8, 0, 1)),
-        ("adam-v", "v", lambda: K.adam_update(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(4), 0.1, 0.9, 0.9, 1e-8, 0, 1)),
+        ("sgd-update-dW", "dW", lambda: K.sgd_update_layer(w.copy(), np.zeros(2), np.zeros((3, 3)), np.zeros(2), None, 0.1)),
+        ("sgd-update-b", "b", lambda: K.sgd_update_layer(w.copy(), np.zeros(3), w.copy(), np.zeros(2), None, 0.1)),
+        ("sgd-update-db", "db", lambda: K.sgd_update_layer(w.copy(), np.zeros(2), w.copy(), np.zeros(1), None, 0.1)),
+        ("sgd-update-v", "v", lambda: K.sgd_update_layer(w.copy(), np.zeros(2), w.copy(), np.zeros(2), np.zeros(6), 0.1, 0.9)),
+        ("adam-dW", "dW", lambda: K.adam_update_layer(w.copy(), np.zeros(2), np.zeros((2, 2)), np.zeros(2), np.zeros(8),
+                                                      np.zeros(8), 0.1, 0.9, 0.9, 1e-8, 0, 1)),
+        ("adam-m", "m", lambda: K.adam_update_layer(w.copy(), np.zeros(2), w.copy(), np.zeros(2), np.zeros(6),
+                                                    np.zeros(8), 0.1, 0.9, 0.9, 1e-8, 0, 1)),
+        ("adam-v", "v", lambda: K.adam_update_layer(w.copy(), np.zeros(2), w.copy(), np.zeros(2), np.zeros(8),
+                                                    np.zeros(9), 0.1, 0.9, 0.9, 1e-8, 0, 1)),
         ("convert-offset", "offset", lambda: K.convert_images(np.empty((2, 3)), u8, None, np.zeros(4))),
         ("convert-scale", "scale", lambda: K.convert_images(np.empty((2, 3)), u8, None, off, np.ones(2))),
         ("convert-src", "src", lambda: K.convert_images(np.empty((2, 4)), u8, None, np.zeros(4))),

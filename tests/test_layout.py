@@ -35,7 +35,7 @@ CLI_MODULES = {"fastmlp.train", "fastmlp.cli", "fastmlp.search.cli", "fastmlp.se
 LIBRARY_MODULES = {
     "fastmlp", "fastmlp._blas", "fastmlp._openblas", "fastmlp._validation", "fastmlp.atomic", "fastmlp.checkpoint", "fastmlp.config", "fastmlp.run_config",
     "fastmlp.curves", "fastmlp.exits", "fastmlp.hyperparams", "fastmlp.images", "fastmlp.interop", "fastmlp.loop", "fastmlp.mlp",
-    "fastmlp.modelfile", "fastmlp.modules", "fastmlp.onnx_export", "fastmlp.optim", "fastmlp.predictor", "fastmlp.reading",
+    "fastmlp.fused", "fastmlp.heads", "fastmlp.modelfile", "fastmlp.modules", "fastmlp.onnx_export", "fastmlp.optim", "fastmlp.predictor", "fastmlp.reading",
     "fastmlp.reference", "fastmlp.rundir", "fastmlp.runlog", "fastmlp.schedules", "fastmlp.training",
     "fastmlp.version",
     "fastmlp.data", "fastmlp.data.cache", "fastmlp.data.dataset", "fastmlp.data.examples", "fastmlp.data.files",
@@ -56,7 +56,6 @@ LIBRARY_MODULES = {
 # The core's own private modules, which the core imports.
 PACKAGE_PRIVATE = {"fastmlp._kernels", "fastmlp._validation", "fastmlp._blas", "fastmlp._openblas"}
 KNOWN: dict[tuple[str, str], str] = {
-    ("class", "fastmlp/mlp.py:MLP"): "MLP: 382 lines: the course's layer API and the fused training step in one class",
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 from _gradcheck import assert_gradient_close, numerical_gradient
 
 from fastmlp import MLP, CrossEntropyModule
+from fastmlp.mlp import StepResult
 from fastmlp import optim
 from fastmlp import reference as R
 from fastmlp.images import ImageBatch
@@ -121,11 +122,11 @@ def test_train_step_matches_course_path_and_reference(dtype, opt_name, weight_de
     course = MLP(9, n_hidden, 3, dtype=dtype, seed=3, init="kaiming")
     trainer = ReferenceTrainer(reference_from(fast), kind, hyper, weight_decay)
     fast_opt, course_opt = make_opt(fast, weight_decay), make_opt(course, weight_decay)
-    assert fast_opt.fused == (opt_name == "sgd")
+    assert fast_opt.keeps_inputs() == (opt_name != "sgd")  # plain SGD updates inside the backward GEMMs
     for _ in range(5):
         x, y = make_data(rng, 6, 9, 3, dtype)
         ref_loss = trainer.step(x.astype(np.float64), y)
-        fast_loss = fast.train_step(x, y, fast_opt)
+        fast_loss, _ = fast.train_step(x, y, fast_opt)
         course_loss = course_step(course, course_opt, x, y)
         assert isinstance(fast_loss, float)
         np.testing.assert_allclose(fast_loss, ref_loss, **STEP_TOL[dtype])
@@ -149,7 +150,7 @@ def test_train_step_matches_reference_mlp(dtype, weight_decay, n_hidden):
     for _ in range(4):
         x, y = make_data(rng, 8, 10, 4, dtype)
         ref_loss = ref.train_step(x.astype(np.float64), y, 0.2, weight_decay)
-        np.testing.assert_allclose(model.train_step(x, y, opt), ref_loss, **STEP_TOL[dtype])
+        np.testing.assert_allclose(model.train_step(x, y, opt).loss, ref_loss, **STEP_TOL[dtype])
     assert_params_close(model, ref.weights, ref.biases, STEP_TOL[dtype])
     assert len(model.layers) == 2 * len(n_hidden) + 2
 
@@ -163,7 +164,7 @@ def test_train_step_realistic_size_against_reference():
     for _ in range(3):
         x, y = make_data(rng, 200, 3072, 10, np.float32)
         ref_loss = ref.train_step(x.astype(np.float64), y, 0.01, 1e-3)
-        np.testing.assert_allclose(model.train_step(x, y, opt), ref_loss, rtol=1e-4)
+        np.testing.assert_allclose(model.train_step(x, y, opt).loss, ref_loss, rtol=1e-4)
     assert_params_close(model, ref.weights, ref.biases, dict(rtol=1e-3, atol=1e-5))
 
 
@@ -178,28 +179,92 @@ def test_train_step_one_hot_and_int_labels_agree():
         np.testing.assert_array_equal(value, b.state_dict()[key])
 
 
-def test_train_step_reads_lr_live():
+def test_train_step_uses_the_rate_passed_in():
+    # lr=0 leaves every parameter as it was; without lr the optimizer's own rate applies.
     rng = np.random.default_rng(5)
     x, y = make_data(rng, 4, 5, 3)
-    model = MLP(5, [4], 3, seed=0, init="kaiming")
-    before = model.state_dict()
-    opt = optim.SGD(model, 0.1)
-    opt.lr = 0.0  # a schedule sets it between steps
-    model.train_step(x, y, opt)
-    for key, value in model.state_dict().items():
-        np.testing.assert_array_equal(value, before[key])
-
-
-def test_last_batch_correct():
-    rng = np.random.default_rng(6)
-    model = MLP(5, [4], 3, seed=0, init="kaiming")
-    assert model.last_batch_correct is None
-    opt = optim.SGD(model, 0.5)
-    for _ in range(3):
-        x, y = make_data(rng, 9, 5, 3)
-        expected = int(np.sum(reference_from(model).logits(x).argmax(axis=1) == y))  # before the update
+    for make in (lambda m: optim.SGD(m, 0.1), lambda m: optim.Adam(m, 0.1)):
+        model = MLP(5, [4], 3, seed=0, init="kaiming")
+        before = model.state_dict()
+        opt = make(model)
+        model.train_step(x, y, opt, lr=0.0)
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(value, before[key])
         model.train_step(x, y, opt)
-        assert model.last_batch_correct == expected
+        assert not np.array_equal(model.linears[0].params["weight"], before["layers.0.weight"])
+        assert opt.lr == 0.1  # nothing was assigned to it
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("lr", [0.3, 1e-3])
+def test_train_step_rate_matches_numpy_twin(opt_name, lr):
+    # float64: the rate passed in is the one the update used, as reference.py's twins compute it.
+    rng = np.random.default_rng(16)
+    model = MLP(6, [5], 3, seed=2, init="kaiming")
+    opt = optim.SGD(model, 0.05) if opt_name == "sgd" else optim.Adam(model, 0.05, betas=(0.8, 0.9), eps=1e-7)
+    ref = reference_from(model)
+    hyper = dict(lr=lr, momentum=0.0, nesterov=False) if opt_name == "sgd" else dict(lr=lr, beta1=0.8, beta2=0.9,
+                                                                                      eps=1e-7)
+    trainer = ReferenceTrainer(ref, opt_name, hyper, 0.0)
+    for _ in range(3):
+        x, y = make_data(rng, 7, 6, 3)
+        ref_loss = trainer.step(x, y)
+        np.testing.assert_allclose(model.train_step(x, y, opt, lr=lr).loss, ref_loss, rtol=1e-12)
+    assert_params_close(model, ref.weights, ref.biases, dict(rtol=1e-10, atol=1e-13))
+
+
+@pytest.mark.parametrize("output, n_outputs", [("softmax", 3), ("logistic", 3), ("identity", 2)])
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_train_step_returns_loss_and_correct_of_the_batch_before_the_update(output, n_outputs, opt_name):
+    rng = np.random.default_rng(6)
+    model = MLP(5, [4], n_outputs, seed=0, init="kaiming", output=output)
+    opt = optim.make_optimizer(opt_name, model, 0.5)
+    for _ in range(3):
+        x = rng.standard_normal((9, 5))
+        y = rng.integers(0, 3, 9) if output == "softmax" else (rng.random((9, n_outputs)) > 0.5).astype(float)
+        expected_loss, accuracy = model.evaluate(x, y)  # a separate evaluation, before the update
+        result = model.train_step(x, y, opt)
+        assert isinstance(result, StepResult) and isinstance(result.correct, int)
+        np.testing.assert_allclose(result.loss, expected_loss, rtol=1e-12)
+        assert result.correct == (0 if output == "identity" else round(accuracy * 9))
+    assert not hasattr(model, "last_batch_correct")
+
+
+class OnlyTheProtocol:
+    """An optimizer with nothing but the documented update methods: reading any other attribute fails."""
+
+    def __init__(self, model):
+        object.__setattr__(self, "_inner", optim.SGD(model, 0.1, momentum=0.5))
+        object.__setattr__(self, "_calls", [])
+
+    def __getattribute__(self, name):
+        if name not in ("begin_step", "keeps_inputs", "update_layer", "_inner", "_calls", "__class__"):
+            raise AssertionError(f"the model read optimizer.{name}")
+        return object.__getattribute__(self, name)
+
+    def begin_step(self, model, lr=None):
+        self._calls.append("begin_step")
+        return self._inner.begin_step(model, lr)
+
+    def keeps_inputs(self):
+        return self._inner.keeps_inputs()
+
+    def update_layer(self, *args):
+        self._calls.append("update_layer")
+        self._inner.update_layer(*args)
+
+
+def test_mlp_reads_no_optimizer_attribute():
+    rng = np.random.default_rng(17)
+    model, twin = MLP(5, [4, 3], 3, seed=0, init="kaiming"), MLP(5, [4, 3], 3, seed=0, init="kaiming")
+    opt, twin_opt = OnlyTheProtocol(model), optim.SGD(twin, 0.1, momentum=0.5)
+    for _ in range(2):
+        x, y = make_data(rng, 6, 5, 3)
+        assert model.train_step(x, y, opt, lr=0.2) == twin.train_step(x, y, twin_opt, lr=0.2)
+    assert object.__getattribute__(opt, "_calls") == ["begin_step"] + ["update_layer"] * 3 + ["begin_step"] + [
+        "update_layer"] * 3
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, twin.state_dict()[key])
 
 
 # ----------------------------------------------------------------------------- evaluation and prediction
@@ -314,7 +379,7 @@ def test_integer_input_works():
     x = np.arange(12).reshape(3, 4)
     y = np.array([0, 1, 1], dtype=np.int32)
     np.testing.assert_allclose(model.predict_proba(x), model.predict_proba(x.astype(np.float64)))
-    assert np.isfinite(model.train_step(x, y, optim.SGD(model, 0.01)))
+    assert np.isfinite(model.train_step(x, y, optim.SGD(model, 0.01)).loss)
     assert np.isfinite(model.evaluate(x, y)[0])
 
 
@@ -326,7 +391,7 @@ def test_non_contiguous_input_matches_contiguous(order):
     assert np.array_equal(x_odd, x)
     a, b = MLP(6, [4], 3, seed=0, init="kaiming"), MLP(6, [4], 3, seed=0, init="kaiming")
     np.testing.assert_allclose(a.train_step(x_odd, y, optim.SGD(a, 0.1)), b.train_step(x, y, optim.SGD(b, 0.1)),
-                               rtol=1e-12)
+                               rtol=1e-12)  # (loss, correct)
     for key, value in a.state_dict().items():
         np.testing.assert_allclose(value, b.state_dict()[key], rtol=1e-12, atol=1e-15)
 
@@ -382,7 +447,7 @@ def test_train_step_on_an_image_batch_equals_converting_first(dtype, opt_name, n
         for _ in range(3):
             images = ImageBatch(pixels, data_rng.integers(0, 60, batch), offset, scale)
             x = images if as_images else images.to_array()
-            out.append((model.train_step(x, data_rng.integers(0, 4, batch), opt), model.last_batch_correct))
+            out.append(model.train_step(x, data_rng.integers(0, 4, batch), opt))
         runs.append((out, model.state_dict()))
     (out_images, state_images), (out_arrays, state_arrays) = runs
     assert out_images == out_arrays
@@ -394,6 +459,32 @@ def test_image_batch_keeps_its_row_numbers_as_int64():
     batch = ImageBatch(np.zeros((4, 5), np.uint8), [3, 0], np.zeros(5, np.float32))
     assert batch.index.dtype == np.int64 and batch.index.tolist() == [3, 0] and batch.shape == (2, 5)
     np.testing.assert_array_equal(batch.to_array(), np.zeros((2, 5), np.float32))
+
+
+def test_plain_sgd_updates_the_first_layer_from_the_pixels_when_no_converted_batch_is_kept(monkeypatch):
+    # Where the first layer's GEMM converts into its own panels only (fastmlp's AVX-512 GEMM), the converted
+    # batch is not kept and plain SGD gets the ImageBatch itself; forced here on any CPU, it must reach the
+    # pixels kernel and give what the converted array gives.
+    from fastmlp import _kernels as K
+
+    monkeypatch.setattr(K, "forward_images_needs_x", lambda batch, dtype: False)
+    pixel_updates = []
+    kernel = K.linear_backward_sgd_images
+    monkeypatch.setattr(K, "linear_backward_sgd_images", lambda *args: (pixel_updates.append(1), kernel(*args)))
+    rng = np.random.default_rng(18)
+    pixels = rng.integers(0, 256, (60, 50), dtype=np.uint8)
+    offset, scale = (rng.random(50) * 255).astype(np.float32), (rng.random(50) * 60 + 1).astype(np.float32)
+    runs = []
+    for as_images in (True, False):
+        model = MLP(50, [16], 4, dtype=np.float32, seed=1, init="kaiming")
+        opt, data_rng = optim.SGD(model, 0.05, weight_decay=0.01), np.random.default_rng(7)
+        batches = [ImageBatch(pixels, data_rng.integers(0, 60, 37), offset, scale) for _ in range(3)]
+        out = [model.train_step(b if as_images else b.to_array(), data_rng.integers(0, 4, 37), opt) for b in batches]
+        runs.append((out, model.state_dict()))
+    assert len(pixel_updates) == 3
+    assert runs[0][0] == runs[1][0]
+    for name, value in runs[1][1].items():
+        np.testing.assert_array_equal(runs[0][1][name], value)
 
 
 def test_train_step_checks_an_image_batch_against_the_model():
@@ -556,7 +647,7 @@ def test_huge_logits_finite(dtype, big, opt_name):
     x, y = np.ones((3, 4), dtype=dtype), np.array([2, 1, 0])
     loss, _ = model.evaluate(x, y)
     assert np.isfinite(loss)
-    loss = model.train_step(x, y, OPTIMIZERS[opt_name][0](model, 0.0))
+    loss, _ = model.train_step(x, y, OPTIMIZERS[opt_name][0](model, 0.0))
     assert np.isfinite(loss)
     assert all(np.all(np.isfinite(v)) for v in model.state_dict().values())
     if opt_name == "adam":
@@ -569,7 +660,7 @@ def test_nan_input_gives_nan_loss_and_keeps_params(opt_name):
     before = model.state_dict()
     x = np.ones((2, 4))
     x[1, 2] = np.nan
-    loss = model.train_step(x, [0, 1], OPTIMIZERS[opt_name][0](model, 0.0))
+    loss, _ = model.train_step(x, [0, 1], OPTIMIZERS[opt_name][0](model, 0.0))
     assert np.isnan(loss)
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[key])

@@ -1,11 +1,14 @@
 """fastmlp.optim: SGD (momentum, Nesterov) and Adam steps against fastmlp.reference, state round trips,
-the live ``lr``, and hyperparameter checking."""
+the rate passed in, the registry of names, and hyperparameter checking."""
 from __future__ import annotations
+
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fastmlp import MLP
+from fastmlp import MLP, CrossEntropyModule
 from fastmlp import optim
 from fastmlp import reference as R
 
@@ -106,21 +109,47 @@ def test_zero_grad():
         assert not np.any(lin.grads["weight"]) and not np.any(lin.grads["bias"])
 
 
-def test_lr_is_read_at_every_step():
+def test_step_uses_the_rate_passed_in():
     model = MLP(4, [3], 2, seed=0, init="kaiming")
     opt = optim.SGD(model, 0.1, momentum=0.5)
     fill_random_grads(model, np.random.default_rng(3))
     before = model.state_dict()
-    opt.lr = 0.0
-    opt.step()
+    opt.step(lr=0.0)  # the velocity moves, the parameters do not
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
-    opt.lr = 0.2
-    opt.step()
+    opt.step(lr=0.2)
     w = model.linears[0]
     np.testing.assert_allclose(w.params["weight"],
                                before["layers.0.weight"] - 0.2 * (0.5 * w.grads["weight"] + w.grads["weight"]),
                                rtol=1e-12)
+    opt.step()  # without a rate: the one it was built with
+    assert opt.lr == 0.1
+
+
+@pytest.mark.parametrize("lr", [-0.1, float("nan"), "fast"])
+def test_step_refuses_a_bad_rate(lr):
+    model = MLP(4, [3], 2, seed=0)
+    with pytest.raises((ValueError, TypeError), match="lr: expected"):
+        optim.Adam(model).step(lr=lr)
+
+
+def test_course_loop_forward_backward_step():
+    # The course's loop still trains: forward, the loss module, backward, step().
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((30, 4)), rng.integers(0, 2, 30)
+    x[y == 1] += 2.0
+    for name in optim.OPTIMIZERS:
+        model = MLP(4, [6], 2, seed=0, init="kaiming")
+        opt = optim.make_optimizer(name, model, 0.1)
+        ce = CrossEntropyModule()
+        first = None
+        for _ in range(40):
+            probs = model.forward(x)
+            loss = ce.forward(probs, y)
+            first = loss if first is None else first
+            model.backward(ce.backward(probs, y))
+            opt.step()
+        assert loss < 0.5 * first, name
 
 
 def test_step_follows_replaced_params():
@@ -167,6 +196,24 @@ def test_resume_from_savez_continues_identically(tmp_path, name, kwargs, dtype):
         np.testing.assert_array_equal(resumed_model.state_dict()[key], value)
 
 
+@pytest.mark.parametrize("make", [lambda m: optim.Adam(m, 0.01), lambda m: optim.SGD(m, 0.1, momentum=0.9)])
+def test_pickled_optimizer_continues_and_keeps_its_state(make):
+    # The model and its optimizer pickled together mid-run go on as the originals, state_dict included.
+    rng = np.random.default_rng(8)
+    batches = [(rng.standard_normal((6, 5)), rng.integers(0, 3, size=6)) for _ in range(4)]
+    model = MLP(5, [4], 3, seed=0, init="kaiming")
+    opt = make(model)
+    for x, y in batches[:2]:
+        model.train_step(x, y, opt)
+    clone, clone_opt = pickle.loads(pickle.dumps((model, opt)))
+    for x, y in batches[2:]:
+        assert clone.train_step(x, y, clone_opt) == model.train_step(x, y, opt)
+    for key, value in opt.state_dict().items():
+        np.testing.assert_array_equal(clone_opt.state_dict()[key], value, err_msg=key)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(clone.state_dict()[key], value, err_msg=key)
+
+
 def test_state_dict_contents():
     model = MLP(4, [3], 2, seed=0)
     sgd = optim.SGD(model, 0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
@@ -207,11 +254,11 @@ def test_load_state_dict_errors():
 def test_make_optimizer():
     model = MLP(4, [3], 2)
     sgd = optim.make_optimizer("sgd", model, 0.1, weight_decay=0.01)
-    assert isinstance(sgd, optim.SGD) and sgd.momentum == 0 and sgd.fused and sgd.weight_decay == 0.01
+    assert isinstance(sgd, optim.SGD) and sgd.momentum == 0 and not sgd.keeps_inputs() and sgd.weight_decay == 0.01
     mom = optim.make_optimizer("momentum", model, 0.1, momentum=0.8)
-    assert isinstance(mom, optim.SGD) and mom.momentum == 0.8 and not mom.fused
+    assert isinstance(mom, optim.SGD) and mom.momentum == 0.8 and mom.keeps_inputs()
     adam = optim.make_optimizer("adam", model, 1e-3)
-    assert isinstance(adam, optim.Adam) and not adam.fused and adam.lr == 1e-3
+    assert isinstance(adam, optim.Adam) and adam.keeps_inputs() and adam.lr == 1e-3
     with pytest.raises(ValueError, match=r"optimizer: expected one of \('sgd', 'momentum', 'adam'\), got 'rmsprop'"):
         optim.make_optimizer("rmsprop", model, 0.1)
 
@@ -246,3 +293,66 @@ def test_nesterov_needs_sgd_with_momentum(name, momentum):
 def test_bad_hyperparameters(make, exc, match):
     with pytest.raises(exc, match=match):
         make(MLP(4, [3], 2))
+
+
+# ----------------------------------------------------------------------------- the registry of names
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.mark.parametrize("name", ["nesterov", "adam"])
+def test_state_written_by_fastmlp_95b1b62_resumes(name):
+    """Model and optimizer states saved by the version before the optimizer owned its update
+    (``tests/fixtures/optim_state_95b1b62.npz``: three steps, saved, then three more) load and
+    continue as that version continued them."""
+    saved = dict(np.load(FIXTURES / "optim_state_95b1b62.npz"))
+    model = MLP(5, [4], 3, seed=1, init="kaiming")  # other weights: the loaded state must replace them
+    opt = (optim.SGD(model, 0.5, momentum=0.5, nesterov=True, weight_decay=0.0) if name == "nesterov"
+           else optim.Adam(model, 0.5, betas=(0.5, 0.5), eps=1e-3))
+    part = lambda prefix: {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+    model.load_state_dict(part(f"{name}/model/"))
+    opt.load_state_dict(part(f"{name}/optim/"))
+    losses = [model.train_step(x, y, opt).loss for x, y in zip(saved["x"][3:], saved["y"][3:])]
+    np.testing.assert_allclose(losses, saved[f"{name}/losses"], rtol=1e-12)
+    for key, value in part(f"{name}/after/").items():
+        np.testing.assert_allclose(model.state_dict()[key], value, rtol=1e-10, atol=1e-14)
+    # and saved again, the state has the same keys and shapes as the old one
+    old = part(f"{name}/optim/")
+    assert {k: np.shape(v) for k, v in opt.state_dict().items()} == {k: np.shape(v) for k, v in old.items()}
+
+
+def test_every_trainer_reads_the_registry():
+    from fastmlp import hyperparams
+    from fastmlp.search import space
+
+    assert optim.OPTIMIZERS == tuple(optim.REGISTRY) == ("sgd", "momentum", "adam")
+    assert hyperparams.CONSTRAINTS["optimizer"].choices == optim.OPTIMIZERS
+    assert space.EVOLUTION_SPACE["optimizer"] == optim.OPTIMIZERS
+    for name in optim.OPTIMIZERS:
+        assert isinstance(optim.make_optimizer(name, MLP(3, [2], 2), 0.1), optim.Optimizer)
+
+
+def test_an_unknown_optimizer_name_is_an_error_everywhere():
+    pytest.importorskip("torch")
+    from fastmlp import hyperparams
+    from torch_models.optimizers import make_optimizer as torch_make_optimizer
+
+    message = r"optimizer: expected one of \('sgd', 'momentum', 'adam'\), got 'rmsprop'"
+    for call in (lambda: optim.make_optimizer("rmsprop", MLP(3, [2], 2), 0.1),
+                 lambda: optim.check_optimizer("rmsprop", 0.9, False),
+                 lambda: hyperparams.check("optimizer", "rmsprop"),
+                 lambda: torch_make_optimizer("rmsprop", [], 0.1)):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_torch_refuses_a_fastmlp_optimizer_it_has_no_counterpart_of(monkeypatch):
+    # A name added to the registry must not quietly train as plain SGD under torch.
+    torch = pytest.importorskip("torch")
+    from torch_models.optimizers import make_optimizer as torch_make_optimizer
+
+    monkeypatch.setitem(optim.REGISTRY, "rmsprop", optim.REGISTRY["adam"])
+    groups = [{"params": [torch.zeros(2, requires_grad=True)], "weight_decay": 0.0}]
+    with pytest.raises(ValueError, match=r"optimizer: expected one of \('sgd', 'momentum', 'adam'\) \(the torch "
+                                         r"trainers' optimizers\), got 'rmsprop'"):
+        torch_make_optimizer("rmsprop", groups, 0.1)

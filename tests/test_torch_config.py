@@ -106,7 +106,7 @@ def test_the_command_lines_are_generated_from_the_configurations():
 
 def test_make_optimizer_refuses_an_optimizer_fastmlp_has_and_torch_does_not(monkeypatch):
     # Was: any name that passed fastmlp's check and was neither adam nor momentum built plain SGD.
-    monkeypatch.setattr(fastmlp_optim, "OPTIMIZERS", (*fastmlp_optim.OPTIMIZERS, "lion"))
+    monkeypatch.setitem(fastmlp_optim.REGISTRY, "lion", fastmlp_optim.REGISTRY["adam"])
     groups = parameter_groups(torch.nn.Linear(4, 2), 0.0)
     with pytest.raises(ValueError, match=r"^optimizer: expected one of \('sgd', 'momentum', 'adam'\).*got 'lion'"):
         make_optimizer("lion", groups, 0.1)

@@ -81,6 +81,13 @@ cdef extern from "_loops.h" nogil:
     void fm_add_f64(double* y, const double* x, Py_ssize_t n)
     void fm_bias_act_f32(float* y, const float* b, int act, Py_ssize_t n)
     void fm_bias_act_f64(double* y, const double* b, int act, Py_ssize_t n)
+    void fm_sgd_f32(float* w, const float* g, float* v, Py_ssize_t n, float lr, float mu, int nesterov, float wd)
+    void fm_sgd_f64(double* w, const double* g, double* v, Py_ssize_t n, double lr, double mu, int nesterov,
+                    double wd)
+    void fm_adam_f32(float* w, const float* g, float* m, float* v, Py_ssize_t n, float step, float inv_bc2,
+                     float b1, float b2, float eps, float wd)
+    void fm_adam_f64(double* w, const double* g, double* m, double* v, Py_ssize_t n, double step, double inv_bc2,
+                     double b1, double b2, double eps, double wd)
     int FM_ACT_IDENTITY, FM_ACT_RELU, FM_ACT_TANH, FM_ACT_LOGISTIC
 
 cdef extern from "_images_gemm.h" nogil:
@@ -851,6 +858,10 @@ cdef void _colsum_axpy(floating[:] db, const floating[:, :] dY, floating alpha, 
         # Row-wise accumulation walks dY in memory order.
         for j in range(O):
             db[j] = beta * db[j] if beta != 0 else 0
+        if alpha == 1 and db.strides[0] == sizeof(floating):  # a gradient: the vectorised add, same sums
+            for i in range(B):
+                _add_run(&db[0], &dY[i, 0], O)
+            return
         for i in range(B):
             for j in range(O):
                 db[j] = db[j] + alpha * dY[i, j]
@@ -1612,56 +1623,68 @@ def squared_error_forward(const floating[:, :] Z, const floating[:, :] T, const 
 # optimizer updates (flat parameter buffers, in place)
 # ---------------------------------------------------------------------------
 
-def sgd_update(floating[::1] w, const floating[::1] g, floating[::1] v,
-               double lr, double momentum=0.0, bint nesterov=False, double weight_decay=0.0):
-    """SGD step on w (N,) in place (PyTorch's convention, dampening 0).
+cdef int _check_layer(floating[:, ::1] W, floating[::1] b, const floating[:, ::1] dW, const floating[::1] db,
+                      floating[::1] s, str s_name) except -1:
+    """The shapes of one layer's update: W, dW (O, I); b, db (O,); a state block s (O*I + O,) or None."""
+    _check2("dW", dW.shape[0], dW.shape[1], W.shape[0], W.shape[1])
+    _check1("b", b.shape[0], W.shape[0])
+    _check1("db", db.shape[0], W.shape[0])
+    if s is not None:
+        _check1(s_name, s.shape[0], W.shape[0] * W.shape[1] + W.shape[0])
+    return 0
+
+
+cdef inline void _sgd_run(floating* w, const floating* g, floating* v, Py_ssize_t n, double lr, double mu,
+                          bint nesterov, double wd) noexcept nogil:
+    if floating is float:
+        fm_sgd_f32(w, g, v, n, <float>lr, <float>mu, nesterov, <float>wd)
+    else:
+        fm_sgd_f64(w, g, v, n, lr, mu, nesterov, wd)
+
+
+def sgd_update_layer(floating[:, ::1] W, floating[::1] b, const floating[:, ::1] dW, const floating[::1] db,
+                     floating[::1] v, double lr, double momentum=0.0, bint nesterov=False, double weight_decay=0.0):
+    """SGD step on one layer's W (O, I) and b (O,) in place (PyTorch's convention, dampening 0).
 
     g' = g + wd w;  v <- mu v + g';  w <- w - lr (g' + mu v if nesterov else v).
-    With v None (momentum 0): w <- w - lr g'. ``v`` (N,) is updated in place.
+    With v None (momentum 0): w <- w - lr g'. ``v`` (O*I + O,) holds W's
+    velocities then b's and is updated in place. Weight decay applies to W, not to b.
     """
-    cdef Py_ssize_t k, N = w.shape[0]
-    cdef floating gk, vk
-    cdef floating flr = <floating>lr, mu = <floating>momentum, wd = <floating>weight_decay
-    _check1("g", g.shape[0], N)
-    if v is not None:
-        _check1("v", v.shape[0], N)
-    elif momentum != 0.0:
+    cdef Py_ssize_t n = W.shape[0] * W.shape[1]
+    _check_layer(W, b, dW, db, v, "v")
+    if v is None and momentum != 0.0:
         raise ValueError("v: a momentum buffer is required when momentum != 0")
     with nogil:
-        if v is None:
-            for k in range(N):
-                w[k] = w[k] - flr * (g[k] + wd * w[k])
-        else:
-            for k in range(N):
-                gk = g[k] + wd * w[k]
-                vk = mu * v[k] + gk
-                v[k] = vk
-                w[k] = w[k] - flr * ((gk + mu * vk) if nesterov else vk)
+        _sgd_run(&W[0, 0], &dW[0, 0], &v[0] if v is not None else NULL, n, lr, momentum, nesterov, weight_decay)
+        _sgd_run(&b[0], &db[0], &v[n] if v is not None else NULL, b.shape[0], lr, momentum, nesterov, 0.0)
 
 
-def adam_update(floating[::1] w, const floating[::1] g, floating[::1] m, floating[::1] v,
-                double lr, double beta1, double beta2, double eps, double weight_decay, long step):
-    """Adam step on w (N,) in place, with bias correction (step >= 1 counts this update).
+cdef inline void _adam_run(floating* w, const floating* g, floating* m, floating* v, Py_ssize_t n, double step,
+                           double inv_bc2, double b1, double b2, double eps, double wd) noexcept nogil:
+    if floating is float:
+        fm_adam_f32(w, g, m, v, n, <float>step, <float>inv_bc2, <float>b1, <float>b2, <float>eps, <float>wd)
+    else:
+        fm_adam_f64(w, g, m, v, n, step, inv_bc2, b1, b2, eps, wd)
+
+
+def adam_update_layer(floating[:, ::1] W, floating[::1] b, const floating[:, ::1] dW, const floating[::1] db,
+                      floating[::1] m, floating[::1] v, double lr, double beta1, double beta2, double eps,
+                      double weight_decay, long step):
+    """Adam step on one layer's W (O, I) and b (O,) in place, with bias correction (step >= 1 counts this update).
 
     g' = g + wd w;  m <- b1 m + (1-b1) g';  v <- b2 v + (1-b2) g'^2;
-    w <- w - lr/(1-b1^t) * m / (sqrt(v/(1-b2^t)) + eps).  m, v (N,) updated in place.
+    w <- w - lr/(1-b1^t) * m / (sqrt(v/(1-b2^t)) + eps). ``m``, ``v`` (O*I + O,)
+    hold W's moments then b's and are updated in place. Weight decay applies to W, not to b.
     """
-    cdef Py_ssize_t k, N = w.shape[0]
-    cdef floating gk, mk, vk
+    cdef Py_ssize_t n = W.shape[0] * W.shape[1]
     if step < 1:
         raise ValueError(f"step: expected >= 1, got {step}")
-    _check1("g", g.shape[0], N)
-    _check1("m", m.shape[0], N)
-    _check1("v", v.shape[0], N)
-    cdef floating b1 = <floating>beta1, b2 = <floating>beta2, feps = <floating>eps
-    cdef floating wd = <floating>weight_decay
-    cdef floating step_size = <floating>(lr / (1.0 - beta1 ** step))
-    cdef floating inv_sqrt_bc2 = <floating>(1.0 / sqrt(1.0 - beta2 ** step))
+    if m is None or v is None:
+        raise ValueError("m, v: Adam needs both moment buffers, got None")
+    _check_layer(W, b, dW, db, m, "m")
+    _check_layer(W, b, dW, db, v, "v")
+    cdef double step_size = lr / (1.0 - beta1 ** step)
+    cdef double inv_bc2 = 1.0 / sqrt(1.0 - beta2 ** step)
     with nogil:
-        for k in range(N):
-            gk = g[k] + wd * w[k]
-            mk = b1 * m[k] + (1 - b1) * gk
-            vk = b2 * v[k] + (1 - b2) * gk * gk
-            m[k] = mk
-            v[k] = vk
-            w[k] = w[k] - step_size * mk / (_sqrt(vk) * inv_sqrt_bc2 + feps)
+        _adam_run(&W[0, 0], &dW[0, 0], &m[0], &v[0], n, step_size, inv_bc2, beta1, beta2, eps, weight_decay)
+        _adam_run(&b[0], &db[0], &m[n], &v[n], b.shape[0], step_size, inv_bc2, beta1, beta2, eps, 0.0)

@@ -84,4 +84,42 @@ FM_DEFINE_ADD(double, fm_add_f64)
 FM_DEFINE_BIAS_ACT(float, fm_bias_act_f32, expf, tanhf)
 FM_DEFINE_BIAS_ACT(double, fm_bias_act_f64, exp, tanh)
 
+/* One optimizer update of n values of w from their gradient g, weight decay wd added to g first
+ * (g' = g + wd w). SGD (PyTorch's convention): v <- mu v + g'; w <- w - lr (g' + mu v if nesterov else v);
+ * v NULL (momentum 0): w <- w - lr g'. Adam: m <- b1 m + (1 - b1) g'; v <- b2 v + (1 - b2) g'^2;
+ * w <- w - step m / (sqrt(v) inv_bc2 + eps), step = lr / (1 - b1^t) and inv_bc2 = 1 / sqrt(1 - b2^t)
+ * computed once by the caller. (setup.py builds without errno for the maths functions, so GCC
+ * vectorises the square root.) */
+#define FM_DEFINE_SGD(T, NAME)                                                                        \
+    FM_CLONES static void NAME(T *restrict w, const T *restrict g, T *restrict v, ptrdiff_t n, T lr, T mu, \
+                               int nesterov, T wd) {                                                  \
+        if (v == NULL) {                                                                              \
+            for (ptrdiff_t j = 0; j < n; j++) w[j] = w[j] - lr * (g[j] + wd * w[j]);                  \
+        } else {                                                                                      \
+            for (ptrdiff_t j = 0; j < n; j++) {                                                       \
+                T gj = g[j] + wd * w[j];                                                              \
+                T vj = mu * v[j] + gj;                                                                \
+                v[j] = vj;                                                                            \
+                w[j] = w[j] - lr * (nesterov ? gj + mu * vj : vj);                                    \
+            }                                                                                         \
+        }                                                                                             \
+    }
+FM_DEFINE_SGD(float, fm_sgd_f32)
+FM_DEFINE_SGD(double, fm_sgd_f64)
+
+#define FM_DEFINE_ADAM(T, NAME, SQRT)                                                                 \
+    FM_CLONES static void NAME(T *restrict w, const T *restrict g, T *restrict m, T *restrict v, ptrdiff_t n, \
+                               T step, T inv_bc2, T b1, T b2, T eps, T wd) {                          \
+        for (ptrdiff_t j = 0; j < n; j++) {                                                           \
+            T gj = g[j] + wd * w[j];                                                                  \
+            T mj = b1 * m[j] + (1 - b1) * gj;                                                         \
+            T vj = b2 * v[j] + (1 - b2) * gj * gj;                                                    \
+            m[j] = mj;                                                                                \
+            v[j] = vj;                                                                                \
+            w[j] = w[j] - step * mj / (SQRT(vj) * inv_bc2 + eps);                                     \
+        }                                                                                             \
+    }
+FM_DEFINE_ADAM(float, fm_adam_f32, sqrtf)
+FM_DEFINE_ADAM(double, fm_adam_f64, sqrt)
+
 #endif /* FASTMLP_LOOPS_H */

@@ -1,86 +1,57 @@
 """The multi-layer perceptron: the course's ``forward``/``backward`` contract plus a fused ``train_step``.
 
+``forward``/``backward`` follow the course (probabilities out, module by
+module). ``train_step`` is the fast path (:mod:`fastmlp.fused`): forward with
+fused bias+activation, the output head's fused loss and gradient
+(:mod:`fastmlp.heads`), backward with the activation's derivative folded into
+each dX GEMM and each layer updated by the optimizer; it allocates nothing after
+its first call for a given batch size.
+
+Threads: inference (``predict_proba``, ``predict``, ``evaluate``,
+``evaluate_batches``, ``forward``) may be called on one model from many
+threads at once and gives each caller exactly its serial result: every call
+borrows scratch buffers no other call holds. ``train_step`` from a second
+thread while one runs on the same model raises ``RuntimeError`` (training
+several models, one per thread, is fine and gives bitwise the serial
+results). Inference concurrent with training sees weights mid-update.
+``backward`` uses what the last ``forward`` kept: one thread per model.
+
 Shapes: B batch, D n_inputs, H_l hidden widths, C n_classes, L linear layers.
 """
 from __future__ import annotations
 
-import contextlib
+import math
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
-from fastmlp import _kernels as K
-from fastmlp._validation import as_float_2d, as_labels, check_dtype, check_network_size, check_positive_int
+from fastmlp import fused
+from fastmlp._validation import as_float_2d, check_dtype, check_network_size, check_positive_int
 from fastmlp.images import ImageBatch
-from fastmlp.modules import ACTIVATION_MODULES, INITS, IdentityModule, LinearModule, SigmoidModule, SoftMaxModule
+from fastmlp.heads import HEADS, check_sample_weight, check_targets
+from fastmlp.modules import ACTIVATION_MODULES, INITS, LinearModule
 
-__all__ = ["MLP"]
-
-# Idle buffer sets are kept for this many distinct batch sizes (training batch, eval chunk, last chunk...),
-# and at most this many per size (one per thread that called at once, up to the bound).
-_MAX_BATCH_SIZES = 4
-_MAX_IDLE_PER_SIZE = 4
-
+__all__ = ["MLP", "StepResult"]
 
 # What a network setting was before it could be chosen: older checkpoints lack it.
 _SETTINGS_BEFORE_CHOICE = {"activation": "relu", "output": "softmax"}
 
-# Each output head: its course-contract module, its fused (loss, n_correct, dZ) kernel and its loss-only twin.
-_HEADS = {
-    "softmax": (SoftMaxModule, K.softmax_cross_entropy_forward_backward, K.softmax_cross_entropy_forward),
-    "logistic": (SigmoidModule, K.logistic_cross_entropy_forward_backward, K.logistic_cross_entropy_forward),
-    "identity": (IdentityModule, K.squared_error_forward_backward, K.squared_error_forward),
-}
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+    return value
 
 
-class _Buffers:
-    """Scratch space for one pass over a batch of B rows.
+class StepResult(NamedTuple):
+    """What :meth:`MLP.train_step` measured on its batch, before the update."""
 
-    ``acts[l]`` (B, H_l) layer outputs, ``grads[l]`` (B, H_l) their gradients (not
-    the output layer's), ``scratch`` (1, n) the forward GEMMs' work space or None,
-    ``images`` (B, D) a converted :class:`ImageBatch` (made on first use) or None.
-    """
-
-    __slots__ = ("acts", "grads", "scratch", "images")
-
-    def __init__(self, acts, grads, scratch):
-        self.acts, self.grads, self.scratch, self.images = acts, grads, scratch, None
-
-
-class _BufferPool:
-    """Buffer sets by batch size, each lent to one caller at a time: concurrent callers never share one.
-
-    ``with pool.lent(batch) as bufs:`` hands out an idle set for that batch
-    size (made by ``make(batch)`` when none is idle) and takes it back after. A
-    caller that borrows in turn (a training loop) gets the same set every time,
-    so it allocates nothing after its first step.
-    """
-
-    def __init__(self, make):
-        self.make = make
-        self.lock = threading.Lock()
-        self.idle: dict[int, list] = {}  # batch size -> idle sets, least recently used size first
-
-    @contextlib.contextmanager
-    def lent(self, batch):
-        with self.lock:
-            sets = self.idle.get(batch)
-            bufs = sets.pop() if sets else None
-        if bufs is None:
-            bufs = self.make(batch)
-        try:
-            yield bufs
-        finally:
-            self._give(batch, bufs)
-
-    def _give(self, batch, bufs):
-        with self.lock:
-            sets = self.idle.pop(batch, [])
-            if len(sets) < _MAX_IDLE_PER_SIZE:
-                sets.append(bufs)
-            self.idle[batch] = sets  # now the most recently used size
-            if len(self.idle) > _MAX_BATCH_SIZES:
-                self.idle.pop(next(iter(self.idle)))
+    #: The batch's (weighted) mean loss.
+    loss: float
+    #: How many rows (of positive weight) were predicted right: the arg-max class for softmax,
+    #: every output for logistic, 0 for identity (no classes).
+    correct: int
 
 
 class MLP:
@@ -104,13 +75,9 @@ class MLP:
         The hidden layers' activation; every one runs fused into the layer's
         GEMMs in ``train_step`` and inference, as the ReLU does.
     output : {"softmax", "logistic", "identity"}, default "softmax"
-        The output head and its loss, fused as one kernel in ``train_step``:
-        ``softmax`` with the cross-entropy (targets: class indices (B,) or one-hot
-        (B, C)); ``logistic``, a sigmoid per output with the binary cross-entropy
-        summed over the outputs (multilabel targets (B, C) in [0, 1]; with C = 1,
-        two classes as scikit-learn fits them); ``identity`` with scikit-learn's
-        squared loss, half the mean over rows and outputs (targets (B, C), or (B,)
-        when C = 1; its gradient is scikit-learn's, C times that loss's).
+        The output head and its loss, fused as one kernel in ``train_step`` (see
+        :mod:`fastmlp.heads`: the softmax cross-entropy, logistic outputs with the
+        binary cross-entropy, or scikit-learn's squared loss).
 
     Attributes
     ----------
@@ -119,23 +86,6 @@ class MLP:
         activation's and the output head's modules in place of ``ReLUModule`` and ``SoftMaxModule``).
     linears : list of LinearModule
         The parameterised layers, input to output.
-
-    Notes
-    -----
-    ``forward``/``backward`` follow the course (probabilities out, module by
-    module). ``train_step`` is the fast path: forward with fused bias+activation, the
-    output head's fused loss and gradient, backward with the activation's derivative folded
-    into each dX GEMM, and the optimizer update; it allocates nothing after its first
-    call for a given batch size.
-
-    Threads: inference (``predict_proba``, ``predict``, ``evaluate``,
-    ``evaluate_batches``, ``forward``) may be called on one model from many
-    threads at once and gives each caller exactly its serial result: every call
-    borrows scratch buffers no other call holds. ``train_step`` from a second
-    thread while one runs on the same model raises ``RuntimeError`` (training
-    several models, one per thread, is fine and gives bitwise the serial
-    results). Inference concurrent with training sees weights mid-update.
-    ``backward`` uses what the last ``forward`` kept: one thread per model.
     """
 
     def __init__(self, n_inputs, n_hidden, n_classes, *, dtype=np.float64, seed=None, init="normal",
@@ -146,15 +96,9 @@ class MLP:
             raise TypeError(f"n_hidden: expected a sequence of layer widths (e.g. [100] or []), got {n_hidden!r}")
         self.n_hidden = [check_positive_int(f"n_hidden[{i}]", h) for i, h in enumerate(n_hidden)]
         self.dtype = check_dtype(dtype)
-        if init not in INITS:
-            raise ValueError(f"init: expected one of {INITS}, got {init!r}")
-        self.init = init
-        if activation not in ACTIVATION_MODULES:
-            raise ValueError(f"activation: expected one of {tuple(ACTIVATION_MODULES)}, got {activation!r}")
-        self.activation = activation
-        if output not in _HEADS:
-            raise ValueError(f"output: expected one of {tuple(_HEADS)}, got {output!r}")
-        self.output = output
+        self.init = _check_choice("init", init, INITS)
+        self.activation = _check_choice("activation", activation, ACTIVATION_MODULES)
+        self.output = _check_choice("output", output, HEADS)
         # before any allocation: a size no machine holds gets a message naming it, not a MemoryError
         check_network_size(self.n_inputs, self.n_hidden, self.n_classes, self.dtype.itemsize,
                            label=f"n_hidden {self.n_hidden}")
@@ -166,12 +110,11 @@ class MLP:
         self.layers = []
         for lin in self.linears[:-1]:
             self.layers += [lin, ACTIVATION_MODULES[activation]()]
-        self.layers += [self.linears[-1], _HEADS[output][0]()]
-        self.last_batch_correct = None
+        self.layers += [self.linears[-1], HEADS[output].module()]
         self._start_threads_state()
 
     def _start_threads_state(self):
-        self._buffers = _BufferPool(self._new_buffers)
+        self._buffers = fused.BufferPool(lambda batch: fused.new_buffers(self, batch))
         self._training = threading.Lock()  # held by the one train_step running
 
     def __repr__(self):
@@ -226,6 +169,7 @@ class MLP:
         return state
 
     def __setstate__(self, state):
+        state = {key: value for key, value in state.items() if key != "last_batch_correct"}  # an older side channel
         self.__dict__.update({**_SETTINGS_BEFORE_CHOICE, **state})  # pickles from before the settings existed
         self._start_threads_state()
 
@@ -246,166 +190,62 @@ class MLP:
 
     # -- fast paths -----------------------------------------------------------
 
-    def _new_buffers(self, batch):
-        widths = [lin.out_features for lin in self.linears]
-        acts = [np.empty((batch, w), dtype=self.dtype) for w in widths]
-        grads = [np.empty((batch, w), dtype=self.dtype) for w in widths[:-1]]
-        # Forward scratch: the transposed GEMM of small batches and the partial sums of a K-split.
-        sizes = [self.n_inputs, *widths]
-        need = max(K.forward_scratch_size(batch, i, o) for i, o in zip(sizes[:-1], sizes[1:]))
-        scratch = np.empty((1, need), dtype=self.dtype) if need else None
-        return _Buffers(acts, grads, scratch)
+    def _batch(self, x, y):
+        """(x (B, D) or None, an ImageBatch or None, the head's targets) of one batch, checked against the model."""
+        if not isinstance(x, ImageBatch):
+            x = as_float_2d("x", x, self.dtype, self.n_inputs)
+            return x, None, check_targets(self.output, y, x.shape[0], self.n_classes, self.dtype)
+        if x.pixels.shape[1] != self.n_inputs:
+            raise ValueError(f"x: expected images of {self.n_inputs} values each, got {x.pixels.shape[1]}")
+        if x.dtype != self.dtype:
+            raise ValueError(f"x: expected an ImageBatch converting to {self.dtype}, got {x.dtype}")
+        return None, x, check_targets(self.output, y, len(x), self.n_classes, self.dtype)
 
-    def _logits_into(self, x, bufs, images=None):
-        """Forward pass of x (B, D) into the activation buffers; returns the logits buffer (B, C).
-
-        With ``images`` (an :class:`ImageBatch`), the first layer converts them into x first.
-        """
-        acts, scratch = bufs.acts, bufs.scratch
-        last = len(self.linears) - 1
-        hidden = K.ACTIVATIONS[self.activation]
-        h = x
-        for l, lin in enumerate(self.linears):
-            w, b = lin.weight_and_bias()
-            act = hidden if l < last else 0  # the output layer's logits: no activation
-            if l == 0 and images is not None:
-                K.linear_forward_images(acts[0], x, images.pixels, images.index, images.offset, images.scale, w, b,
-                                        act, scratch)
-            else:
-                K.linear_forward(acts[l], h, w, b, act, scratch)
-            h = acts[l]
-        return h
-
-    def _check_images(self, images):
-        """The :class:`ImageBatch` ``images``, checked against the model."""
-        if images.pixels.shape[1] != self.n_inputs:
-            raise ValueError(f"x: expected images of {self.n_inputs} values each, got {images.pixels.shape[1]}")
-        if images.dtype != self.dtype:
-            raise ValueError(f"x: expected an ImageBatch converting to {self.dtype}, got {images.dtype}")
-        return images
-
-    def _image_input(self, images, bufs, keep=True) -> np.ndarray | None:
-        """The buffer (B, D) of ``bufs`` that ``images`` (checked) are converted into.
-
-        With ``keep=False`` (no backward pass follows) None where the first layer's
-        GEMM converts into its own panels only (``K.forward_images_needs_x``).
-        """
-        if not keep and not K.forward_images_needs_x(len(images), self.dtype):
-            return None
-        if bufs.images is None:
-            bufs.images = np.empty((len(images), self.n_inputs), dtype=self.dtype)
-        return bufs.images
-
-    def train_step(self, x, y, optimizer, sample_weight=None) -> float:
-        """One optimisation step on the batch (x, y); returns its (weighted) mean loss before the update.
+    def train_step(self, x, y, optimizer, *, lr=None, sample_weight=None) -> StepResult:
+        """One optimisation step on the batch (x, y); returns its loss and right answers before the update.
 
         Parameters
         ----------
         x : array (B, D), or fastmlp.images.ImageBatch
-            Converted once to the model's dtype if needed. An ImageBatch (uint8
-            rows and their offset/scale in the model's dtype) is converted by
-            the first layer itself: through OpenBLAS with the same numbers as
-            ``x.to_array()``; in float32 above 32 rows on AVX-512, by fastmlp's
-            own GEMM, which with plain SGD also updates the first layer from the
-            pixels (sums within float32 rounding of OpenBLAS's; see
-            ``fastmlp._kernels.images_gemm``).
+            Converted once to the model's dtype if needed; an ImageBatch (uint8
+            rows) by the first layer itself (see :mod:`fastmlp.images`).
         y : array
-            Targets of the output head (see the class docstring): for softmax int
-            class indices (B,) or one-hot (B, C); for logistic (B, C) in [0, 1];
-            for identity (B, C), or (B,) with one output.
-        optimizer : fastmlp.optim.SGD or Adam built on this model
-            Plain SGD is folded into the backward GEMMs (``grads`` are then not
-            written); other optimizers get ``grads`` filled and ``step()`` called.
+            Targets of the output head (:func:`fastmlp.heads.check_targets` says which).
+        optimizer : fastmlp.optim optimizer built on this model
+            It updates each layer (:meth:`fastmlp.optim.Optimizer.update_layer`): plain SGD
+            inside the backward GEMMs (``grads`` not written), the others from the ``grads`` they fill.
+        lr : float or None
+            This update's learning rate (e.g. a schedule's value); None: the
+            optimizer's own ``lr``.
         sample_weight : array (B,) or None
             Per-row weights (finite, >= 0, a positive sum): the loss is
             sum_b w_b loss_b / sum_b w_b and row b's gradient is scaled by
             w_b / sum_b w_b instead of 1/B, scikit-learn's MLP convention (a row
             of weight 0 has no influence; weight 2 counts as the row twice).
 
-        Modifies in place: every parameter, the optimizer state, and (for
-        non-fused optimizers) every ``grads`` array. ``last_batch_correct``
-        holds how many rows of the batch (of positive weight) were classified
-        right (before the update; every output right for logistic, 0 for identity).
+        Returns
+        -------
+        StepResult
+            ``(loss, correct)``. A NaN or infinite loss leaves the parameters and the optimizer as they were.
         """
-        if getattr(optimizer, "model", None) is not self:
-            raise ValueError("optimizer: it was built for a different model; pass an optimizer built on this MLP")
         if not self._training.acquire(blocking=False):
             raise RuntimeError("train_step: this MLP is being trained by another thread at this moment; train a "
                                "model from one thread at a time (give each thread its own model)")
         try:
-            images = self._check_images(x) if isinstance(x, ImageBatch) else None
-            x = None if images is not None else as_float_2d("x", x, self.dtype, self.n_inputs)
-            batch = len(images) if images is not None else x.shape[0]
-            targets = self._targets(y, batch)
-            weights = None if sample_weight is None else self._sample_weight(sample_weight, batch)
-            with self._buffers.lent(batch) as bufs:
-                return self._train_step(x, images, targets, weights, optimizer, bufs)
+            x, images, targets = self._batch(x, y)
+            weights = None if sample_weight is None else check_sample_weight(sample_weight, len(targets), self.dtype)
+            with self._buffers.lent(len(targets)) as bufs:
+                if images is not None:  # fused SGD can update the first layer from the pixels themselves
+                    x = fused.image_input(self, images, bufs, keep=optimizer.keeps_inputs())
+                logits = fused.logits_into(self, x, bufs, images)
+                # dL/dlogits overwrites the logits buffer: the logits are not needed again.
+                loss, correct = HEADS[self.output].step(logits, logits, targets, weights=weights)
+                if math.isfinite(loss):
+                    fused.backward_and_update(self, logits, x, images, bufs, optimizer,
+                                              optimizer.begin_step(self, lr))
+                return StepResult(float(loss), int(correct))
         finally:
             self._training.release()
-
-    def _targets(self, y, batch) -> np.ndarray:
-        """``y`` checked for the output head: int64 labels (B,) for softmax, else (B, C) in the model's dtype."""
-        if self.output == "softmax":
-            return as_labels("y", y, batch, self.n_classes)
-        arr = np.asarray(y)
-        if arr.ndim == 1 and self.n_classes == 1:
-            arr = arr.reshape(-1, 1)
-        t = as_float_2d("y", arr, self.dtype, self.n_classes)
-        if t.shape[0] != batch:
-            raise ValueError(f"y: expected {batch} rows of targets (one per row of x), got {t.shape[0]}")
-        if not np.isfinite(t).all():
-            raise ValueError("y: expected finite target values, got NaN or inf")
-        if self.output == "logistic" and not ((t >= 0) & (t <= 1)).all():
-            raise ValueError(f"y: expected targets in [0, 1] for output='logistic', got values in "
-                             f"[{t.min()}, {t.max()}]")
-        return t
-
-    def _sample_weight(self, sample_weight, batch) -> np.ndarray:
-        """``sample_weight`` checked: (B,) in the model's dtype, finite, >= 0, with a positive sum."""
-        w = np.asarray(sample_weight)
-        if w.dtype.kind not in "biuf":
-            raise TypeError(f"sample_weight: expected a real numeric array, got dtype {w.dtype}")
-        if w.shape != (batch,):
-            raise ValueError(f"sample_weight: expected shape ({batch},) (one weight per row of x), got {w.shape}")
-        w = w.astype(self.dtype, copy=False)
-        if not (np.isfinite(w).all() and (w >= 0).all()):
-            raise ValueError("sample_weight: expected finite weights >= 0, got a negative, NaN or inf weight")
-        if not w.sum() > 0:
-            raise ValueError("sample_weight: expected a positive sum, got all zeros")
-        return w
-
-    def _train_step(self, x, images, targets, weights, optimizer, bufs) -> float:
-        """:meth:`train_step` on checked inputs (x None for ``images``), in the buffer set ``bufs``."""
-        fused = optimizer.fused
-        if images is not None:  # fused SGD can update the first layer from the pixels themselves
-            x = self._image_input(images, bufs, keep=not fused)
-        logits = self._logits_into(x, bufs, images)
-        # dL/dlogits overwrites the logits buffer: the logits are not needed again.
-        loss, correct = _HEADS[self.output][1](logits, logits, targets, weights=weights)
-        self.last_batch_correct = correct
-        if not np.isfinite(loss):
-            return float(loss)  # leave the parameters as they were; the caller decides
-
-        acts, grads = bufs.acts, bufs.grads
-        hidden = K.ACTIVATIONS[self.activation]
-        dout = logits
-        for l in range(len(self.linears) - 1, -1, -1):
-            lin = self.linears[l]
-            w, b = lin.weight_and_bias()
-            x_in = acts[l - 1] if l > 0 else x
-            dx = grads[l - 1] if l > 0 else None  # no gradient for the input itself
-            if x_in is None:  # the first layer's converted batch was not kept
-                K.linear_backward_sgd_images(w, b, dout, images.pixels, images.index, images.offset, images.scale,
-                                             optimizer.lr, optimizer.weight_decay)
-            elif fused:  # x_in of a hidden layer is the activation's output: dx gets its derivative
-                K.linear_backward_sgd(w, b, dx, dout, x_in, optimizer.lr, optimizer.weight_decay, hidden if l else 0)
-            else:
-                dw, db = lin.grad_buffers()
-                K.linear_backward(dw, db, dx, dout, x_in, w, hidden if l else 0)
-            dout = dx
-        if not fused:
-            optimizer.step()
-        return float(loss)
 
     def evaluate(self, x, y, batch_size=1000):
         """Mean loss and accuracy of the model on (x, y), in chunks of ``batch_size``.
@@ -414,7 +254,7 @@ class MLP:
         accuracy) as floats, accuracy NaN for the identity head (no classes).
         """
         x = as_float_2d("x", x, self.dtype, self.n_inputs)
-        labels = self._targets(y, x.shape[0])
+        labels = check_targets(self.output, y, x.shape[0], self.n_classes, self.dtype)
         batch_size = check_positive_int("batch_size", batch_size)
         chunks = ((x[s : s + batch_size], labels[s : s + batch_size]) for s in range(0, x.shape[0], batch_size))
         return self.evaluate_batches(chunks)
@@ -429,34 +269,29 @@ class MLP:
         """
         total_loss, total_correct, n = 0.0, 0, 0
         for xb, yb in batches:
-            images = self._check_images(xb) if isinstance(xb, ImageBatch) else None
-            xb = None if images is not None else as_float_2d("x", xb, self.dtype, self.n_inputs)
-            rows = len(images) if images is not None else xb.shape[0]
-            targets = self._targets(yb, rows)
-            with self._buffers.lent(rows) as bufs:
+            xb, images, targets = self._batch(xb, yb)
+            with self._buffers.lent(len(targets)) as bufs:
                 if images is not None:
-                    xb = self._image_input(images, bufs, keep=False)
-                loss, correct = _HEADS[self.output][2](self._logits_into(xb, bufs, images), targets)
-            total_loss += loss * rows
+                    xb = fused.image_input(self, images, bufs, keep=False)
+                loss, correct = HEADS[self.output].loss(fused.logits_into(self, xb, bufs, images), targets)
+            total_loss += loss * len(targets)
             total_correct += correct
-            n += rows
+            n += len(targets)
         if n == 0:
             raise ValueError("batches: expected at least one batch, got none")
         return total_loss / n, (total_correct / n if self.output != "identity" else float("nan"))
 
     def predict_proba(self, x, batch_size=1000):
-        """The output head's values (N, C) for x (N, D), without keeping anything for backward.
-
-        Class probabilities (softmax), each output's probability (logistic), or
-        the predicted targets (identity).
-        """
+        """The output head's values (N, C) for x (N, D), keeping nothing for backward: class probabilities
+        (softmax), each output's probability (logistic), or the predicted targets (identity)."""
         x = as_float_2d("x", x, self.dtype, self.n_inputs)
         batch_size = check_positive_int("batch_size", batch_size)
         out = np.empty((x.shape[0], self.n_classes), dtype=self.dtype)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start : start + batch_size]
             with self._buffers.lent(xb.shape[0]) as bufs:
-                _HEADS[self.output][0].forward_kernel(out[start : start + xb.shape[0]], self._logits_into(xb, bufs))
+                logits = fused.logits_into(self, xb, bufs)
+                HEADS[self.output].module.forward_kernel(out[start : start + xb.shape[0]], logits)
         return out
 
     def predict(self, x, batch_size=1000):

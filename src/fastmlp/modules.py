@@ -49,6 +49,10 @@ def _need_forward(module, attr):
     return value
 
 
+def _same_arrays(pair, checked):
+    return checked is not None and pair[0] is checked[0] and pair[1] is checked[1]
+
+
 class LinearModule:
     """y = x W^T + b.
 
@@ -87,20 +91,29 @@ class LinearModule:
     def __repr__(self):
         return f"LinearModule({self.in_features}, {self.out_features}, dtype={self.dtype.name})"
 
+    # The (weight, bias) pairs of params and grads last checked: the same arrays are not checked again, so a
+    # training step pays for the checks once per replaced array. (An array changed in place to another shape
+    # or made read-only is then refused by the kernels themselves.)
+    _checked_params = _checked_grads = None
+
     def weight_and_bias(self):
-        """The live ``params`` arrays, checked (shape, dtype, C order): (W (O, I), b (O,))."""
-        name = f"{type(self).__name__}.params"
-        shape = (self.out_features, self.in_features)
-        w = check_param(name, "weight", self.params.get("weight"), shape, self.dtype)
-        b = check_param(name, "bias", self.params.get("bias"), (self.out_features,), self.dtype)
-        return w, b
+        """The live ``params`` arrays, checked (shape, dtype, C order, writeable): (W (O, I), b (O,))."""
+        pair = (self.params.get("weight"), self.params.get("bias"))
+        if not _same_arrays(pair, self._checked_params):
+            self._checked_params = self._check_pair("params", pair)
+        return self._checked_params
 
     def grad_buffers(self):
-        """The live ``grads`` arrays, checked: (dW (O, I), db (O,))."""
-        name = f"{type(self).__name__}.grads"
-        dw = check_param(name, "weight", self.grads.get("weight"), (self.out_features, self.in_features), self.dtype)
-        db = check_param(name, "bias", self.grads.get("bias"), (self.out_features,), self.dtype)
-        return dw, db
+        """The live ``grads`` arrays, checked as :meth:`weight_and_bias` checks ``params``: (dW (O, I), db (O,))."""
+        pair = (self.grads.get("weight"), self.grads.get("bias"))
+        if not _same_arrays(pair, self._checked_grads):
+            self._checked_grads = self._check_pair("grads", pair)
+        return self._checked_grads
+
+    def _check_pair(self, what, pair):
+        name = f"{type(self).__name__}.{what}"
+        return (check_param(name, "weight", pair[0], (self.out_features, self.in_features), self.dtype),
+                check_param(name, "bias", pair[1], (self.out_features,), self.dtype))
 
     def forward(self, x):
         """x (B, I) -> out (B, O) = x W^T + b. Keeps x for ``backward``."""

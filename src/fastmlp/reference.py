@@ -11,6 +11,7 @@ import numpy as np
 __all__ = [
     "ReferenceMLP",
     "adam_update",
+    "adam_update_layer",
     "convert_images",
     "cross_entropy_backward",
     "cross_entropy_forward",
@@ -27,6 +28,7 @@ __all__ = [
     "relu_backward",
     "relu_forward",
     "sgd_update",
+    "sgd_update_layer",
     "softmax_backward",
     "softmax_cross_entropy",
     "softmax_forward",
@@ -205,6 +207,29 @@ def adam_update(w, g, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
     w -= lr * m_hat / (np.sqrt(v_hat) + eps)
     return w
 
+
+
+def _layer_parts(weight, bias, *blocks):
+    """Each (O*I + O,) state block of a layer split into its weight's (O, I) and its bias's (O,) views."""
+    n = weight.size
+    return [(block[:n].reshape(weight.shape), block[n:]) if block is not None else (None, None) for block in blocks]
+
+
+def sgd_update_layer(weight, bias, dweight, dbias, v=None, *, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """:func:`sgd_update` on a layer: weight (O, I) with ``weight_decay``, bias (O,) without; v (O*I + O,) or None."""
+    (vw, vb), = _layer_parts(weight, bias, v)
+    sgd_update(weight, dweight, vw, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    sgd_update(bias, dbias, vb, lr=lr, momentum=momentum, nesterov=nesterov)
+    return weight, bias
+
+
+def adam_update_layer(weight, bias, dweight, dbias, m, v, *, lr, beta1, beta2, eps, weight_decay, step):
+    """:func:`adam_update` on a layer: weight (O, I) with ``weight_decay``, bias (O,) without; m, v (O*I + O,)."""
+    (mw, mb), (vw, vb) = _layer_parts(weight, bias, m, v)
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, step=step)
+    adam_update(weight, dweight, mw, vw, weight_decay=weight_decay, **hyper)
+    adam_update(bias, dbias, mb, vb, weight_decay=0.0, **hyper)
+    return weight, bias
 
 class ReferenceMLP:
     """A straightforward NumPy MLP (Linear+ReLU hidden layers, softmax cross-entropy, SGD).

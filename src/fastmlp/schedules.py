@@ -1,8 +1,9 @@
 """Learning-rate schedules: the learning rate as a pure function of the step.
 
 Because the rate depends on nothing but the step number (no hidden state),
-``--resume`` reproduces it exactly: the trainer sets ``optimizer.lr`` from
-:meth:`LearningRateSchedule.__call__` before every update.
+``--resume`` reproduces it exactly: every update's rate is
+:meth:`LearningRateSchedule.__call__` of its step (fastmlp's trainer passes it to
+``MLP.train_step``, torch's sets it on the parameter groups).
 
 Steps are counted from 1: step ``s`` is the ``s``-th parameter update.
 """

@@ -71,8 +71,8 @@ def build_model_and_optimizer(config: MLPRunConfig, n_inputs: int, n_classes: in
         ``n_inputs`` -> ``config.hidden_units`` (ReLU) -> ``n_classes`` (softmax), its
         weights drawn with ``seed``.
     optimizer : fastmlp.optim optimizer
-        Holds a reference to ``model``; ``optimizer.lr`` is reset every step
-        by :func:`training_step`.
+        Built on ``model`` with base rate ``learning_rate``; :func:`training_step`
+        passes each update's rate from the schedule.
     """
     from fastmlp import optim
     from fastmlp.mlp import MLP
@@ -84,12 +84,11 @@ def build_model_and_optimizer(config: MLPRunConfig, n_inputs: int, n_classes: in
     return model, opt
 
 
-def training_step(model, optimizer, x: np.ndarray, y: np.ndarray, step: int,
-                  schedule: Callable[[int], float]) -> float:
-    """Make update number ``step`` (1-based) on the batch (x, y); return its loss before the update.
+def training_step(model, optimizer, x: np.ndarray, y: np.ndarray, step: int, lr: float):
+    """Make update number ``step`` (1-based) on the batch (x, y) at rate ``lr``; return its ``StepResult``.
 
-    Sets ``optimizer.lr`` from ``schedule``, then ``model.train_step``:
-    updates the parameters of ``model`` and the optimizer's state in place.
+    ``model.train_step`` (loss and right answers before the update) updates the
+    parameters of ``model`` and the optimizer's state in place.
     ``x`` is (batch, n_inputs), or a :class:`fastmlp.images.ImageBatch` of uint8 rows,
     ``y`` int class indices (batch,).
 
@@ -99,8 +98,9 @@ def training_step(model, optimizer, x: np.ndarray, y: np.ndarray, step: int,
         If the loss is NaN or infinite (the core then leaves the parameters as
         they were; the caller keeps its last good checkpoint).
     """
-    optimizer.lr = schedule(step)
-    return check_finite(model.train_step(x, y, optimizer), step)
+    result = model.train_step(x, y, optimizer, lr=lr)
+    check_finite(result.loss, step)
+    return result
 
 
 # --------------------------------------------------------------------------- the loop's hooks
@@ -129,7 +129,7 @@ class MLPHooks:
         self.eval_sets = dict(eval_sets)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.checkpoint_path = Path(checkpoint_path)
-        self._last_batch = 0
+        self._last_batch, self._last_correct, self._last_lr = 0, 0, float("nan")
         n_inputs = model.n_inputs
         # every step's batch lands here (when the model does not convert uint8 rows itself)
         self._batch = None if train_set.serves_image_batches else np.empty((batch_size, n_inputs), dtype=model.dtype)
@@ -159,13 +159,14 @@ class MLPHooks:
         else:
             x, y = self.train_set.next_batch(self.batch_size, out=self._batch)
             x = x.reshape(len(x), -1)
-        self._last_batch = len(y)
-        return training_step(self.model, self.optimizer, x, y, step, self.schedule)
+        self._last_batch, self._last_lr = len(y), self.schedule(step)
+        result = training_step(self.model, self.optimizer, x, y, step, self._last_lr)
+        self._last_correct = result.correct
+        return result.loss
 
     def batch_metrics(self) -> dict[str, float]:
         # The core counted the batch's right answers before the update, as its loss.
-        return {"train_accuracy": self.model.last_batch_correct / self._last_batch,
-                "learning_rate": self.optimizer.lr}
+        return {"train_accuracy": self._last_correct / self._last_batch, "learning_rate": self._last_lr}
 
     def evaluate(self) -> dict[str, float]:
         metrics = {}

@@ -188,7 +188,7 @@ class Network:
         """A fresh optimizer (state zeroed), as scikit-learn makes one at every ``fit``."""
         from fastmlp import optim
 
-        self.epsilon = 0.0
+        self.epsilon, self.rate = 0.0, float(learning_rate_init)
         if solver == "adam":
             self.optimizer = optim.Adam(self.model, learning_rate_init, betas=(beta_1, beta_2), eps=epsilon)
             self.epsilon = epsilon
@@ -199,16 +199,17 @@ class Network:
 
     @property
     def learning_rate(self) -> float:
-        return self.optimizer.lr
+        """The rate of the next updates (passed to each one; the optimizer keeps ``learning_rate_init``)."""
+        return self.rate
 
     @learning_rate.setter
     def learning_rate(self, value: float) -> None:
         # scikit-learn keeps velocities in units of the old rate; fastmlp's buffer is rate-free.
-        scale = self.optimizer.lr / value
+        scale = self.rate / value
         for key, buffer in self.optimizer.state.items():
             if key.startswith("momentum."):
                 buffer *= scale
-        self.optimizer.lr = value
+        self.rate = float(value)
 
     # ---------------------------------------------------------------- training
     def uses_core(self, sample_weight) -> bool:
@@ -247,7 +248,8 @@ class Network:
         if self.epsilon:  # Adam
             self.optimizer.eps = self.epsilon / math.sqrt(1.0 - self.optimizer.beta2 ** (self.optimizer.t + 1))
         if fused:
-            return self.model.train_step(x, targets, self.optimizer, sample_weight=sample_weight) + penalty
+            result = self.model.train_step(x, targets, self.optimizer, lr=self.rate, sample_weight=sample_weight)
+            return result.loss + penalty
         return self._numpy_step(x, targets, sample_weight, total) + penalty
 
     def _numpy_step(self, x, y, sample_weight, total) -> float:
@@ -267,7 +269,7 @@ class Network:
             if layer:
                 delta = delta @ lin.params["weight"]
                 _backprop_activation(self.activation, activations[layer], delta)
-        self.optimizer.step()
+        self.optimizer.step(lr=self.rate)
         return loss
 
     def _forward(self, x: np.ndarray, *, keep: bool) -> list[np.ndarray]:
