@@ -15,11 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fastmlp import optim as fastmlp_optim  # noqa: E402
-from fastmlp.cli import flag_actions  # noqa: E402
+from fastmlp.cli import config_from_args, flag_actions  # noqa: E402
 from fastmlp.data import get_cifar10  # noqa: E402
 from torch_models import checkpoint as tcheckpoint  # noqa: E402
 from torch_models import mlp_run, train_convnet, train_mlp  # noqa: E402
-from torch_models.cli import config_of  # noqa: E402
 from torch_models.config import ConvNetConfig, TorchMLPConfig  # noqa: E402
 from torch_models.optimizers import make_optimizer, parameter_groups  # noqa: E402
 
@@ -93,7 +92,7 @@ def test_the_command_lines_are_generated_from_the_configurations():
     for module, config in [(train_mlp, TorchMLPConfig), (train_convnet, ConvNetConfig)]:
         parser = module.build_parser()
         args = parser.parse_args([])
-        assert config_of(config, args) == config()  # every flag's default is the setting's
+        assert config_from_args(config, args) == config()  # every flag's default is the setting's
         flags = {option for action in flag_actions(parser).values() for option in action.option_strings}
         assert {f"--{config.flag(name)}" for name in config.names()} <= flags
     parser = train_convnet.build_parser()

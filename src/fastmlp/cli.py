@@ -321,12 +321,12 @@ def _check_resumed_data_dir(args: argparse.Namespace, explicit: set[str]) -> Non
 def _merge_resume(args: argparse.Namespace, argv: list[str] | None,
                   build_parser: Callable[[], argparse.ArgumentParser],
                   saved_flags: Callable[[Any], Mapping[str, Any]],
-                  read_checkpoint: Callable[[str], Any] | None) -> Any:
+                  read_checkpoint: Callable[[str], Any]) -> Any:
     """Take the flags not given from ``--resume``'s checkpoint; return what ``read_checkpoint`` read.
 
     Raises FileNotFoundError or ValueError when the checkpoint is unusable.
     """
-    checkpoint = args.resume if read_checkpoint is None else read_checkpoint(args.resume)
+    checkpoint = read_checkpoint(args.resume)
     explicit = explicit_flags(build_parser(), argv)
     merge_resume_flags(args, saved_flags(checkpoint), explicit)
     _check_resumed_data_dir(args, explicit)
@@ -353,9 +353,9 @@ def _train_in_folder(args: argparse.Namespace, train: Callable[[argparse.Namespa
 
 
 def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.ArgumentParser],
-             train: Callable[..., Mapping[str, Any]],
+             train: Callable[..., Mapping[str, Any]], read_checkpoint: Callable[[str], Any],
              saved_flags: Callable[[Any], Mapping[str, Any]], checkpoint_dir: Callable[[str], Path],
-             is_main: bool = True, read_checkpoint: Callable[[str], Any] | None = None) -> int:
+             is_main: bool = True) -> int:
     """Parse ``argv``, merge ``--resume``'s flags, claim the folder, train, print, return the exit status.
 
     Parameters
@@ -365,20 +365,18 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
     build_parser : callable
         The trainer's parser (called twice: once more to see which flags were given).
     train : callable
-        ``train(args, checkpoint) -> metrics`` with ``read_checkpoint`` (``checkpoint``:
-        what it read, None when not resuming), else ``train(args) -> metrics``.
+        ``train(args, checkpoint) -> metrics``, ``checkpoint`` what ``read_checkpoint``
+        read (None when not resuming).
+    read_checkpoint : callable
+        ``read_checkpoint(resume_path) -> checkpoint`` (FileNotFoundError or ValueError
+        when it cannot be read: a usage error, exit 2). The checkpoint is read once,
+        here, its flags merged once, and the trainer handed both.
     saved_flags : callable
-        The checkpoint's flags: ``saved_flags(checkpoint)`` of what ``read_checkpoint``
-        read, else ``saved_flags(resume_path)`` (FileNotFoundError or ValueError when
-        it cannot be read: a usage error, exit 2).
+        ``saved_flags(checkpoint)``: the settings the checkpoint recorded, by the parser's names.
     checkpoint_dir : callable
         ``checkpoint_dir(resume_path) -> folder``, named by the Ctrl-C message.
     is_main : bool
         False on the distributed ranks other than 0: they print nothing and claim no folder.
-    read_checkpoint : callable, optional
-        ``read_checkpoint(resume_path) -> checkpoint``: the checkpoint is then read once,
-        here, its flags merged once, and the trainer handed both (a trainer without it
-        reads the checkpoint again itself).
 
     Returns
     -------
@@ -406,8 +404,8 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
             new_folder = folder
         # --resume continues the run in the checkpoint's own folder; another folder must be free
         resuming = args.resume is not None and folder.resolve() == Path(checkpoint_dir(args.resume)).resolve()
-        run = train if read_checkpoint is None else (lambda merged: train(merged, checkpoint))
-        metrics = _train_in_folder(args, run, folder, resuming=resuming, is_main=is_main)
+        metrics = _train_in_folder(args, lambda merged: train(merged, checkpoint), folder, resuming=resuming,
+                                   is_main=is_main)
     except KeyboardInterrupt as exc:
         how = f" by {exc.args[0]}" if isinstance(exc, Stopped) else ""
         where = _run_folder(args, checkpoint_dir)

@@ -11,56 +11,31 @@ handed to the library's run. This is command-line code: the library modules
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from fastmlp import cli
-from fastmlp.hyperparams import CONSTRAINTS, Options
 from torch_models.checkpoint import load_checkpoint, resolve_checkpoint_path
 from torch_models.config import TorchRunConfig
 
-__all__ = ["build_parser", "config_of", "main"]
+__all__ = ["build_parser", "main"]
 
 
 def build_parser(config: type[TorchRunConfig], *, prog: str, description: str,
                  groups: Mapping[str, str]) -> argparse.ArgumentParser:
-    """A torch trainer's parser: a flag for every setting of ``config``, listed under ``groups``' headings.
-
-    A setting with a list of choices shows them (``--optimizer {sgd,momentum,adam}``).
-    """
+    """A torch trainer's parser: a flag for every setting of ``config``, listed under ``groups``' headings."""
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=cli.HelpFormatter)
     cli.add_config_arguments(parser, config, groups=groups)
-    actions = cli.flag_actions(parser)
-    for spec in dataclasses.fields(config):
-        rule = spec.metadata.get("check")
-        rule = CONSTRAINTS.get(rule) if isinstance(rule, str) else rule
-        if isinstance(rule, Options):
-            actions[spec.name].choices, actions[spec.name].metavar = rule.choices, None
-    actions["resume"].metavar = "PATH"  # a checkpoint.pt file or a run folder
+    cli.flag_actions(parser)["resume"].metavar = "PATH"  # a checkpoint.pt file or a run folder
     return parser
-
-
-def config_of(config: type[TorchRunConfig], args: argparse.Namespace | Mapping[str, Any]) -> TorchRunConfig:
-    """The ``config`` of parsed flags ``args``: by field name (the parser's), or by flag name
-    (a Namespace built by hand: ``dnn_hidden_units``), which wins; settings it lacks keep their defaults.
-
-    Raises
-    ------
-    TypeError, ValueError
-        For a bad value, naming its flag (``--batch_size: expected an integer > 0, got 0``).
-    """
-    given = dict(args) if isinstance(args, Mapping) else dict(vars(args))
-    values = {name: given[key] for name in config.names() for key in (name, config.flag(name)) if key in given}
-    return cli.config_from_args(config, values)
 
 
 def main(argv: list[str] | None, *, build_parser: Callable[[], argparse.ArgumentParser],
          config: type[TorchRunConfig], train: Callable[..., Mapping[str, Any]]) -> int:
     """A torch trainer's ``main``: :func:`fastmlp.cli.run_main` over ``checkpoint.pt``.
 
-    Exit status (:data:`fastmlp.cli.EXIT_STATUSES`) 0 done, 1 diverged, 2 bad input (a
+    Exit status (:data:`fastmlp.exits.EXIT_STATUSES`) 0 done, 1 diverged, 2 bad input (a
     flag, a checkpoint that is missing, foreign or damaged, missing data, an --out_dir
     holding another run), 74 I/O error, 130/143/129 Ctrl-C/SIGTERM/SIGHUP. Under torchrun every rank reads the
     checkpoint's flags (so on several machines the path must be readable on each) and
@@ -69,16 +44,11 @@ def main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argument
     ``train(config, checkpoint=...)`` is the trainer's library run (:func:`torch_models.mlp_run.train`):
     it gets the checkpoint ``--resume`` names as read here, for its flags.
     """
-    loaded: dict[str, Mapping[str, Any]] = {}
+    def run(args: argparse.Namespace, checkpoint: Mapping[str, Any] | None) -> Mapping[str, Any]:
+        return train(cli.config_from_args(config, args), checkpoint=checkpoint)
 
-    def saved_flags(path: str) -> dict[str, Any]:
-        loaded[path] = load_checkpoint(path)
-        flags = loaded[path]["flags"]  # by flag name, as every version records them
-        return {name: flags[config.flag(name)] for name in config.names() if config.flag(name) in flags}
-
-    def run(args: argparse.Namespace) -> Mapping[str, Any]:
-        return train(config_of(config, args), checkpoint=loaded.pop(args.resume, None))
-
-    return cli.run_main(argv, build_parser=build_parser, train=run, saved_flags=saved_flags,
+    return cli.run_main(argv, build_parser=build_parser, train=run, read_checkpoint=load_checkpoint,
+                        # recorded by flag name, as every version records them
+                        saved_flags=lambda checkpoint: config.settings_of(checkpoint["flags"]),
                         checkpoint_dir=lambda path: Path(resolve_checkpoint_path(path)).parent,
                         is_main=int(os.environ.get("RANK", "0")) == 0)

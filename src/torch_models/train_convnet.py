@@ -70,6 +70,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Mapping
 
+from fastmlp.cli import config_from_args
 from torch_models import cli, convnet_run
 from torch_models.config import ConvNetConfig
 
@@ -93,7 +94,7 @@ def train(args: argparse.Namespace | Mapping[str, Any], *, data: Mapping[str, An
     Flags ``args`` lacks take their defaults; each value is checked (the message names its
     flag). ``data`` and ``on_eval`` are :func:`torch_models.convnet_run.train`'s. ``sys.argv`` is not read.
     """
-    return convnet_run.train(cli.config_of(ConvNetConfig, args), data=data, on_eval=on_eval)
+    return convnet_run.train(config_from_args(ConvNetConfig, args), data=data, on_eval=on_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
