@@ -278,6 +278,24 @@ def test_a_stop_signal_during_an_update_lets_the_update_finish(signum, raised):
     assert done == [1, 2]  # update 2 finished, update 3 never started
 
 
+@pytest.mark.parametrize("signum, raised", [(signal.SIGTERM, "Stopped"), (signal.SIGINT, "KeyboardInterrupt")])
+def test_a_stop_signal_during_the_checkpoint_write_lets_the_write_finish(signum, raised, tmp_path):
+    # Raised inside the write (numpy.savez's zip file), the stop became "Can't close the
+    # ZIP file while there is an open writing handle": a bad-input exit, not the signal's.
+    from fastmlp import cli
+
+    class SignalledWhileSaving(RecordingHooks):
+        def save_checkpoint(self, step, record):
+            os.kill(os.getpid(), signum)  # the handler runs here, in the middle of the write
+            super().save_checkpoint(step, record)  # the rest of the write
+
+    hooks = SignalledWhileSaving()
+    with cli.signals_stop_the_run(), pytest.raises(KeyboardInterrupt) as info:
+        loop.evaluate_and_checkpoint(hooks, _progress(tmp_path), 0, {})
+    assert type(info.value).__name__ == raised
+    assert [call[0] for call in hooks.calls] == ["evaluate", "save"]  # the write finished
+
+
 def test_a_stop_signal_outside_an_update_stops_at_once():
     from fastmlp import cli, exits
 

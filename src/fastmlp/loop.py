@@ -20,12 +20,13 @@ on rank 0 only, and the loop itself writes through :class:`fastmlp.runlog.RunLog
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from fastmlp.runlog import DivergenceError, RunLog, check_finite, default_out_dir, progress_bar
 
@@ -228,7 +229,8 @@ def resume(progress: Progress, *, step: int, rows: list[dict], wall_seconds: flo
 
 # --------------------------------------------------------------------------- step, evaluate
 class _Update:
-    """Whether an update is running, and the stop held until it ends (see :func:`hold_until_update_ends`)."""
+    """Whether an update (or a checkpoint write) is running, and the stop held until it ends
+    (see :func:`hold_until_update_ends`)."""
 
     running = False
     held: BaseException | None = None
@@ -239,7 +241,9 @@ def hold_until_update_ends(stop: BaseException) -> bool:
 
     For signal handlers (which run in the main thread, between two of its Python
     instructions): a SIGTERM, SIGHUP or Ctrl-C that arrives during an update lets
-    that update finish, so the model is never left half-updated.
+    that update finish, so the model is never left half-updated; one that arrives
+    while the checkpoint is written lets the write finish, so the stop is reported
+    as a stop, not as the error of a file cut in the middle.
     """
     if not _Update.running:
         return False
@@ -247,17 +251,23 @@ def hold_until_update_ends(stop: BaseException) -> bool:
     return True
 
 
-def _update(step: Callable[[int], float], n: int) -> float:
-    """``step(n)``, then any stop that :func:`hold_until_update_ends` held during it."""
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """Within the block, a stop signal is held (:func:`hold_until_update_ends`) and raised after it."""
     _Update.running, _Update.held = True, None
     try:
-        loss = step(n)
+        yield
     finally:
         _Update.running = False
     held, _Update.held = _Update.held, None
     if held is not None:
         raise held
-    return loss
+
+
+def _update(step: Callable[[int], float], n: int) -> float:
+    """``step(n)``, then any stop that :func:`hold_until_update_ends` held during it."""
+    with _stops_held():
+        return step(n)
 
 
 def train_steps(step: Callable[[int], float], start: int, stop: int, bar, *,
@@ -309,8 +319,9 @@ def evaluate_and_checkpoint(hooks: Hooks, progress: Progress, step: int, row: Ma
     row = {key: float(value) for key, value in {**row, **hooks.evaluate()}.items()}
     check_before_checkpoint(hooks, step, row)
     progress.log.record(step, **row)
-    hooks.save_checkpoint(step, {"flags": progress.log.flags, "rows": progress.log.rows,
-                                 "wall_seconds": progress.wall_seconds()})
+    with _stops_held():  # a stop signal lets the checkpoint be written whole
+        hooks.save_checkpoint(step, {"flags": progress.log.flags, "rows": progress.log.rows,
+                                     "wall_seconds": progress.wall_seconds()})
     report = {"step": step, **row}
     if progress.show:
         _log.info(format_evaluation(report))
