@@ -13,7 +13,7 @@ A trainer's command-line module (``fastmlp.train``, and the torch trainers throu
    locked while the run writes it; a folder holding another run is refused unless
    ``--resume`` or ``--overwrite``);
 4. trains, SIGTERM and SIGHUP ending the run as Ctrl-C does, and maps the outcome
-   to the exit status (:data:`EXIT_STATUSES`), printing one ``error:`` line (or, when
+   to the exit status (:data:`fastmlp.exits.EXIT_STATUSES`), printing one ``error:`` line (or, when
    interrupted, the command that resumes) and never a traceback.
 
 Library modules (the core, the estimator, the search space, torch models) do not
@@ -33,17 +33,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from fastmlp import loop
 from fastmlp.config import RunConfig
-from fastmlp.exits import (
-    EXIT_BAD_INPUT,
-    EXIT_DIVERGED,
-    EXIT_INTERRUPTED,
-    EXIT_IO_ERROR,
-    EXIT_SIGHUP,
-    EXIT_SIGTERM,
-    EXIT_STATUSES,
-    Stopped,
-    interrupted_status,
-)
+from fastmlp.exits import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_IO_ERROR, Stopped, interrupted_status
 from fastmlp.hyperparams import CONSTRAINTS, Boolean, Constraint, from_text
 from fastmlp.rundir import claimed_run_dir
 from fastmlp.runlog import DivergenceError, default_out_dir
@@ -381,7 +371,7 @@ def run_main(argv: list[str] | None, *, build_parser: Callable[[], argparse.Argu
     Returns
     -------
     int
-        One of :data:`EXIT_STATUSES`.
+        One of :data:`fastmlp.exits.EXIT_STATUSES`.
     """
     parser = build_parser()
     args = parser.parse_args(argv)  # a malformed flag exits 2 through argparse, with the usage
