@@ -42,7 +42,7 @@ panels, so neither the training step nor an evaluation writes its converted
 batch; its sums differ from OpenBLAS's in the last bits.
 """
 from libc.limits cimport INT_MAX
-from libc.math cimport exp, expf, log, log1p, log1pf, logf, sqrt, sqrtf, INFINITY
+from libc.math cimport log, log1p, log1pf, logf, sqrt, sqrtf, INFINITY
 from libc.string cimport memset
 cimport numpy as cnp
 
@@ -89,6 +89,8 @@ cdef extern from "_loops.h" nogil:
     void fm_adam_f64(double* w, const double* g, double* m, double* v, Py_ssize_t n, double step, double inv_bc2,
                      double b1, double b2, double eps, double wd)
     int FM_ACT_IDENTITY, FM_ACT_RELU, FM_ACT_TANH, FM_ACT_LOGISTIC
+    void fm_exp_f32(float* out, const float* x, Py_ssize_t n)
+    void fm_exp_f64(double* out, const double* x, Py_ssize_t n)
 
 cdef extern from "_images_gemm.h" nogil:
     int fm_images_gemm_available()
@@ -136,17 +138,22 @@ cdef enum:
     K_PARTS = 2
     # Rows summed into 32-bit counters before they move to the 64-bit totals (255 * 2^24 < 2^32).
     SUM_ROWS = 1 << 24
+    # The output heads take the exps of a block of rows in one vector pass: at most this many
+    # rows, and this many values unless one row has more (the block stays in the L1/L2 cache).
+    HEAD_BLOCK_ROWS = 64
+    HEAD_BLOCK_VALUES = 4096
 
 
 # ---------------------------------------------------------------------------
 # scalar helpers
 # ---------------------------------------------------------------------------
 
-cdef inline floating _exp(floating x) noexcept nogil:
+cdef inline void _exp_run(floating* out, const floating* x, Py_ssize_t n) noexcept nogil:
+    """out[j] = exp(x[j]) for j < n, vectorised (_exp.h: within 1 ulp); out may be x."""
     if floating is float:
-        return expf(x)
+        fm_exp_f32(out, x, n)
     else:
-        return exp(x)
+        fm_exp_f64(out, x, n)
 
 
 cdef inline floating _log(floating x) noexcept nogil:
@@ -1322,6 +1329,15 @@ def identity_backward(floating[:, ::1] dX, const floating[:, :] dY, const floati
 # softmax, cross-entropy, and the fused pair
 # ---------------------------------------------------------------------------
 
+def exp_into(floating[::1] out, const floating[::1] x):
+    """out (n,) = exp(x (n,)) by the heads' vectorised exp (within 1 ulp; NaN, +-inf, overflow and underflow
+    as libm's); out may be x. The kernels' own entry, for tests."""
+    _check1("out", out.shape[0], x.shape[0])
+    if x.shape[0] > 0:
+        with nogil:
+            _exp_run(&out[0], &x[0], x.shape[0])
+
+
 def softmax_forward(floating[:, ::1] P, const floating[:, :] Z):
     """P (B, C) = exp(Z - max_c Z) / sum_c exp(Z - max_c Z), row-wise; P may be Z."""
     cdef Py_ssize_t i, j, B = Z.shape[0], C = Z.shape[1]
@@ -1334,9 +1350,12 @@ def softmax_forward(floating[:, ::1] P, const floating[:, :] Z):
             for j in range(C):
                 if Z[i, j] > m:
                     m = Z[i, j]
+            for j in range(C):
+                P[i, j] = Z[i, j] - m
+        _exp_run(&P[0, 0], &P[0, 0], B * C)  # P is C-contiguous: one vector pass over all rows
+        for i in range(B):
             s = 0
             for j in range(C):
-                P[i, j] = _exp(Z[i, j] - m)
                 s = s + P[i, j]
             inv = 1 / s
             for j in range(C):
@@ -1406,56 +1425,96 @@ cdef double _weight_sum(const floating[:] weights, Py_ssize_t B) except? -1.0:
     return total
 
 
+cdef inline Py_ssize_t _block_rows(Py_ssize_t C) noexcept nogil:
+    """Rows of C values per block of a head's vector exp (at least 1, at most HEAD_BLOCK_ROWS)."""
+    cdef Py_ssize_t rows = HEAD_BLOCK_VALUES // C
+    return 1 if rows < 1 else (HEAD_BLOCK_ROWS if rows > HEAD_BLOCK_ROWS else rows)
+
+
+cdef floating[::1] _head_scratch(const floating[:, :] Z):
+    """Scratch (_block_rows(C) * C,) of Z's dtype, for a head hook whose exps cannot go to its dZ."""
+    return np.empty(_block_rows(Z.shape[1]) * Z.shape[1], dtype=np.float32 if floating is float else np.float64)
+
+
+cdef inline floating _shift_row(floating* out, const floating[:, :] Z, Py_ssize_t i, Py_ssize_t* arg) noexcept nogil:
+    """out[j] = Z[i, j] - max_j Z[i, j] (out may be row i of Z); returns the max and sets arg to its first column.
+
+    A row whose max is NaN or +inf gets zeros (the caller reports it without its exps).
+    """
+    cdef Py_ssize_t j, C = Z.shape[1]
+    cdef floating m = Z[i, 0]
+    arg[0] = 0
+    for j in range(1, C):
+        if Z[i, j] > m:
+            m = Z[i, j]
+            arg[0] = j
+    if m != m or m == INFINITY:
+        memset(out, 0, C * sizeof(floating))
+    else:
+        for j in range(C):
+            out[j] = Z[i, j] - m
+    return m
+
+
 cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z,
                               const cnp.int64_t[:] labels, const floating* weights, floating scale,
-                              double* total, Py_ssize_t* correct) noexcept nogil:
+                              floating* scratch, double* total, Py_ssize_t* correct) noexcept nogil:
     """Row loop shared by the two hooks below; returns the first bad label's row, or -1.
 
     Row b's loss counts ``weights[b]`` times into ``total`` and its gradient is
     scaled by ``scale * weights[b]`` (weights NULL: 1 each); a row of weight 0
-    adds nothing and gets a zero gradient, whatever its logits.
+    adds nothing and gets a zero gradient, whatever its logits. Rows go in
+    blocks: each row's max, argmax and Z[b, y] first, its shifted logits written
+    to dZ (or, without dZ, to ``scratch``, _block_rows(C) * C values), then one
+    vector exp over the block, then each row's sum, loss and gradient in order.
     """
-    cdef Py_ssize_t i, j, arg, B = Z.shape[0], C = Z.shape[1]
-    cdef cnp.int64_t y
-    cdef floating m, s, zy, e, inv, wi = 1
+    cdef Py_ssize_t i, j, r0 = 0, r1, k, B = Z.shape[0], C = Z.shape[1], rows = _block_rows(C)
+    cdef Py_ssize_t arg[HEAD_BLOCK_ROWS]
+    cdef floating m[HEAD_BLOCK_ROWS]
+    cdef floating zy[HEAD_BLOCK_ROWS]
+    cdef floating s, inv, wi = 1
+    cdef floating* work
+    cdef floating* row
     for i in range(B):  # all labels first: dZ may alias Z, which must survive an error
         if labels[i] < 0 or labels[i] >= C:
             return i
-    for i in range(B):
-        y = labels[i]
-        if weights != NULL:
-            wi = weights[i]
-            if wi == 0:
+    while r0 < B:
+        r1 = min(r0 + rows, B)
+        work = &dZ[r0, 0] if has_dz else scratch
+        for i in range(r0, r1):
+            k = i - r0
+            if weights != NULL and weights[i] == 0:
+                memset(work + k * C, 0, C * sizeof(floating))
+                continue
+            zy[k] = Z[i, labels[i]]  # read before dZ (which may alias Z) is written
+            m[k] = _shift_row(work + k * C, Z, i, &arg[k])
+        _exp_run(work, work, (r1 - r0) * C)
+        for i in range(r0, r1):
+            k = i - r0
+            row = work + k * C
+            if weights != NULL:
+                wi = weights[i]
+                if wi == 0:
+                    if has_dz:
+                        memset(row, 0, C * sizeof(floating))
+                    continue
+            if m[k] != m[k] or m[k] == INFINITY:  # NaN or +inf logits: let the loss say so
+                total[0] += m[k] if m[k] != m[k] else INFINITY
                 if has_dz:
                     for j in range(C):
-                        dZ[i, j] = 0
+                        row[j] = m[k] - m[k]
                 continue
-        m = Z[i, 0]
-        arg = 0
-        for j in range(1, C):
-            if Z[i, j] > m:
-                m = Z[i, j]
-                arg = j
-        if m != m or m == INFINITY:  # NaN or +inf logits: let the loss say so
-            total[0] += m if m != m else INFINITY
-            if has_dz:
-                for j in range(C):
-                    dZ[i, j] = m - m
-            continue
-        zy = Z[i, y]  # read before dZ (which may alias Z) is written
-        s = 0
-        for j in range(C):
-            e = _exp(Z[i, j] - m)
-            if has_dz:
-                dZ[i, j] = e
-            s = s + e
-        total[0] += wi * <double>(_log(s) + m - zy)
-        correct[0] += (arg == y)
-        if has_dz:
-            inv = scale * wi / s
+            s = 0
             for j in range(C):
-                dZ[i, j] = dZ[i, j] * inv
-            dZ[i, y] = dZ[i, y] - scale * wi
+                s = s + row[j]
+            total[0] += wi * <double>(_log(s) + m[k] - zy[k])
+            correct[0] += (arg[k] == labels[i])
+            if has_dz:
+                inv = scale * wi / s
+                for j in range(C):
+                    row[j] = row[j] * inv
+                row[labels[i]] = row[labels[i]] - scale * wi
+        r0 = r1
     return -1
 
 
@@ -1492,7 +1551,7 @@ def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:
     cdef double wsum = _weight_sum(weights, B)
     cdef floating scale = <floating>(1.0 / wsum if grad_scale < 0 else grad_scale)
     with nogil:
-        bad = _softmax_xent(dZ, True, Z, labels, _weights_ptr(weights), scale, &total, &correct)
+        bad = _softmax_xent(dZ, True, Z, labels, _weights_ptr(weights), scale, NULL, &total, &correct)
     if bad >= 0:
         _bad_label(labels, bad, C)
     return total / wsum, correct
@@ -1505,11 +1564,13 @@ def softmax_cross_entropy_forward(const floating[:, :] Z, const cnp.int64_t[:] l
     cdef double total = 0
     cdef Py_ssize_t correct = 0
     cdef floating[:, ::1] no_dz = None
+    cdef floating[::1] scratch
     _check_nonempty("Z", B, C)
     _check1("labels", labels.shape[0], B)
     cdef double wsum = _weight_sum(weights, B)
+    scratch = _head_scratch(Z)
     with nogil:
-        bad = _softmax_xent(no_dz, False, Z, labels, _weights_ptr(weights), 0, &total, &correct)
+        bad = _softmax_xent(no_dz, False, Z, labels, _weights_ptr(weights), 0, &scratch[0], &total, &correct)
     if bad >= 0:
         _bad_label(labels, bad, C)
     return total / wsum, correct
@@ -1525,19 +1586,37 @@ cdef enum Head:
 
 
 cdef void _head_rows(Head head, floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z, const floating[:, :] T,
-                     const floating* weights, floating scale, double* total, Py_ssize_t* correct) noexcept nogil:
+                     const floating* weights, floating scale, floating* scratch, double* total,
+                     Py_ssize_t* correct) noexcept nogil:
     """Row loop of the two heads: each row's loss (weighted as in _softmax_xent) and, with has_dz, its gradient.
 
     Logistic: sum_c softplus(z) - t z (= the binary cross-entropy of sigmoid(z)),
     gradient sigmoid(z) - t; a row is correct when every (z > 0) is (t > 0.5).
-    Squared: sum_c (z - t)^2 / 2, gradient z - t. Each element of Z is read
-    before dZ (which may alias it) is written.
+    Its exp(-|z|) are taken first for a block of rows, into ``scratch``
+    (_block_rows(C) * C values), in one vector pass. Squared: sum_c (z - t)^2 / 2,
+    gradient z - t. Each element of Z is read before dZ (which may alias it) is written.
     """
-    cdef Py_ssize_t i, j, B = Z.shape[0], C = Z.shape[1]
+    cdef Py_ssize_t i, j, r0 = 0, r1, B = Z.shape[0], C = Z.shape[1], rows = _block_rows(C)
+    while r0 < B:
+        r1 = min(r0 + rows, B)
+        if head == HEAD_LOGISTIC:
+            for i in range(r0, r1):
+                for j in range(C):
+                    scratch[(i - r0) * C + j] = -Z[i, j] if Z[i, j] > 0 else Z[i, j]
+            _exp_run(scratch, scratch, (r1 - r0) * C)
+        _head_block(head, dZ, has_dz, Z, T, weights, scale, scratch, r0, r1, total, correct)
+        r0 = r1
+
+
+cdef void _head_block(Head head, floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z, const floating[:, :] T,
+                      const floating* weights, floating scale, const floating* exps, Py_ssize_t r0, Py_ssize_t r1,
+                      double* total, Py_ssize_t* correct) noexcept nogil:
+    """Rows r0 to r1 of :func:`_head_rows`, the logistic's exp(-|Z[i, j]|) at exps[(i - r0) * C + j]."""
+    cdef Py_ssize_t i, j, C = Z.shape[1]
     cdef floating z, t, e, p, g, wi = 1
     cdef floating row
     cdef bint right
-    for i in range(B):
+    for i in range(r0, r1):
         if weights != NULL:
             wi = weights[i]
         row = 0
@@ -1545,7 +1624,7 @@ cdef void _head_rows(Head head, floating[:, ::1] dZ, bint has_dz, const floating
         for j in range(C):
             z, t = Z[i, j], T[i, j]
             if head == HEAD_LOGISTIC:
-                e = _exp(-z if z > 0 else z)
+                e = exps[(i - r0) * C + j]
                 p = 1 / (1 + e) if z > 0 else e / (1 + e)
                 row = row + (z if z > 0 else 0) - t * z + _log1p(e)
                 g = p - t
@@ -1572,8 +1651,13 @@ cdef tuple _head(Head head, floating[:, ::1] dZ, bint has_dz, const floating[:, 
         _check2("dZ", dZ.shape[0], dZ.shape[1], B, C)
     cdef double wsum = _weight_sum(weights, B)
     cdef floating scale = <floating>(1.0 / wsum if grad_scale < 0 else grad_scale)
+    cdef floating[::1] scratch = None
+    cdef floating* exps = NULL
+    if head == HEAD_LOGISTIC:
+        scratch = _head_scratch(Z)
+        exps = &scratch[0]
     with nogil:
-        _head_rows(head, dZ, has_dz, Z, T, _weights_ptr(weights), scale, &total, &correct)
+        _head_rows(head, dZ, has_dz, Z, T, _weights_ptr(weights), scale, exps, &total, &correct)
     return total / wsum, correct
 
 

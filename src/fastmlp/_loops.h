@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "_exp.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -36,6 +38,14 @@ FM_DEFINE_CONVERT(double, fm_convert_f64)
 FM_CLONES static void fm_add_u8_u32(uint32_t *restrict acc, const uint8_t *restrict src, ptrdiff_t n) {
     for (ptrdiff_t j = 0; j < n; j++) acc[j] += src[j];
 }
+
+/* out[j] = exp(x[j]) (fm_exp1_f32 / fm_exp1_f64 of _exp.h, vectorised); out may be x. */
+#define FM_DEFINE_EXP(T, NAME, EXP1)                                                 \
+    FM_CLONES static void NAME(T *out, const T *x, ptrdiff_t n) {                    \
+        for (ptrdiff_t j = 0; j < n; j++) out[j] = EXP1(x[j]);                       \
+    }
+FM_DEFINE_EXP(float, fm_exp_f32, fm_exp1_f32)
+FM_DEFINE_EXP(double, fm_exp_f64, fm_exp1_f64)
 
 /* Activation codes, shared with _kernels.pyx (its ACTIVATIONS names them). */
 #define FM_ACT_IDENTITY 0
@@ -81,8 +91,8 @@ FM_DEFINE_ADD(double, fm_add_f64)
                 y[j] = y[j] > 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);                                 \
             }                                                                                         \
     }
-FM_DEFINE_BIAS_ACT(float, fm_bias_act_f32, expf, tanhf)
-FM_DEFINE_BIAS_ACT(double, fm_bias_act_f64, exp, tanh)
+FM_DEFINE_BIAS_ACT(float, fm_bias_act_f32, fm_exp1_f32, tanhf)
+FM_DEFINE_BIAS_ACT(double, fm_bias_act_f64, fm_exp1_f64, tanh)
 
 /* One optimizer update of n values of w from their gradient g, weight decay wd added to g first
  * (g' = g + wd w). SGD (PyTorch's convention): v <- mu v + g'; w <- w - lr (g' + mu v if nesterov else v);
