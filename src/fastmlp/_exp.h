@@ -4,7 +4,7 @@
  * subtracting a shifter that pushes the fraction out of the mantissa) and |r| <= ln2 / 2 (a hair more
  * when the product x / ln2 rounds the wrong way), r computed as x - n ln2_hi - n ln2_lo where ln2_hi has
  * few enough bits that n ln2_hi is exact; exp(r) from its Taylor polynomial (degree 13 for float64,
- * 7 for float32: the truncation error stays far below half an ulp over |r| <= 0.36); and 2^n built in
+ * 8 for float32: the truncation error stays far below half an ulp over |r| <= 0.36); and 2^n built in
  * the exponent bits. 2^n is applied as two factors 2^n1 2^n2, each a normal number, so that results
  * that overflow become +inf and results in the subnormal range are rounded once by the last
  * multiplication instead of being lost. The input is clamped first to a range just wider than the one
@@ -23,13 +23,13 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The Taylor coefficients 1/k! of exp(r) from the highest degree down to k = 2 (13 for double, 7 for
+/* The Taylor coefficients 1/k! of exp(r) from the highest degree down to k = 2 (13 for double, 8 for
  * float), for |r| <= 0.36. */
 static const double fm_exp_taylor_f64[] = {
     1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
     1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5};
-static const float fm_exp_taylor_f32[] = {1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f,
-                                          1.0f / 6.0f, 0.5f};
+static const float fm_exp_taylor_f32[] = {1.0f / 40320.0f, 1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f,
+                                          1.0f / 24.0f, 1.0f / 6.0f, 0.5f};
 
 /* NAME(x) = exp(x) for T (U its unsigned integer of the same width, MANT its mantissa bits, BIAS its
  * exponent bias). X_MAX: an x whose exp overflows; X_MIN: one whose exp is below half the smallest
