@@ -12,9 +12,10 @@
  * NaN is false) and NaN then propagates through the arithmetic. +inf clamps to a value whose exp
  * overflows, -inf to one whose exp rounds to 0, and exp(0) is 1 exactly (n = 0, r = 0).
  *
- * The per-element functions are static inline without a target, so each caller compiled for an x86-64
- * level (the FM_CLONES loops of _loops.h) inlines them and vectorises its loop for that level; the
- * array versions below are such callers.
+ * The per-element functions are always inlined and have no target of their own, so each caller compiled
+ * for an x86-64 level (the FM_CLONES loops of _loops.h) vectorises its loop for that level. The clamps
+ * are branches GCC turns into selects only where floating-point operations may be assumed not to trap
+ * (FM_NO_TRAPS): with the default -ftrapping-math it keeps the loop scalar.
  */
 #ifndef FASTMLP_EXP_H
 #define FASTMLP_EXP_H
@@ -22,6 +23,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+/* The callers that vectorise these functions are built with no-trapping-math (FM_NO_TRAPS of _loops.h),
+ * which GCC will not inline a function of the default options into unless told to. */
+#if defined(__GNUC__)
+#define FM_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define FM_ALWAYS_INLINE
+#endif
 
 /* The Taylor coefficients 1/k! of exp(r) from the highest degree down to k = 2 (13 for double, 8 for
  * float), for |r| <= 0.36. */
@@ -37,7 +46,7 @@ static const float fm_exp_taylor_f32[] = {1.0f / 40320.0f, 1.0f / 5040.0f, 1.0f 
  * LN2_HI has few enough bits that n LN2_HI is exact. After the clamps n lies within
  * [X_MIN LOG2E - 1, X_MAX LOG2E + 1]; n1 = round(n / 2) and n2 = n - n1 are both normal exponents. */
 #define FM_DEFINE_EXP1(T, U, NAME, TAYLOR, MANT, BIAS, X_MAX, X_MIN, SHIFT, LOG2E, LN2_HI, LN2_LO)           \
-    static inline T NAME(T x) {                                                                             \
+    static inline FM_ALWAYS_INLINE T NAME(T x) {                                                            \
         T n, r, p, n1, s1, s2;                                                                              \
         U b1, b2;                                                                                           \
         x = x > X_MAX ? X_MAX : x;                                                                          \

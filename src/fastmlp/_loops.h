@@ -17,8 +17,12 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+/* For the loops that inline _exp.h: no kernel reads the floating-point exception flags, and without
+ * this GCC will not compute both sides of a floating-point branch, which its vectoriser needs. */
+#define FM_NO_TRAPS __attribute__((optimize("no-trapping-math")))
 #else
 #define FM_CLONES
+#define FM_NO_TRAPS
 #endif
 
 /* out[j] = (float(src[j]) - offset[j]) / scale[j], or without the division when scale is NULL. */
@@ -41,7 +45,7 @@ FM_CLONES static void fm_add_u8_u32(uint32_t *restrict acc, const uint8_t *restr
 
 /* out[j] = exp(x[j]) (fm_exp1_f32 / fm_exp1_f64 of _exp.h, vectorised); out may be x. */
 #define FM_DEFINE_EXP(T, NAME, EXP1)                                                 \
-    FM_CLONES static void NAME(T *out, const T *x, ptrdiff_t n) {                    \
+    FM_CLONES FM_NO_TRAPS static void NAME(T *out, const T *x, ptrdiff_t n) {        \
         for (ptrdiff_t j = 0; j < n; j++) out[j] = EXP1(x[j]);                       \
     }
 FM_DEFINE_EXP(float, fm_exp_f32, fm_exp1_f32)
@@ -78,7 +82,7 @@ FM_DEFINE_ADD(double, fm_add_f64)
 /* y[j] = act(y[j] + b[j]), act one of the FM_ACT_ codes; b may be NULL. NaN stays NaN. The logistic
  * takes exp of -|y| only, so it neither overflows nor loses the small side's precision. */
 #define FM_DEFINE_BIAS_ACT(T, NAME, EXP, TANH)                                                        \
-    FM_CLONES static void NAME(T *restrict y, const T *restrict b, int act, ptrdiff_t n) {           \
+    FM_CLONES FM_NO_TRAPS static void NAME(T *restrict y, const T *restrict b, int act, ptrdiff_t n) { \
         if (b != NULL)                                                                                \
             for (ptrdiff_t j = 0; j < n; j++) y[j] += b[j];                                           \
         if (act == FM_ACT_RELU)                                                                       \
