@@ -1537,8 +1537,9 @@ def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:
     (finite, >= 0, positive sum; None: all 1), grad_scale defaulting to
     1/sum_b w_b (the weighted mean's gradient; 1/B without weights).
     dZ (B, C) is overwritten and may be Z itself (the logits are consumed in
-    place). One pass per row; log-sum-exp with the row max, so huge logits
-    cannot overflow. Returns (loss, n_correct), n_correct counting rows whose
+    place). Log-sum-exp with the row max, so huge logits cannot overflow; the
+    exps of a block of rows in one vector pass (within 1 ulp), each row's sum
+    then taken in column order. Returns (loss, n_correct), n_correct counting rows whose
     argmax is the label (rows of weight 0 are skipped: no loss, zero gradient,
     not counted). Raises ValueError on a label outside [0, C) or bad weights.
     """
