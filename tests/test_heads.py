@@ -12,6 +12,7 @@ import pytest
 import fastmlp
 from fastmlp import _kernels as K
 from fastmlp import reference as R
+from fastmlp.heads import check_sample_weight
 from _gradcheck import assert_gradient_close, numerical_gradient
 
 DTYPES = (np.float32, np.float64)
@@ -268,3 +269,25 @@ def test_bad_sample_weight_is_refused(w, exc, match):
     model = fastmlp.MLP(3, [2], 2)
     with pytest.raises(exc, match=match):
         model.train_step(np.zeros((4, 3)), np.zeros(4, np.int64), fastmlp.optim.SGD(model, 0.1), sample_weight=w)
+
+
+@pytest.mark.parametrize("w,match", [
+    (np.array([1.0, np.nan, 1.0]), "sample_weight: expected finite weights >= 0"),
+    (np.array([-np.inf, np.inf, 1.0]), "sample_weight: expected finite weights >= 0"),
+    (np.array([np.inf, 1.0, 1.0]), "sample_weight: expected finite weights >= 0"),
+    (np.array([-0.0, 0.0, -1e-300]), "sample_weight: expected finite weights >= 0"),
+    (np.array([-0.0, 0.0, 0.0]), "sample_weight: expected a positive sum, got all zeros"),
+    (np.zeros(0), "sample_weight: expected a positive sum, got all zeros"),
+])
+def test_sample_weight_check_refuses_every_bad_batch(w, match):
+    """check_sample_weight's two-reduction fast path refuses what the full check refuses, with its message."""
+    with pytest.raises(ValueError, match=match):
+        check_sample_weight(w, len(w), np.float64)
+
+
+def test_sample_weight_check_keeps_finite_weights_whose_sum_overflows():
+    with pytest.warns(RuntimeWarning, match="overflow"):  # NumPy's, from the sum, as before the fast path
+        w = check_sample_weight(np.full(3, 1e308), 3, np.float64)
+    np.testing.assert_array_equal(w, np.full(3, 1e308))
+    w = check_sample_weight(np.array([0, 2, 1]), 3, np.float32)
+    assert w.dtype == np.float32 and list(w) == [0, 2, 1]

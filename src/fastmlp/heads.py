@@ -12,6 +12,7 @@ Shapes: B batch, C outputs (classes, labels or targets).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -63,6 +64,11 @@ def check_targets(output, y, batch, n_classes, dtype) -> np.ndarray:
     return t
 
 
+def _check_finite_nonnegative(w) -> None:
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise ValueError("sample_weight: expected finite weights >= 0, got a negative, NaN or inf weight")
+
+
 def check_sample_weight(sample_weight, batch, dtype) -> np.ndarray:
     """``sample_weight`` checked: (B,) of ``dtype``, finite, >= 0, with a positive sum."""
     w = np.asarray(sample_weight)
@@ -71,8 +77,12 @@ def check_sample_weight(sample_weight, batch, dtype) -> np.ndarray:
     if w.shape != (batch,):
         raise ValueError(f"sample_weight: expected shape ({batch},) (one weight per row of x), got {w.shape}")
     w = w.astype(dtype, copy=False)
-    if not (np.isfinite(w).all() and (w >= 0).all()):
-        raise ValueError("sample_weight: expected finite weights >= 0, got a negative, NaN or inf weight")
-    if not w.sum() > 0:
+    # Once per step, two reductions settle the usual case (a NaN or negative weight fails the minimum, an
+    # inf makes the sum inf); the full check runs only when they cannot (bad weights, a finite sum too large).
+    total = w.sum() if w.size and w.min() >= 0 else math.nan
+    if not math.isfinite(total):
+        _check_finite_nonnegative(w)
+        total = w.sum() if math.isnan(total) else total  # no weights at all; or the finite ones overflowed
+    if not total > 0:
         raise ValueError("sample_weight: expected a positive sum, got all zeros")
     return w
