@@ -1436,30 +1436,30 @@ cdef floating[::1] _head_scratch(const floating[:, :] Z):
     return np.empty(_block_rows(Z.shape[1]) * Z.shape[1], dtype=np.float32 if floating is float else np.float64)
 
 
-cdef inline floating _shift_row(floating* out, const floating[:, :] Z, Py_ssize_t i, Py_ssize_t* arg) noexcept nogil:
-    """out[j] = Z[i, j] - max_j Z[i, j] (out may be row i of Z); returns the max and sets arg to its first column.
+cdef inline floating _shift_row(floating* out, const floating* z, Py_ssize_t C, Py_ssize_t* arg) noexcept nogil:
+    """out[j] = z[j] - max_j z[j] for j < C (out may be z); returns the max and sets arg to its first column.
 
     A row whose max is NaN or +inf gets zeros (the caller reports it without its exps).
     """
-    cdef Py_ssize_t j, C = Z.shape[1]
-    cdef floating m = Z[i, 0]
-    arg[0] = 0
+    cdef Py_ssize_t j, first = 0
+    cdef floating m = z[0]
     for j in range(1, C):
-        if Z[i, j] > m:
-            m = Z[i, j]
-            arg[0] = j
+        if z[j] > m:
+            m = z[j]
+            first = j
+    arg[0] = first
     if m != m or m == INFINITY:
         memset(out, 0, C * sizeof(floating))
     else:
         for j in range(C):
-            out[j] = Z[i, j] - m
+            out[j] = z[j] - m
     return m
 
 
 cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, const floating[:, :] Z,
                               const cnp.int64_t[:] labels, const floating* weights, floating scale,
                               floating* scratch, double* total, Py_ssize_t* correct) noexcept nogil:
-    """Row loop shared by the two hooks below; returns the first bad label's row, or -1.
+    """Row loop shared by the two hooks below (Z's rows of unit stride: _rows_unit); returns the first bad label's row, or -1.
 
     Row b's loss counts ``weights[b]`` times into ``total`` and its gradient is
     scaled by ``scale * weights[b]`` (weights NULL: 1 each); a row of weight 0
@@ -1475,6 +1475,8 @@ cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, const floating[:
     cdef floating s, inv, wi = 1
     cdef floating* work
     cdef floating* row
+    cdef const floating* z = <const floating*>_ptr(Z)
+    cdef Py_ssize_t ldz = Z.strides[0] // sizeof(floating)
     for i in range(B):  # all labels first: dZ may alias Z, which must survive an error
         if labels[i] < 0 or labels[i] >= C:
             return i
@@ -1486,8 +1488,8 @@ cdef Py_ssize_t _softmax_xent(floating[:, ::1] dZ, bint has_dz, const floating[:
             if weights != NULL and weights[i] == 0:
                 memset(work + k * C, 0, C * sizeof(floating))
                 continue
-            zy[k] = Z[i, labels[i]]  # read before dZ (which may alias Z) is written
-            m[k] = _shift_row(work + k * C, Z, i, &arg[k])
+            zy[k] = z[i * ldz + labels[i]]  # read before dZ (which may alias Z) is written
+            m[k] = _shift_row(work + k * C, z + i * ldz, C, &arg[k])
         _exp_run(work, work, (r1 - r0) * C)
         for i in range(r0, r1):
             k = i - r0
@@ -1551,6 +1553,7 @@ def softmax_cross_entropy_forward_backward(floating[:, ::1] dZ, const floating[:
     _check2("dZ", dZ.shape[0], dZ.shape[1], B, C)
     cdef double wsum = _weight_sum(weights, B)
     cdef floating scale = <floating>(1.0 / wsum if grad_scale < 0 else grad_scale)
+    Z = _rows_unit(Z)  # Z itself when dZ may alias it (dZ is C-contiguous)
     with nogil:
         bad = _softmax_xent(dZ, True, Z, labels, _weights_ptr(weights), scale, NULL, &total, &correct)
     if bad >= 0:
@@ -1570,6 +1573,7 @@ def softmax_cross_entropy_forward(const floating[:, :] Z, const cnp.int64_t[:] l
     _check1("labels", labels.shape[0], B)
     cdef double wsum = _weight_sum(weights, B)
     scratch = _head_scratch(Z)
+    Z = _rows_unit(Z)
     with nogil:
         bad = _softmax_xent(no_dz, False, Z, labels, _weights_ptr(weights), 0, &scratch[0], &total, &correct)
     if bad >= 0:
