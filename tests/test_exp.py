@@ -213,3 +213,21 @@ def test_heads_agree_across_threads():
             for got, want in zip(pool.map(run, cases), serial):
                 assert got[:2] == want[:2]
                 np.testing.assert_array_equal(got[2], want[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logistic_activation_is_the_same_on_one_and_two_threads(dtype):
+    """Large enough for the activation's parallel row chunks: each chunk's vector exp gives the serial values."""
+    x = (np.random.default_rng(5).standard_normal((300, 300)) * 20).astype(dtype)
+    before = K.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            K.set_num_threads(n)
+            y = np.empty_like(x)
+            K.logistic_forward(y, x)
+            outs.append(y)
+    finally:
+        K.set_num_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], R.logistic_forward(x.astype(np.float64)), **TOL[dtype])
