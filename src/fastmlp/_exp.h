@@ -1,4 +1,5 @@
-/* A branch-free exp for float64 and float32 that GCC vectorises, for the softmax and logistic kernels.
+/* A branch-free exp, and the tanh built on it, for float64 and float32 that GCC vectorises: the softmax
+ * and logistic heads and the tanh and logistic activations use them.
  *
  * The textbook method: x = n ln2 + r with n the integer nearest x / ln2 (found by adding and
  * subtracting a shifter that pushes the fraction out of the mantissa) and |r| <= ln2 / 2 (a hair more
@@ -40,40 +41,79 @@ static const double fm_exp_taylor_f64[] = {
 static const float fm_exp_taylor_f32[] = {1.0f / 40320.0f, 1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f,
                                           1.0f / 24.0f, 1.0f / 6.0f, 0.5f};
 
-/* NAME(x) = exp(x) for T (U its unsigned integer of the same width, MANT its mantissa bits, BIAS its
- * exponent bias). X_MAX: an x whose exp overflows; X_MIN: one whose exp is below half the smallest
- * subnormal (so the clamps change no result). SHIFT = 1.5 * 2^MANT: adding it rounds to an integer.
- * LN2_HI has few enough bits that n LN2_HI is exact. After the clamps n lies within
- * [X_MIN LOG2E - 1, X_MAX LOG2E + 1]; n1 = round(n / 2) and n2 = n - n1 are both normal exponents. */
-#define FM_DEFINE_EXP1(T, U, NAME, TAYLOR, MANT, BIAS, X_MAX, X_MIN, SHIFT, LOG2E, LN2_HI, LN2_LO)           \
-    static inline FM_ALWAYS_INLINE T NAME(T x) {                                                            \
-        T n, r, p, n1, s1, s2;                                                                              \
-        U b1, b2;                                                                                           \
-        x = x > X_MAX ? X_MAX : x;                                                                          \
-        x = x < X_MIN ? X_MIN : x;                                                                          \
-        n = (x * LOG2E + SHIFT) - SHIFT;                                                                    \
-        r = x - n * LN2_HI;                                                                                 \
-        r = r - n * LN2_LO;                                                                                 \
-        p = TAYLOR[0]; /* Horner's scheme (a fixed count GCC unrolls), the small terms summed before the 1 */ \
-        for (size_t k = 1; k < sizeof TAYLOR / sizeof TAYLOR[0]; k++) p = p * r + TAYLOR[k];              \
-        p = (T)1 + (r + r * r * p);                                                                         \
-        n1 = (n * (T)0.5 + SHIFT) - SHIFT;                                                                  \
-        s1 = n1 + (SHIFT + (T)BIAS); /* the biased exponent n1 + BIAS in the low mantissa bits */          \
-        s2 = (n - n1) + (SHIFT + (T)BIAS);                                                                  \
-        memcpy(&b1, &s1, sizeof b1);                                                                        \
-        memcpy(&b2, &s2, sizeof b2);                                                                        \
-        b1 <<= MANT; /* the shifter's bits leave the word; the biased exponent lands in its field */       \
-        b2 <<= MANT;                                                                                        \
-        memcpy(&s1, &b1, sizeof s1);                                                                        \
-        memcpy(&s2, &b2, sizeof s2);                                                                        \
-        return p * s1 * s2;                                                                                 \
+/* The parts of exp for T, named with SFX (U the unsigned integer of T's width, MANT its mantissa bits,
+ * BIAS its exponent bias, SHIFT = 1.5 * 2^MANT: adding it rounds to an integer; LN2_HI has few enough
+ * bits that n LN2_HI is exact):
+ * - fm_round_SFX(x): x rounded to an integer (|x| < 2^(MANT - 1));
+ * - fm_reduce_SFX(x, &r): n = round(x / ln2), returned as a T, and r = x - n ln2;
+ * - fm_expm1_small_SFX(r): exp(r) - 1 for |r| <= 0.36 (Horner's scheme, a fixed count GCC unrolls);
+ * - fm_pow2_SFX(n): 2^n for an integer-valued n with n + BIAS in [1, 2 BIAS] (built in the exponent bits:
+ *   the shifter's bits leave the word, the biased exponent lands in its field). */
+#define FM_DEFINE_EXP_PARTS(T, U, SFX, TAYLOR, MANT, BIAS, SHIFT, LOG2E, LN2_HI, LN2_LO)                    \
+    static inline FM_ALWAYS_INLINE T fm_round_##SFX(T x) { return (x + SHIFT) - SHIFT; }                    \
+    static inline FM_ALWAYS_INLINE T fm_reduce_##SFX(T x, T *r) {                                           \
+        T n = fm_round_##SFX(x * LOG2E);                                                                    \
+        *r = x - n * LN2_HI;                                                                                \
+        *r = *r - n * LN2_LO;                                                                               \
+        return n;                                                                                           \
+    }                                                                                                       \
+    static inline FM_ALWAYS_INLINE T fm_expm1_small_##SFX(T r) {                                            \
+        T p = TAYLOR[0];                                                                                    \
+        for (size_t k = 1; k < sizeof TAYLOR / sizeof TAYLOR[0]; k++) p = p * r + TAYLOR[k];               \
+        return r + r * r * p;                                                                               \
+    }                                                                                                       \
+    static inline FM_ALWAYS_INLINE T fm_pow2_##SFX(T n) {                                                   \
+        T s = n + (SHIFT + (T)BIAS); /* the biased exponent n + BIAS in the low mantissa bits */            \
+        U b;                                                                                                \
+        memcpy(&b, &s, sizeof b);                                                                           \
+        b <<= MANT;                                                                                         \
+        memcpy(&s, &b, sizeof s);                                                                           \
+        return s;                                                                                           \
     }
 
-/* Max error 1 ulp against the correctly rounded exp (tests/test_exp.py). ln2_hi: 33 significant bits
- * (double), 9 (float). */
-FM_DEFINE_EXP1(double, uint64_t, fm_exp1_f64, fm_exp_taylor_f64, 52, 1023, 710.0, -746.0, 0x1.8p52,
-               0x1.71547652b82fep0, 0x1.62e42fee00000p-1, 0x1.a39ef35793c76p-33)
-FM_DEFINE_EXP1(float, uint32_t, fm_exp1_f32, fm_exp_taylor_f32, 23, 127, 89.0f, -104.0f, 0x1.8p23f,
-               0x1.715476p0f, 0x1.63p-1f, -0x1.bd0106p-13f)
+/* ln2_hi: 33 significant bits (double), 9 (float). */
+FM_DEFINE_EXP_PARTS(double, uint64_t, f64, fm_exp_taylor_f64, 52, 1023, 0x1.8p52, 0x1.71547652b82fep0,
+                    0x1.62e42fee00000p-1, 0x1.a39ef35793c76p-33)
+FM_DEFINE_EXP_PARTS(float, uint32_t, f32, fm_exp_taylor_f32, 23, 127, 0x1.8p23f, 0x1.715476p0f, 0x1.63p-1f,
+                    -0x1.bd0106p-13f)
+
+/* fm_exp1_SFX(x) = exp(x); max error 1 ulp against the correctly rounded exp (tests/test_exp.py).
+ * X_MAX: an x whose exp overflows; X_MIN: one whose exp is below half the smallest subnormal (so the
+ * clamps change no result). After them n lies within [X_MIN LOG2E - 1, X_MAX LOG2E + 1], and
+ * n1 = round(n / 2) and n2 = n - n1 are both normal exponents. */
+#define FM_DEFINE_EXP1(T, SFX, X_MAX, X_MIN)                                                                \
+    static inline FM_ALWAYS_INLINE T fm_exp1_##SFX(T x) {                                                   \
+        T n, r, n1;                                                                                         \
+        x = x > X_MAX ? X_MAX : x;                                                                          \
+        x = x < X_MIN ? X_MIN : x;                                                                          \
+        n = fm_reduce_##SFX(x, &r);                                                                         \
+        n1 = fm_round_##SFX(n * (T)0.5);                                                                    \
+        return ((T)1 + fm_expm1_small_##SFX(r)) * fm_pow2_##SFX(n1) * fm_pow2_##SFX(n - n1);                \
+    }
+FM_DEFINE_EXP1(double, f64, 710.0, -746.0)
+FM_DEFINE_EXP1(float, f32, 89.0f, -104.0f)
+
+/* fm_tanh1_SFX(x) = tanh(x) = sign(x) t / (t + 2) with t = expm1(2 |x|) = 2^n (1 + q) - 1, q = expm1(r):
+ * for small |x| (n = 0) t is q itself, so no 1 - e cancellation loses its digits. Y_MAX: a 2 |x| beyond
+ * which tanh rounds to 1 (the clamp keeps t finite); SIGN: the sign bit of U. NaN stays NaN, tanh(-0) = -0.
+ * Max error 2.5 ulp of the exact tanh (tests/test_exp.py). */
+#define FM_DEFINE_TANH1(T, U, SFX, Y_MAX, SIGN)                                                             \
+    static inline FM_ALWAYS_INLINE T fm_tanh1_##SFX(T x) {                                                  \
+        T y, n, r, s, t;                                                                                    \
+        U bx, bt;                                                                                           \
+        y = x < 0 ? (T)-2 * x : (T)2 * x;                                                                   \
+        y = y > Y_MAX ? Y_MAX : y;                                                                          \
+        n = fm_reduce_##SFX(y, &r);                                                                         \
+        s = fm_pow2_##SFX(n);                                                                               \
+        t = s * fm_expm1_small_##SFX(r) + (s - (T)1);                                                       \
+        t = t / (t + (T)2);                                                                                 \
+        memcpy(&bx, &x, sizeof bx);                                                                         \
+        memcpy(&bt, &t, sizeof bt);                                                                         \
+        bt |= bx & SIGN;                                                                                    \
+        memcpy(&t, &bt, sizeof t);                                                                          \
+        return t;                                                                                           \
+    }
+FM_DEFINE_TANH1(double, uint64_t, f64, 40.0, 0x8000000000000000u)
+FM_DEFINE_TANH1(float, uint32_t, f32, 20.0f, 0x80000000u)
 
 #endif /* FASTMLP_EXP_H */

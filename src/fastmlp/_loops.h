@@ -79,8 +79,9 @@ FM_DEFINE_ACT_GRAD(double, fm_act_grad_f64)
 FM_DEFINE_ADD(float, fm_add_f32)
 FM_DEFINE_ADD(double, fm_add_f64)
 
-/* y[j] = act(y[j] + b[j]), act one of the FM_ACT_ codes; b may be NULL. NaN stays NaN. The logistic
- * takes exp of -|y| only, so it neither overflows nor loses the small side's precision. */
+/* y[j] = act(y[j] + b[j]), act one of the FM_ACT_ codes; b may be NULL. NaN stays NaN. tanh and the
+ * logistic's exp are _exp.h's, vectorised. The logistic takes exp of -|y| only, so it neither overflows
+ * nor loses the small side's precision. */
 #define FM_DEFINE_BIAS_ACT(T, NAME, EXP, TANH)                                                        \
     FM_CLONES FM_NO_TRAPS static void NAME(T *restrict y, const T *restrict b, int act, ptrdiff_t n) { \
         if (b != NULL)                                                                                \
@@ -95,8 +96,8 @@ FM_DEFINE_ADD(double, fm_add_f64)
                 y[j] = y[j] > 0 ? (T)1 / ((T)1 + e) : e / ((T)1 + e);                                 \
             }                                                                                         \
     }
-FM_DEFINE_BIAS_ACT(float, fm_bias_act_f32, fm_exp1_f32, tanhf)
-FM_DEFINE_BIAS_ACT(double, fm_bias_act_f64, fm_exp1_f64, tanh)
+FM_DEFINE_BIAS_ACT(float, fm_bias_act_f32, fm_exp1_f32, fm_tanh1_f32)
+FM_DEFINE_BIAS_ACT(double, fm_bias_act_f64, fm_exp1_f64, fm_tanh1_f64)
 
 /* One optimizer update of n values of w from their gradient g, weight decay wd added to g first
  * (g' = g + wd w). SGD (PyTorch's convention): v <- mu v + g'; w <- w - lr (g' + mu v if nesterov else v);
