@@ -101,6 +101,13 @@ cdef extern from "_images_gemm.h" nogil:
                              const cnp.int64_t* index, const float* offset, const float* scale, Py_ssize_t i0,
                              Py_ssize_t i1)
 
+cdef extern from "_small_gemm.h" nogil:
+    int fm_small_gemm_available()
+    void fm_small_gemm_f64(int ta, int tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, double alpha, const double* A,
+                           Py_ssize_t lda, const double* B, Py_ssize_t ldb, double beta, double* C, Py_ssize_t ldc)
+    void fm_small_gemm_f32(int ta, int tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, float alpha, const float* A,
+                           Py_ssize_t lda, const float* B, Py_ssize_t ldb, float beta, float* C, Py_ssize_t ldc)
+
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fm_task)(void* ctx, int chunk) noexcept nogil
     int fm_parallel_for(int n_chunks, int n_threads, fm_task fn, void* ctx)
@@ -134,6 +141,8 @@ cdef enum:
     # A K-split cuts the inner dimension into this many parts, whatever the thread count
     # (more parts cost ~10 % at 1000 rows and gained nothing measurable at 200).
     K_PARTS = 2
+    # GEMMs of at most this many multiply-adds run fastmlp's own kernel where small_gemm() is on.
+    SMALL_GEMM_MACS = 1 << 20
     # Rows summed into 32-bit counters before they move to the 64-bit totals (255 * 2^24 < 2^32).
     SUM_ROWS = 1 << 24
 
@@ -291,6 +300,54 @@ cdef inline CBLAS_TRANSPOSE _t(bint trans) noexcept nogil:
     return CblasTrans if trans else CblasNoTrans
 
 
+# Whether _blas_gemm sends the shapes of _small_gemm_fits to fastmlp's own GEMM (_small_gemm.h): this
+# CPU runs AVX2 and FMA, and small_gemm() can switch it off.
+cdef bint _small_gemm_on = fm_small_gemm_available()
+
+
+def small_gemm(enabled=None):
+    """Whether small GEMMs run fastmlp's own AVX2 kernel (True) or OpenBLAS.
+
+    With ``enabled`` given, switch it (it can only be on where the CPU runs
+    AVX2 and FMA) and return the previous setting. For tests and benchmarks.
+    """
+    global _small_gemm_on
+    previous = _small_gemm_on
+    if enabled is not None:
+        _small_gemm_on = bool(enabled) and fm_small_gemm_available()
+    return previous
+
+
+cdef inline bint _small_gemm_fits(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+    """Shapes where fastmlp's own GEMM measured faster than OpenBLAS's (benches/small_gemm.py)."""
+    return _small_gemm_on and M * N * K <= SMALL_GEMM_MACS
+
+
+def gemm(floating[:, :] C, const floating[:, :] A, const floating[:, :] B, double alpha=1.0, double beta=0.0):
+    """C (M, N) = alpha A (M, K) @ B (K, N) + beta C: one GEMM on the calling thread, as every kernel calls it.
+
+    A test hook for the GEMM that :func:`small_gemm` switches: A and B may have
+    either layout or a leading dimension above their width (a copy is taken
+    otherwise), C must have unit stride along its columns.
+    """
+    cdef bint ta = False, tb = False
+    cdef Py_ssize_t lda = 0, ldb = 0, ldc
+    _check2("A", A.shape[0], A.shape[1], C.shape[0], A.shape[1])
+    _check2("B", B.shape[0], B.shape[1], A.shape[1], C.shape[1])
+    _check_nonempty("C", C.shape[0], C.shape[1])
+    if C.shape[1] > 1 and C.strides[1] != sizeof(floating) or C.strides[0] % sizeof(floating) != 0:
+        raise ValueError(f"C: expected unit stride along the columns, got strides {C.strides[0]}, {C.strides[1]}")
+    ldc = C.strides[0] // sizeof(floating) if C.shape[0] > 1 else C.shape[1]
+    if ldc < C.shape[1]:
+        raise ValueError(f"C: expected a row stride of at least {C.shape[1]} elements, got {ldc}")
+    A = _operand("A", A, &ta, &lda)
+    B = _operand("B", B, &tb, &ldb)
+    _check_blas_size("C", C.shape[0], C.shape[1], ldc)
+    with nogil:
+        _blas_gemm(floating is double, ta, tb, C.shape[0], C.shape[1], A.shape[1], alpha, _ptr(A), lda, _ptr(B), ldb,
+                   beta, <char*>&C[0, 0], ldc)
+
+
 cdef void _blas_gemm(bint is_double, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, double alpha,
                      const char* A, Py_ssize_t lda, const char* Bm, Py_ssize_t ldb, double beta,
                      char* Cm, Py_ssize_t ldc) noexcept nogil:
@@ -342,6 +399,14 @@ cdef void _blas_gemm(bint is_double, bint ta, bint tb, Py_ssize_t M, Py_ssize_t 
         else:
             scipy_cblas_sger(CblasRowMajor, <int>M, <int>N, <float>alpha, <const float*>A, inca, <const float*>Bm,
                              incb, <float*>Cm, <int>ldc)
+        return
+    if _small_gemm_fits(M, N, K):
+        if is_double:
+            fm_small_gemm_f64(ta, tb, M, N, K, alpha, <const double*>A, lda, <const double*>Bm, ldb, beta,
+                              <double*>Cm, ldc)
+        else:
+            fm_small_gemm_f32(ta, tb, M, N, K, <float>alpha, <const float*>A, lda, <const float*>Bm, ldb,
+                              <float>beta, <float*>Cm, ldc)
         return
     if is_double:
         scipy_cblas_dgemm(CblasRowMajor, _t(ta), _t(tb), <int>M, <int>N, <int>K, alpha, <const double*>A, <int>lda,
