@@ -141,8 +141,9 @@ cdef enum:
     # A K-split cuts the inner dimension into this many parts, whatever the thread count
     # (more parts cost ~10 % at 1000 rows and gained nothing measurable at 200).
     K_PARTS = 2
-    # GEMMs of at most this many multiply-adds run fastmlp's own kernel where small_gemm() is on.
-    SMALL_GEMM_MACS = 1 << 20
+    # GEMMs with N and K at most these run fastmlp's own kernel where small_gemm() is on (_small_gemm_fits).
+    SMALL_GEMM_N = 64
+    SMALL_GEMM_K = 512
     # Rows summed into 32-bit counters before they move to the 64-bit totals (255 * 2^24 < 2^32).
     SUM_ROWS = 1 << 24
 
@@ -318,19 +319,39 @@ def small_gemm(enabled=None):
     return previous
 
 
-cdef inline bint _small_gemm_fits(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
-    """Shapes where fastmlp's own GEMM measured faster than OpenBLAS's (benches/small_gemm.py)."""
-    return _small_gemm_on and M * N * K <= SMALL_GEMM_MACS
+cdef inline bint _small_gemm_fits(bint is_double, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+    """Whether fastmlp's own GEMM takes C (M, N) = op(A) (M, K) op(B) (K, N): where it measured faster.
 
-
-def gemm(floating[:, :] C, const floating[:, :] A, const floating[:, :] B, double alpha=1.0, double beta=0.0):
-    """C (M, N) = alpha A (M, K) @ B (K, N) + beta C: one GEMM on the calling thread, as every kernel calls it.
-
-    A test hook for the GEMM that :func:`small_gemm` switches: A and B may have
-    either layout or a leading dimension above their width (a copy is taken
-    otherwise), C must have unit stride along its columns.
+    benches/small_gemm.py: it wins where N and K are small, whatever M; OpenBLAS's
+    larger blocking takes over above. A float32 product whose last 16-wide panel is
+    8 to 12 columns wide (a 10-class output) wastes a vector's worth of FMAs per row
+    on padding, and stays with OpenBLAS.
     """
-    cdef bint ta = False, tb = False
+    cdef Py_ssize_t rest = N % 16
+    return (_small_gemm_on and N <= SMALL_GEMM_N and K <= SMALL_GEMM_K
+            and (is_double or not 8 < rest <= 12))
+
+
+def small_gemm_takes(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, dtype):
+    """Whether a GEMM C (M, N) = op(A) (M, K) op(B) (K, N) in ``dtype`` runs fastmlp's own kernel now.
+
+    The shape rule of the kernels (those GEMMs that are not a GEMV or rank-1 update),
+    with the :func:`small_gemm` switch; for tests and benchmarks.
+    """
+    return bool(_small_gemm_fits(np.dtype(dtype) == np.float64, M, N, K))
+
+
+def gemm(floating[:, :] C, const floating[:, :] A, const floating[:, :] B, double alpha=1.0, double beta=0.0,
+         own=None):
+    """C (M, N) = alpha A (M, K) @ B (K, N) + beta C: one GEMM on the calling thread, as every kernel's chunk runs it.
+
+    A test and benchmark hook for the GEMM that :func:`small_gemm` switches: A
+    and B may have either layout or a leading dimension above their width (a
+    copy is taken otherwise), C must have unit stride along its columns.
+    ``own`` None takes the kernels' choice, True fastmlp's own GEMM whatever the
+    shape (where the CPU runs it), False OpenBLAS's.
+    """
+    cdef bint ta = False, tb = False, use
     cdef Py_ssize_t lda = 0, ldb = 0, ldc
     _check2("A", A.shape[0], A.shape[1], C.shape[0], A.shape[1])
     _check2("B", B.shape[0], B.shape[1], A.shape[1], C.shape[1])
@@ -343,18 +364,23 @@ def gemm(floating[:, :] C, const floating[:, :] A, const floating[:, :] B, doubl
     A = _operand("A", A, &ta, &lda)
     B = _operand("B", B, &tb, &ldb)
     _check_blas_size("C", C.shape[0], C.shape[1], ldc)
+    if own and not fm_small_gemm_available():
+        raise ValueError("own: expected None or False on a CPU without AVX2 and FMA, got True")
+    use = _small_gemm_fits(floating is double, C.shape[0], C.shape[1], A.shape[1]) if own is None else bool(own)
     with nogil:
         _blas_gemm(floating is double, ta, tb, C.shape[0], C.shape[1], A.shape[1], alpha, _ptr(A), lda, _ptr(B), ldb,
-                   beta, <char*>&C[0, 0], ldc)
+                   beta, <char*>&C[0, 0], ldc, use)
 
 
 cdef void _blas_gemm(bint is_double, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, double alpha,
                      const char* A, Py_ssize_t lda, const char* Bm, Py_ssize_t ldb, double beta,
-                     char* Cm, Py_ssize_t ldc) noexcept nogil:
+                     char* Cm, Py_ssize_t ldc, bint own) noexcept nogil:
     """C (M, N) = alpha op(A) (M, K) @ op(B) (K, N) + beta C, all row-major, element pointers as char*.
 
     A single row, column or rank-1 product (batch 1) goes to GEMV/GER instead:
-    GEMM would pack the whole weight matrix to use it once.
+    GEMM would pack the whole weight matrix to use it once. Otherwise ``own``
+    (:func:`_small_gemm_fits` of the whole product, so that every chunk of it
+    takes the same kernel) runs fastmlp's own GEMM rather than OpenBLAS's.
     """
     cdef Py_ssize_t i, j, item = 8 if is_double else 4
     cdef int inca, incb
@@ -400,7 +426,7 @@ cdef void _blas_gemm(bint is_double, bint ta, bint tb, Py_ssize_t M, Py_ssize_t 
             scipy_cblas_sger(CblasRowMajor, <int>M, <int>N, <float>alpha, <const float*>A, inca, <const float*>Bm,
                              incb, <float*>Cm, <int>ldc)
         return
-    if _small_gemm_fits(M, N, K):
+    if own:
         if is_double:
             fm_small_gemm_f64(ta, tb, M, N, K, alpha, <const double*>A, lda, <const double*>Bm, ldb, beta,
                               <double*>Cm, ldc)
@@ -466,6 +492,7 @@ ctypedef struct Gemm:
     Py_ssize_t ms0, ms1  # element strides of mask
     int act             # that activation (FM_ACT_ code)
     Convert* pre        # optional pre-op: each chunk first converts the part of A (images) it reads
+    bint own            # every chunk runs fastmlp's own GEMM (_small_gemm_fits of the whole product)
 
 
 cdef Split _plan(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint allow_k) noexcept nogil:
@@ -548,14 +575,14 @@ cdef void _gemm_chunk(void* ctx, int chunk) noexcept nogil:
             _convert_block(g.pre, lo, hi, 0, g.pre.D)
         A = A + (lo if g.ta else lo * g.lda) * item
         _blas_gemm(g.is_double, g.ta, g.tb, hi - lo, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta,
-                   Cm + lo * ldc * item, ldc)
+                   Cm + lo * ldc * item, ldc, g.own)
         if g.mask != NULL:
             _gemm_mask(g, lo, hi, 0, g.N)
     elif g.split == SPLIT_N:
         lo, hi = _span(g.N, chunk, g.parts), _span(g.N, chunk + 1, g.parts)
         Bm = Bm + (lo * g.ldb if g.tb else lo) * item
         _blas_gemm(g.is_double, g.ta, g.tb, g.M, hi - lo, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta,
-                   Cm + lo * item, ldc)
+                   Cm + lo * item, ldc, g.own)
         if g.mask != NULL:
             _gemm_mask(g, 0, g.M, lo, hi)
     elif g.split == SPLIT_K:
@@ -566,11 +593,11 @@ cdef void _gemm_chunk(void* ctx, int chunk) noexcept nogil:
         Bm = Bm + (lo if g.tb else lo * g.ldb) * item
         if chunk > 0:  # parts 1.. go to their own buffer; the caller adds them up
             Cm, ldc, beta = g.partial + (chunk - 1) * g.M * g.N * item, g.N, 0.0
-        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, hi - lo, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc)
+        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, hi - lo, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc, g.own)
     else:
         if g.pre != NULL:
             _convert_block(g.pre, 0, g.pre.n, 0, g.pre.D)
-        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc)
+        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc, g.own)
         if g.mask != NULL:
             _gemm_mask(g, 0, g.M, 0, g.N)
 
@@ -594,6 +621,7 @@ cdef inline void _gemm_init(Gemm* g, bint is_double, bint ta, bint tb, Py_ssize_
     g.alpha, g.beta = alpha, beta
     g.A, g.lda, g.Bm, g.ldb, g.Cm, g.ldc = <const char*>A, lda, <const char*>Bm, ldb, <char*>Cm, ldc
     g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1, g.act, g.pre = SPLIT_NONE, 1, NULL, NULL, 0, 0, 0, NULL
+    g.own = _small_gemm_fits(is_double, M, N, K)
 
 
 # ---------------------------------------------------------------------------
