@@ -40,6 +40,13 @@ with AVX-512 (``_images_gemm.h``; :func:`images_gemm` tells and switches). Its
 forward and its fused SGD update convert the pixels straight into their packed
 panels, so neither the training step nor an evaluation writes its converted
 batch; its sums differ from OpenBLAS's in the last bits.
+
+Small products (at most 64 columns and 512 inner values: the estimators' layers)
+run fastmlp's own AVX2 + FMA GEMM instead of OpenBLAS's, where the CPU has them
+(``_small_gemm.h``; :func:`small_gemm` switches, :func:`small_gemm_takes` tells
+the shape rule). The choice is made once per product from its whole shape, and
+its sums run over k in one fixed order, so its results do not depend on the
+thread count either.
 """
 from libc.limits cimport INT_MAX
 from libc.math cimport exp, expf, log, log1p, log1pf, logf, sqrt, sqrtf, INFINITY
