@@ -87,7 +87,7 @@ def main(argv=None):
             flops = 2 * m * n * k
             print(f"| {dtype} | {name} | {op} | {m} x {n} x {k} | {1e6 * blas_t:.1f} us | {1e6 * own_t:.1f} us | "
                   f"{flops / blas_t / 1e9:.1f} | {flops / own_t / 1e9:.1f} | {ratio:.2f}x | "
-                  f"{'yes' if K.small_gemm_takes(m, n, k, dtype) else 'no'} |", flush=True)
+                  f"{'yes' if K.small_gemm_takes(m, n, k) else 'no'} |", flush=True)
 
 
 if __name__ == "__main__":

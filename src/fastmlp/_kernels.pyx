@@ -326,26 +326,22 @@ def small_gemm(enabled=None):
     return previous
 
 
-cdef inline bint _small_gemm_fits(bint is_double, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+cdef inline bint _small_gemm_fits(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
     """Whether fastmlp's own GEMM takes C (M, N) = op(A) (M, K) op(B) (K, N): where it measured faster.
 
-    benches/small_gemm.py: it wins where N and K are small, whatever M; OpenBLAS's
-    larger blocking takes over above. A float32 product whose last 16-wide panel is
-    8 to 12 columns wide (a 10-class output) wastes a vector's worth of FMAs per row
-    on padding, and stays with OpenBLAS.
+    benches/small_gemm.py: it wins where N and K are small, whatever M, in both
+    dtypes; OpenBLAS's larger blocking takes over above.
     """
-    cdef Py_ssize_t rest = N % 16
-    return (_small_gemm_on and N <= SMALL_GEMM_N and K <= SMALL_GEMM_K
-            and (is_double or not 8 < rest <= 12))
+    return _small_gemm_on and N <= SMALL_GEMM_N and K <= SMALL_GEMM_K
 
 
-def small_gemm_takes(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, dtype):
-    """Whether a GEMM C (M, N) = op(A) (M, K) op(B) (K, N) in ``dtype`` runs fastmlp's own kernel now.
+def small_gemm_takes(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K):
+    """Whether a GEMM C (M, N) = op(A) (M, K) op(B) (K, N) runs fastmlp's own kernel now (either dtype).
 
     The shape rule of the kernels (those GEMMs that are not a GEMV or rank-1 update),
     with the :func:`small_gemm` switch; for tests and benchmarks.
     """
-    return bool(_small_gemm_fits(np.dtype(dtype) == np.float64, M, N, K))
+    return bool(_small_gemm_fits(M, N, K))
 
 
 def gemm(floating[:, :] C, const floating[:, :] A, const floating[:, :] B, double alpha=1.0, double beta=0.0,
@@ -373,7 +369,7 @@ def gemm(floating[:, :] C, const floating[:, :] A, const floating[:, :] B, doubl
     _check_blas_size("C", C.shape[0], C.shape[1], ldc)
     if own and not fm_small_gemm_available():
         raise ValueError("own: expected None or False on a CPU without AVX2 and FMA, got True")
-    use = _small_gemm_fits(floating is double, C.shape[0], C.shape[1], A.shape[1]) if own is None else bool(own)
+    use = _small_gemm_fits(C.shape[0], C.shape[1], A.shape[1]) if own is None else bool(own)
     with nogil:
         _blas_gemm(floating is double, ta, tb, C.shape[0], C.shape[1], A.shape[1], alpha, _ptr(A), lda, _ptr(B), ldb,
                    beta, <char*>&C[0, 0], ldc, use)
@@ -628,7 +624,7 @@ cdef inline void _gemm_init(Gemm* g, bint is_double, bint ta, bint tb, Py_ssize_
     g.alpha, g.beta = alpha, beta
     g.A, g.lda, g.Bm, g.ldb, g.Cm, g.ldc = <const char*>A, lda, <const char*>Bm, ldb, <char*>Cm, ldc
     g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1, g.act, g.pre = SPLIT_NONE, 1, NULL, NULL, 0, 0, 0, NULL
-    g.own = _small_gemm_fits(is_double, M, N, K)
+    g.own = _small_gemm_fits(M, N, K)
 
 
 # ---------------------------------------------------------------------------

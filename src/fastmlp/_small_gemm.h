@@ -13,21 +13,25 @@
  * spends a large share of each call outside its micro-kernel: packing both operands, and edge
  * tiles of a 10-wide product. Here A is never packed: each micro-kernel broadcasts its values
  * straight from A, in either layout. op(B) is read in place when it is row-major with unit stride
- * along N (the backward's products); otherwise (and for the last, narrower panel) one panel of it
- * is packed k-major into a small zero-padded buffer that stays in L1 while every row tile uses it.
+ * along N and short or read by few row tiles (a long one, its rows a power of two apart, would
+ * not stay in the few L1 sets they map to); otherwise (and for the last, narrower panel) one panel
+ * of it is packed k-major into a small zero-padded buffer that stays in L1 while every row tile
+ * uses it (4 x 4 blocks transposed in registers when B is stored transposed).
  *
  * Loops, outside in: blocks of KC inner values; blocks of rows of C (their A block stays in L2);
  * panels of NR = 2 vectors of columns (8 doubles, 16 floats); tiles of MR = 6 rows: one micro-kernel
  * holds a 6 x NR tile of C in 12 ymm accumulators, one broadcast and two FMAs per row and inner value.
  * A last panel of one vector's width or less (64 + 2 for a 10-wide double output: 8 + 2) takes a
- * 12-row tile of one vector per row instead, so the padding costs half as much. Edge tiles of rows
- * repeat their last row (computed, never stored), so no row of A past M is read; partial panels
- * store through lane masks.
+ * 12-row tile of one vector per row instead, so the padding costs half as much. One call runs a
+ * panel's whole column of tiles: with a short K (10 inputs), a call per tile cost as much as its sums.
+ * Edge tiles of rows repeat their last row (computed, never stored), so no row of A past M is read;
+ * partial panels store through lane masks.
  *
  * The sum of each element of C runs over k in one fixed order (block after block of KC, each from
  * zero, one FMA per k), whatever tile, panel or layout computes it: results do not depend on how a
- * caller cuts M or N among threads. They differ from OpenBLAS's in the last bits (another summation
- * order), as any two BLAS do.
+ * caller cuts M or N among threads. Where K fits one block and alpha is 1, OpenBLAS's Haswell
+ * kernels here happen to sum in the same order (same bits); otherwise the two differ in the last
+ * bits, as any two BLAS do.
  *
  * Compiled with GCC's target attribute, so the extension itself stays baseline x86-64;
  * fm_small_gemm_available() tells whether this CPU (and its OS) runs AVX2 and FMA. Elsewhere the
@@ -79,6 +83,27 @@ FM_SG_TARGET static inline __m256i fm_sg_mask_pd(ptrdiff_t n) {
 }
 FM_SG_TARGET static inline __m256i fm_sg_mask_ps(ptrdiff_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* dst[k * dstride + j] = src[j * sstride + k] for j, k < 4: a 4 x 4 block of B^T into a panel, in registers. */
+FM_SG_TARGET static inline void fm_sg_t4x4_f64(double *dst, ptrdiff_t dstride, const double *src, ptrdiff_t sstride) {
+    __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + sstride);
+    __m256d r2 = _mm256_loadu_pd(src + 2 * sstride), r3 = _mm256_loadu_pd(src + 3 * sstride);
+    __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+    __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+    _mm256_storeu_pd(dst, _mm256_permute2f128_pd(t0, t2, 0x20));
+    _mm256_storeu_pd(dst + dstride, _mm256_permute2f128_pd(t1, t3, 0x20));
+    _mm256_storeu_pd(dst + 2 * dstride, _mm256_permute2f128_pd(t0, t2, 0x31));
+    _mm256_storeu_pd(dst + 3 * dstride, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+FM_SG_TARGET static inline void fm_sg_t4x4_f32(float *dst, ptrdiff_t dstride, const float *src, ptrdiff_t sstride) {
+    __m128 r0 = _mm_loadu_ps(src), r1 = _mm_loadu_ps(src + sstride);
+    __m128 r2 = _mm_loadu_ps(src + 2 * sstride), r3 = _mm_loadu_ps(src + 3 * sstride);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _mm_storeu_ps(dst, r0);
+    _mm_storeu_ps(dst + dstride, r1);
+    _mm_storeu_ps(dst + 2 * dstride, r2);
+    _mm_storeu_ps(dst + 3 * dstride, r3);
 }
 
 #define FM_SG_T double

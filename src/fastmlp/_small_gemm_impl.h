@@ -12,10 +12,14 @@
 /* panel[k][0:NR] = op(B)[k0 + k, n:n + width], zero past width: one k-major panel of op(B) (kc x NR). */
 FM_SG_TARGET static void FM_SG_NAME(fm_sg_pack)(FM_SG_T *restrict panel, const FM_SG_T *restrict B, ptrdiff_t ldb,
                                                 int tb, ptrdiff_t k0, ptrdiff_t kc, ptrdiff_t n, ptrdiff_t width) {
-    if (tb) { /* op(B)[k, n] = B[n, k]: each stored row of B becomes a column of the panel */
+    if (tb) { /* op(B)[k, n] = B[n, k]: each stored row of B becomes a column of the panel, 4 x 4 at a time */
+        ptrdiff_t j4 = width / 4 * 4, k4 = kc / 4 * 4;
+        for (ptrdiff_t j = 0; j < j4; j += 4)
+            for (ptrdiff_t k = 0; k < k4; k += 4)
+                FM_SG_NAME(fm_sg_t4x4)(panel + k * FM_SG_NR + j, FM_SG_NR, B + (n + j) * ldb + k0 + k, ldb);
         for (ptrdiff_t j = 0; j < width; j++) {
             const FM_SG_T *src = B + (n + j) * ldb + k0;
-            for (ptrdiff_t k = 0; k < kc; k++) panel[k * FM_SG_NR + j] = src[k];
+            for (ptrdiff_t k = j < j4 ? k4 : 0; k < kc; k++) panel[k * FM_SG_NR + j] = src[k];
         }
     } else if (width == FM_SG_NR) {
         for (ptrdiff_t k = 0; k < kc; k++) {
@@ -87,33 +91,34 @@ FM_SG_TARGET static inline __attribute__((always_inline)) void FM_SG_NAME(fm_sg_
     }
 }
 
-/* The eight compiled tiles: full width (6 x NR) or narrow (12 x one vector), A read by rows (A[i, k] at
- * i lda + k) or by columns (A stored transposed: k lda + i), full or an edge of rows. */
-typedef void (*FM_SG_NAME(fm_sg_tile_fn))(FM_SG_T *, ptrdiff_t, const FM_SG_T *, ptrdiff_t, const FM_SG_T *,
-                                          ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, FM_SG_T, FM_SG_T, int);
-#define FM_SG_VARIANT(NAME, RS, CS, ROWS, NV, FULL)                                                                \
+/* One panel's column of tiles, rows [0, m_count) of C: full tiles, then one edge tile. Four compiled
+ * variants: full width (6 x NR tiles) or narrow (12 x one vector), A read by rows (A[i, k] at i lda + k)
+ * or by columns (A stored transposed: k lda + i). One call per panel, so the tiles pay no call. */
+typedef void (*FM_SG_NAME(fm_sg_column_fn))(FM_SG_T *, ptrdiff_t, const FM_SG_T *, ptrdiff_t, const FM_SG_T *,
+                                            ptrdiff_t, ptrdiff_t, ptrdiff_t, ptrdiff_t, FM_SG_T, FM_SG_T, int);
+#define FM_SG_VARIANT(NAME, RS, CS, ROWS, NV)                                                                      \
     FM_SG_TARGET static void FM_SG_NAME(NAME)(FM_SG_T * C, ptrdiff_t ldc, const FM_SG_T *a, ptrdiff_t lda,           \
-                                              const FM_SG_T *b, ptrdiff_t bs, ptrdiff_t kc, ptrdiff_t mr,           \
+                                              const FM_SG_T *b, ptrdiff_t bs, ptrdiff_t kc, ptrdiff_t m_count,      \
                                               ptrdiff_t width, FM_SG_T alpha, FM_SG_T beta, int first) {            \
         (void)lda;                                                                                                 \
-        FM_SG_NAME(fm_sg_tile)(C, ldc, a, RS, CS, b, bs, kc, mr, width, alpha, beta, first, ROWS, NV, FULL);       \
+        ptrdiff_t m = 0;                                                                                           \
+        for (; m + ROWS <= m_count; m += ROWS)                                                                     \
+            FM_SG_NAME(fm_sg_tile)(C + m * ldc, ldc, a + m * (RS), RS, CS, b, bs, kc, ROWS, width, alpha, beta,    \
+                                   first, ROWS, NV, 1);                                                            \
+        if (m < m_count)                                                                                           \
+            FM_SG_NAME(fm_sg_tile)(C + m * ldc, ldc, a + m * (RS), RS, CS, b, bs, kc, m_count - m, width, alpha,   \
+                                   beta, first, ROWS, NV, 0);                                                      \
     }
-FM_SG_VARIANT(fm_sg_wide_rows, lda, 1, FM_SG_MR, 2, 1)
-FM_SG_VARIANT(fm_sg_wide_cols, 1, lda, FM_SG_MR, 2, 1)
-FM_SG_VARIANT(fm_sg_wide_rows_edge, lda, 1, FM_SG_MR, 2, 0)
-FM_SG_VARIANT(fm_sg_wide_cols_edge, 1, lda, FM_SG_MR, 2, 0)
-FM_SG_VARIANT(fm_sg_narrow_rows, lda, 1, FM_SG_MR_NARROW, 1, 1)
-FM_SG_VARIANT(fm_sg_narrow_cols, 1, lda, FM_SG_MR_NARROW, 1, 1)
-FM_SG_VARIANT(fm_sg_narrow_rows_edge, lda, 1, FM_SG_MR_NARROW, 1, 0)
-FM_SG_VARIANT(fm_sg_narrow_cols_edge, 1, lda, FM_SG_MR_NARROW, 1, 0)
+FM_SG_VARIANT(fm_sg_wide_rows, lda, 1, FM_SG_MR, 2)
+FM_SG_VARIANT(fm_sg_wide_cols, 1, lda, FM_SG_MR, 2)
+FM_SG_VARIANT(fm_sg_narrow_rows, lda, 1, FM_SG_MR_NARROW, 1)
+FM_SG_VARIANT(fm_sg_narrow_cols, 1, lda, FM_SG_MR_NARROW, 1)
 #undef FM_SG_VARIANT
 
-/* [narrow][ta][edge] */
-static const FM_SG_NAME(fm_sg_tile_fn) FM_SG_NAME(fm_sg_tiles)[2][2][2] = {
-    {{FM_SG_NAME(fm_sg_wide_rows), FM_SG_NAME(fm_sg_wide_rows_edge)},
-     {FM_SG_NAME(fm_sg_wide_cols), FM_SG_NAME(fm_sg_wide_cols_edge)}},
-    {{FM_SG_NAME(fm_sg_narrow_rows), FM_SG_NAME(fm_sg_narrow_rows_edge)},
-     {FM_SG_NAME(fm_sg_narrow_cols), FM_SG_NAME(fm_sg_narrow_cols_edge)}},
+/* [narrow][ta] */
+static const FM_SG_NAME(fm_sg_column_fn) FM_SG_NAME(fm_sg_columns)[2][2] = {
+    {FM_SG_NAME(fm_sg_wide_rows), FM_SG_NAME(fm_sg_wide_cols)},
+    {FM_SG_NAME(fm_sg_narrow_rows), FM_SG_NAME(fm_sg_narrow_cols)},
 };
 
 /* C = beta C, without reading C when beta == 0: what remains of the product when alpha == 0 (as BLAS does). */
@@ -148,14 +153,9 @@ FM_SG_TARGET static void FM_SG_NAME(fm_small_gemm)(int ta, int tb, ptrdiff_t M, 
                     b = FM_SG_PANEL;
                     bs = FM_SG_NR;
                 }
-                int narrow = width <= FM_SG_LANES;
-                ptrdiff_t rows = narrow ? FM_SG_MR_NARROW : FM_SG_MR;
-                for (ptrdiff_t m = m0; m < m1; m += rows) {
-                    ptrdiff_t mr = m1 - m < rows ? m1 - m : rows;
-                    const FM_SG_T *a = ta ? A + k0 * lda + m : A + m * lda + k0;
-                    FM_SG_NAME(fm_sg_tiles)[narrow][ta != 0][mr < rows](C + m * ldc + n, ldc, a, lda, b, bs, kc, mr,
-                                                                       width, alpha, beta, k0 == 0);
-                }
+                const FM_SG_T *a = ta ? A + k0 * lda + m0 : A + m0 * lda + k0;
+                FM_SG_NAME(fm_sg_columns)[width <= FM_SG_LANES][ta != 0](C + m0 * ldc + n, ldc, a, lda, b, bs, kc,
+                                                                         m1 - m0, width, alpha, beta, k0 == 0);
             }
         }
     }
