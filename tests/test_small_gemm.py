@@ -144,6 +144,77 @@ def test_random_floats_are_as_close_to_float64_as_openblas(dtype):
             assert err.max() < bound, f"{(m, n, k)} own={own}: largest relative error {err.max():.3g}"
 
 
+def _relu(y):
+    """_loops.h's ReLU: y where y > 0 or NaN, else +0."""
+    return np.where((y > 0) | np.isnan(y), y, 0).astype(y.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ta,tb", list(itertools.product([False, True], repeat=2)))
+def test_bias_and_relu_fused_into_the_stores_are_exact(ta, tb, dtype):
+    rng = np.random.default_rng(10 + 2 * int(ta) + int(tb))
+    # 300, 600: the bias after the last block only; a single row, column or inner value: GEMV/GER, then the pass
+    for m, n, k in EDGE_SHAPES[::3] + [(13, 17, 300), (7, 9, 600), (1, 17, 9), (13, 1, 9), (13, 17, 1)]:
+        a, b, bias = _ints(rng, (m, k), dtype), _ints(rng, (k, n), dtype), _ints(rng, (n,), dtype)
+        for alpha, beta, act in [(1.0, 0.0, 1), (1.0, 0.0, 0), (-0.5, 2.0, 1)]:
+            c0 = _ints(rng, (m, n), dtype)
+            c = np.full((m, n), np.nan, dtype) if beta == 0 else c0.copy()
+            K.gemm(c, _as_op(a, ta), _as_op(b, tb), alpha, beta, own=True, bias=bias, act=act)
+            expected = _exact(alpha, a, b, beta, c0) + bias
+            np.testing.assert_array_equal(c, _relu(expected) if act else expected, err_msg=f"{(m, n, k)} {act}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_relu_keeps_nan_and_zeroes_minus_inf(dtype):
+    rng = np.random.default_rng(11)
+    a, b, bias = _ints(rng, (13, 9), dtype), _ints(rng, (9, 17), dtype), _ints(rng, (17,), dtype)
+    a[2, :] = np.nan
+    a[5, :] = 0
+    bias[3] = -np.inf
+    c = np.empty((13, 17), dtype)
+    K.gemm(c, a, b, own=True, bias=bias, act=1)
+    assert np.isnan(c[2]).all()
+    np.testing.assert_array_equal(c[5], np.maximum(bias, 0))
+    np.testing.assert_array_equal(c[:, 3], np.where(np.isnan(c[:, 3]), np.nan, 0))
+    np.testing.assert_array_equal(c, _relu((a.astype(np.float64) @ b + bias).astype(dtype)))
+
+
+def test_bias_and_act_are_refused_without_the_own_kernel():
+    c, a, b = np.empty((3, 4)), np.ones((3, 5)), np.ones((5, 4))
+    with pytest.raises(ValueError, match=r"bias, act: fused only by fastmlp's own GEMM, expected own=True"):
+        K.gemm(c, a, b, bias=np.ones(4))
+    with pytest.raises(ValueError, match=r"act: expected 0 \(identity\) or 1 \(ReLU\), got 2"):
+        K.gemm(c, a, b, own=True, act=2)
+    with pytest.raises(ValueError, match=r"bias: expected shape \(4,\), got \(3,\)"):
+        K.gemm(c, a, b, own=True, bias=np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias_layout", ["unit", "strided", "reversed", "none"])
+@pytest.mark.parametrize("shape", [(200, 64, 64), (147, 64, 10), (400, 64, 64), (2, 13, 7)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_forward_is_the_gemm_then_bias_then_activation_bit_for_bit(shape, bias_layout, dtype, threads):
+    # Fused (unit-stride bias, identity or ReLU) or not (a strided bias, tanh), the same numbers as the
+    # product alone followed by the bias and activation.
+    B, I, O = shape
+    rng = np.random.default_rng(B + I)
+    x, w = rng.standard_normal((B, I)).astype(dtype), rng.standard_normal((O, I)).astype(dtype)
+    wide = rng.standard_normal(2 * O).astype(dtype)
+    b = {"unit": wide[:O], "strided": wide[::2], "reversed": wide[::-1][:O], "none": None}[bias_layout]
+    product = np.empty((B, O), dtype)
+    K.gemm(product, x, w.T, own=K.small_gemm_takes(B, O, I))
+    biased = product + b if b is not None else product
+    for act, expected in [(0, biased), (1, _relu(biased)), (K.ACTIVATIONS["tanh"], np.tanh(biased))]:
+        for n in (1, 2):
+            threads(n)
+            y = np.full((B, O), np.nan, dtype)
+            K.linear_forward(y, x, w, b, act)
+            if act == K.ACTIVATIONS["tanh"]:  # the elementwise pass's tanh may round differently from NumPy's
+                np.testing.assert_allclose(y, expected, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-7)
+            else:
+                np.testing.assert_array_equal(y, expected, err_msg=f"act {act}, threads {n}")
+
+
 def _layer_results(x, w, b, dy, lr):
     """linear_forward (+ReLU), linear_backward, linear_backward_sgd of one layer; every output starts as NaN."""
     dtype = x.dtype

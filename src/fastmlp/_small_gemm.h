@@ -25,7 +25,9 @@
  * 12-row tile of one vector per row instead, so the padding costs half as much. One call runs a
  * panel's whole column of tiles: with a short K (10 inputs), a call per tile cost as much as its sums.
  * Edge tiles of rows repeat their last row (computed, never stored), so no row of A past M is read;
- * partial panels store through lane masks.
+ * partial panels store through lane masks. A forward's bias and ReLU can be applied to each tile as it
+ * is stored after the last block of k (the same operations as _loops.h's fm_bias_act pass over C,
+ * which the forward then skips).
  *
  * The sum of each element of C runs over k in one fixed order (block after block of KC, each from
  * zero, one FMA per k), whatever tile, panel or layout computes it: results do not depend on how a
@@ -106,6 +108,16 @@ FM_SG_TARGET static inline void fm_sg_t4x4_f32(float *dst, ptrdiff_t dstride, co
     _mm_storeu_ps(dst + 3 * dstride, r3);
 }
 
+/* max(y, 0) as _loops.h's ReLU: y where y > 0 or y is NaN, else +0. */
+FM_SG_TARGET static inline __m256d fm_sg_relu_f64(__m256d y) {
+    __m256d keep = _mm256_or_pd(_mm256_cmp_pd(y, _mm256_setzero_pd(), _CMP_GT_OQ), _mm256_cmp_pd(y, y, _CMP_UNORD_Q));
+    return _mm256_and_pd(y, keep);
+}
+FM_SG_TARGET static inline __m256 fm_sg_relu_f32(__m256 y) {
+    __m256 keep = _mm256_or_ps(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+    return _mm256_and_ps(y, keep);
+}
+
 #define FM_SG_T double
 #define FM_SG_VEC __m256d
 #define FM_SG_LANES 4
@@ -116,6 +128,7 @@ FM_SG_TARGET static inline void fm_sg_t4x4_f32(float *dst, ptrdiff_t dstride, co
 #define FM_SG_STOREU _mm256_storeu_pd
 #define FM_SG_SET1 _mm256_set1_pd
 #define FM_SG_MUL _mm256_mul_pd
+#define FM_SG_ADD _mm256_add_pd
 #define FM_SG_FMADD _mm256_fmadd_pd
 #define FM_SG_MASK fm_sg_mask_pd
 #define FM_SG_MLOAD _mm256_maskload_pd
@@ -132,6 +145,7 @@ FM_SG_TARGET static inline void fm_sg_t4x4_f32(float *dst, ptrdiff_t dstride, co
 #define FM_SG_STOREU _mm256_storeu_ps
 #define FM_SG_SET1 _mm256_set1_ps
 #define FM_SG_MUL _mm256_mul_ps
+#define FM_SG_ADD _mm256_add_ps
 #define FM_SG_FMADD _mm256_fmadd_ps
 #define FM_SG_MASK fm_sg_mask_ps
 #define FM_SG_MLOAD _mm256_maskload_ps
@@ -141,15 +155,17 @@ FM_SG_TARGET static inline void fm_sg_t4x4_f32(float *dst, ptrdiff_t dstride, co
 #else /* not GCC on x86-64 Linux: never called, fm_small_gemm_available() is 0 */
 
 static void fm_small_gemm_f64(int ta, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, double alpha, const double *A,
-                              ptrdiff_t lda, const double *B, ptrdiff_t ldb, double beta, double *C, ptrdiff_t ldc) {
+                              ptrdiff_t lda, const double *B, ptrdiff_t ldb, double beta, double *C, ptrdiff_t ldc,
+                              const double *bias, int relu) {
     (void)ta; (void)tb; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
-    (void)beta; (void)C; (void)ldc;
+    (void)beta; (void)C; (void)ldc; (void)bias; (void)relu;
 }
 
 static void fm_small_gemm_f32(int ta, int tb, ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, float alpha, const float *A,
-                              ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C, ptrdiff_t ldc) {
+                              ptrdiff_t lda, const float *B, ptrdiff_t ldb, float beta, float *C, ptrdiff_t ldc,
+                              const float *bias, int relu) {
     (void)ta; (void)tb; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
-    (void)beta; (void)C; (void)ldc;
+    (void)beta; (void)C; (void)ldc; (void)bias; (void)relu;
 }
 
 #endif /* FM_SG_ENABLED */
