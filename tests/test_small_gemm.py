@@ -215,6 +215,31 @@ def test_forward_is_the_gemm_then_bias_then_activation_bit_for_bit(shape, bias_l
                 np.testing.assert_array_equal(y, expected, err_msg=f"act {act}, threads {n}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("shape", [(200, 64, 10), (147, 64, 10), (400, 64, 64), (1, 5, 3), (13, 1, 7)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_backward_dx_is_the_gemm_then_the_relu_mask_bit_for_bit(shape, layout, dtype, threads):
+    # Fused into the GEMM's stores (X with unit stride along its rows) or a pass of its own (X Fortran-ordered):
+    # dX = (dY @ W) where X > 0, else +0 (NaN in X masks to 0), as _loops.h's fm_act_grad.
+    B, I, O = shape
+    rng = np.random.default_rng(B * O + I)
+    dy, w = rng.standard_normal((B, O)).astype(dtype), rng.standard_normal((O, I)).astype(dtype)
+    x = np.maximum(rng.standard_normal((B, I)), 0).astype(dtype)
+    x.flat[::7] = np.nan
+    x = np.asfortranarray(x) if layout == "F" else x
+    product = np.empty((B, I), dtype)
+    K.gemm(product, dy, w, own=K.small_gemm_takes(B, I, O))
+    expected = np.where(x > 0, product, 0).astype(dtype)
+    for n in (1, 2):
+        threads(n)
+        dx, dx_sgd = np.full((B, I), np.nan, dtype), np.full((B, I), np.nan, dtype)
+        K.linear_backward(np.empty((O, I), dtype), None, dx, dy, x, w, True)
+        K.linear_backward_sgd(w.copy(), np.zeros(O, dtype), dx_sgd, dy, x, 0.0, act_input=True)
+        np.testing.assert_array_equal(dx, expected, err_msg=f"threads {n}")
+        np.testing.assert_array_equal(dx_sgd, expected, err_msg=f"threads {n}")
+
+
 def _layer_results(x, w, b, dy, lr):
     """linear_forward (+ReLU), linear_backward, linear_backward_sgd of one layer; every output starts as NaN."""
     dtype = x.dtype
