@@ -355,7 +355,8 @@ def gemm(floating[:, :] C, const floating[:, :] A, const floating[:, :] B, doubl
     and B may have either layout or a leading dimension above their width (a
     copy is taken otherwise), C must have unit stride along its columns.
     ``own`` None takes the kernels' choice, True fastmlp's own GEMM whatever the
-    shape (where the CPU runs it), False OpenBLAS's. With own=True, ``bias`` (N,)
+    shape (where the CPU runs it), False OpenBLAS's; a single row, column or
+    inner value goes to GEMV/GER either way. With own=True, ``bias`` (N,)
     and ``act`` (identity 0 or ReLU 1) are applied as the tiles are stored, as
     :func:`linear_forward` fuses them: C = act(alpha A @ B + beta C + bias).
     """
