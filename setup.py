@@ -29,7 +29,8 @@ extensions = [
         libraries=[scipy_openblas32.get_library()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
         extra_compile_args=extra_compile_args,
-        depends=["src/fastmlp/_pool.h", "src/fastmlp/_loops.h", "src/fastmlp/_exp.h", "src/fastmlp/_images_gemm.h"],
+        depends=["src/fastmlp/_pool.h", "src/fastmlp/_loops.h", "src/fastmlp/_exp.h", "src/fastmlp/_images_gemm.h",
+                 "src/fastmlp/_small_gemm.h", "src/fastmlp/_small_gemm_impl.h"],
     ),
 ]
 

@@ -24,11 +24,11 @@ rate of the same round (a 2048^3 GEMM through the same library) for the roofline
 from __future__ import annotations
 
 from _native import machine_line, reexec_native  # noqa: E402  (imports nothing heavy)
+from _rounds import rounds_parser, timed  # noqa: E402
 
 if __name__ == "__main__":
     reexec_native()
 
-import argparse
 import statistics
 import time
 
@@ -39,13 +39,6 @@ from fastmlp import MLP, _kernels as K, optim
 from fastmlp.images import ImageBatch
 
 D, O, STORED = 3072, 100, 50_000
-
-
-def _timed(fn, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
 
 
 def _with_hand(on, fn):
@@ -98,16 +91,13 @@ def _sgemm_rate():
     a = np.ones((2048, 2048), np.float32)
     c = np.empty_like(a)
     K.linear_forward(c, a, a)
-    seconds = min(_timed(lambda: K.linear_forward(c, a, a), 1) for _ in range(3))
+    seconds = min(timed(lambda: K.linear_forward(c, a, a), 1) for _ in range(3))
     return 2 * 2048 ** 3 / seconds / 1e9
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=11, help="interleaved rounds")
+    parser = rounds_parser(__doc__, rounds=11, settle=0.05)
     parser.add_argument("--calls", type=int, default=40, help="calls per contender per round (eval: a quarter)")
-    parser.add_argument("--settle", type=float, default=0.05, help="seconds of pause before each timing")
     args = parser.parse_args(argv)
     if not K.images_gemm():
         raise SystemExit("this CPU does not run AVX-512: fastmlp's own images GEMM is off, nothing to compare")
@@ -122,7 +112,7 @@ def main(argv=None):
             for fn, out in ((hand, times[name][0]), (blas, times[name][1])):
                 fn()
                 time.sleep(args.settle)
-                out.append(_timed(fn, calls))
+                out.append(timed(fn, calls))
     rate = statistics.median(rates)
     print(f"{args.rounds} rounds, {fastmlp.get_num_threads()} threads, sgemm 2048^3 {rate:.0f} GFLOP/s (median)\n")
     print("| operation | hand | OpenBLAS path | OpenBLAS / hand | hand / roofline |")

@@ -40,6 +40,14 @@ with AVX-512 (``_images_gemm.h``; :func:`images_gemm` tells and switches). Its
 forward and its fused SGD update convert the pixels straight into their packed
 panels, so neither the training step nor an evaluation writes its converted
 batch; its sums differ from OpenBLAS's in the last bits.
+
+Small products (at most 64 columns and 512 inner values: the estimators' layers)
+run fastmlp's own AVX2 + FMA GEMM instead of OpenBLAS's, where the CPU has them
+(``_small_gemm.h``; :func:`small_gemm` switches, :func:`small_gemm_takes` tells
+the shape rule). The choice is made once per product from its whole shape, and
+its sums run over k in one fixed order, so its results do not depend on the
+thread count either. There :func:`linear_forward` adds the bias and applies the
+ReLU (or nothing) as the kernel stores Y, instead of in a pass of its own over Y.
 """
 from libc.limits cimport INT_MAX
 from libc.math cimport log, log1p, log1pf, logf, sqrt, sqrtf, INFINITY
@@ -103,6 +111,15 @@ cdef extern from "_images_gemm.h" nogil:
                              const cnp.int64_t* index, const float* offset, const float* scale, Py_ssize_t i0,
                              Py_ssize_t i1)
 
+cdef extern from "_small_gemm.h" nogil:
+    int fm_small_gemm_available()
+    void fm_small_gemm_f64(int ta, int tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, double alpha, const double* A,
+                           Py_ssize_t lda, const double* B, Py_ssize_t ldb, double beta, double* C, Py_ssize_t ldc,
+                           const double* bias, int relu)
+    void fm_small_gemm_f32(int ta, int tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, float alpha, const float* A,
+                           Py_ssize_t lda, const float* B, Py_ssize_t ldb, float beta, float* C, Py_ssize_t ldc,
+                           const float* bias, int relu)
+
 cdef extern from "_pool.h" nogil:
     ctypedef void (*fm_task)(void* ctx, int chunk) noexcept nogil
     int fm_parallel_for(int n_chunks, int n_threads, fm_task fn, void* ctx)
@@ -136,6 +153,9 @@ cdef enum:
     # A K-split cuts the inner dimension into this many parts, whatever the thread count
     # (more parts cost ~10 % at 1000 rows and gained nothing measurable at 200).
     K_PARTS = 2
+    # GEMMs with N and K at most these run fastmlp's own kernel where small_gemm() is on (_small_gemm_fits).
+    SMALL_GEMM_N = 64
+    SMALL_GEMM_K = 512
     # Rows summed into 32-bit counters before they move to the 64-bit totals (255 * 2^24 < 2^32).
     SUM_ROWS = 1 << 24
     # The output heads take the exps of a block of rows in one vector pass: at most this many
@@ -298,17 +318,123 @@ cdef inline CBLAS_TRANSPOSE _t(bint trans) noexcept nogil:
     return CblasTrans if trans else CblasNoTrans
 
 
+# Whether _blas_gemm sends the shapes of _small_gemm_fits to fastmlp's own GEMM (_small_gemm.h): this
+# CPU runs AVX2 and FMA, and small_gemm() can switch it off.
+cdef bint _small_gemm_on = fm_small_gemm_available()
+
+
+def small_gemm(enabled=None):
+    """Whether small GEMMs run fastmlp's own AVX2 kernel (True) or OpenBLAS.
+
+    With ``enabled`` given, switch it (it can only be on where the CPU runs
+    AVX2 and FMA) and return the previous setting. For tests and benchmarks.
+    """
+    global _small_gemm_on
+    previous = _small_gemm_on
+    if enabled is not None:
+        _small_gemm_on = bool(enabled) and fm_small_gemm_available()
+    return previous
+
+
+cdef inline bint _small_gemm_fits(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K) noexcept nogil:
+    """Whether fastmlp's own GEMM takes C (M, N) = op(A) (M, K) op(B) (K, N): where it measured faster.
+
+    benches/small_gemm.py: it wins where N and K are small, whatever M, in both
+    dtypes; OpenBLAS's larger blocking takes over above.
+    """
+    return _small_gemm_on and N <= SMALL_GEMM_N and K <= SMALL_GEMM_K
+
+
+def small_gemm_takes(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K):
+    """Whether a GEMM C (M, N) = op(A) (M, K) op(B) (K, N) runs fastmlp's own kernel now (either dtype).
+
+    The shape rule of the kernels (those GEMMs that are not a GEMV or rank-1 update),
+    with the :func:`small_gemm` switch; for tests and benchmarks.
+    """
+    return bool(_small_gemm_fits(M, N, K))
+
+
+def gemm(floating[:, :] C, const floating[:, :] A, const floating[:, :] B, double alpha=1.0, double beta=0.0,
+         own=None, const floating[::1] bias=None, int act=0):
+    """C (M, N) = alpha A (M, K) @ B (K, N) + beta C: one GEMM on the calling thread, as every kernel's chunk runs it.
+
+    A test and benchmark hook for the GEMM that :func:`small_gemm` switches: A
+    and B may have either layout or a leading dimension above their width (a
+    copy is taken otherwise), C must have unit stride along its columns.
+    ``own`` None takes the kernels' choice, True fastmlp's own GEMM whatever the
+    shape (where the CPU runs it), False OpenBLAS's; a single row, column or
+    inner value goes to GEMV/GER either way. With own=True, ``bias`` (N,)
+    and ``act`` (identity 0 or ReLU 1) are applied as the tiles are stored, as
+    :func:`linear_forward` fuses them: C = act(alpha A @ B + beta C + bias).
+    """
+    cdef bint ta = False, tb = False, use
+    cdef Py_ssize_t lda = 0, ldb = 0, ldc
+    _check2("A", A.shape[0], A.shape[1], C.shape[0], A.shape[1])
+    _check2("B", B.shape[0], B.shape[1], A.shape[1], C.shape[1])
+    _check_nonempty("C", C.shape[0], C.shape[1])
+    if C.shape[1] > 1 and C.strides[1] != sizeof(floating) or C.strides[0] % sizeof(floating) != 0:
+        raise ValueError(f"C: expected unit stride along the columns, got strides {C.strides[0]}, {C.strides[1]}")
+    ldc = C.strides[0] // sizeof(floating) if C.shape[0] > 1 else C.shape[1]
+    if ldc < C.shape[1]:
+        raise ValueError(f"C: expected a row stride of at least {C.shape[1]} elements, got {ldc}")
+    A = _operand("A", A, &ta, &lda)
+    B = _operand("B", B, &tb, &ldb)
+    _check_blas_size("C", C.shape[0], C.shape[1], ldc)
+    if own and not fm_small_gemm_available():
+        raise ValueError("own: expected None or False on a CPU without AVX2 and FMA, got True")
+    if (bias is not None or act != FM_ACT_IDENTITY) and not own:
+        raise ValueError(f"bias, act: fused only by fastmlp's own GEMM, expected own=True, got own={own}")
+    if act != FM_ACT_IDENTITY and act != FM_ACT_RELU:
+        raise ValueError(f"act: expected {FM_ACT_IDENTITY} (identity) or {FM_ACT_RELU} (ReLU), got {act}")
+    if bias is not None:
+        _check1("bias", bias.shape[0], C.shape[1])
+    use = _small_gemm_fits(C.shape[0], C.shape[1], A.shape[1]) if own is None else bool(own)
+    with nogil:
+        _blas_gemm(floating is double, ta, tb, C.shape[0], C.shape[1], A.shape[1], alpha, _ptr(A), lda, _ptr(B), ldb,
+                   beta, <char*>&C[0, 0], ldc, use, <const char*>&bias[0] if bias is not None else NULL,
+                   act == FM_ACT_RELU)
+
+
+cdef inline void _own_gemm(bint is_double, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, double alpha,
+                           const char* A, Py_ssize_t lda, const char* Bm, Py_ssize_t ldb, double beta, char* Cm,
+                           Py_ssize_t ldc, const char* bias, bint relu) noexcept nogil:
+    """_blas_gemm's product on fastmlp's own kernel (_small_gemm.h), bias and ReLU fused into its stores."""
+    if is_double:
+        fm_small_gemm_f64(ta, tb, M, N, K, alpha, <const double*>A, lda, <const double*>Bm, ldb, beta, <double*>Cm,
+                          ldc, <const double*>bias, relu)
+    else:
+        fm_small_gemm_f32(ta, tb, M, N, K, <float>alpha, <const float*>A, lda, <const float*>Bm, ldb, <float>beta,
+                          <float*>Cm, ldc, <const float*>bias, relu)
+
+
 cdef void _blas_gemm(bint is_double, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, double alpha,
                      const char* A, Py_ssize_t lda, const char* Bm, Py_ssize_t ldb, double beta,
-                     char* Cm, Py_ssize_t ldc) noexcept nogil:
+                     char* Cm, Py_ssize_t ldc, bint own, const char* bias, bint relu) noexcept nogil:
     """C (M, N) = alpha op(A) (M, K) @ op(B) (K, N) + beta C, all row-major, element pointers as char*.
 
     A single row, column or rank-1 product (batch 1) goes to GEMV/GER instead:
-    GEMM would pack the whole weight matrix to use it once.
+    GEMM would pack the whole weight matrix to use it once. Otherwise ``own``
+    (:func:`_small_gemm_fits` of the whole product, so that every chunk of it
+    takes the same kernel) runs fastmlp's own GEMM rather than OpenBLAS's; only
+    that one takes a forward's ``bias`` (N,) (or NULL) and ``relu``, applied as
+    it stores C (after a GEMV or GER, in a pass of their own: the products are
+    the ones an unfused call computes).
     """
     cdef Py_ssize_t i, j, item = 8 if is_double else 4
     cdef int inca, incb
     if M == 0 or N == 0:
+        return
+    if (bias != NULL or relu) and (M == 1 or N == 1 or K == 1):
+        # GEMV/GER as without the fusion (the same sums), then the bias and ReLU as the forward's own pass
+        _blas_gemm(is_double, ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, Cm, ldc, own, NULL, False)
+        for i in range(M):
+            if is_double:
+                fm_bias_act_f64(<double*>(Cm + i * ldc * item), <const double*>bias, FM_ACT_RELU if relu else 0, N)
+            else:
+                fm_bias_act_f32(<float*>(Cm + i * ldc * item), <const float*>bias, FM_ACT_RELU if relu else 0, N)
+        return
+    if own and (bias != NULL or relu):
+        _own_gemm(is_double, ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, Cm, ldc, bias, relu)
         return
     if M == 1 and K > 1:
         # c (N,) = alpha op(B)^T a + beta c; row-major op(B) (K, N) is stored (N, K) when tb.
@@ -349,6 +475,9 @@ cdef void _blas_gemm(bint is_double, bint ta, bint tb, Py_ssize_t M, Py_ssize_t 
         else:
             scipy_cblas_sger(CblasRowMajor, <int>M, <int>N, <float>alpha, <const float*>A, inca, <const float*>Bm,
                              incb, <float*>Cm, <int>ldc)
+        return
+    if own:
+        _own_gemm(is_double, ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, Cm, ldc, NULL, False)
         return
     if is_double:
         scipy_cblas_dgemm(CblasRowMajor, _t(ta), _t(tb), <int>M, <int>N, <int>K, alpha, <const double*>A, <int>lda,
@@ -408,6 +537,9 @@ ctypedef struct Gemm:
     Py_ssize_t ms0, ms1  # element strides of mask
     int act             # that activation (FM_ACT_ code)
     Convert* pre        # optional pre-op: each chunk first converts the part of A (images) it reads
+    bint own            # every chunk runs fastmlp's own GEMM (_small_gemm_fits of the whole product)
+    const char* bias    # with own: a forward's bias (N,), unit stride, added as C is stored (NULL: none)
+    bint relu           # with own: the ReLU applied as C is stored
 
 
 cdef Split _plan(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, bint allow_k) noexcept nogil:
@@ -490,14 +622,14 @@ cdef void _gemm_chunk(void* ctx, int chunk) noexcept nogil:
             _convert_block(g.pre, lo, hi, 0, g.pre.D)
         A = A + (lo if g.ta else lo * g.lda) * item
         _blas_gemm(g.is_double, g.ta, g.tb, hi - lo, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta,
-                   Cm + lo * ldc * item, ldc)
+                   Cm + lo * ldc * item, ldc, g.own, g.bias, g.relu)
         if g.mask != NULL:
             _gemm_mask(g, lo, hi, 0, g.N)
     elif g.split == SPLIT_N:
         lo, hi = _span(g.N, chunk, g.parts), _span(g.N, chunk + 1, g.parts)
         Bm = Bm + (lo * g.ldb if g.tb else lo) * item
         _blas_gemm(g.is_double, g.ta, g.tb, g.M, hi - lo, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta,
-                   Cm + lo * item, ldc)
+                   Cm + lo * item, ldc, g.own, g.bias + lo * item if g.bias != NULL else NULL, g.relu)
         if g.mask != NULL:
             _gemm_mask(g, 0, g.M, lo, hi)
     elif g.split == SPLIT_K:
@@ -508,11 +640,13 @@ cdef void _gemm_chunk(void* ctx, int chunk) noexcept nogil:
         Bm = Bm + (lo if g.tb else lo * g.ldb) * item
         if chunk > 0:  # parts 1.. go to their own buffer; the caller adds them up
             Cm, ldc, beta = g.partial + (chunk - 1) * g.M * g.N * item, g.N, 0.0
-        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, hi - lo, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc)
+        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, hi - lo, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc, g.own,
+                   NULL, False)
     else:
         if g.pre != NULL:
             _convert_block(g.pre, 0, g.pre.n, 0, g.pre.D)
-        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc)
+        _blas_gemm(g.is_double, g.ta, g.tb, g.M, g.N, g.K, g.alpha, A, g.lda, Bm, g.ldb, beta, Cm, ldc, g.own,
+                   g.bias, g.relu)
         if g.mask != NULL:
             _gemm_mask(g, 0, g.M, 0, g.N)
 
@@ -536,6 +670,8 @@ cdef inline void _gemm_init(Gemm* g, bint is_double, bint ta, bint tb, Py_ssize_
     g.alpha, g.beta = alpha, beta
     g.A, g.lda, g.Bm, g.ldb, g.Cm, g.ldc = <const char*>A, lda, <const char*>Bm, ldb, <char*>Cm, ldc
     g.split, g.parts, g.partial, g.mask, g.ms0, g.ms1, g.act, g.pre = SPLIT_NONE, 1, NULL, NULL, 0, 0, 0, NULL
+    g.own = _small_gemm_fits(M, N, K)
+    g.bias, g.relu = NULL, False
 
 
 # ---------------------------------------------------------------------------
@@ -793,7 +929,7 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
     """
     cdef Py_ssize_t B = X.shape[0] if X is not None else Y.shape[0]
     cdef Py_ssize_t I = X.shape[1] if X is not None else W.shape[1], O = W.shape[0]
-    cdef bint tx = False, tw, t, hand
+    cdef bint tx = False, tw, t, hand, fuse
     cdef Py_ssize_t ldx = 0, ldw, need
     cdef Gemm g
     cdef ImagesGemm ig
@@ -837,6 +973,11 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
             g.split = _plan(B, O, I, True)
         if g.split == SPLIT_K:
             g.partial = <char*>&work[B * O] if t else <char*>&work[0]
+        # fastmlp's own GEMM adds the bias and applies the ReLU as it stores Y: no pass of their own
+        fuse = (g.own and not t and not hand and g.split != SPLIT_K and (e.b == NULL or e.b_stride == 1)
+                and (act == FM_ACT_IDENTITY or act == FM_ACT_RELU))
+        if fuse:
+            g.bias, g.relu = e.b, act == FM_ACT_RELU
         if hand:
             _run_images_gemm(&ig, &g, pre, threads)
         else:
@@ -850,7 +991,7 @@ cdef int _linear_forward(floating[:, ::1] Y, const floating[:, :] X, const float
         e.S = <const char*>&work[0] if t else <const char*>&Y[0, 0]
         e.n_partial = K_PARTS - 1 if g.split == SPLIT_K else 0
         e.P = g.partial
-        if t or e.n_partial or e.b != NULL or act != FM_ACT_IDENTITY:
+        if not fuse and (t or e.n_partial or e.b != NULL or act != FM_ACT_IDENTITY):
             _run_epilogue(&e, threads)
         _end_threads()
     return 0
