@@ -5,10 +5,12 @@
 
 Both libraries get the same estimator parameters (architecture, solver, rate,
 epochs: ``tol=0`` and ``n_iter_no_change`` above the epochs, so neither stops
-early) and the same standardized training split. Every fit runs in a fresh
-child process without the OpenBLAS overrides (``_native.py``: each library's
-OpenBLAS picks its own kernels, as a user's would) and its thread pools
-limited with threadpoolctl; the child reports the fit's wall time, the test
+early) and the same standardized training split. Each round of a library runs
+in a fresh child process without the OpenBLAS overrides (``_native.py``: each
+library's OpenBLAS picks its own kernels, as a user's would) and its thread pools
+limited with threadpoolctl; after an untimed warm-up fit on a few rows, the child
+times ``--fits`` fits of the whole split and reports their median wall time (one
+fit is a tenth of a second: a single one swings with the machine), the test
 score (accuracy, or R^2) and every BLAS it loaded with the kernel OpenBLAS
 chose (threadpoolctl's ``architecture``), which the table names per library.
 Rounds interleave the two contenders, alternating which goes first, with a
@@ -66,9 +68,12 @@ def child(args: argparse.Namespace) -> None:
                                       n_iter_no_change=args.epochs + 1, random_state=0)
     with threadpool_limits(limits=args.threads):
         estimator.fit(X_train[:64], y_train[:64])  # first calls load and warm the kernels, outside the timing
-        start = time.perf_counter()
-        estimator.fit(X_train, y_train)
-        seconds = time.perf_counter() - start
+        times = []
+        for _ in range(args.fits):  # a fit refits from scratch: each one times the same work
+            start = time.perf_counter()
+            estimator.fit(X_train, y_train)
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
         kernels = blas_kernels()
     print(json.dumps({"seconds": seconds, "score": float(estimator.score(X_test, y_test)),
                       "epochs": int(estimator.n_iter_), "kernels": kernels}))
@@ -78,7 +83,7 @@ def run_child(library: str, data: str, threads: int, args: argparse.Namespace) -
     env = native_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
     command = [sys.executable, __file__, "--child", library, "--data", data, "--threads", str(threads),
-               "--epochs", str(args.epochs), "--solver", args.solver, "--lr", str(args.lr),
+               "--epochs", str(args.epochs), "--fits", str(args.fits), "--solver", args.solver, "--lr", str(args.lr),
                "--hidden", *map(str, args.hidden)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
     if done.returncode != 0:
@@ -120,6 +125,7 @@ def parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case (default 7)")
     parser.add_argument("--epochs", type=int, default=50, help="epochs of every fit (default 50)")
+    parser.add_argument("--fits", type=int, default=3, help="timed fits per child, their median its time (default 3)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[64], help="hidden layer widths (default 64)")
     parser.add_argument("--solver", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--lr", type=float, default=1e-3, help="learning_rate_init (default 1e-3)")
