@@ -21,7 +21,17 @@ import pytest
 import fastmlp
 from fastmlp import _kernels as K
 
-pytestmark = pytest.mark.skipif(not K.small_gemm(), reason="this CPU does not run AVX2 and FMA: OpenBLAS does the work")
+
+
+def _runs_here() -> bool:
+    """Whether this CPU runs the kernel (it is off by default where OpenBLAS runs AVX-512 kernels)."""
+    before = K.small_gemm(True)
+    on = K.small_gemm()
+    K.small_gemm(before)
+    return on
+
+
+pytestmark = pytest.mark.skipif(not _runs_here(), reason="this CPU does not run AVX2 and FMA: OpenBLAS does the work")
 
 DTYPES = [np.float32, np.float64]
 # (M, N, K) around each edge: tiles of 6 and 12 rows, panels of 8 / 16 columns, vectors of 4 / 8,
@@ -32,10 +42,10 @@ EDGE_SHAPES += [(11, 24, 31), (13, 33, 32), (29, 17, 33), (7, 40, 255), (19, 9, 
                 (64, 64, 147), (147, 10, 64)]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def switch():
-    """Set the kernel on or off for one test (``switch(True)``); the setting comes back afterwards."""
-    before = K.small_gemm()
+    """The kernel on for each test, whatever OpenBLAS's kernels; ``switch(False)`` sets it off; the setting comes back."""
+    before = K.small_gemm(True)
     yield K.small_gemm
     K.small_gemm(before)
 
@@ -106,7 +116,8 @@ def test_nan_and_inf_propagate_as_in_numpy(ta, tb, dtype):
             c = np.full((m, n), np.nan, dtype)
             K.gemm(c, _as_op(a, ta), _as_op(b, tb), own=own)
             results.append(c)
-        expected = (a.astype(np.float64) @ b.astype(np.float64)).astype(dtype)
+        with np.errstate(invalid="ignore"):  # inf * 0 is NaN on purpose
+            expected = (a.astype(np.float64) @ b.astype(np.float64)).astype(dtype)
         assert np.isnan(expected).any() and np.isinf(expected).any()
         np.testing.assert_array_equal(results[0], expected)
         np.testing.assert_array_equal(results[0], results[1])  # OpenBLAS agrees
@@ -331,3 +342,24 @@ def test_the_estimators_products_take_the_kernel_only_while_it_is_on(switch):
     c = c0.copy()
     K.gemm(c, a, b, 0.7, 0.3)
     np.testing.assert_array_equal(c, results[False])
+
+
+@pytest.mark.parametrize("core, expected", [("Haswell", True), ("Sandybridge", False)])
+def test_it_is_on_by_default_only_where_openblas_runs_its_avx2_kernels(core, expected):
+    """On an OpenBLAS with AVX-512 kernels (twice as wide) the small products stay with OpenBLAS.
+
+    ``OPENBLAS_CORETYPE`` picks OpenBLAS's kernels in a fresh process (Sandybridge's, AVX without
+    FMA, stand in here for any family that is not an AVX2 one: this CPU cannot run AVX-512).
+    """
+    import os
+    import subprocess
+    import sys
+
+    code = ("from fastmlp import _kernels as K; import sys; "
+            "sys.stdout.write(f'{K.blas_library()[1]}|{K.small_gemm()}')")
+    env = {**os.environ, "OPENBLAS_CORETYPE": core}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          check=True)
+    config, on = done.stdout.rsplit("|", 1)
+    assert core.lower() in config.lower(), config
+    assert on == str(expected), (config, on)

@@ -77,6 +77,7 @@ cdef extern from "cblas.h" nogil:
     void scipy_openblas_set_num_threads(int)
     int scipy_openblas_get_num_threads()
     char* scipy_openblas_get_config()
+    char* scipy_openblas_get_corename()
 
 cdef extern from "_loops.h" nogil:
     void fm_convert_f32(float* out, const cnp.uint8_t* src, const float* offset, const float* scale, Py_ssize_t n)
@@ -318,16 +319,29 @@ cdef inline CBLAS_TRANSPOSE _t(bint trans) noexcept nogil:
     return CblasTrans if trans else CblasNoTrans
 
 
+# OpenBLAS kernel families that run AVX2 + FMA, the ones fastmlp's own small GEMM was measured against.
+# Where OpenBLAS picked another family (AVX-512 kernels, about twice as wide), it keeps every GEMM.
+AVX2_OPENBLAS_CORES = ("haswell", "zen")
+
+
+cdef bint _small_gemm_default():
+    core = scipy_openblas_get_corename().decode().lower()
+    return fm_small_gemm_available() and core in AVX2_OPENBLAS_CORES
+
+
 # Whether _blas_gemm sends the shapes of _small_gemm_fits to fastmlp's own GEMM (_small_gemm.h): this
-# CPU runs AVX2 and FMA, and small_gemm() can switch it off.
-cdef bint _small_gemm_on = fm_small_gemm_available()
+# CPU runs AVX2 and FMA, OpenBLAS runs AVX2 kernels too, and small_gemm() can switch it off (or on).
+cdef bint _small_gemm_on = _small_gemm_default()
 
 
 def small_gemm(enabled=None):
     """Whether small GEMMs run fastmlp's own AVX2 kernel (True) or OpenBLAS.
 
-    With ``enabled`` given, switch it (it can only be on where the CPU runs
-    AVX2 and FMA) and return the previous setting. For tests and benchmarks.
+    On by default where the CPU runs AVX2 and FMA and OpenBLAS runs its AVX2
+    kernels (:data:`AVX2_OPENBLAS_CORES`); where OpenBLAS picked AVX-512 ones it
+    keeps the small GEMMs too. With ``enabled`` given, switch it (it can only be
+    on where the CPU runs AVX2 and FMA) and return the previous setting. For
+    tests and benchmarks.
     """
     global _small_gemm_on
     previous = _small_gemm_on
