@@ -259,7 +259,8 @@ def test_train_step_on_images_stays_within_rounding_of_the_float_path():
     np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-5)
     for name, value in runs[1][1].items():
         np.testing.assert_allclose(runs[0][1][name], value, rtol=1e-4, atol=1e-6)
-    assert not any(b.images is not None for sets in model._buffers.idle.values() for b in sets)  # no converted batch was ever made
+    assert model._step_buffers.sets  # train_step's own buffer sets
+    assert not any(b.images is not None for b in model._step_buffers.sets.values())  # no converted batch was ever made
 
 
 def test_evaluating_image_batches_matches_the_converted_batches(synthetic_cifar_dir):

@@ -412,21 +412,22 @@ def test_train_step_reuses_its_buffers():
     model = MLP(6, [5, 4], 3, seed=0, init="kaiming")
     for opt in (optim.SGD(model, 0.1), optim.Adam(model)):
         model.train_step(*make_data(rng, 8, 6, 3), opt)
-        [bufs] = model._buffers.idle[8]
+        bufs = model._step_buffers.sets[8]
         arrays = buffer_arrays(bufs)
         assert len(arrays) >= 2 * len(model.linears) - 1  # an activation per layer, a gradient per hidden one
         grad_arrays = [lin.grads[k] for lin in model.linears for k in ("weight", "bias")]
         param_arrays = [lin.params[k] for lin in model.linears for k in ("weight", "bias")]
         for _ in range(3):
             model.train_step(*make_data(rng, 8, 6, 3), opt)
-        assert model._buffers.idle[8] == [bufs]
+        assert model._step_buffers.sets == {8: bufs}
         assert all(new is old for new, old in zip(buffer_arrays(bufs), arrays, strict=True))
         # Parameters and gradients are updated in place, never rebound.
         assert all(a is lin.grads[k] for a, (lin, k) in
                    zip(grad_arrays, [(lin, k) for lin in model.linears for k in ("weight", "bias")]))
         assert all(a is lin.params[k] for a, (lin, k) in
                    zip(param_arrays, [(lin, k) for lin in model.linears for k in ("weight", "bias")]))
-    assert list(model._buffers.idle) == [8]
+    assert list(model._step_buffers.sets) == [8]
+    assert not model._buffers.idle  # the pool is for the predictions and evaluations
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

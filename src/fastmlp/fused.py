@@ -4,9 +4,10 @@ The forward pass runs each layer's GEMM with its bias and activation fused
 (:func:`logits_into`); the backward pass (:func:`backward_and_update`) hands each
 layer, output first, to the optimizer, which computes that layer's gradients
 (the activation's derivative folded into the dX GEMM) and updates its
-parameters: plain SGD inside the backward GEMM itself. The scratch buffers
-come from a :class:`BufferPool`, so a training loop allocates nothing after its
-first step and concurrent inference calls never share a buffer.
+parameters: plain SGD inside the backward GEMM itself. ``train_step``, which
+runs in one thread at a time, keeps its own scratch buffers (:class:`OwnBuffers`),
+so a training loop allocates nothing after its first step; the inference calls
+borrow theirs from a :class:`BufferPool`, so concurrent calls never share a buffer.
 
 Shapes: B batch, D n_inputs, H_l the width of layer l's output, C n_classes.
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from fastmlp import _kernels as K
 
-__all__ = ["BufferPool", "Buffers", "Loan", "backward_and_update", "image_input", "logits_into", "new_buffers"]
+__all__ = ["BufferPool", "Buffers", "Loan", "OwnBuffers", "backward_and_update", "image_input", "logits_into", "new_buffers"]
 
 # Idle buffer sets are kept for this many distinct batch sizes (training batch, eval chunk, last chunk...),
 # and at most this many per size (one per thread that called at once, up to the bound).
@@ -73,6 +74,27 @@ class BufferPool:
             self.idle[batch] = sets  # now the most recently used size
             if len(self.idle) > MAX_BATCH_SIZES:
                 self.idle.pop(next(iter(self.idle)))
+
+
+class OwnBuffers:
+    """Buffer sets by batch size for a caller that runs in one thread at a time: nothing lent, no lock.
+
+    ``train_step`` (serialized by its own lock) keeps its sets here, so a step
+    takes its buffers with one dictionary lookup; ``get(batch)`` makes a set on
+    first use, keeping the sets of the MAX_BATCH_SIZES most recent sizes.
+    """
+
+    def __init__(self, make):
+        self.make = make
+        self.sets: dict[int, Buffers] = {}
+
+    def get(self, batch) -> Buffers:
+        bufs = self.sets.get(batch)
+        if bufs is None:
+            if len(self.sets) >= MAX_BATCH_SIZES:
+                self.sets.pop(next(iter(self.sets)))
+            bufs = self.sets[batch] = self.make(batch)
+        return bufs
 
 
 class Loan:

@@ -116,6 +116,7 @@ class MLP:
     def _start_threads_state(self):
         self._buffers = fused.BufferPool(lambda batch: fused.new_buffers(self, batch))
         self._training = threading.Lock()  # held by the one train_step running
+        self._step_buffers = fused.OwnBuffers(lambda batch: fused.new_buffers(self, batch))  # train_step's, under it
 
     def __repr__(self):
         extra = "".join(f", {key}={value!r}" for key, value in self.network_settings().items()
@@ -165,7 +166,7 @@ class MLP:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        del state["_buffers"], state["_training"]  # scratch space and a lock: made afresh
+        del state["_buffers"], state["_training"], state["_step_buffers"]  # scratch space and a lock: made afresh
         return state
 
     def __setstate__(self, state):
@@ -234,16 +235,15 @@ class MLP:
         try:
             x, images, targets = self._batch(x, y)
             weights = None if sample_weight is None else check_sample_weight(sample_weight, len(targets), self.dtype)
-            with self._buffers.lent(len(targets)) as bufs:
-                if images is not None:  # fused SGD can update the first layer from the pixels themselves
-                    x = fused.image_input(self, images, bufs, keep=optimizer.keeps_inputs())
-                logits = fused.logits_into(self, x, bufs, images)
-                # dL/dlogits overwrites the logits buffer: the logits are not needed again.
-                loss, correct = HEADS[self.output].step(logits, logits, targets, weights=weights)
-                if math.isfinite(loss):
-                    fused.backward_and_update(self, logits, x, images, bufs, optimizer,
-                                              optimizer.begin_step(self, lr))
-                return StepResult(float(loss), int(correct))
+            bufs = self._step_buffers.get(len(targets))
+            if images is not None:  # fused SGD can update the first layer from the pixels themselves
+                x = fused.image_input(self, images, bufs, keep=optimizer.keeps_inputs())
+            logits = fused.logits_into(self, x, bufs, images)
+            # dL/dlogits overwrites the logits buffer: the logits are not needed again.
+            loss, correct = HEADS[self.output].step(logits, logits, targets, weights=weights)
+            if math.isfinite(loss):
+                fused.backward_and_update(self, logits, x, images, bufs, optimizer, optimizer.begin_step(self, lr))
+            return StepResult(float(loss), int(correct))
         finally:
             self._training.release()
 

@@ -242,8 +242,13 @@ class Network:
                              "batch needs a positive sum (shuffle=True or a larger batch_size mixes the samples)")
         penalty = 0.0
         if alpha:
-            # the core's (out, in) weights are contiguous: vdot reads them without a copy
-            penalty = 0.5 * alpha * sum(float(np.vdot(w, w)) for w in self._weights()) / total
+            # the core's (out, in) weights are contiguous: vdot reads them without a copy (a plain loop: this
+            # runs at every batch, where a generator and a list cost as much as the sums)
+            squares = 0.0
+            for lin in self.model.linears:
+                weight = lin.params["weight"]
+                squares += np.vdot(weight, weight)
+            penalty = 0.5 * alpha * float(squares) / total
         self.optimizer.weight_decay = alpha / total
         if self.epsilon:  # Adam
             self.optimizer.eps = self.epsilon / math.sqrt(1.0 - self.optimizer.beta2 ** (self.optimizer.t + 1))
