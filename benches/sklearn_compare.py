@@ -15,7 +15,9 @@ score (accuracy, or R^2) and every BLAS it loaded with the kernel OpenBLAS
 chose (threadpoolctl's ``architecture``), which the table names per library.
 Rounds interleave the two contenders, alternating which goes first, with a
 settle pause before each; the speed-up is the median over rounds of
-scikit-learn's time over fastmlp's in the same round.
+scikit-learn's time over fastmlp's in the same round. Each child also times a
+1024^3 dgemm on its threads: the fit's GEMM FLOPs at that rate are the physical
+limit the table prints beside the times.
 """
 from __future__ import annotations
 
@@ -53,6 +55,28 @@ def load(name: str):
     return scaler.transform(X_train), scaler.transform(X_test), y_train, y_test
 
 
+def fit_gemm_flops(units: list[int], n_samples: int, epochs: int) -> int:
+    """The GEMM FLOPs of a fit: every epoch, each sample's forward product, its weight-gradient product, and its
+    input-gradient product at every layer but the first (``units`` = [inputs, hidden..., outputs])."""
+    products = [n_in * n_out for n_in, n_out in zip(units[:-1], units[1:])]
+    return 2 * n_samples * epochs * (2 * sum(products) + sum(products[1:]))
+
+
+def dgemm_rate() -> float:
+    """float64 GEMM FLOP/s of this process's NumPy (1024^3, best of 3) on the threads it is allowed."""
+    import numpy as np
+
+    a = np.ones((1024, 1024))
+    c = np.empty_like(a)
+    np.dot(a, a, out=c)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        np.dot(a, a, out=c)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024 ** 3 / best
+
+
 def child(args: argparse.Namespace) -> None:
     """Fit one estimator (in this process) and print its time, score and BLAS kernels as JSON."""
     from threadpoolctl import threadpool_limits
@@ -75,8 +99,11 @@ def child(args: argparse.Namespace) -> None:
             times.append(time.perf_counter() - start)
         seconds = statistics.median(times)
         kernels = blas_kernels()
+        flops = fit_gemm_flops([X_train.shape[1], *args.hidden, len(estimator.intercepts_[-1])], X_train.shape[0],
+                               estimator.n_iter_)
+        limit = flops / dgemm_rate()  # the fit's GEMMs at this run's dgemm rate: no float64 fit can be faster
     print(json.dumps({"seconds": seconds, "score": float(estimator.score(X_test, y_test)),
-                      "epochs": int(estimator.n_iter_), "kernels": kernels}))
+                      "epochs": int(estimator.n_iter_), "kernels": kernels, "limit_seconds": limit}))
 
 
 def run_child(library: str, data: str, threads: int, args: argparse.Namespace) -> dict:
@@ -105,16 +132,20 @@ def compare(data: str, threads: int, args: argparse.Namespace) -> dict:
         **{f"{lib}_seconds": statistics.median(r["seconds"] for r in rounds[lib]) for lib in LIBRARIES},
         **{f"{lib}_score": rounds[lib][0]["score"] for lib in LIBRARIES},
         **{f"{lib}_kernels": rounds[lib][0]["kernels"] for lib in LIBRARIES},
+        "limit_seconds": statistics.median(r["limit_seconds"] for lib in LIBRARIES for r in rounds[lib]),
     }
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| data | threads | fastmlp s | sklearn s | speed-up (median of rounds) | fastmlp score | sklearn score "
-             "| scores within 0.01 |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| data | threads | fastmlp s | sklearn s | speed-up (median of rounds) | GEMM limit s | fastmlp score "
+             "| sklearn score | scores within 0.01 |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         close = "yes" if abs(r["fastmlp_score"] - r["sklearn_score"]) <= SCORE_MARGIN else "no"
         lines.append(f"| {r['data']} | {r['threads']} | {r['fastmlp_seconds']:.4f} | {r['sklearn_seconds']:.4f} | "
-                     f"{r['speedup']:.2f}x | {r['fastmlp_score']:.4f} | {r['sklearn_score']:.4f} | {close} |")
+                     f"{r['speedup']:.2f}x | {r['limit_seconds']:.4f} | {r['fastmlp_score']:.4f} | "
+                     f"{r['sklearn_score']:.4f} | {close} |")
+    lines.append("\nGEMM limit: the fit's GEMM FLOPs (forward, weight and input gradients, every epoch) at the "
+                 "dgemm rate (1024^3) measured in the same children: no float64 fit of this network can be faster.")
     for library in LIBRARIES:
         kernels = kernels_line(results[0][f"{library}_kernels"]) or "none"
         lines.append(f"\n{library}'s BLAS kernels (threadpoolctl): {kernels}")

@@ -78,6 +78,9 @@ def test_the_comparison_bench_runs(tmp_path, capsys, monkeypatch):
     (result,) = json.loads(out.read_text())["results"]
     assert result["fastmlp_score"] == pytest.approx(result["sklearn_score"], abs=1e-6)
     assert result["speedup"] > 0
+    assert 0 < result["limit_seconds"] < result["fastmlp_seconds"]  # the GEMMs at the dgemm rate: a lower bound
+    # 64 -> 64 -> 10: forward and weight gradients 2 (64*64 + 64*10) each, input gradient of the output layer 64*10
+    assert bench.fit_gemm_flops([64, 64, 10], 3, 5) == 2 * 3 * 5 * (2 * (64 * 64 + 64 * 10) + 64 * 10)
     for library in ("fastmlp", "sklearn"):
         openblas = [k for k in result[f"{library}_kernels"] if k["api"] == "openblas"]
         assert openblas and all(k["architecture"] for k in openblas), result[f"{library}_kernels"]
