@@ -20,6 +20,7 @@ Shapes: B batch, D n_inputs, H_l hidden widths, C n_classes, L linear layers.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from typing import NamedTuple
@@ -114,9 +115,10 @@ class MLP:
         self._start_threads_state()
 
     def _start_threads_state(self):
-        self._buffers = fused.BufferPool(lambda batch: fused.new_buffers(self, batch))
+        make = functools.partial(fused.new_buffers, self)
+        self._buffers = fused.BufferPool(make)
         self._training = threading.Lock()  # held by the one train_step running
-        self._step_buffers = fused.OwnBuffers(lambda batch: fused.new_buffers(self, batch))  # train_step's, under it
+        self._step_buffers = fused.OwnBuffers(make)  # train_step's own, used under that lock
 
     def __repr__(self):
         extra = "".join(f", {key}={value!r}" for key, value in self.network_settings().items()

@@ -243,10 +243,9 @@ class Network:
         penalty = 0.0
         if alpha:
             # the core's (out, in) weights are contiguous: vdot reads them without a copy (a plain loop: this
-            # runs at every batch, where a generator and a list cost as much as the sums)
+            # runs at every batch, where a generator costs as much as the sums)
             squares = 0.0
-            for lin in self.model.linears:
-                weight = lin.params["weight"]
+            for weight in self._weights():
                 squares += np.vdot(weight, weight)
             penalty = 0.5 * alpha * float(squares) / total
         self.optimizer.weight_decay = alpha / total
