@@ -20,13 +20,12 @@ on rank 0 only, and the loop itself writes through :class:`fastmlp.runlog.RunLog
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from fastmlp.runlog import DivergenceError, RunLog, check_finite, default_out_dir, progress_bar
 
@@ -251,22 +250,27 @@ def hold_until_update_ends(stop: BaseException) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _stops_held() -> Iterator[None]:
-    """Within the block, a stop signal is held (:func:`hold_until_update_ends`) and raised after it."""
-    _Update.running, _Update.held = True, None
-    try:
-        yield
-    finally:
+class _StopsHeld:
+    """``with _StopsHeld():`` a stop signal within the block is held (:func:`hold_until_update_ends`) and raised
+    after it, unless the block itself raised. A plain class: every update enters one, and pays for no generator."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _Update.running, _Update.held = True, None
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
         _Update.running = False
-    held, _Update.held = _Update.held, None
-    if held is not None:
-        raise held
+        if exc_type is not None:
+            return
+        held, _Update.held = _Update.held, None
+        if held is not None:
+            raise held
 
 
 def _update(step: Callable[[int], float], n: int) -> float:
     """``step(n)``, then any stop that :func:`hold_until_update_ends` held during it."""
-    with _stops_held():
+    with _StopsHeld():
         return step(n)
 
 
@@ -319,7 +323,7 @@ def evaluate_and_checkpoint(hooks: Hooks, progress: Progress, step: int, row: Ma
     row = {key: float(value) for key, value in {**row, **hooks.evaluate()}.items()}
     check_before_checkpoint(hooks, step, row)
     progress.log.record(step, **row)
-    with _stops_held():  # a stop signal lets the checkpoint be written whole
+    with _StopsHeld():  # a stop signal lets the checkpoint be written whole
         hooks.save_checkpoint(step, {"flags": progress.log.flags, "rows": progress.log.rows,
                                      "wall_seconds": progress.wall_seconds()})
     report = {"step": step, **row}

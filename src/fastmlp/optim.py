@@ -63,7 +63,7 @@ def check_optimizer(name, momentum, nesterov, *, label=str) -> None:
         ``"nesterov: needs optimizer 'momentum' and momentum > 0, got optimizer 'sgd', momentum 0.9"``.
     """
     if name not in REGISTRY:
-        raise ValueError(f"{label('optimizer')}: expected one of {tuple(REGISTRY)}, got {name!r}")
+        raise ValueError(f"{label('optimizer')}: expected one of {OPTIMIZERS}, got {name!r}")
     if nesterov and (name != "momentum" or momentum == 0):
         raise ValueError(f"{label('nesterov')}: needs {label('optimizer')} 'momentum' and {label('momentum')} > 0, "
                          f"got {label('optimizer')} {name!r}, {label('momentum')} {momentum!r}")

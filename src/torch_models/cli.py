@@ -27,7 +27,6 @@ def build_parser(config: type[TorchRunConfig], *, prog: str, description: str,
     """A torch trainer's parser: a flag for every setting of ``config``, listed under ``groups``' headings."""
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=cli.HelpFormatter)
     cli.add_config_arguments(parser, config, groups=groups)
-    cli.flag_actions(parser)["resume"].metavar = "PATH"  # a checkpoint.pt file or a run folder
     return parser
 
 

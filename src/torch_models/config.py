@@ -91,7 +91,7 @@ class TorchRunConfig(RunConfig):
     seed: int = setting(42, check="seed", help="seed of the model init, batch order and dropout/augmentation")
     out_dir: str | None = setting(None, path=True,
                                   help="output folder (default: runs/<timestamp>, or the --resume run's folder)")
-    resume: str | None = setting(None, path=True,
+    resume: str | None = setting(None, path=True, metavar="PATH",
                                  help="continue from a checkpoint.pt file or a run folder holding one; flags not "
                                       "given are taken from it")
     overwrite: bool = setting(False, check=_SWITCH,

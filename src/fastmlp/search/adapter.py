@@ -193,13 +193,12 @@ class TrainerAdapter:
 
     def command(self, config: RunConfig) -> str:
         """The shell command running ``config`` by hand (for results.md)."""
-        defaults = self.config_class()
         parts = ["python", "-m", MODELS[self.model]]
         for name in config.names():
             value = getattr(config, name)
             if name in _NOT_IN_COMMAND or value is None:
                 continue
-            if value == getattr(defaults, name) and name not in _ALWAYS_IN_COMMAND:
+            if value == getattr(self.defaults, name) and name not in _ALWAYS_IN_COMMAND:
                 continue
             flag = config.flag(name)
             if isinstance(value, bool):  # a switch that differs from its default: --x, or --no-x
